@@ -1,0 +1,2 @@
+"""sqlite-rest: a PostgREST-compatible REST API over any SQLite database."""
+__version__ = "0.1.0"
