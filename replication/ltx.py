@@ -1,0 +1,702 @@
+"""LTX v3 codec: the file format Litestream 0.5 stores on every replica.
+
+A file is ``Header (100 B) | page block | page index | Trailer (16 B)``, big-endian throughout
+(spec §1). Pages come in two encodings, chosen per page by a flag bit:
+
+- *frame* (flag 0): one standard LZ4 frame per page. Written by ltx ≤ v0.5.1 (Litestream
+  0.5.0–0.5.15) and readable by every 0.5.x release, so it is what we write by default.
+- *block* (flag ``PAGE_FLAG_SIZE``): a 4-byte compressed size, then a raw LZ4 block. Written by
+  Litestream ≥ 0.5.16, which reads both.
+
+The decoder streams: it holds one read buffer (``READ_CHUNK``) plus the page being decoded, so
+memory does not grow with the file. Every error is an :class:`LTXError` naming the file.
+"""
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator
+
+import lz4.block
+import lz4.frame
+from fastcrc import crc64 as _fastcrc64
+
+from replication.errors import LTXError
+
+MAGIC = b"LTX1"
+HEADER_SIZE = 100
+PAGE_HEADER_SIZE = 6
+TRAILER_SIZE = 16
+SIZE_PREFIX_SIZE = 4
+
+HEADER_FLAG_NO_CHECKSUM = 0x2
+HEADER_FLAG_MASK = HEADER_FLAG_NO_CHECKSUM
+PAGE_FLAG_SIZE = 0x1
+CHECKSUM_FLAG = 1 << 63
+
+MIN_PAGE_SIZE = 512
+MAX_PAGE_SIZE = 65536
+
+ENCODING_FRAME = "frame"
+ENCODING_BLOCK = "block"
+ENCODINGS = (ENCODING_FRAME, ENCODING_BLOCK)
+
+READ_CHUNK = 1 << 20  # bytes pulled from the underlying file per read; bounds decoder memory
+
+_HEADER = struct.Struct(">4sIIIQQqQqqIIQ20x")
+_PAGE_HEADER = struct.Struct(">IH")
+_BLOCK_PAGE_HEADER = struct.Struct(">IHI")
+_U64 = struct.Struct(">Q")
+_LZ4_FRAME_MAGIC = b"\x04\x22\x4d\x18"
+_LZ4_U32 = struct.Struct("<I")
+_FILENAME_RE = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
+_ZERO_PAGE_HEADER = bytes(PAGE_HEADER_SIZE)
+# LZ4 frame magic + FLG 0x64 (v1, independent blocks, content checksum) + BD 0x40 (64 KB blocks)
+_GO_FRAME_PREFIX = _LZ4_FRAME_MAGIC + b"\x64\x40"
+
+assert _HEADER.size == HEADER_SIZE
+
+
+# --- checksums ---------------------------------------------------------------------------------
+
+def crc64(data, crc: int | None = None) -> int:
+    """CRC-64/GO-ISO of ``data`` (Go ``hash/crc64`` with the ISO table).
+
+    ``crc`` continues a previous result, so ``crc64(b, crc64(a)) == crc64(a + b)``.
+    """
+    return _fastcrc64.go_iso(data) if crc is None else _fastcrc64.go_iso(data, initial=crc)
+
+
+def page_checksum(pgno: int, data) -> int:
+    """The rolling-checksum term of one page: CRC of the 4-byte BE pgno then the page, flagged."""
+    return crc64(data, crc64(pgno.to_bytes(4, "big"))) | CHECKSUM_FLAG
+
+
+def lock_pgno(page_size: int) -> int:
+    """The page holding SQLite's PENDING_BYTE (1 GiB); it is never stored in an LTX file."""
+    return 0x40000000 // page_size + 1
+
+
+# --- file names --------------------------------------------------------------------------------
+
+def format_filename(min_txid: int, max_txid: int) -> str:
+    return f"{min_txid:016x}-{max_txid:016x}.ltx"
+
+
+def parse_filename(name: str) -> tuple[int, int] | None:
+    """(min_txid, max_txid) of a replica file name, or None for any other name (ignored)."""
+    m = _FILENAME_RE.match(name)
+    return (int(m.group(1), 16), int(m.group(2), 16)) if m else None
+
+
+# --- header and trailer ------------------------------------------------------------------------
+
+@dataclass
+class Header:
+    """The 100-byte LTX header. TXIDs are Litestream's per-sync counters, not SQLite's."""
+
+    flags: int
+    page_size: int          # bytes, a power of two 512..65536
+    commit: int             # database size in pages after applying this file
+    min_txid: int
+    max_txid: int
+    timestamp: int          # milliseconds since the Unix epoch, UTC
+    pre_apply_checksum: int = 0
+    wal_offset: int = 0     # byte offset in the source WAL; 0 for compactions
+    wal_size: int = 0       # WAL bytes covered
+    wal_salt1: int = 0
+    wal_salt2: int = 0
+    node_id: int = 0
+
+    @property
+    def is_snapshot(self) -> bool:
+        return self.min_txid == 1
+
+    @property
+    def no_checksum(self) -> bool:
+        return bool(self.flags & HEADER_FLAG_NO_CHECKSUM)
+
+    def marshal(self) -> bytes:
+        return _HEADER.pack(
+            MAGIC, self.flags, self.page_size, self.commit, self.min_txid, self.max_txid,
+            self.timestamp, self.pre_apply_checksum, self.wal_offset, self.wal_size,
+            self.wal_salt1, self.wal_salt2, self.node_id,
+        )
+
+    @classmethod
+    def unmarshal(cls, b: bytes, name: str = "") -> "Header":
+        if len(b) < HEADER_SIZE:
+            raise LTXError(f"{_label(name)}: truncated header ({len(b)} of {HEADER_SIZE} bytes)",
+                           hint="the file is incomplete; it was cut short in transit or on disk")
+        (magic, flags, page_size, commit, min_txid, max_txid, timestamp, pre, wal_offset,
+         wal_size, salt1, salt2, node_id) = _HEADER.unpack_from(b, 0)
+        if magic != MAGIC:
+            raise LTXError(f"{_label(name)}: invalid LTX file: bad magic {magic!r}",
+                           hint="this is not an LTX file (expected it to start with 'LTX1')")
+        return cls(flags, page_size, commit, min_txid, max_txid, timestamp, pre, wal_offset,
+                   wal_size, salt1, salt2, node_id)
+
+    def validate(self, name: str = "") -> None:
+        """Header.Validate of superfly/ltx: field ranges and the checksum-flag rules."""
+        where = _label(name)
+        if self.flags & ~HEADER_FLAG_MASK:
+            raise LTXError(f"{where}: invalid header flags 0x{self.flags:08x}")
+        ps = self.page_size
+        if ps < MIN_PAGE_SIZE or ps > MAX_PAGE_SIZE or ps & (ps - 1):
+            raise LTXError(f"{where}: invalid page size {ps}")
+        if self.min_txid < 1:
+            raise LTXError(f"{where}: min TXID must be at least 1")
+        if self.max_txid < self.min_txid:
+            raise LTXError(f"{where}: max TXID {self.max_txid} is below min TXID {self.min_txid}")
+        if self.wal_offset < 0 or self.wal_size < 0:
+            raise LTXError(f"{where}: WAL offset and size must not be negative")
+        if self.wal_offset == 0 and self.wal_size:
+            raise LTXError(f"{where}: WAL size must be zero when WAL offset is zero")
+        if (self.wal_salt1 or self.wal_salt2) and self.wal_offset == 0:
+            raise LTXError(f"{where}: WAL offset required when WAL salts are set")
+        if self.is_snapshot:
+            if self.pre_apply_checksum:
+                raise LTXError(f"{where}: snapshot must not have a pre-apply checksum")
+        elif self.no_checksum:
+            if self.pre_apply_checksum:
+                raise LTXError(f"{where}: pre-apply checksum must be zero with NoChecksum set")
+        elif not self.pre_apply_checksum & CHECKSUM_FLAG:
+            raise LTXError(f"{where}: pre-apply checksum required (flag bit unset)")
+
+
+@dataclass
+class Trailer:
+    post_apply_checksum: int
+    file_checksum: int
+
+
+def _label(name: str) -> str:
+    return f"ltx file {name}" if name else "ltx file"
+
+
+# --- page index (VFS-style page reads) ---------------------------------------------------------
+
+def _append_uvarint(buf: bytearray, v: int) -> None:
+    while v >= 0x80:
+        buf.append((v & 0x7F) | 0x80)
+        v >>= 7
+    buf.append(v)
+
+
+def _read_uvarint(b, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = b[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint overflows 64 bits")
+
+
+def decode_page_index(tail, name: str = "") -> dict[int, tuple[int, int]]:
+    """Parse the page index from the end of a file: ``{pgno: (frame offset, frame size)}``.
+
+    ``tail`` is any suffix of the file that contains the whole index plus the trailer (the VFS
+    range-reads the last 32 KiB first, §1.3).
+    """
+    tail = memoryview(tail)
+    if len(tail) < TRAILER_SIZE + 8:
+        raise LTXError(f"{_label(name)}: too short for a page index")
+    (index_len,) = _U64.unpack_from(tail, len(tail) - TRAILER_SIZE - 8)
+    start = len(tail) - TRAILER_SIZE - 8 - index_len
+    if index_len < 1 or start < 0:
+        raise LTXError(f"{_label(name)}: page index ({index_len} bytes) is not inside the buffer")
+    end = start + index_len
+    index: dict[int, tuple[int, int]] = {}
+    pos = start
+    try:
+        while True:
+            pgno, pos = _read_uvarint(tail, pos)
+            if pgno == 0:
+                break
+            offset, pos = _read_uvarint(tail, pos)
+            size, pos = _read_uvarint(tail, pos)
+            index[pgno] = (offset, size)
+    except (IndexError, ValueError) as e:
+        raise LTXError(f"{_label(name)}: corrupt page index: {e}") from None
+    if pos != end:
+        raise LTXError(f"{_label(name)}: page index length mismatch ({pos - start} != {index_len})")
+    return index
+
+
+def decode_page_frame(buf, page_size: int, name: str = "") -> tuple[int, bytes]:
+    """Decode one page frame (header + payload, either encoding) read by its index entry."""
+    buf = memoryview(buf)
+    if len(buf) < PAGE_HEADER_SIZE:
+        raise LTXError(f"{_label(name)}: truncated page frame")
+    pgno, flags = _PAGE_HEADER.unpack_from(buf, 0)
+    if pgno == 0:
+        raise LTXError(f"{_label(name)}: page frame has page number zero")
+    if flags & ~PAGE_FLAG_SIZE:
+        raise LTXError(f"{_label(name)}: page {pgno}: invalid page flags 0x{flags:04x}")
+    if flags & PAGE_FLAG_SIZE:
+        if len(buf) < PAGE_HEADER_SIZE + SIZE_PREFIX_SIZE:
+            raise LTXError(f"{_label(name)}: page {pgno}: truncated size prefix")
+        (size,) = struct.unpack_from(">I", buf, PAGE_HEADER_SIZE)
+        payload = buf[PAGE_HEADER_SIZE + SIZE_PREFIX_SIZE:PAGE_HEADER_SIZE + SIZE_PREFIX_SIZE + size]
+        if len(payload) != size:
+            raise LTXError(f"{_label(name)}: page {pgno}: truncated block")
+        return pgno, _decompress_block(payload, page_size, pgno, name)
+    frame_len, data = _decode_lz4_frame(buf, PAGE_HEADER_SIZE, page_size, pgno, name)
+    if frame_len is None:
+        raise LTXError(f"{_label(name)}: page {pgno}: truncated LZ4 frame")
+    return pgno, data
+
+
+def _decompress_block(payload, page_size: int, pgno: int, name: str) -> bytes:
+    try:
+        data = lz4.block.decompress(payload, uncompressed_size=page_size)
+    except lz4.block.LZ4BlockError as e:
+        raise LTXError(f"{_label(name)}: page {pgno}: corrupt LZ4 block: {e}") from None
+    if len(data) != page_size:
+        raise LTXError(f"{_label(name)}: page {pgno}: decompressed to {len(data)} bytes, "
+                       f"expected page size {page_size}")
+    return data
+
+
+def _decode_lz4_frame(buf, start: int, page_size: int, pgno: int, name: str):
+    """Decode the LZ4 frame at ``buf[start:]``.
+
+    Returns ``(end offset, page data)``, or ``(None, None)`` when ``buf`` ends inside the frame
+    (the streaming decoder then reads more). We walk the frame's block headers ourselves to find
+    where it ends and decompress its block with ``lz4.block``: this is several times faster than
+    a ``LZ4FrameDecompressor`` per page. Frames with several blocks go through ``lz4.frame``.
+    """
+    n = len(buf)
+    if n < start + 7:
+        return None, None
+    if bytes(buf[start:start + 4]) != _LZ4_FRAME_MAGIC:
+        raise LTXError(f"{_label(name)}: page {pgno}: bad LZ4 frame magic",
+                       hint="the file is corrupt or was written by an incompatible encoder")
+    flg = buf[start + 4]
+    if flg >> 6 != 1:
+        raise LTXError(f"{_label(name)}: page {pgno}: unsupported LZ4 frame version")
+    block_checksum = 4 if flg & 0x10 else 0
+    pos = start + 7 + (8 if flg & 0x08 else 0) + (4 if flg & 0x01 else 0)
+    blocks = []
+    while True:
+        if n < pos + 4:
+            return None, None
+        (bsize,) = _LZ4_U32.unpack_from(buf, pos)
+        pos += 4
+        if bsize == 0:
+            pos += 4 if flg & 0x04 else 0  # content checksum
+            if n < pos:
+                return None, None
+            break
+        length = bsize & 0x7FFFFFFF
+        if n < pos + length + block_checksum:
+            return None, None
+        blocks.append((bool(bsize & 0x80000000), pos, length))
+        pos += length + block_checksum
+    if len(blocks) == 1:
+        raw, off, length = blocks[0]
+        if raw:
+            data = bytes(buf[off:off + length])
+            if len(data) != page_size:
+                raise LTXError(f"{_label(name)}: page {pgno}: stored block of {len(data)} bytes, "
+                               f"expected page size {page_size}")
+            return pos, data
+        return pos, _decompress_block(buf[off:off + length], page_size, pgno, name)
+    try:
+        data = lz4.frame.decompress(bytes(buf[start:pos]))
+    except RuntimeError as e:
+        raise LTXError(f"{_label(name)}: page {pgno}: corrupt LZ4 frame: {e}") from None
+    if len(data) != page_size:
+        raise LTXError(f"{_label(name)}: page {pgno}: decompressed to {len(data)} bytes, "
+                       f"expected page size {page_size}")
+    return pos, data
+
+
+# --- encoder -----------------------------------------------------------------------------------
+
+class Encoder:
+    """Writes one LTX file to ``fileobj``: header now, pages one by one, index + trailer on close.
+
+    ``encoding="frame"`` (default) is readable by every Litestream 0.5.x; ``"block"`` only by
+    ≥ 0.5.16. The FileChecksum covers uncompressed page data, so both give valid files.
+    """
+
+    _FLUSH_AT = 1 << 20
+
+    def __init__(self, fileobj: BinaryIO, header: Header, *, encoding: str = ENCODING_FRAME,
+                 name: str = ""):
+        if encoding not in ENCODINGS:
+            raise ValueError(f"unknown LTX page encoding {encoding!r}; use one of {ENCODINGS}")
+        header.validate(name)
+        self.header = header
+        self.name = name
+        self._f = fileobj
+        self._block = encoding == ENCODING_BLOCK
+        self._lock_pgno = lock_pgno(header.page_size)
+        hdr = header.marshal()
+        self._crc = crc64(hdr)
+        self._out = bytearray(hdr)
+        self._offset = HEADER_SIZE
+        self._index = bytearray()
+        self._prev_pgno = 0
+        self._closed = False
+        self.page_count = 0
+
+    def encode_page(self, pgno: int, data) -> None:
+        h = self.header
+        if self._closed:
+            raise LTXError(f"{_label(self.name)}: encoder is closed")
+        if len(data) != h.page_size:
+            raise LTXError(f"{_label(self.name)}: page {pgno} is {len(data)} bytes, "
+                           f"expected page size {h.page_size}")
+        if pgno < 1 or pgno > h.commit:
+            raise LTXError(f"{_label(self.name)}: page number {pgno} out of range 1..{h.commit}")
+        if pgno == self._lock_pgno:
+            raise LTXError(f"{_label(self.name)}: cannot encode lock page {pgno}")
+        if pgno <= self._prev_pgno:
+            raise LTXError(f"{_label(self.name)}: out-of-order page {pgno} after "
+                           f"{self._prev_pgno}: pages must be strictly ascending")
+        if h.is_snapshot and pgno != self._next_snapshot_pgno():
+            raise LTXError(f"{_label(self.name)}: nonsequential page numbers in snapshot "
+                           f"transaction: {self._prev_pgno},{pgno}")
+        if self._block:
+            comp = lz4.block.compress(data, store_size=False)
+            head = _BLOCK_PAGE_HEADER.pack(pgno, PAGE_FLAG_SIZE, len(comp))
+        else:
+            comp = lz4.frame.compress(data, compression_level=0,
+                                      block_size=lz4.frame.BLOCKSIZE_MAX64KB, block_linked=False,
+                                      content_checksum=True, store_size=False)
+            head = _PAGE_HEADER.pack(pgno, 0)
+        self._crc = crc64(data, crc64(head, self._crc))
+        size = len(head) + len(comp)
+        _append_uvarint(self._index, pgno)
+        _append_uvarint(self._index, self._offset)
+        _append_uvarint(self._index, size)
+        self._out += head
+        self._out += comp
+        self._offset += size
+        self._prev_pgno = pgno
+        self.page_count += 1
+        if len(self._out) >= self._FLUSH_AT:
+            self._flush()
+
+    def _next_snapshot_pgno(self) -> int:
+        nxt = self._prev_pgno + 1
+        return nxt + 1 if nxt == self._lock_pgno else nxt
+
+    def _flush(self) -> None:
+        if self._out:
+            self._f.write(self._out)
+            self._out = bytearray()
+
+    def close(self, post_apply_checksum: int = 0) -> Trailer:
+        """Write the end marker, the page index and the trailer. Does not close ``fileobj``."""
+        h = self.header
+        where = _label(self.name)
+        if self._closed:
+            raise LTXError(f"{where}: encoder already closed")
+        if h.is_snapshot and self._next_snapshot_pgno() <= h.commit:
+            raise LTXError(f"{where}: snapshot incomplete: has pages 1..{self._prev_pgno}, "
+                           f"commit is {h.commit}")
+        if h.no_checksum:
+            if post_apply_checksum:
+                raise LTXError(f"{where}: post-apply checksum must be zero with NoChecksum set")
+        elif h.commit == 0 and post_apply_checksum != CHECKSUM_FLAG:
+            raise LTXError(f"{where}: post-apply checksum of an empty database must be the flag")
+        elif not post_apply_checksum & CHECKSUM_FLAG:
+            raise LTXError(f"{where}: post-apply checksum required (flag bit unset)")
+        self._index.append(0)
+        tail = bytearray(_ZERO_PAGE_HEADER)
+        tail += self._index
+        tail += _U64.pack(len(self._index))
+        tail += _U64.pack(post_apply_checksum)
+        crc = crc64(tail, self._crc)
+        file_checksum = crc | CHECKSUM_FLAG
+        self._out += tail
+        self._out += _U64.pack(file_checksum)
+        self._flush()
+        self._closed = True
+        return Trailer(post_apply_checksum, file_checksum)
+
+
+# --- decoder -----------------------------------------------------------------------------------
+
+class Decoder:
+    """Streams one LTX file: ``header`` on construction, ``pages()``, then ``close()``.
+
+    ``close()`` drains anything not yet read and verifies the FileChecksum (and, for a snapshot
+    that tracks checksums, the post-apply checksum against its pages).
+    """
+
+    def __init__(self, fileobj: BinaryIO, name: str = ""):
+        self.name = name
+        self._f = fileobj
+        # Read window: ``_buf[_pos:]``. After a refill that had leftover bytes, ``_buf`` is the
+        # leftover plus only the head of the new chunk, and ``_next`` is the whole chunk, which
+        # takes over once parsing passes ``_boundary`` (so chunks are not copied wholesale).
+        self._buf = b""
+        self._pos = 0
+        self._next: bytes | None = None
+        self._boundary = 0
+        self._stitch = 2 * MAX_PAGE_SIZE + 64
+        self._eof = False
+        self.bytes_read = 0   # bytes consumed from fileobj so far (for progress reports)
+        self.page_count = 0
+        hdr = self._take(HEADER_SIZE, "header")
+        self.header = Header.unmarshal(hdr, name=name)
+        self.header.validate(name)
+        self._stitch = 2 * self.header.page_size + 64
+        self._crc = crc64(hdr)
+        self._pages_done = False
+        self._iterating = False
+        self._trailer: Trailer | None = None
+        self._track = self.header.is_snapshot and not self.header.no_checksum
+        self._db_checksum = 0
+
+    def _fill(self, n: int) -> bool:
+        """Make ``n`` bytes available from ``_pos``; False if the stream ends first."""
+        nxt = self._next
+        if nxt is not None and self._pos >= self._boundary:
+            self._buf, self._pos, self._next = nxt, self._pos - self._boundary, None
+            nxt = None
+        avail = len(self._buf) - self._pos
+        if avail >= n:
+            return True
+        if nxt is not None:  # the stitched window is too short: join it with the whole chunk
+            self._buf = self._buf[self._pos:self._boundary] + nxt
+            self._pos, self._next = 0, None
+            avail = len(self._buf)
+            if avail >= n:
+                return True
+        while avail < n and not self._eof:
+            chunk = self._f.read(max(READ_CHUNK, n - avail))
+            if not chunk:
+                self._eof = True
+                break
+            self.bytes_read += len(chunk)
+            if avail == 0:
+                self._buf = chunk
+            else:
+                rest = self._buf[self._pos:]
+                take = max(n - avail, self._stitch)
+                if take < len(chunk):
+                    self._buf = rest + chunk[:take]
+                    self._next, self._boundary = chunk, len(rest)
+                else:
+                    self._buf = rest + chunk
+            self._pos = 0
+            avail = len(self._buf)
+        return avail >= n
+
+    def _take(self, n: int, what: str) -> bytes:
+        if not self._fill(n):
+            raise LTXError(f"{_label(self.name)}: unexpected end of file reading {what}",
+                           hint="the file is truncated; it was cut short in transit or on disk")
+        b = self._buf[self._pos:self._pos + n]
+        self._pos += n
+        return b
+
+    def _drain_window(self) -> bytes:
+        """Whatever is buffered but not yet parsed; empties the window."""
+        buf, pos, nxt = self._buf, self._pos, self._next
+        if nxt is None:
+            rest = buf[pos:]
+        elif pos >= self._boundary:
+            rest = nxt[pos - self._boundary:]
+        else:
+            rest = buf[pos:self._boundary] + nxt
+        self._buf, self._pos, self._next = b"", 0, None
+        return rest
+
+    def _truncated(self, what: str):
+        return LTXError(f"{_label(self.name)}: unexpected end of file reading {what}",
+                        hint="the file is truncated; it was cut short in transit or on disk")
+
+    def pages(self) -> Iterator[tuple[int, bytes]]:
+        """Yield ``(pgno, page bytes)`` in file order, decoding either encoding per frame."""
+        if self._pages_done or self._iterating:
+            return
+        self._iterating = True
+        # The per-page path is the restore hot loop: locals only, one CRC call per piece.
+        h = self.header
+        page_size, commit = h.page_size, h.commit
+        lock = lock_pgno(page_size)
+        snapshot = h.is_snapshot
+        track = self._track
+        name = self.name
+        fill = self._fill
+        unpack_header = _PAGE_HEADER.unpack_from
+        unpack_block_header = _BLOCK_PAGE_HEADER.unpack_from
+        decompress = lz4.block.decompress
+        unpack_u32le = _LZ4_U32.unpack_from
+        crc_of = _fastcrc64.go_iso
+        block_head = PAGE_HEADER_SIZE + SIZE_PREFIX_SIZE
+        max_block = 2 * page_size + 64
+        crc = self._crc
+        prev = count = 0
+        buf = mv = None
+        while True:
+            if len(self._buf) - self._pos < PAGE_HEADER_SIZE and not fill(PAGE_HEADER_SIZE):
+                raise self._truncated("page header")
+            if self._buf is not buf:
+                buf = self._buf
+                mv = memoryview(buf)
+            pos = self._pos
+            pgno, flags = unpack_header(buf, pos)
+            if pgno == 0:
+                if flags:
+                    raise LTXError(f"{_label(name)}: end-of-pages marker has flags 0x{flags:04x}")
+                crc = crc_of(_ZERO_PAGE_HEADER, initial=crc)
+                self._pos = pos + PAGE_HEADER_SIZE
+                break
+            if pgno <= prev or pgno > commit or pgno == lock or flags & ~PAGE_FLAG_SIZE:
+                self._bad_page(pgno, flags, prev, commit, lock)
+            if snapshot and pgno != prev + 1 and not (pgno == prev + 2 and prev + 1 == lock):
+                raise LTXError(f"{_label(name)}: nonsequential page numbers in snapshot: "
+                               f"{prev},{pgno}")
+            if flags:  # block encoding: size prefix + raw LZ4 block
+                if len(buf) - pos < block_head:
+                    if not fill(block_head):
+                        raise self._truncated(f"page {pgno} size")
+                    buf, pos = self._buf, self._pos
+                    mv = memoryview(buf)
+                size = unpack_block_header(buf, pos)[2]
+                if size > max_block:
+                    raise LTXError(f"{_label(name)}: page {pgno}: implausible block size {size}")
+                end = pos + block_head + size
+                if end > len(buf):
+                    if not fill(block_head + size):
+                        raise self._truncated(f"page {pgno}")
+                    buf, pos = self._buf, self._pos
+                    mv = memoryview(buf)
+                    end = pos + block_head + size
+                try:
+                    data = decompress(mv[pos + block_head:end], uncompressed_size=page_size)
+                except lz4.block.LZ4BlockError as e:
+                    raise LTXError(f"{_label(name)}: page {pgno}: corrupt LZ4 block: {e}") from None
+                if len(data) != page_size:
+                    raise LTXError(f"{_label(name)}: page {pgno}: decompressed to {len(data)} "
+                                   f"bytes, expected page size {page_size}")
+                crc = crc_of(data, initial=crc_of(mv[pos:pos + block_head], initial=crc))
+            elif (buf[pos + 6:pos + 12] == _GO_FRAME_PREFIX and len(buf) - pos >= 17
+                  and len(buf) - pos >= 25 + (unpack_u32le(buf, pos + 13)[0] & 0x7FFFFFFF)
+                  and not unpack_u32le(buf, pos + 17 + (unpack_u32le(buf, pos + 13)[0]
+                                                        & 0x7FFFFFFF))[0]):
+                # Frame encoding, the layout every Go writer (and ours) emits: descriptor
+                # 64 40 xx, one data block, EndMark, content checksum. Decoded inline.
+                bsize = unpack_u32le(buf, pos + 13)[0]
+                length = bsize & 0x7FFFFFFF
+                if bsize & 0x80000000:  # stored uncompressed
+                    data = bytes(mv[pos + 17:pos + 17 + length])
+                    if length != page_size:
+                        raise LTXError(f"{_label(name)}: page {pgno}: stored block of {length} "
+                                       f"bytes, expected page size {page_size}")
+                else:
+                    data = _decompress_block(mv[pos + 17:pos + 17 + length], page_size, pgno,
+                                             name)
+                end = pos + 25 + length
+                crc = crc_of(data, initial=crc_of(mv[pos:pos + PAGE_HEADER_SIZE], initial=crc))
+            else:  # frame encoding, general case: the frame itself tells where it ends
+                need = PAGE_HEADER_SIZE + 16
+                while True:
+                    fill(need)
+                    buf, pos = self._buf, self._pos
+                    mv = memoryview(buf)
+                    end, data = _decode_lz4_frame(mv, pos + PAGE_HEADER_SIZE, page_size, pgno,
+                                                  name)
+                    if end is not None:
+                        break
+                    if self._eof:  # the frame runs past the end of the file
+                        raise self._truncated(f"page {pgno}")
+                    need = len(buf) - pos + page_size + 64
+                crc = crc_of(data, initial=crc_of(mv[pos:pos + PAGE_HEADER_SIZE], initial=crc))
+            self._pos = end
+            count += 1
+            if track:
+                self._db_checksum = (self._db_checksum ^ page_checksum(pgno, data)) | CHECKSUM_FLAG
+            prev = pgno
+            yield pgno, data
+        self._crc = crc
+        self.page_count = count
+        self._pages_done = True
+
+    def _bad_page(self, pgno: int, flags: int, prev: int, commit: int, lock: int):
+        where = _label(self.name)
+        if flags & ~PAGE_FLAG_SIZE:
+            raise LTXError(f"{where}: page {pgno}: invalid page flags 0x{flags:04x}",
+                           hint="written by a newer ltx version, or the file is corrupt")
+        if pgno <= prev:
+            raise LTXError(f"{where}: out-of-order page {pgno} after {prev}")
+        if pgno > commit:
+            raise LTXError(f"{where}: page {pgno} beyond commit {commit}")
+        raise LTXError(f"{where}: file contains the lock page {pgno}")
+
+    def close(self) -> Trailer:
+        """Read the index and trailer and verify the file. Returns the trailer."""
+        if self._trailer is not None:
+            return self._trailer
+        if not self._pages_done:
+            for _ in self.pages():
+                pass
+            if not self._pages_done:  # pages() was abandoned mid-iteration by the caller
+                raise LTXError(f"{_label(self.name)}: close() during page iteration")
+        # The rest is index + trailer: CRC all of it except the last 8 bytes (the FileChecksum),
+        # keeping only a 24-byte tail (index length, post-apply, file checksum) in memory.
+        crc = self._crc
+        total = 0
+        hold = b""
+        chunk = self._drain_window()
+        while True:
+            if not chunk:
+                if self._eof:
+                    break
+                chunk = self._f.read(READ_CHUNK)
+                if not chunk:
+                    self._eof = True
+                    break
+                self.bytes_read += len(chunk)
+            total += len(chunk)
+            data = hold + chunk
+            if len(data) > 24:
+                crc = crc64(memoryview(data)[:-24], crc)
+                hold = data[-24:]
+            else:
+                hold = data
+            chunk = b""
+        where = _label(self.name)
+        if len(hold) < 24:
+            raise LTXError(f"{where}: unexpected end of file reading page index/trailer",
+                           hint="the file is truncated; it was cut short in transit or on disk")
+        index_len, post, file_checksum = struct.unpack(">QQQ", hold)
+        if index_len + 24 != total:
+            raise LTXError(f"{where}: page index length {index_len} does not match the "
+                           f"{total - 24} bytes between the pages and the trailer")
+        crc = crc64(hold[:16], crc) | CHECKSUM_FLAG
+        if crc != file_checksum:
+            raise LTXError(f"{where}: file checksum mismatch (computed {crc:016x}, "
+                           f"stored {file_checksum:016x})",
+                           hint="the file is corrupt; restore from another copy or level")
+        h = self.header
+        if h.no_checksum:
+            if post:
+                raise LTXError(f"{where}: post-apply checksum must be zero with NoChecksum set")
+        elif not post & CHECKSUM_FLAG:
+            raise LTXError(f"{where}: post-apply checksum flag bit unset")
+        elif self._track and post != self._db_checksum:
+            raise LTXError(f"{where}: snapshot post-apply checksum mismatch (pages give "
+                           f"{self._db_checksum:016x}, trailer says {post:016x})")
+        self._trailer = Trailer(post, file_checksum)
+        return self._trailer
+
+
+def db_checksum(pages) -> int:
+    """Rolling database checksum over ``(pgno, data)`` pairs; the lock page must be excluded."""
+    checksum = 0
+    for pgno, data in pages:
+        checksum = (checksum ^ page_checksum(pgno, data)) | CHECKSUM_FLAG
+    return checksum

@@ -1,0 +1,380 @@
+"""The upload loop: local L0 LTX files → the replica (Litestream's ``replica.go``).
+
+A :class:`Replica` pairs one :class:`~replication.db.DB` with one replica client. Its loop
+uploads the DB's local L0 files ``replica_pos+1 … db_pos`` one by one, in order, so the
+replica always holds a contiguous chain. It wakes as soon as the DB reports a sync that wrote
+a file (the replica lags by milliseconds, not by a poll interval) and at least every
+``sync-interval``.
+
+Beyond Litestream:
+
+* :attr:`Replica.health` — last successful sync, replica/local TXID, lag, failures, last error;
+* a **retry budget**: when uploads keep failing for longer than ``retry_budget`` seconds the
+  ``on_fatal(error)`` callback fires once (the server stops on it: fail fast, lose nothing —
+  what is committed stays in the local meta dir and is uploaded by the next start);
+* a **chain guard**: a file whose MinTXID is not ``replica_max + 1`` is never uploaded; the
+  loop stops loudly instead (``on_fatal`` at once), unless ``auto-recover`` is on.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from typing import Any, Callable
+
+from .errors import ReplicationError
+from .ltx import Header
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_LEVEL = 9
+
+#: Default seconds of *continuous* upload failure after which ``on_fatal`` fires. Long enough
+#: to ride out an S3 blip or a rolling restart of a MinIO cluster, short enough that an
+#: operator learns about a dead replica before the local disk fills with L0 files.
+DEFAULT_RETRY_BUDGET = 600.0
+
+#: Litestream's cap on the exponential backoff after an upload error (5 minutes).
+MAX_BACKOFF = 300.0
+
+#: Snapshots up to this size are built in memory, larger ones in a temp file.
+SPOOL_IN_MEMORY = 64 << 20
+
+
+def _name(level: int, info) -> str:
+    return f"L{level}/{info.min_txid:016x}-{info.max_txid:016x}.ltx"
+
+
+class ChainError(ReplicationError):
+    """Uploading would leave a gap or an overlap in the replica's L0 chain."""
+
+
+def seconds(value: Any, default: float) -> float:
+    """A config duration as float seconds (accepts seconds, ``timedelta`` or ``None``)."""
+    if value is None:
+        return default
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return float(value)
+
+
+@dataclass
+class ReplicaHealth:
+    """What the server exposes about one replica (``/ready``, metrics, status).
+
+    Times are Unix seconds (float); ``None`` means "never".
+    """
+
+    replica_type: str = ""
+    #: Highest TXID known to be on the replica (0 = empty or unknown yet).
+    replica_txid: int = 0
+    #: Highest TXID of the local DB (its newest L0 file).
+    local_txid: int = 0
+    #: When the replica last reached the local position (or an upload round succeeded).
+    last_sync_at: float | None = None
+    #: Upload rounds that failed since the last success.
+    consecutive_failures: int = 0
+    #: Upload rounds that failed since start.
+    total_failures: int = 0
+    #: ``str()`` of the last error (kept after recovery, for the status page).
+    last_error: str | None = None
+    last_error_at: float | None = None
+    #: Seconds the replica has been behind the local DB (0 when caught up).
+    lag_seconds: float = 0.0
+    #: The retry budget ran out or the chain guard tripped; the loop has stopped.
+    fatal: bool = False
+
+    @property
+    def lag_txids(self) -> int:
+        return max(0, self.local_txid - self.replica_txid)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.fatal and self.consecutive_failures == 0
+
+
+class Replica:
+    """Uploads one DB's L0 files to one replica client.
+
+    ``config`` is the DB's ``ReplicaConfig`` (``sync_interval``, ``max_sync_ltx_files``,
+    ``auto_recover``); any missing field takes Litestream's default.
+    """
+
+    def __init__(self, db, client, config=None, *,
+                 retry_budget: float | None = DEFAULT_RETRY_BUDGET,
+                 on_fatal: Callable[[BaseException], None] | None = None,
+                 max_backoff: float = MAX_BACKOFF):
+        self.db = db
+        self.client = client
+        self.sync_interval = seconds(getattr(config, "sync_interval", None), 1.0)
+        if self.sync_interval <= 0:
+            raise ReplicationError("sync-interval must be > 0", hint="e.g. `sync-interval: 1s`")
+        max_files = getattr(config, "max_sync_ltx_files", None)
+        #: Files uploaded per round at most; 0 = unlimited (Litestream's default is 256).
+        self.max_sync_ltx_files = 256 if max_files is None else int(max_files)
+        self.auto_recover = bool(getattr(config, "auto_recover", False))
+        #: Seconds of continuous failure before ``on_fatal``; ``None`` = retry forever.
+        self.retry_budget = retry_budget
+        self.on_fatal = on_fatal
+        self.max_backoff = max_backoff
+
+        self._pos: int | None = None  # replica max TXID; None = unknown, list it again
+        self._sync_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failing_since: float | None = None
+        self._behind_since: float | None = None
+        self._fatal_reported = False
+        self._health = ReplicaHealth(replica_type=getattr(client, "type", ""))
+        self._health_lock = threading.Lock()
+        #: Called with the new replica TXID after every round that uploaded something.
+        self.on_uploaded: Callable[[int], None] | None = None
+
+    # -- position ----------------------------------------------------------------------
+
+    def pos(self) -> int | None:
+        """The replica's max TXID as last seen (``None`` until the first listing)."""
+        return self._pos
+
+    def calc_pos(self) -> int:
+        """List the replica: the max MaxTXID of L0 and L9 (Litestream looks at L0 only; L9
+        matters after a gap was bridged by a snapshot), or of every level when both are empty.
+        """
+        best = 0
+        for level in (0, SNAPSHOT_LEVEL):
+            for f in self.client.ltx_files(level):
+                best = max(best, f.max_txid)
+        if best == 0:
+            for level in range(1, SNAPSHOT_LEVEL):
+                for f in self.client.ltx_files(level):
+                    best = max(best, f.max_txid)
+        return best
+
+    def snapshot(self):
+        """Stream a full snapshot of the DB (TXIDs 1..pos) to ``L9/1-<pos>``; returns its
+        ``FileInfo``. Used by the L9 schedule, ``-force-snapshot`` and gap recovery.
+        """
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as buf:
+            header = self.db.snapshot_to(buf)
+            buf.seek(0)
+            info = self.client.write_ltx_file(SNAPSHOT_LEVEL, header.min_txid,
+                                              header.max_txid, buf, header.timestamp)
+        log.info("wrote snapshot L9/%016x-%016x", header.min_txid, header.max_txid,
+                 extra={"db": self.db.path})
+        return info
+
+    @property
+    def health(self) -> ReplicaHealth:
+        """A consistent copy of the current health."""
+        with self._health_lock:
+            h = replace(self._health)
+        if h.local_txid > h.replica_txid and self._behind_since is not None:
+            h.lag_seconds = time.time() - self._behind_since
+        return h
+
+    # -- one round ---------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Ask the loop to run a round now (hooked to the DB's "a file was written" signal)."""
+        self._wake.set()
+
+    def sync(self) -> int:
+        """One upload round. Returns the number of files uploaded.
+
+        Raises on any error; the caller (the loop) clears the position and backs off.
+        """
+        with self._sync_lock:
+            return self._sync_locked()
+
+    def _sync_locked(self) -> int:
+        if self._pos is None:
+            remote = self.calc_pos()
+            local = self.db.pos().txid
+            if remote > local:
+                # Hand-over: the replica is ahead of our meta dir (a previous run, another
+                # writer, or a restore). Continue the remote's TXIDs; the DB's next sync then
+                # writes a full-page L0 at remote+1 (Litestream's checkDatabaseBehindReplica).
+                log.info("replica is ahead of the local db (replica txid %d > local %d); "
+                         "continuing from the replica", remote, local, extra={"db": self.db.path})
+                self.db.reset_to_replica(self.client)
+            self._pos = remote
+        pos = self._pos
+        local = self.db.pos().txid
+        self._set_health(replica_txid=pos, local_txid=local)
+        if local <= pos:
+            self._caught_up()
+            return 0
+
+        pending = [f for f in self.db.local_ltx_files(0) if f.max_txid > pos]
+        pending.sort(key=lambda f: (f.min_txid, f.max_txid))
+        if self.max_sync_ltx_files > 0:
+            pending = pending[: self.max_sync_ltx_files]
+        uploaded = 0
+        for info in pending:
+            if info.min_txid != pos + 1:
+                raise ChainError(
+                    f"{self.db.path}: next local L0 file is {info.min_txid:016x}-{info.max_txid:016x} "
+                    f"but the replica ends at {pos:016x}; uploading it would leave a gap",
+                    hint="the local meta dir lost files; set `auto-recover: true` or run "
+                         "`litestream reset <db>` so the next sync writes a full snapshot")
+            data = self._read_local(info)
+            ts = Header.unmarshal(data[:100], name=_name(0, info)).timestamp
+            self.client.write_ltx_file(0, info.min_txid, info.max_txid, data, ts)
+            pos = self._pos = info.max_txid
+            uploaded += 1
+            self._set_health(replica_txid=pos)
+        if uploaded and self.on_uploaded is not None:
+            self.on_uploaded(pos)
+        if pos >= self.db.pos().txid:
+            self._caught_up()
+        return uploaded
+
+    def _read_local(self, info) -> bytes:
+        f = self.db.open_local_ltx(0, info.min_txid, info.max_txid)
+        if isinstance(f, (bytes, bytearray, memoryview)):
+            return bytes(f)
+        try:
+            return f.read()
+        finally:
+            f.close()
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run :meth:`monitor` in a daemon thread."""
+        self._thread = threading.Thread(target=self.monitor, name=f"replica:{self.db.path}",
+                                        daemon=True)
+        self._thread.start()
+
+    def monitor(self) -> None:
+        """Upload until :meth:`stop`: on every wake-up and at least every ``sync_interval``."""
+        backoff = 0.0
+        first = True  # the first round runs at once: files left from a previous run go up now
+        while not self._stopping.is_set():
+            if first:
+                first = False
+            elif backoff:
+                # During a backoff, commits do not shorten the wait: a dead S3 must not be
+                # hammered at the commit rate.
+                self._stopping.wait(backoff)
+            else:
+                self._wake.wait(self.sync_interval)
+            self._wake.clear()
+            if self._stopping.is_set():
+                break
+            try:
+                self.sync()
+            except Exception as exc:  # noqa: BLE001 - every error is retried or fatal
+                self._pos = None
+                fatal = self._record_failure(exc)
+                if fatal:
+                    return
+                backoff = min(max(backoff * 2, self.sync_interval), self.max_backoff)
+            else:
+                backoff = 0.0
+                self._record_success()
+
+    def stop(self, timeout: float = 30.0, interval: float = 0.5) -> bool:
+        """Stop the loop, then a final DB sync + upload, retried every ``interval`` seconds
+        for at most ``timeout`` seconds (``shutdown-sync-timeout``/``-interval``).
+
+        Returns True when the replica holds everything the DB had synced.
+        """
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.db.sync()
+                self.sync()
+                if self._pos is not None and self._pos >= self.db.pos().txid:
+                    self._record_success()
+                    return True
+            except Exception as exc:  # noqa: BLE001
+                self._pos = None
+                log.warning("final replica sync failed: %s", exc, extra={"db": self.db.path})
+                with self._health_lock:
+                    self._health.last_error = str(exc)
+                    self._health.last_error_at = time.time()
+                if isinstance(exc, ChainError) and not self.auto_recover:
+                    return False
+            if time.monotonic() + interval > deadline:
+                log.error("final replica sync did not finish within %.1fs", timeout,
+                          extra={"db": self.db.path})
+                return False
+            time.sleep(interval)
+
+    # -- bookkeeping -------------------------------------------------------------------
+
+    def _set_health(self, **fields) -> None:
+        with self._health_lock:
+            for k, v in fields.items():
+                setattr(self._health, k, v)
+            if self._health.local_txid > self._health.replica_txid:
+                if self._behind_since is None:
+                    self._behind_since = time.time()
+
+    def _caught_up(self) -> None:
+        self._behind_since = None
+        with self._health_lock:
+            self._health.lag_seconds = 0.0
+            self._health.last_sync_at = time.time()
+
+    def _record_success(self) -> None:
+        self._failing_since = None
+        with self._health_lock:
+            self._health.consecutive_failures = 0
+            if self._health.last_sync_at is None:
+                self._health.last_sync_at = time.time()
+
+    def _record_failure(self, exc: BaseException) -> bool:
+        """Count a failed round; returns True when the loop must stop (fatal)."""
+        now = time.time()
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+        with self._health_lock:
+            self._health.consecutive_failures += 1
+            self._health.total_failures += 1
+            self._health.last_error = str(exc)
+            self._health.last_error_at = now
+            failures = self._health.consecutive_failures
+        log.error("replica sync failed (%d in a row): %s", failures, exc,
+                  extra={"db": self.db.path})
+        if isinstance(exc, ChainError):
+            if self.auto_recover:
+                # A snapshot starts at TXID 1, so it bridges any gap; the L0 files after it
+                # are then contiguous with it.
+                log.warning("auto-recover: bridging the gap with an L9 snapshot",
+                            extra={"db": self.db.path})
+                try:
+                    with self._sync_lock:
+                        self.snapshot()
+                    return False
+                except Exception as reset_exc:  # noqa: BLE001
+                    exc = reset_exc
+            self._fatal(exc)
+            return True
+        if (self.retry_budget is not None
+                and time.monotonic() - self._failing_since >= self.retry_budget):
+            self._fatal(ReplicationError(
+                f"replica uploads have failed for {self.retry_budget:.0f}s: {exc}",
+                hint="check the replica's reachability and credentials; nothing committed "
+                     "is lost, the next start uploads the pending files"))
+            return True
+        return False
+
+    def _fatal(self, exc: BaseException) -> None:
+        with self._health_lock:
+            self._health.fatal = True
+        if self._fatal_reported:
+            return
+        self._fatal_reported = True
+        log.critical("replication stopped: %s", exc, extra={"db": self.db.path})
+        if self.on_fatal is not None:
+            self.on_fatal(exc)

@@ -1,0 +1,168 @@
+"""The `/<table>` endpoint: reads (GET, HEAD), writes (POST, PATCH, PUT, DELETE; in
+writes.py) and the CORS preflight (OPTIONS).
+
+Order of checks on every request: auth -> allow-list -> schema cache -> query -> SQL. A table
+that is not allow-listed answers exactly like a missing one (404 PGRST205), so the API never
+reveals which tables exist.
+
+Hot-path notes: one view function per route (no before/after_request hooks), parsed queries
+and SELECT lists are cached (query.py / sql.py), statements are cached per connection by apsw,
+JSON is written by orjson.
+"""
+from __future__ import annotations
+
+import functools
+import re
+from urllib.parse import parse_qsl
+
+from flask import Blueprint, Response, request
+
+from .app import CORS_HEADERS, EXTENSION
+from .auth import access_denied
+from .errors import api_error
+from .prefer import DEFAULT as DEFAULT_PREFERENCES, parse_prefer
+from .query import parse_read_query
+from .representation import CONTENT_TYPES, negotiate, render, shape_of
+from .sql import build_count, build_select
+from .writes import write
+
+METHODS = ["GET", "HEAD", "POST", "PATCH", "PUT", "DELETE", "OPTIONS"]
+
+PREFLIGHT_HEADERS = CORS_HEADERS + (
+    ("Access-Control-Allow-Methods", ", ".join(METHODS)),
+    ("Access-Control-Max-Age", "86400"),
+    ("Allow", ", ".join(METHODS)),
+)
+DEFAULT_ALLOWED_REQUEST_HEADERS = (
+    "Authorization, Content-Type, Accept, Prefer, Range, Range-Unit, apikey, "
+    "Accept-Profile, Content-Profile, X-Client-Info"
+)
+
+_RANGE = re.compile(r"\s*(?:items\s*=\s*)?([0-9]+)\s*-\s*([0-9]*)\s*\Z")
+
+
+def make_blueprint(app, state) -> Blueprint:
+    """The table routes, bound to one app's state (no proxy lookups per request)."""
+    blueprint = Blueprint("api", __name__)
+    authenticator = state.authenticator
+    allowed_tables = state.allowed_tables
+    schema_cache = state.schema_cache
+    db = state.db
+
+    @blueprint.route("/<table_name>", methods=METHODS, provide_automatic_options=False)
+    def table_endpoint(table_name: str):
+        environ = request.environ
+        method = environ["REQUEST_METHOD"]
+        if method == "OPTIONS":
+            return _preflight()
+        # WSGI servers join repeated headers with ", ", so environ holds every Prefer value.
+        if not authenticator.disabled:
+            authenticator.authenticate(app, environ.get("HTTP_AUTHORIZATION"))
+        if table_name not in allowed_tables:
+            access_denied.send(app, table=table_name)
+            raise api_error("unknown_table", table=table_name[:200])
+        table = schema_cache.get(db.reader()).table(table_name)
+        if table is None:
+            raise api_error("unknown_table", table=table_name[:200])
+        prefer = environ.get("HTTP_PREFER")
+        prefs = parse_prefer([prefer]) if prefer else DEFAULT_PREFERENCES
+        if method == "GET" or method == "HEAD":
+            return _read(state, environ, table, prefs, method == "HEAD")
+        return write(state, table, prefs, method, query_of(environ.get("QUERY_STRING", "")))
+
+    return blueprint
+
+
+def _preflight() -> Response:
+    requested = request.headers.get("Access-Control-Request-Headers")
+    headers = PREFLIGHT_HEADERS + (
+        ("Access-Control-Allow-Headers", requested or DEFAULT_ALLOWED_REQUEST_HEADERS),)
+    return Response(b"", status=200, headers=headers)
+
+
+def page_bounds(query, range_header: str | None) -> tuple[int, int | None]:
+    """(offset, limit) from ?offset/?limit intersected with a `Range: first-[last]` header."""
+    offset = query.offset or 0
+    limit = query.limit
+    if range_header is None:
+        return offset, limit
+    m = _RANGE.match(range_header)
+    if m is None:
+        raise api_error("invalid_range",
+                        details=f"Range header {range_header[:100]!r} is not 'first-last' or "
+                                "'first-'",
+                        hint="send e.g. Range: 0-9 with Range-Unit: items")
+    first = int(m.group(1))
+    last = int(m.group(2)) if m.group(2) else None
+    if last is not None and last < first:
+        raise api_error("invalid_range",
+                        details=f"the range end {last} is before its start {first}")
+    lower = max(first, offset)
+    upper_candidates = [u for u in (last, offset + limit - 1 if limit is not None else None)
+                        if u is not None]
+    if not upper_candidates:
+        return lower, None
+    upper = min(upper_candidates)
+    return lower, max(upper - lower + 1, 0)
+
+
+def content_range(offset: int, returned: int, total: int | None, limit: int | None) -> str:
+    """`first-last/total`, computed from the rows actually returned."""
+    if total is not None:
+        total_text = str(total)
+    elif returned == 0 and offset == 0 and limit != 0:
+        total_text = "0"  # nothing from the first row on: the total is known to be 0
+    else:
+        total_text = "*"
+    if returned == 0:
+        return "*/" + total_text
+    return f"{offset}-{offset + returned - 1}/{total_text}"
+
+
+@functools.lru_cache(maxsize=4096)
+def query_of(query_string: str):
+    """The parsed ReadQuery of a raw query string (cached: repeated URLs skip all parsing).
+    Decoding matches werkzeug's request.args: '+' is a space, bad UTF-8 is replaced."""
+    if not query_string.isascii():  # PEP 3333: raw bytes arrive as latin-1 text
+        query_string = query_string.encode("latin-1").decode("utf-8", "replace")
+    return parse_read_query(parse_qsl(query_string, keep_blank_values=True))
+
+
+def _read(state, environ, table, prefs, head: bool) -> Response:
+    query = query_of(environ.get("QUERY_STRING", ""))
+    media = negotiate(environ.get("HTTP_ACCEPT"))
+    offset, limit = page_bounds(query, environ.get("HTTP_RANGE"))
+    max_rows = state.config.max_rows
+    if max_rows is not None and (limit is None or limit > max_rows):
+        limit = max_rows
+    statement = build_select(table, query, limit=limit, offset=offset)
+    total = None
+    if prefs.count is None:
+        rows = state.db.reader().execute(statement.sql, statement.params).fetchall()
+    else:
+        count = build_count(table, query)
+        with state.db.read() as conn:
+            rows = conn.execute(statement.sql, statement.params).fetchall()
+            total = conn.execute(count.sql, count.params).fetchall()[0][0]
+        if offset > 0 and offset >= total and not (offset == 0 and total == 0):
+            raise api_error(
+                "invalid_range",
+                details=f"An offset of {offset} was requested, but there are only {total} rows.",
+                headers={"Content-Range": f"*/{total}"})
+    returned = len(rows)
+    status = 200
+    if total is not None and (offset > 0 or offset + returned < total):
+        status = 206
+    response_headers = [
+        ("Content-Range", content_range(offset, returned, total, limit)),
+        ("Range-Unit", "items"),
+        *CORS_HEADERS,
+    ]
+    applied = prefs.applied("HEAD" if head else "GET") if prefs.given else None
+    if applied:
+        response_headers.append(("Preference-Applied", applied))
+    body = render(media, shape_of(statement.columns), rows)  # also checks singular on HEAD
+    if head:
+        body = b""
+    response_headers.append(("Content-Type", CONTENT_TYPES[media]))
+    return Response(body, status, response_headers)

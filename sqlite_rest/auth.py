@@ -1,0 +1,211 @@
+"""JWT bearer authentication (pyjwt).
+
+- ``Authorization: Bearer <jwt>``; the scheme is case-insensitive.
+- HS256/384/512 with the raw bytes of --auth-token-file; RS256/384/512 with the PEM of
+  --auth-rsa-public-key. Each key file is re-read when its mtime (or size) changes, so keys
+  rotate without a restart.
+- Each key only verifies its own algorithm family: an HS token is never checked against the
+  RSA public key (the classic algorithm-confusion attack), and ``alg: none`` is never allowed.
+- ``exp``/``nbf``/``iat`` are checked with `ServerConfig.auth_leeway_seconds` of skew.
+- Failures: 401 PGRST302 (no token), PGRST301 (bad token), PGRST303 (bad claims), each with a
+  ``WWW-Authenticate: Bearer`` challenge; the `auth_failed` signal fires for metrics.
+- The ``apikey`` header (sent by Supabase-style PostgREST clients) is tolerated and ignored.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Optional
+
+import jwt
+from blinker import Namespace
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
+from .config import ServerConfig
+from .errors import ApiError, api_error
+
+log = logging.getLogger("sqlite_rest.auth")
+
+_signals = Namespace()
+#: Sent with ``reason=<str>`` on every rejected request (metrics count it:
+#: sqlite_rest_auth_failed_requests_total). ``sender`` is the Flask app.
+auth_failed = _signals.signal("sqlite-rest-auth-failed")
+#: Sent with ``table=<str>`` when a request names a table outside --security-allow-table
+#: (answered 404 like an unknown table, but counted:
+#: sqlite_rest_access_check_failed_requests_total).
+access_denied = _signals.signal("sqlite-rest-access-denied")
+
+HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
+RSA_ALGORITHMS = ("RS256", "RS384", "RS512")
+
+#: Verified tokens kept per process (token -> claims), so a client re-sending the same token
+#: costs one dict lookup plus the time checks instead of a signature verification.
+TOKEN_CACHE_SIZE = 1024
+
+
+class KeyFile:
+    """A key file re-read when its (mtime, size, inode) changes. The file is stat()ed at most
+    once per `stat_interval` seconds, so a rotation is seen within that time."""
+
+    def __init__(self, path: str, loader, stat_interval: float = 1.0):
+        self.path = path
+        self.stat_interval = stat_interval
+        self._loader = loader
+        self._stamp: Optional[tuple] = None
+        self._key = None
+        self._checked_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def key(self):
+        """The current key; raises OSError/ValueError when the file is unreadable or bad."""
+        now = time.monotonic()
+        if self._key is not None and now - self._checked_at < self.stat_interval:
+            return self._key
+        st = os.stat(self.path)
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if stamp != self._stamp:
+            with self._lock:
+                if stamp != self._stamp:
+                    with open(self.path, "rb") as f:
+                        self._key = self._loader(f.read())
+                    self._stamp = stamp
+        self._checked_at = now
+        return self._key
+
+    @property
+    def stamp(self):
+        return self._stamp
+
+
+def _load_hmac_secret(data: bytes) -> bytes:
+    if not data:
+        raise ValueError("the token file is empty")
+    return data
+
+
+def _load_rsa_public_key(data: bytes) -> RSAPublicKey:
+    key = load_pem_public_key(data)
+    if not isinstance(key, RSAPublicKey):
+        raise ValueError("the public key file does not hold an RSA public key")
+    return key
+
+
+def _challenge(error: Optional[str], description: Optional[str]) -> dict:
+    if error is None:
+        return {"WWW-Authenticate": "Bearer"}
+    description = (description or "").replace('"', "'")
+    return {"WWW-Authenticate": f'Bearer error="{error}", error_description="{description}"'}
+
+
+class Authenticator:
+    def __init__(self, config: ServerConfig):
+        if not (config.auth_disabled or config.auth_configured):
+            raise ValueError(
+                "authentication is required: pass --auth-token-file or --auth-rsa-public-key "
+                "(or --auth-disabled for local use)")
+        self.disabled = config.auth_disabled
+        self.leeway = config.auth_leeway_seconds
+        interval = config.auth_key_check_interval
+        self.hmac = (KeyFile(config.auth_token_file, _load_hmac_secret, interval)
+                     if config.auth_token_file else None)
+        self.rsa = (KeyFile(config.auth_rsa_public_key, _load_rsa_public_key, interval)
+                    if config.auth_rsa_public_key else None)
+        self._cache: dict[str, dict] = {}
+        self._cache_stamps: tuple = ()
+
+    def check_keys(self) -> None:
+        """Load every configured key now (at startup: a bad key file fails fast)."""
+        for keyfile in (self.hmac, self.rsa):
+            if keyfile is not None:
+                keyfile.key()
+
+    def _fail(self, app, key: str, reason: str, error: Optional[str] = "invalid_token") -> ApiError:
+        auth_failed.send(app, reason=key)
+        return api_error(key, reason=reason, headers=_challenge(error, reason))
+
+    def authenticate(self, app, authorization: Optional[str]) -> Optional[dict]:
+        """Claims of the request's token; None when auth is disabled. Raises ApiError."""
+        if self.disabled:
+            return None
+        if not authorization:
+            raise self._fail(app, "jwt_missing", "no token", error=None)
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise self._fail(app, "jwt_invalid", "Authorization must be 'Bearer <jwt>'")
+        keyfiles = [k for k in (self.hmac, self.rsa) if k is not None]
+        try:
+            for keyfile in keyfiles:
+                keyfile.key()
+        except (OSError, ValueError) as exc:
+            log.error("JWT key file unreadable: %s", exc)
+            auth_failed.send(app, reason="jwt_key_unavailable")
+            raise api_error("jwt_key_unavailable") from None
+        stamps = tuple(k.stamp for k in keyfiles)
+        if stamps != self._cache_stamps:  # a key rotated: forget what the old keys verified
+            self._cache = {}
+            self._cache_stamps = stamps
+        claims = self._cache.get(token)
+        if claims is not None:
+            self._check_times(app, claims)
+            return claims
+        claims = self._verify(app, token)
+        if len(self._cache) >= TOKEN_CACHE_SIZE:
+            self._cache.clear()
+        self._cache[token] = claims
+        return claims
+
+    def _check_times(self, app, claims: dict) -> None:
+        now = time.time()
+        exp = claims.get("exp")
+        if exp is not None and now > exp + self.leeway:
+            raise self._fail(app, "jwt_claims", "JWT expired")
+        nbf = claims.get("nbf")
+        if nbf is not None and now < nbf - self.leeway:
+            raise self._fail(app, "jwt_claims", "JWT not yet valid (nbf)")
+
+    def _verify(self, app, token: str) -> dict:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError as exc:
+            raise self._fail(app, "jwt_invalid", f"malformed JWT: {exc}") from None
+        alg = header.get("alg")
+        if alg in HMAC_ALGORITHMS and self.hmac is not None:
+            key, algorithms = self.hmac.key(), list(HMAC_ALGORITHMS)
+        elif alg in RSA_ALGORITHMS and self.rsa is not None:
+            key, algorithms = self.rsa.key(), list(RSA_ALGORITHMS)
+        else:
+            raise self._fail(app, "jwt_invalid", f"JWT algorithm {alg!r} is not accepted")
+        try:
+            return jwt.decode(
+                token,
+                key=key,
+                algorithms=algorithms,
+                leeway=self.leeway,
+                options={"require": [], "verify_aud": False, "verify_iat": True},
+            )
+        except (jwt.ExpiredSignatureError, jwt.ImmatureSignatureError) as exc:
+            raise self._fail(app, "jwt_claims", _reason(exc)) from None
+        except jwt.InvalidTokenError as exc:
+            raise self._fail(app, "jwt_invalid", _reason(exc)) from None
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, jwt.ExpiredSignatureError):
+        return "JWT expired"
+    if isinstance(exc, jwt.ImmatureSignatureError):
+        return f"JWT not yet valid: {exc}"
+    if isinstance(exc, jwt.InvalidSignatureError):
+        return "JWT signature verification failed"
+    return f"invalid JWT: {exc}"
+
+
+def warn_if_disabled(config: ServerConfig) -> None:
+    if config.auth_disabled:
+        log.warning(
+            "AUTHENTICATION IS DISABLED (--auth-disabled): every client can read and write "
+            "every allow-listed table. Never expose this server beyond localhost."
+        )

@@ -1,0 +1,436 @@
+"""The `sqlite-rest` command line.
+
+``serve`` and ``migrate`` keep the Go server's flag names and defaults; ``restore``, ``ltx`` and
+``replicate`` are Litestream's commands (replication.cmd). Every flag has an environment mirror
+``SQLITEREST_<FLAG>`` (``--db-dsn`` -> ``SQLITEREST_DB_DSN``); a flag on the command line wins.
+As in the Go server, ``--db-dsn``, ``--log-level`` and ``--log-devel`` may also come before the
+subcommand (``sqlite-rest --db-dsn x.db serve``).
+
+Startup errors are one line on stderr (``error: ... (hint: ...)``) and exit code 1 (2 for a
+malformed command line, as argparse does).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+from . import __version__, logs
+
+log = logging.getLogger("sqlite_rest.cli")
+
+ENV_PREFIX = "SQLITEREST_"
+#: Litestream's commands, passed through to replication.cmd.main.
+PASSTHROUGH = ("restore", "ltx", "replicate")
+_TRUE = {"1", "true", "yes", "on", "t", "y"}
+_FALSE = {"0", "false", "no", "off", "f", "n", ""}
+
+
+_FALSE_SUFFIX = "=__false__"
+
+
+class UsageError(Exception):
+    """A bad flag or environment value: one line, exit code 1."""
+
+
+def parse_bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{text!r} is not a boolean (use true/false)")
+
+
+def _int8(text: str) -> int:
+    value = int(text)
+    if not -128 <= value <= 127:
+        raise ValueError(f"{value} is out of range -128..127")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"{value} must be at least 1")
+    return value
+
+
+def _tables(text: str) -> list:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One flag: its name, default, meaning, and how to read its value."""
+
+    name: str
+    help: str
+    default: Any = None
+    kind: Callable[[str], Any] = str
+    boolean: bool = False
+    repeatable: bool = False
+    metavar: Optional[str] = None
+
+    @property
+    def dest(self) -> str:
+        return self.name.replace("-", "_")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper().replace("-", "_")
+
+
+# Declarative: the help, the env mirror and the defaults all come from these tables.
+COMMON_FLAGS = (
+    Flag("db-dsn", "Database path or go-sqlite3 style DSN, e.g. data.db, "
+         "'data.db?_busy_timeout=5000' or 'file:data.db?mode=ro'. The database always runs "
+         "in WAL mode.", metavar="DSN"),
+    Flag("log-level", "Log verbosity on the Go server's scale: <=-2 errors, -1 warnings, "
+         "0..7 info incl. one line per request, >=8 debug (SQL text).", default=5, kind=_int8,
+         metavar="N"),
+    Flag("log-devel", "Human-readable (development) log format instead of JSON lines.",
+         default=False, boolean=True),
+)
+
+SERVE_FLAGS = (
+    Flag("http-addr", "API listen address, host:port (':8080' = every interface).",
+         default=":8080", metavar="ADDR"),
+    Flag("auth-token-file", "File whose raw bytes are the HMAC secret for HS256/384/512 JWTs; "
+         "re-read when it changes.", metavar="PATH"),
+    Flag("auth-rsa-public-key", "PEM RSA public key file for RS256/384/512 JWTs; re-read when "
+         "it changes.", metavar="PATH"),
+    Flag("auth-disabled", "Serve WITHOUT authentication (local use only; logged loudly). One "
+         "of --auth-token-file / --auth-rsa-public-key is required otherwise.",
+         default=False, boolean=True),
+    Flag("security-allow-table", "Table or view to expose; repeatable and comma-separated. "
+         "Deny by default: without it no table is served.", default=(), kind=_tables,
+         repeatable=True, metavar="TABLES"),
+    Flag("metrics-addr", "Prometheus /metrics plus /live, /ready, /status listen address; "
+         "'' disables.", default=":8081", metavar="ADDR"),
+    Flag("pprof-addr", "Profiling server (/debug/pprof/: thread stacks, CPU profile, heap) of "
+         "the supervisor process; '' (default) disables.", default="", metavar="ADDR"),
+    Flag("workers", "HTTP worker processes (default: one per CPU core, here "
+         f"{os.cpu_count() or 1}).", default=None, kind=_positive_int, metavar="N"),
+    Flag("threads", "Request threads per worker process; each thread holds its own SQLite "
+         "connections.", default=None, kind=_positive_int, metavar="N"),
+    Flag("server", "Production HTTP server running the workers (granian: measured fastest, "
+         "see design/process-model.md).", default="granian", metavar="NAME"),
+    Flag("replication-enabled", "Replicate the database with the built-in Litestream 0.5 "
+         "compatible replicator (needs --replication-config).", default=False, boolean=True),
+    Flag("replication-config", "Litestream 0.5 YAML config file naming the replica of "
+         "--db-dsn.", metavar="PATH"),
+)
+
+MIGRATE_FLAGS = (
+    Flag("direction", "Migrate 'up' (apply pending) or 'down' (revert applied).",
+         default="up", kind=lambda v: _choice(v, ("up", "down")), metavar="up|down"),
+    Flag("step", "Apply/revert at most N migrations (default: all pending for up; for down "
+         "all applied).", default=None, kind=_positive_int, metavar="N"),
+    Flag("force", "Set the version without running migrations and clear the dirty flag (after "
+         "fixing a failed migration by hand), like golang-migrate's force. -1 = no version.",
+         default=None, kind=int, metavar="VERSION"),
+)
+
+
+def _choice(value: str, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _add_flags(parser: argparse.ArgumentParser, flags: Sequence[Flag]) -> None:
+    for flag in flags:
+        default_text = "" if flag.default in (None, (), "") else f" Default: {flag.default}."
+        if flag.default == "":
+            default_text = " Default: '' (off)."
+        help_text = f"{flag.help}{default_text} Env: {flag.env}."
+        if flag.boolean:
+            parser.add_argument(f"--{flag.name}", dest=flag.dest, action="store_true",
+                                default=argparse.SUPPRESS, help=help_text)
+            # target of the `--flag=false` rewrite (see _normalize_bool_flags); not in --help
+            parser.add_argument(f"--{flag.name}{_FALSE_SUFFIX}", dest=flag.dest,
+                                action="store_false", default=argparse.SUPPRESS,
+                                help=argparse.SUPPRESS)
+        elif flag.repeatable:
+            parser.add_argument(f"--{flag.name}", dest=flag.dest, action="append",
+                                type=_argparse_type(flag), default=argparse.SUPPRESS,
+                                metavar=flag.metavar, help=help_text)
+        else:
+            parser.add_argument(f"--{flag.name}", dest=flag.dest, type=_argparse_type(flag),
+                                default=argparse.SUPPRESS, metavar=flag.metavar, help=help_text)
+
+
+def _argparse_type(flag: Flag):
+    def convert(text: str):
+        try:
+            return flag.kind(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = flag.name
+    return convert
+
+
+def _resolve(ns: argparse.Namespace, flags: Sequence[Flag], environ) -> dict:
+    """Flag value if given, else the environment mirror, else the default."""
+    values = {}
+    for flag in flags:
+        if hasattr(ns, flag.dest):
+            value = getattr(ns, flag.dest)
+            if flag.repeatable:
+                value = [name for group in value for name in group]
+        elif flag.env in environ:
+            raw = environ[flag.env]
+            try:
+                value = parse_bool(raw) if flag.boolean else flag.kind(raw)
+            except ValueError as exc:
+                raise UsageError(f"{flag.env}={raw!r}: {exc}") from None
+        else:
+            value = flag.default
+        values[flag.dest] = value
+    return values
+
+
+def _normalize_bool_flags(argv: list, flags: Sequence[Flag]) -> list:
+    """pflag accepts ``--log-devel=false``; argparse's store_true does not: rewrite it."""
+    names = {f"--{f.name}" for f in flags if f.boolean}
+    out = []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        if eq and name in names:
+            try:
+                out.append(name if parse_bool(value) else name + _FALSE_SUFFIX)
+            except ValueError:
+                raise UsageError(f"{name}={value!r} is not a boolean (use true/false)") from None
+            continue
+        out.append(arg)
+    return out
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line on stderr (no usage dump), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (hint: {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="sqlite-rest",
+        description="Serve a PostgREST-compatible REST API from any SQLite database, with "
+                    "Litestream 0.5 compatible replication.")
+    parser.add_argument("--version", action="version", version=f"sqlite-rest {__version__}")
+    _add_flags(parser, COMMON_FLAGS)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="Start the database server.",
+                           description="Start the database server (supervisor + HTTP workers).")
+    _add_flags(serve, COMMON_FLAGS + SERVE_FLAGS)
+
+    migrate = sub.add_parser(
+        "migrate", help="Apply database migrations.",
+        description="Apply golang-migrate style migrations (<version>_<name>.up.sql / "
+                    ".down.sql) from DIR; the version is kept in __sqlite_rest_migrations.")
+    migrate.add_argument("migrations_dir", metavar="DIR", help="Directory of the migration files.")
+    _add_flags(migrate, COMMON_FLAGS + MIGRATE_FLAGS)
+
+    for name in PASSTHROUGH:
+        sub.add_parser(name, help=f"Litestream's `{name}` command (see `sqlite-rest {name} -h`).",
+                       add_help=False)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:
+        from replication.cmd import main as replication_main
+
+        return replication_main(argv)
+    try:
+        command, common, flags = parse(argv, os.environ)
+        if command is None:
+            build_parser().print_help(sys.stderr)
+            return 2
+        logs.configure(common["log_level"], common["log_devel"])
+        if command == "serve":
+            return _serve(common, flags)
+        return _migrate(common, flags.pop("migrations_dir"), flags)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def parse(argv: Sequence[str], environ) -> tuple:
+    """(command, common settings, command settings): flag, else env mirror, else default."""
+    parser = build_parser()
+    ns = parser.parse_args(_normalize_bool_flags(list(argv), COMMON_FLAGS + SERVE_FLAGS))
+    if ns.command is None:
+        return None, {}, {}
+    common = _resolve(ns, COMMON_FLAGS, environ)
+    if ns.command == "serve":
+        return "serve", common, _resolve(ns, SERVE_FLAGS, environ)
+    flags = _resolve(ns, MIGRATE_FLAGS, environ)
+    flags["migrations_dir"] = ns.migrations_dir
+    return "migrate", common, flags
+
+
+def _fail(message: str, hint: Optional[str] = None) -> int:
+    print(f"error: {message}" + (f" (hint: {hint})" if hint else ""), file=sys.stderr)
+    return 1
+
+
+def _serve(common: dict, flags: dict) -> int:
+    from .config import DSNError, ServerConfig
+    from .server import ServeOptions, StartupError, Supervisor
+
+    if not common["db_dsn"]:
+        return _fail("--db-dsn is required", hint="e.g. --db-dsn data.db or SQLITEREST_DB_DSN")
+    if not (flags["auth_disabled"] or flags["auth_token_file"] or flags["auth_rsa_public_key"]):
+        return _fail("authentication is required",
+                     hint="pass --auth-token-file or --auth-rsa-public-key, or --auth-disabled "
+                          "for local use")
+    try:
+        config = ServerConfig(
+            db_dsn=common["db_dsn"],
+            allow_tables=tuple(flags["security_allow_table"]),
+            auth_token_file=flags["auth_token_file"] or None,
+            auth_rsa_public_key=flags["auth_rsa_public_key"] or None,
+            auth_disabled=flags["auth_disabled"],
+        )
+    except DSNError as exc:
+        return _fail(f"--db-dsn: {exc}", getattr(exc, "hint", None))
+    except ValueError as exc:
+        return _fail(str(exc))
+    options = ServeOptions(
+        http_addr=flags["http_addr"],
+        metrics_addr=flags["metrics_addr"],
+        pprof_addr=flags["pprof_addr"],
+        workers=flags["workers"] or (os.cpu_count() or 1),
+        threads=flags["threads"] or 0,
+        server=flags["server"],
+        log_level=common["log_level"],
+        log_devel=common["log_devel"],
+    )
+    try:
+        _check_database(config)
+        _check_auth_keys(config)
+        if flags["replication_enabled"] or flags["replication_config"]:
+            _check_replication(config, flags)
+        supervisor = Supervisor(config, options)
+        supervisor.validate()
+        if config.auth_disabled:
+            log.warning("AUTHENTICATION IS DISABLED (--auth-disabled): every client can read and "
+                        "write every allow-listed table. Never expose this server beyond localhost.")
+        if not config.allow_tables:
+            log.warning("no --security-allow-table given: every table is denied (deny by default)")
+        return supervisor.run()
+    except StartupError as exc:
+        return _fail(str(exc), exc.hint)
+
+
+def _check_database(config) -> None:
+    """Open the database once in the supervisor (then close it: no handle may be inherited)."""
+    import apsw
+
+    from .server import StartupError
+
+    path = config.dsn.path
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise StartupError(f"--db-dsn: directory {directory} does not exist",
+                           hint="create it, or fix the path")
+    if config.dsn.mode != "rwc" and not os.path.exists(path):
+        raise StartupError(f"--db-dsn: database {path} does not exist (mode={config.dsn.mode})")
+    flags = (apsw.SQLITE_OPEN_READONLY if config.dsn.read_only else
+             apsw.SQLITE_OPEN_READWRITE | (apsw.SQLITE_OPEN_CREATE if config.dsn.mode == "rwc" else 0))
+    try:
+        conn = apsw.Connection(path, flags=flags)
+        try:
+            conn.set_busy_timeout(config.dsn.busy_timeout_ms)
+            conn.execute("PRAGMA schema_version").fetchall()
+            if not config.dsn.read_only:
+                mode = conn.execute("PRAGMA journal_mode").fetchall()[0][0]
+                if str(mode).lower() != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL").fetchall()
+        finally:
+            conn.close()
+    except apsw.Error as exc:
+        raise StartupError(f"--db-dsn: cannot open database {path}: {exc}") from None
+
+
+def _check_auth_keys(config) -> None:
+    from .auth import Authenticator
+    from .server import StartupError
+
+    for flag, path in (("--auth-token-file", config.auth_token_file),
+                       ("--auth-rsa-public-key", config.auth_rsa_public_key)):
+        if path and not os.access(path, os.R_OK):
+            raise StartupError(f"{flag} {path}: file is missing or unreadable")
+    try:
+        Authenticator(config).check_keys()
+    except (OSError, ValueError) as exc:
+        raise StartupError(f"auth key: {exc}") from None
+
+
+def _check_replication(config, flags) -> None:
+    from .server import StartupError
+
+    path = flags["replication_config"]
+    if not flags["replication_enabled"]:
+        raise StartupError("--replication-config is set but --replication-enabled is not",
+                           hint="add --replication-enabled (or SQLITEREST_REPLICATION_ENABLED=true)")
+    if not path:
+        raise StartupError("--replication-enabled needs --replication-config PATH",
+                           hint="a Litestream 0.5 YAML file naming the replica of --db-dsn")
+    if not os.access(path, os.R_OK):
+        raise StartupError(f"--replication-config {path}: file is missing or unreadable")
+    try:
+        from replication.config import load_config
+    except ImportError:
+        raise StartupError("replication is not available in this build",
+                           hint="run without --replication-enabled") from None
+    try:
+        cfg = load_config(path)
+    except Exception as exc:  # noqa: BLE001 - ConfigError carries file and key
+        hint = getattr(exc, "hint", None)
+        raise StartupError(f"--replication-config: {exc}", hint=hint) from None
+    if cfg.db_for_path(config.dsn.path) is None:
+        raise StartupError(f"--replication-config {path} has no dbs entry for {config.dsn.path}",
+                           hint="add `dbs: [{path: ..., replica: {url: ...}}]` for this database")
+    # The replicator runs inside the supervisor once the replication core is wired in.
+    raise StartupError("--replication-enabled: the replicator is not wired into `serve` yet",
+                       hint="run `sqlite-rest replicate -config PATH` beside the server for now")
+
+
+def _migrate(common: dict, directory: str, flags: dict) -> int:
+    from .config import DSNError, parse_dsn
+    from .migrate import MigrationError, Migrator
+
+    if not common["db_dsn"]:
+        return _fail("--db-dsn is required", hint="e.g. --db-dsn data.db or SQLITEREST_DB_DSN")
+    try:
+        dsn = parse_dsn(common["db_dsn"])
+    except DSNError as exc:
+        return _fail(f"--db-dsn: {exc}", getattr(exc, "hint", None))
+    try:
+        migrator = Migrator(dsn.path, directory, busy_timeout_ms=dsn.busy_timeout_ms)
+        try:
+            if flags["force"] is not None:
+                migrator.force(flags["force"])
+            elif flags["direction"] == "up":
+                migrator.up(flags["step"])
+            else:
+                migrator.down(flags["step"])
+        finally:
+            migrator.close()
+    except MigrationError as exc:
+        return _fail(str(exc), exc.hint)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

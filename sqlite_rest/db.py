@@ -1,0 +1,248 @@
+"""The SQLite connection model (apsw only).
+
+- Every connection is opened by `open_connection()`, which applies the settings below, one
+  small function each, so each setting is documented and testable on its own.
+- Each thread owns its connections (`threading.local`): one reader (``query_only``, so a
+  smuggled write cannot succeed even if the SQL builder had a bug) and one writer. apsw
+  connections are never shared across threads and never across `fork()`: a fork generation is
+  recorded and a child process reopens instead of reusing an inherited handle.
+- Writes run in ``BEGIN IMMEDIATE`` transactions (take the write lock up front, so a
+  transaction never fails half-way with SQLITE_BUSY on lock upgrade); after each successful
+  COMMIT the `on_commit` hook runs (replication uses it to wake the replicator and learn the
+  TXID that contains the write).
+- apsw caches prepared statements per connection, so reusing connections reuses plans.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+from typing import Callable, Iterator, Optional
+
+import apsw
+
+from .config import DatabaseDSN
+
+#: Prepared statements apsw keeps per connection (its default is 16; our SQL has many
+#: shapes: one per table x filter columns x select list).
+STATEMENT_CACHE_SIZE = 256
+
+# Bumped in every forked child, so per-thread connections notice a fork without a getpid()
+# system call per request.
+_fork_generation = 0
+
+
+def _after_fork_in_child() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def force_wal(conn: apsw.Connection) -> None:
+    """Run the database in WAL mode: readers never block the writer, and Litestream-style
+    replication reads the WAL. The mode is persistent in the file, so a read-only connection
+    only checks it."""
+    mode = conn.execute("PRAGMA journal_mode").fetchall()[0][0]
+    if str(mode).lower() != "wal":
+        conn.execute("PRAGMA journal_mode=WAL").fetchall()
+
+
+def set_busy_timeout(conn: apsw.Connection, milliseconds: int) -> None:
+    """Wait up to `milliseconds` for a lock before failing with SQLITE_BUSY (→ 503)."""
+    conn.set_busy_timeout(milliseconds)
+
+
+def enable_foreign_keys(conn: apsw.Connection) -> None:
+    """Enforce FOREIGN KEY constraints (SQLite leaves them off per connection by default)."""
+    conn.execute("PRAGMA foreign_keys=ON")
+
+
+def set_synchronous(conn: apsw.Connection, level: str = "NORMAL") -> None:
+    """NORMAL is durable across application crashes in WAL mode and much faster than FULL;
+    FULL additionally survives power loss at the cost of an fsync per commit."""
+    if level not in ("NORMAL", "FULL"):
+        raise ValueError(f"unsupported synchronous level {level!r}")
+    conn.execute(f"PRAGMA synchronous={level}")
+
+
+def make_query_only(conn: apsw.Connection) -> None:
+    """Reader connections refuse every write (defence in depth for the read path)."""
+    conn.execute("PRAGMA query_only=ON")
+
+
+def _regexp(pattern, value):
+    if pattern is None or value is None:
+        return None
+    return 1 if re.search(str(pattern), str(value)) else 0
+
+
+def register_functions(conn: apsw.Connection) -> None:
+    """SQL functions the query builder relies on (REGEXP for match/imatch)."""
+    try:
+        from . import sql as sql_builder
+    except ImportError:  # pragma: no cover - only while sql.py is absent
+        sql_builder = None
+    if sql_builder is not None and hasattr(sql_builder, "register_functions"):
+        sql_builder.register_functions(conn)
+    else:  # pragma: no cover
+        conn.create_scalar_function("regexp", _regexp, 2, deterministic=True)
+
+
+def open_connection(
+    path: str,
+    *,
+    read_only: bool = False,
+    query_only: bool = False,
+    create: bool = True,
+    busy_timeout_ms: int = 5000,
+    synchronous: str = "NORMAL",
+) -> apsw.Connection:
+    """Open one connection with every setting of the connection model applied."""
+    if read_only:
+        flags = apsw.SQLITE_OPEN_READONLY
+    else:
+        flags = apsw.SQLITE_OPEN_READWRITE | (apsw.SQLITE_OPEN_CREATE if create else 0)
+    conn = apsw.Connection(path, flags=flags, statementcachesize=STATEMENT_CACHE_SIZE)
+    try:
+        set_busy_timeout(conn, busy_timeout_ms)
+        if not read_only:
+            force_wal(conn)
+            set_synchronous(conn, synchronous)
+        enable_foreign_keys(conn)
+        if query_only:
+            make_query_only(conn)
+        register_functions(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+class Transaction:
+    """Handle given to the body of `Database.write()`."""
+
+    __slots__ = ("conn", "rollback_only", "commit_result")
+
+    def __init__(self, conn: apsw.Connection):
+        self.conn = conn
+        #: Set to True to roll back instead of committing (Prefer: tx=rollback).
+        self.rollback_only = False
+        #: What the on_commit/replication_txid hook returned after COMMIT (or None).
+        self.commit_result: object = None
+
+
+class Database:
+    """Per-thread, per-process apsw connections to one database file."""
+
+    def __init__(
+        self,
+        dsn: DatabaseDSN,
+        *,
+        on_commit: Optional[Callable[[], object]] = None,
+        replication_txid: Optional[Callable[[], object]] = None,
+    ):
+        self.dsn = dsn
+        self.on_commit = on_commit
+        self.replication_txid = replication_txid
+        self._local = threading.local()
+
+    # -- connections ------------------------------------------------------------------
+    def _connections(self) -> threading.local:
+        local = self._local
+        if getattr(local, "generation", None) != _fork_generation:
+            # Fresh thread, or a forked child holding the parent's handles: never reuse
+            # inherited handles (SQLite forbids it); drop them without closing them, as
+            # closing could touch the parent's locks.
+            local.generation = _fork_generation
+            local.reader = None
+            local.writer = None
+        return local
+
+    def reader(self) -> apsw.Connection:
+        """This thread's read connection (query_only)."""
+        local = self._connections()
+        conn = local.reader
+        if conn is None:
+            conn = local.reader = open_connection(
+                self.dsn.path,
+                read_only=self.dsn.read_only,
+                query_only=True,
+                create=self.dsn.mode == "rwc",
+                busy_timeout_ms=self.dsn.busy_timeout_ms,
+            )
+        return conn
+
+    def writer(self) -> apsw.Connection:
+        """This thread's write connection. On a read-only DSN it is opened read-only, so
+        writes fail with SQLITE_READONLY (→ 405 25006) like on a replica."""
+        local = self._connections()
+        conn = local.writer
+        if conn is None:
+            conn = local.writer = open_connection(
+                self.dsn.path,
+                read_only=self.dsn.read_only,
+                create=self.dsn.mode == "rwc",
+                busy_timeout_ms=self.dsn.busy_timeout_ms,
+                synchronous=self.dsn.synchronous,
+            )
+        return conn
+
+    def close_thread_connections(self) -> None:
+        """Close this thread's connections (tests, shutdown)."""
+        local = self._connections()
+        for name in ("reader", "writer"):
+            conn = getattr(local, name)
+            if conn is not None:
+                conn.close()
+                setattr(local, name, None)
+
+    # -- transactions -----------------------------------------------------------------
+    @contextlib.contextmanager
+    def read(self) -> Iterator[apsw.Connection]:
+        """A consistent snapshot for requests that run more than one statement (a page and
+        its exact count)."""
+        conn = self.reader()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")  # read-only: COMMIT just releases the snapshot
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Transaction]:
+        """One write transaction: BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
+        conn = self.writer()
+        if conn.in_transaction:  # a previous request died mid-way; never inherit its state
+            conn.execute("ROLLBACK")
+        conn.execute("BEGIN IMMEDIATE")
+        tx = Transaction(conn)
+        try:
+            yield tx
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if tx.rollback_only:
+            conn.execute("ROLLBACK")
+            return
+        try:
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        result = self.on_commit() if self.on_commit is not None else None
+        if self.replication_txid is not None:
+            result = self.replication_txid()
+        tx.commit_result = result
+
+    def schema_version(self) -> int:
+        return self.reader().execute("PRAGMA schema_version").fetchall()[0][0]
+
+    def check_open(self) -> None:
+        """Raise if the database cannot be opened and read (for /ready)."""
+        self.reader().execute("SELECT count(*) FROM sqlite_schema").fetchall()

@@ -1,0 +1,303 @@
+"""Every error the API can answer with, in ONE declarative table.
+
+The table is the single source of truth: the API raises `api_error(key, ...)`, the docs render
+`errors_markdown()`, and tests/test_errors_contract.py triggers every row with a real request.
+Every failure - including Flask/Werkzeug HTTP errors and unexpected exceptions - is rendered by
+`render_error()` as PostgREST's four-key JSON ``{"code","message","details","hint"}``.
+
+SQLite errors are mapped by their *extended* result code (apsw's ``exc.extendedresult``),
+never by message text.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+import apsw
+import orjson
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response
+
+log = logging.getLogger("sqlite_rest.errors")
+
+JSON_MIMETYPE = "application/json; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class ErrorCase:
+    #: Stable name used in code: ``raise api_error("unknown_table", table=name)``.
+    key: str
+    #: When it happens (rendered into the docs).
+    case: str
+    #: HTTP status.
+    status: int
+    #: PostgREST/PostgreSQL error code; None where PostgREST has none either.
+    code: Optional[str]
+    #: Default message; ``{name}`` fields are filled from `api_error()` keyword arguments.
+    message: str
+    #: Default hint for the client or operator.
+    hint: Optional[str] = None
+
+
+ERROR_TABLE: tuple[ErrorCase, ...] = (
+    # -- request parsing (PGRST1xx) --------------------------------------------------
+    ErrorCase("query_parse", "unparsable query string: bad operator, filter, select, order, limit",
+              400, "PGRST100", "Could not parse the query string"),
+    ErrorCase("invalid_body", "malformed or empty JSON / CSV request body",
+              400, "PGRST102", "Empty or invalid json",
+              "Send a JSON object or an array of objects with Content-Type: application/json"),
+    ErrorCase("invalid_range", "Range header or offset beyond the rows that exist",
+              416, "PGRST103", "Requested range not satisfiable"),
+    ErrorCase("invalid_put", "PUT whose filters are not `eq` on exactly the primary key columns",
+              405, "PGRST105", "Filters must include all and only primary key columns with 'eq' operators"),
+    ErrorCase("unsupported_content_type", "request Content-Type the API cannot read",
+              415, "PGRST107", "The Content-Type {content_type!r} is not supported",
+              "Use application/json, text/csv or application/x-www-form-urlencoded"),
+    ErrorCase("not_acceptable", "Accept header names no media type the API can produce",
+              406, "PGRST107", "None of these media types are available: {accept}",
+              "Use application/json, text/csv or application/vnd.pgrst.object+json"),
+    ErrorCase("put_with_limit", "PUT with limit or offset",
+              400, "PGRST114", "limit/offset querystring parameters are not allowed for PUT"),
+    ErrorCase("put_key_mismatch", "PUT body whose primary key differs from the URL's, or is missing columns",
+              400, "PGRST115", "Payload values do not match URL in primary key column(s)"),
+    ErrorCase("singular_not_one", "Accept: application/vnd.pgrst.object+json but not exactly one row",
+              406, "PGRST116", "JSON object requested, multiple (or no) rows returned"),
+    ErrorCase("method_not_allowed", "HTTP verb the route does not support",
+              405, "PGRST117", "Unsupported HTTP method: {method}"),
+    ErrorCase("invalid_preference", "invalid Prefer value together with Prefer: handling=strict",
+              400, "PGRST122", "Invalid preferences given with handling=strict"),
+    ErrorCase("max_affected_exceeded", "write affects more rows than Prefer: max-affected (rolled back)",
+              400, "PGRST124", "Query result exceeds max-affected preference constraint"),
+    ErrorCase("invalid_path", "URL that names no route (e.g. /a/b)",
+              404, "PGRST125", "Invalid path specified in request URL"),
+    ErrorCase("filterless_write", "PATCH/DELETE without any filter while refuse_filterless_writes is on",
+              400, "21000", "{verb} requires a WHERE clause",
+              "Add a filter, e.g. ?id=eq.1; this server refuses filterless writes"),
+    # -- schema cache (PGRST2xx, 42703) ------------------------------------------------
+    ErrorCase("unknown_body_column", "unknown column in the body or in ?columns=",
+              400, "PGRST204", "Could not find the '{column}' column of '{table}' in the schema cache"),
+    ErrorCase("unknown_table", "unknown table, or one not in --security-allow-table (same answer, so "
+              "names do not leak)",
+              404, "PGRST205", "Could not find the table '{table}' in the schema cache",
+              "Only tables and views named by --security-allow-table are exposed"),
+    ErrorCase("unknown_column", "unknown column in a filter, select, order or on_conflict",
+              400, "42703", "column {column} does not exist"),
+    # -- auth (PGRST3xx) ---------------------------------------------------------------
+    ErrorCase("jwt_key_unavailable", "the configured JWT key file cannot be read",
+              500, "PGRST300", "Server lacks JWT secret",
+              "Check --auth-token-file / --auth-rsa-public-key"),
+    ErrorCase("jwt_invalid", "malformed token, bad signature, alg none, wrong algorithm or key",
+              401, "PGRST301", "{reason}"),
+    ErrorCase("jwt_missing", "no Authorization: Bearer token while authentication is on",
+              401, "PGRST302", "Anonymous access is disabled",
+              "Send Authorization: Bearer <jwt>"),
+    ErrorCase("jwt_claims", "expired token, nbf in the future, iat in the future",
+              401, "PGRST303", "{reason}"),
+    # -- SQLite constraint and data errors ---------------------------------------------
+    ErrorCase("unique_violation", "UNIQUE or PRIMARY KEY constraint violated",
+              409, "23505", "duplicate key value violates unique constraint"),
+    ErrorCase("foreign_key_violation", "FOREIGN KEY constraint violated",
+              409, "23503", "insert or update violates foreign key constraint"),
+    ErrorCase("not_null_violation", "NOT NULL constraint violated",
+              400, "23502", "null value violates not-null constraint"),
+    ErrorCase("check_violation", "CHECK constraint violated",
+              400, "23514", "new row violates check constraint"),
+    ErrorCase("constraint_violation", "other constraint failure, e.g. RAISE(ABORT, ...) in a trigger",
+              400, "23000", "integrity constraint violation"),
+    ErrorCase("datatype_mismatch", "value of the wrong type for a rowid / STRICT column",
+              400, "22P02", "datatype mismatch"),
+    ErrorCase("sql_data_error", "SQLite refused the data while evaluating (e.g. malformed JSON in a "
+              "JSON path, integer overflow)",
+              400, "22000", "data exception"),
+    ErrorCase("read_only", "write on a read-only database or replica",
+              405, "25006", "cannot execute {verb} in a read-only transaction",
+              "This server is read-only; send writes to the primary"),
+    ErrorCase("busy", "SQLITE_BUSY / LOCKED after the busy timeout",
+              503, "PGRST003", "The database is busy, try again",
+              "Retry after the number of seconds in Retry-After"),
+    ErrorCase("disk_full", "SQLITE_FULL: disk or max_page_count full",
+              507, "53100", "could not write: the database or disk is full",
+              "Free disk space on the database volume"),
+    ErrorCase("database_corrupt", "SQLITE_CORRUPT / NOTADB (also turns /ready to 503)",
+              500, "XX001", "database disk image is malformed",
+              "Restore the database from a replica or backup"),
+    ErrorCase("database_unavailable", "database file cannot be opened, or an I/O error",
+              503, "PGRST000", "Could not open the database",
+              "Check --db-dsn, the file's permissions and the disk"),
+    # -- transport -----------------------------------------------------------------------
+    ErrorCase("body_too_large", "request body larger than max_body_bytes",
+              413, None, "Request body too large: the limit is {limit} bytes"),
+    ErrorCase("internal", "unexpected exception (logged with its traceback, never sent)",
+              500, "XX000", "Internal server error",
+              "The server log has the details"),
+)
+
+ERRORS: dict[str, ErrorCase] = {case.key: case for case in ERROR_TABLE}
+assert len(ERRORS) == len(ERROR_TABLE), "duplicate error key"
+
+
+class ApiError(Exception):
+    """An error answered as PostgREST's four-key JSON."""
+
+    def __init__(
+        self,
+        code: Optional[str],
+        message: str,
+        details: Optional[str] = None,
+        hint: Optional[str] = None,
+        status: int = 400,
+        headers: Optional[Mapping[str, str]] = None,
+    ):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+        self.hint = hint
+        self.status = status
+        self.headers = dict(headers) if headers else {}
+
+    def body(self) -> dict:
+        return {"code": self.code, "message": self.message, "details": self.details, "hint": self.hint}
+
+    def __repr__(self) -> str:
+        return f"ApiError({self.status}, {self.code!r}, {self.message!r})"
+
+
+def api_error(
+    key: str,
+    *,
+    message: Optional[str] = None,
+    details: Optional[str] = None,
+    hint: Optional[str] = None,
+    headers: Optional[Mapping[str, str]] = None,
+    status: Optional[int] = None,
+    **fields,
+) -> ApiError:
+    """Build the ApiError of table row `key`; `fields` fill the default message."""
+    case = ERRORS[key]
+    if message is None:
+        try:
+            message = case.message.format(**fields)
+        except (KeyError, IndexError):
+            message = case.message
+    return ApiError(
+        case.code,
+        message,
+        details=details,
+        hint=hint if hint is not None else case.hint,
+        status=status if status is not None else case.status,
+        headers=headers,
+    )
+
+
+def errors_markdown() -> str:
+    """The error table as Markdown, for the docs."""
+    lines = ["| case | HTTP | code | message | hint |", "|---|---|---|---|---|"]
+    for c in ERROR_TABLE:
+        cells = (c.case, str(c.status), c.code or "—", c.message, c.hint or "")
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# -- SQLite errors by extended result code --------------------------------------------
+
+def _ext(name: str) -> int:
+    return apsw.mapping_extended_result_codes[name]
+
+
+_SQLITE_EXTENDED: dict[int, str] = {
+    _ext("SQLITE_CONSTRAINT_UNIQUE"): "unique_violation",
+    _ext("SQLITE_CONSTRAINT_PRIMARYKEY"): "unique_violation",
+    _ext("SQLITE_CONSTRAINT_ROWID"): "unique_violation",
+    _ext("SQLITE_CONSTRAINT_FOREIGNKEY"): "foreign_key_violation",
+    _ext("SQLITE_CONSTRAINT_NOTNULL"): "not_null_violation",
+    _ext("SQLITE_CONSTRAINT_CHECK"): "check_violation",
+    _ext("SQLITE_CONSTRAINT_DATATYPE"): "datatype_mismatch",
+}
+
+# Primary result code -> row, when the extended code is not listed above.
+_SQLITE_PRIMARY: dict[int, str] = {
+    apsw.SQLITE_CONSTRAINT: "constraint_violation",
+    apsw.SQLITE_MISMATCH: "datatype_mismatch",
+    apsw.SQLITE_ERROR: "sql_data_error",
+    apsw.SQLITE_TOOBIG: "sql_data_error",
+    apsw.SQLITE_RANGE: "sql_data_error",
+    apsw.SQLITE_READONLY: "read_only",
+    apsw.SQLITE_BUSY: "busy",
+    apsw.SQLITE_LOCKED: "busy",
+    apsw.SQLITE_FULL: "disk_full",
+    apsw.SQLITE_CORRUPT: "database_corrupt",
+    apsw.SQLITE_NOTADB: "database_corrupt",
+    apsw.SQLITE_CANTOPEN: "database_unavailable",
+    apsw.SQLITE_IOERR: "database_unavailable",
+    apsw.SQLITE_NOMEM: "database_unavailable",
+    apsw.SQLITE_PERM: "database_unavailable",
+    apsw.SQLITE_NOLFS: "database_unavailable",
+    apsw.SQLITE_INTERRUPT: "busy",
+}
+
+#: Seconds a client should wait after a 503 busy.
+RETRY_AFTER_SECONDS = "1"
+
+
+def sqlite_error_key(exc: apsw.Error) -> str:
+    extended = getattr(exc, "extendedresult", None)
+    if extended in _SQLITE_EXTENDED:
+        return _SQLITE_EXTENDED[extended]
+    primary = getattr(exc, "result", None)
+    if primary is None and extended is not None:
+        primary = extended & 0xFF
+    return _SQLITE_PRIMARY.get(primary, "internal")
+
+
+def from_sqlite(exc: apsw.Error, *, verb: str = "write",
+                primary_url: Optional[str] = None) -> Optional[ApiError]:
+    """The ApiError of a SQLite failure; None when it is not a mapped database condition
+    (then it is a bug: the caller answers the generic 500 and logs the traceback)."""
+    key = sqlite_error_key(exc)
+    if key == "internal":
+        return None
+    text = str(exc)
+    details = text
+    headers = None
+    hint = None
+    if key == "busy":
+        headers = {"Retry-After": RETRY_AFTER_SECONDS}
+    elif key == "read_only" and primary_url:
+        hint = f"This server is read-only; send writes to the primary at {primary_url}"
+    elif key in ("database_corrupt", "database_unavailable"):
+        log.error("database failure: %s", text)
+        details = None  # operator-level detail: logged, not sent
+    return api_error(key, details=details, hint=hint, headers=headers, verb=verb.upper())
+
+
+# -- rendering ----------------------------------------------------------------------
+
+_HTTP_STATUS_KEYS = {
+    404: "invalid_path",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_content_type",
+}
+
+
+def from_http_exception(exc: HTTPException, *, method: str = "", max_body_bytes: int = 0) -> ApiError:
+    status = exc.code or 500
+    key = _HTTP_STATUS_KEYS.get(status)
+    headers = {}
+    if status == 405:
+        allowed = getattr(exc, "valid_methods", None)
+        if allowed:
+            headers["Allow"] = ", ".join(allowed)
+    if key is not None:
+        return api_error(key, headers=headers, method=method, limit=max_body_bytes, content_type="")
+    return ApiError(None, exc.description or exc.name, status=status, headers=headers)
+
+
+def render_error(error: ApiError) -> Response:
+    response = Response(orjson.dumps(error.body()), status=error.status, mimetype=JSON_MIMETYPE)
+    response.headers["Content-Type"] = JSON_MIMETYPE
+    for name, value in error.headers.items():
+        response.headers[name] = value
+    return response

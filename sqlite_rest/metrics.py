@@ -1,0 +1,175 @@
+"""The Go server's Prometheus metrics, correct across worker processes.
+
+Names, labels and help texts are b4fun/sqlite-rest's (metrics.go), so existing dashboards work:
+
+| metric | type | labels | where |
+|---|---|---|---|
+| ``sqlite_rest_http_requests_total`` | counter | target, operation, http_code | workers |
+| ``sqlite_rest_http_request_duration_milliseconds`` | histogram | target, operation, http_code | workers |
+| ``sqlite_rest_auth_failed_requests_total`` | counter | — | workers |
+| ``sqlite_rest_access_check_failed_requests_total`` | counter | — | workers |
+| ``sqlite_rest_database_size_bytes`` | gauge | — | parent |
+
+Workers record into prometheus_client's *multiprocess* mode: the supervisor sets
+``PROMETHEUS_MULTIPROC_DIR`` (a fresh temp dir per `serve`) in the worker environment only, so
+every worker writes its own mmap'ed files. The parent's ``/metrics`` merges those files
+(`MultiProcessCollector`) with the parent's own default registry (database size, and the
+``litestream_*`` replication metrics). Worker metrics are built by `RequestMetrics`, never at
+import time, so importing this module in the parent does not register worker metrics twice.
+"""
+from __future__ import annotations
+
+import time
+from typing import Iterable, Optional
+
+import orjson
+from flask import Flask, g, request
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+NAMESPACE = "sqlite_rest"
+#: Only these families are taken from the workers' files (a worker that imported another
+#: metrics module must not shadow the parent's families).
+WORKER_FAMILY_PREFIX = NAMESPACE + "_"
+REQUEST_LABELS = ("target", "operation", "http_code")
+#: Go's buckets (1, 10, 100, 500, 1000 ms) plus finer steps; a superset, so `le="10"` and
+#: friends in existing queries keep working.
+DURATION_BUCKETS_MS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+
+#: HTTP method -> the Go server's operation label (its handler names).
+OPERATIONS = {
+    "GET": "queryTableOrView",
+    "HEAD": "queryTableOrView",
+    "POST": "insertTable",
+    "PATCH": "updateTable",
+    "PUT": "updateSingleEntity",
+    "DELETE": "deleteTable",
+}
+#: Error codes (see errors.py) that count as failed authentication / failed access checks.
+AUTH_FAILED_CODES = frozenset({"PGRST301", "PGRST302", "PGRST303"})
+ACCESS_CHECK_FAILED_CODES = frozenset({"42501"})
+#: Requests outside the table routes (/, /live, /ready, OPTIONS preflight) are not counted,
+#: as in the Go server, whose middleware wraps only the table routes.
+_SKIP_PATHS = frozenset({"/", "/live", "/ready", "/status", "/favicon.ico"})
+
+
+class RequestMetrics:
+    """The per-request metrics of one worker process (or one test app)."""
+
+    def __init__(self, registry: Optional[CollectorRegistry] = REGISTRY):
+        self.requests_total = Counter(
+            "http_requests_total", "Total number of HTTP requests", REQUEST_LABELS,
+            namespace=NAMESPACE, registry=registry)
+        self.request_duration = Histogram(
+            "http_request_duration_milliseconds", "HTTP request latency", REQUEST_LABELS,
+            namespace=NAMESPACE, buckets=DURATION_BUCKETS_MS, registry=registry)
+        self.auth_failed = Counter(
+            "auth_failed_requests_total", "Total number of failed authentication requests",
+            namespace=NAMESPACE, registry=registry)
+        self.access_check_failed = Counter(
+            "access_check_failed_requests_total", "Total number of failed access check requests",
+            namespace=NAMESPACE, registry=registry)
+        # (target, operation, code) -> (counter child, histogram child): labels() is slow.
+        self._children: dict = {}
+
+    def observe(self, target: str, operation: str, status: int, duration_ms: float,
+                error_code: Optional[str] = None) -> None:
+        key = (target, operation, status)
+        children = self._children.get(key)
+        if children is None:
+            labels = (target, operation, str(status))
+            children = (self.requests_total.labels(*labels),
+                        self.request_duration.labels(*labels))
+            if len(self._children) < 10_000:  # unbounded label sets would leak memory
+                self._children[key] = children
+        children[0].inc()
+        children[1].observe(duration_ms)
+        if error_code in AUTH_FAILED_CODES:
+            self.auth_failed.inc()
+        elif error_code in ACCESS_CHECK_FAILED_CODES:
+            self.access_check_failed.inc()
+
+    def instrument(self, app: Flask) -> None:
+        """Record every table request of `app` (cheap before/after_request hooks)."""
+
+        @app.before_request
+        def _start_timer():
+            g._sqlite_rest_t0 = time.perf_counter()
+
+        @app.after_request
+        def _record(response):
+            t0 = g.get("_sqlite_rest_t0")
+            path = request.path
+            operation = OPERATIONS.get(request.method)
+            if t0 is None or operation is None or path in _SKIP_PATHS:
+                return response
+            target = path.strip("/").split("/", 1)[0]
+            error_code = None
+            if response.status_code in (401, 403):
+                error_code = _error_code(response)
+            self.observe(target, operation, response.status_code,
+                         (time.perf_counter() - t0) * 1000.0, error_code)
+            return response
+
+
+def _error_code(response) -> Optional[str]:
+    try:
+        body = orjson.loads(response.get_data())
+    except (orjson.JSONDecodeError, RuntimeError, TypeError):
+        return None
+    return body.get("code") if isinstance(body, dict) else None
+
+
+class DatabaseSizeGauge:
+    """``sqlite_rest_database_size_bytes`` (page_count * page_size), kept by the parent."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY):
+        self.gauge = Gauge("database_size_bytes", "Size of the database file",
+                           namespace=NAMESPACE, registry=registry)
+
+    def set(self, size_bytes: float) -> None:
+        self.gauge.set(size_bytes)
+
+
+class _WorkerFamilies:
+    """The workers' sqlite_rest_* families from the multiprocess directory."""
+
+    def __init__(self, multiproc_dir: str):
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        # registry=None: collect on demand, do not register anywhere.
+        self._collector = MultiProcessCollector(None, path=multiproc_dir)
+
+    def collect(self) -> Iterable:
+        for family in self._collector.collect():
+            if family.name.startswith(WORKER_FAMILY_PREFIX):
+                yield family
+
+
+class MetricsExposition:
+    """Renders the parent's /metrics: its own registry plus the workers' merged files."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, multiproc_dir: Optional[str], registry: CollectorRegistry = REGISTRY):
+        self.registry = registry
+        self.worker_registry = None
+        if multiproc_dir:
+            self.worker_registry = CollectorRegistry(auto_describe=False)
+            self.worker_registry.register(_WorkerFamilies(multiproc_dir))
+
+    def render(self) -> bytes:
+        text = generate_latest(self.registry)
+        if self.worker_registry is not None:
+            text += generate_latest(self.worker_registry)
+        return text
+
+
+def mark_worker_dead(pid: int, multiproc_dir: Optional[str]) -> None:
+    """Forget a dead worker's live gauges (its counters stay: what it counted happened)."""
+    if not multiproc_dir:
+        return
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, multiproc_dir)

@@ -1,0 +1,129 @@
+"""The filter operators of the query string, as one declarative table.
+
+Both the parser (`query.py`: which names exist, how the value after the
+operator is read) and the SQL builder (`sql.py`: which SQL to emit) read this
+table, and so does the documentation (`operators_markdown()`), so the three can
+never disagree.
+
+SQL templates use ``{col}`` for the (already validated and quoted) column
+expression and ``?`` for each bound value. Nothing from the request is ever
+pasted into a template.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class ValueKind(enum.Enum):
+    """How the text after ``op.`` is read."""
+
+    SCALAR = "scalar"    # one value, coerced by the column's affinity
+    PATTERN = "pattern"  # one text value, translated to a LIKE/GLOB pattern
+    REGEX = "regex"      # one text value, a Python `re` pattern
+    LIST = "list"        # a parenthesised list: in.(1,2,"a,b")
+    KEYWORD = "keyword"  # one of a fixed set of words: is.null
+
+
+@dataclass(frozen=True)
+class Operator:
+    """One filter operator.
+
+    name: the canonical PostgREST name.
+    aliases: other accepted spellings (the Go server's ``ge``/``le``).
+    value: how the value is parsed and bound.
+    sql: SQL template for one value (``{col}``, ``?``); for LIST ``{list}`` is
+        replaced by ``?, ?, …``.
+    either_sql: template used when a numeric-looking value is compared with a
+        column of unknown affinity and must match as text *or* as number
+        (two bound values); None = bind the number only.
+    keywords: for KEYWORD operators, word -> SQL template.
+    quantifiable: accepts the ``(any)``/``(all)`` modifier with ``{a,b}``.
+    priority: P0 (needed by the PostgREST clients) / P1.
+    doc: one line for the docs.
+    postgrest: what PostgREST generates, for readers who know it.
+    """
+
+    name: str
+    value: ValueKind
+    sql: str
+    doc: str
+    postgrest: str
+    priority: str = "P0"
+    aliases: tuple[str, ...] = ()
+    either_sql: str | None = None
+    keywords: tuple[tuple[str, str], ...] = ()
+    quantifiable: bool = False
+    keyword_map: dict = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "keyword_map", dict(self.keywords))
+
+
+OPERATORS: tuple[Operator, ...] = (
+    Operator("eq", ValueKind.SCALAR, "{col} = ?", "equals", "=",
+             either_sql="{col} IN (?, ?)", quantifiable=True),
+    Operator("neq", ValueKind.SCALAR, "{col} <> ?", "not equal", "<>",
+             either_sql="{col} NOT IN (?, ?)", quantifiable=True),
+    Operator("gt", ValueKind.SCALAR, "{col} > ?", "greater than", ">", quantifiable=True),
+    Operator("gte", ValueKind.SCALAR, "{col} >= ?", "greater than or equal", ">=",
+             aliases=("ge",), quantifiable=True),
+    Operator("lt", ValueKind.SCALAR, "{col} < ?", "less than", "<", quantifiable=True),
+    Operator("lte", ValueKind.SCALAR, "{col} <= ?", "less than or equal", "<=",
+             aliases=("le",), quantifiable=True),
+    Operator("like", ValueKind.PATTERN, "{col} GLOB ?",
+             "case-sensitive pattern; `%` or `*` = any run, `_` = one character "
+             "(SQLite `GLOB` with translated wildcards)", "LIKE", quantifiable=True),
+    Operator("ilike", ValueKind.PATTERN, "{col} LIKE ? ESCAPE '\\'",
+             "case-insensitive (ASCII) pattern; `%` or `*` = any run, `_` = one character "
+             "(SQLite `LIKE`)", "ILIKE", quantifiable=True),
+    Operator("match", ValueKind.REGEX, "{col} REGEXP ?",
+             "matches a regular expression (Python `re` syntax; a pattern that "
+             "backtracks for over 0.1 s on one value is refused)", "~",
+             priority="P1", quantifiable=True),
+    Operator("imatch", ValueKind.REGEX, "sqlite_rest_imatch(?, {col})",
+             "matches a regular expression, ignoring case", "~*",
+             priority="P1", quantifiable=True),
+    Operator("in", ValueKind.LIST, "{col} IN ({list})",
+             'one of a list: `in.(1,2,"a,b")`; quote values holding `,.:()` with `"`, '
+             'escape `"` and `\\` with `\\`', "IN"),
+    Operator("is", ValueKind.KEYWORD, "",
+             "`is.null`, `is.not_null`, `is.true`, `is.false`, `is.unknown`", "IS",
+             keywords=(("null", "{col} IS NULL"), ("not_null", "{col} IS NOT NULL"),
+                       ("true", "{col} IS TRUE"), ("false", "{col} IS FALSE"),
+                       ("unknown", "{col} IS NULL"))),
+    Operator("isdistinct", ValueKind.SCALAR, "{col} IS NOT ?",
+             "is distinct from (NULL-safe not-equal)", "IS DISTINCT FROM",
+             priority="P1", either_sql="({col} IS NOT ? AND {col} IS NOT ?)"),
+)
+
+# name or alias -> Operator
+OPERATOR_BY_NAME: dict[str, Operator] = {}
+for _op in OPERATORS:
+    for _name in (_op.name, *_op.aliases):
+        OPERATOR_BY_NAME[_name] = _op
+del _op, _name
+
+# Modifiers accepted as `op(any)` / `op(all)` and how the terms are joined.
+QUANTIFIERS: dict[str, str] = {"any": " OR ", "all": " AND "}
+
+
+def operators_markdown() -> str:
+    """The operator table as Markdown, for the README."""
+    lines = [
+        "| operator | aliases | meaning | SQLite | PostgREST | priority |",
+        "|---|---|---|---|---|---|",
+    ]
+    for op in OPERATORS:
+        if op.value is ValueKind.KEYWORD:
+            sql = ", ".join(f"`{t.format(col='col')}`" for _, t in op.keywords)
+        else:
+            sql = f"`{op.sql.format(col='col', list='?, …')}`"
+        doc = op.doc + (" — accepts `(any)`/`(all)`: `" + op.name + "(any).{a,b}`"
+                        if op.quantifiable else "")
+        aliases = ", ".join(f"`{a}`" for a in op.aliases)
+        lines.append(f"| `{op.name}` | {aliases} | {doc} | {sql.replace('|', '&#124;')} "
+                     f"| `{op.postgrest}` | {op.priority} |")
+    lines.append("")
+    lines.append("Every operator can be negated with `not.`: `col=not.eq.5` → `NOT (col = ?)`.")
+    return "\n".join(lines) + "\n"

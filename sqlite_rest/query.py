@@ -1,0 +1,630 @@
+"""The PostgREST query-string grammar: a recursive-descent parser to an AST.
+
+Grammar (informal; ``name`` is an identifier or a double-quoted name)::
+
+    field     := name ( ('->' | '->>') key )*          key := name | integer
+    filter    := field '=' ['not.'] op ['(' ('any'|'all') ')'] '.' value
+    logic     := ('or'|'and'|'not.or'|'not.and') '=' group
+    group     := '(' term (',' term)* ')'
+    term      := ['not.'] ('or'|'and') group
+               | field '.' ['not.'] op ['(' ('any'|'all') ')'] '.' tvalue
+    value     := text to the end                       (op with a scalar value)
+               | '(' item (',' item)* ')'              (in)
+               | '{' item (',' item)* '}'              (any/all)
+    tvalue    := like value, but ends at ',' or ')'; '"…"' quotes it
+    item      := '"' (char | '\\' char)* '"' | chars other than ',' and the closer
+    select    := sitem (',' sitem)*     sitem := '*' | [alias ':'] field ['::' cast]
+    order     := oterm (',' oterm)*
+    oterm     := field ['.' ('asc'|'desc')] ['.' ('nullsfirst'|'nullslast')]
+    columns   := name (',' name)*       (also on_conflict)
+
+The AST is made of frozen (hashable) dataclasses so parsed queries can be
+cached and used as cache keys by the SQL builder. Column names are *not*
+checked here: that needs the schema and happens in `sql.py`.
+"""
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+
+from .operators import OPERATOR_BY_NAME, QUANTIFIERS, Operator, ValueKind
+
+# --------------------------------------------------------------------------
+# Errors (plain exceptions; the HTTP layer maps them by .status and .code)
+
+
+class RequestError(Exception):
+    """A client error found while reading the request; never a server bug."""
+
+    code = "PGRST100"
+    status = 400
+
+    def __init__(self, message: str, details: str | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        self.hint = hint
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "message": self.message,
+                "details": self.details, "hint": self.hint}
+
+
+class QueryError(RequestError):
+    """Unparsable query string, unknown operator, bad select/order/limit."""
+
+    code = "PGRST100"
+    status = 400
+
+
+class UnknownColumnError(RequestError):
+    """A filter/select/order names a column the table does not have."""
+
+    code = "42703"
+    status = 400
+
+
+# --------------------------------------------------------------------------
+# AST
+
+
+@dataclass(frozen=True, slots=True)
+class JsonStep:
+    """One `->key` / `->>key` step; key is str (object label) or int (array index)."""
+
+    key: str | int
+    as_text: bool  # True for ->> (SQL value), False for -> (JSON text)
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnRef:
+    name: str
+    json_path: tuple[JsonStep, ...] = ()
+
+    @property
+    def output_name(self) -> str:
+        """The key PostgREST gives a selected field: the last JSON key, else the column."""
+        if self.json_path:
+            return str(self.json_path[-1].key)
+        return self.name
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    column: ColumnRef
+    op: str                      # canonical operator name (aliases resolved)
+    value: str | tuple[str, ...]  # tuple for `in` and for (any)/(all); keyword for `is`
+    negated: bool = False
+    quantifier: str | None = None  # "any" | "all" | None
+
+
+@dataclass(frozen=True, slots=True)
+class And:
+    items: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class Or:
+    items: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    item: object
+
+
+@dataclass(frozen=True, slots=True)
+class Star:
+    """`*`: every (non-hidden) column of the table, in table order."""
+
+
+STAR = Star()
+
+
+@dataclass(frozen=True, slots=True)
+class SelectItem:
+    column: ColumnRef
+    alias: str | None = None
+    cast: str | None = None  # canonical cast name from CASTS
+
+    @property
+    def output_name(self) -> str:
+        return self.alias if self.alias is not None else self.column.output_name
+
+
+@dataclass(frozen=True, slots=True)
+class OrderTerm:
+    column: ColumnRef
+    descending: bool = False
+    nulls_first: bool | None = None  # None = PostgREST default (last for ASC, first for DESC)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadQuery:
+    select: tuple = (STAR,)  # of Star | SelectItem
+    filters: And = And(())
+    order: tuple[OrderTerm, ...] = ()
+    limit: int | None = None
+    offset: int | None = None
+    on_conflict: tuple[str, ...] | None = None
+    columns: tuple[str, ...] | None = None
+
+
+# Whitelisted casts: request spelling -> (SQLite CAST type or None, output kind).
+# Output kind tells the HTTP layer how to render: "value", "json" (embed the
+# text as JSON) or "boolean" (0/1 -> false/true). json/jsonb emit no CAST.
+CASTS: dict[str, tuple[str | None, str]] = {
+    "text": ("TEXT", "value"), "varchar": ("TEXT", "value"),
+    "integer": ("INTEGER", "value"), "int": ("INTEGER", "value"),
+    "int4": ("INTEGER", "value"), "int8": ("INTEGER", "value"),
+    "bigint": ("INTEGER", "value"), "smallint": ("INTEGER", "value"),
+    "real": ("REAL", "value"), "float": ("REAL", "value"), "float4": ("REAL", "value"),
+    "float8": ("REAL", "value"), "double precision": ("REAL", "value"),
+    "numeric": ("NUMERIC", "value"), "decimal": ("NUMERIC", "value"),
+    "boolean": ("INTEGER", "boolean"), "bool": ("INTEGER", "boolean"),
+    "json": (None, "json"), "jsonb": (None, "json"),
+}
+
+RESERVED_KEYS = frozenset({"select", "order", "limit", "offset", "or", "and",
+                           "not.or", "not.and", "on_conflict", "columns"})
+
+# A bare name: anything but the grammar's delimiters; '-' only when not '->'.
+_NAME = re.compile(r'(?:[^.,:()"{}!\-]|-(?!>))+')
+_SIMPLE_NAME = re.compile(r'[A-Za-z_][A-Za-z0-9_$]*\Z')
+_INT_KEY = re.compile(r'-?[0-9]+\Z')
+_NON_NEGATIVE_INT = re.compile(r'[0-9]+\Z')
+_INT64_MAX = (1 << 63) - 1
+
+
+def shown_text(text: str, limit: int = 100) -> str:
+    """Request text quoted in an error message, cut to a readable length."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+class _Reader:
+    """A cursor over one parameter's text; raises QueryError with its position."""
+
+    __slots__ = ("text", "pos", "what")
+
+    def __init__(self, text: str, what: str):
+        self.text = text
+        self.pos = 0
+        self.what = what
+
+    def fail(self, message: str, hint: str | None = None):
+        shown = shown_text(self.text, 200)
+        raise QueryError(
+            f"failed to parse {self.what}: {message}",
+            details=f"unexpected {self._here()} at position {self.pos + 1} of {shown!r}",
+            hint=hint)
+
+    def _here(self) -> str:
+        if self.pos >= len(self.text):
+            return "end of input"
+        return repr(self.text[self.pos])
+
+    def at_end(self) -> bool:
+        return self.pos >= len(self.text)
+
+    def peek(self, s: str) -> bool:
+        return self.text.startswith(s, self.pos)
+
+    def accept(self, s: str) -> bool:
+        if self.text.startswith(s, self.pos):
+            self.pos += len(s)
+            return True
+        return False
+
+    def expect(self, s: str, message: str | None = None, hint: str | None = None):
+        if not self.accept(s):
+            self.fail(message or f"expected {s!r}", hint)
+
+    def skip_spaces(self):
+        text, pos = self.text, self.pos
+        while pos < len(text) and text[pos] == " ":
+            pos += 1
+        self.pos = pos
+
+    # -- lexical elements -------------------------------------------------
+
+    def quoted(self) -> str:
+        """`"…"` with `\\` escaping the next character; returns the unescaped text."""
+        text = self.text
+        start = self.pos
+        self.expect('"')
+        out = []
+        while True:
+            end = self._find_quote_or_backslash(self.pos)
+            if end < 0:
+                self.pos = start
+                self.fail("unterminated double quote", 'close the value with "')
+            out.append(text[self.pos:end])
+            if text[end] == "\\":
+                if end + 1 >= len(text):
+                    self.pos = end
+                    self.fail("dangling backslash in quoted value")
+                out.append(text[end + 1])
+                self.pos = end + 2
+            else:
+                self.pos = end + 1
+                return "".join(out)
+
+    def _find_quote_or_backslash(self, pos: int) -> int:
+        q = self.text.find('"', pos)
+        b = self.text.find("\\", pos)
+        if b < 0:
+            return q
+        if q < 0:
+            return b
+        return min(q, b)
+
+    def name(self, what: str = "a column name") -> str:
+        if self.peek('"'):
+            value = self.quoted()
+            if not value:
+                self.fail(f"empty {what}")
+            if "\x00" in value:
+                self.fail(f"NUL character in {what}")
+            return value
+        m = _NAME.match(self.text, self.pos)
+        if not m:
+            self.fail(f"expected {what}")
+        self.pos = m.end()
+        value = m.group().strip(" ")
+        if not value:
+            self.fail(f"expected {what}")
+        if "\x00" in value:
+            self.fail(f"NUL character in {what}")
+        return value
+
+    def field(self) -> ColumnRef:
+        self.skip_spaces()
+        name = self.name()
+        if not self.peek("->"):
+            return ColumnRef(name)
+        steps = []
+        while self.peek("->"):
+            as_text = self.accept("->>") or not self.accept("->")
+            if self.peek('"'):
+                key: str | int = self.quoted()
+            else:
+                m = _NAME.match(self.text, self.pos)
+                if not m:
+                    self.fail("expected a JSON key after '->'")
+                self.pos = m.end()
+                raw = m.group()
+                key = int(raw) if _INT_KEY.match(raw) else raw
+                if type(key) is int and abs(key) > _INT64_MAX:
+                    self.fail("JSON array index out of range")
+            if type(key) is str and "\x00" in key:
+                self.fail("NUL character in a JSON key")
+            steps.append(JsonStep(key, as_text))
+        return ColumnRef(name, tuple(steps))
+
+    def list_items(self, opener: str, closer: str) -> tuple[str, ...]:
+        """`(a,"b,c",d)` or `{…}`; unquoted items run to the next ',' or closer."""
+        self.expect(opener, f"expected {opener!r} to open a list",
+                    hint=f'write a list as {opener}a,b,"c,d"{closer}')
+        items: list[str] = []
+        if self.accept(closer):
+            return ()
+        text = self.text
+        while True:
+            if self.peek('"'):
+                items.append(self.quoted())
+            else:
+                end = self.pos
+                while end < len(text) and text[end] != "," and text[end] != closer:
+                    end += 1
+                items.append(text[self.pos:end])
+                self.pos = end
+            if self.accept(","):
+                continue
+            self.expect(closer, f"expected ',' or {closer!r} in list",
+                        hint='double-quote list values that contain ",.:()"')
+            return tuple(items)
+
+
+# --------------------------------------------------------------------------
+# Filters
+
+
+def _operator(reader: _Reader) -> tuple[Operator, bool, str | None]:
+    """`[not.]op[(any|all)]` — returns (operator, negated, quantifier)."""
+    negated = reader.accept("not.")
+    start = reader.pos
+    text = reader.text
+    end = start
+    while end < len(text) and (text[end].isalpha() or text[end] == "_"):
+        end += 1
+    name = text[start:end]
+    op = OPERATOR_BY_NAME.get(name)
+    if op is None:
+        known = ", ".join(sorted(OPERATOR_BY_NAME))
+        while end < len(text) and text[end] not in ".(),":
+            end += 1
+        name = text[start:end]
+        reader.fail(f"unknown operator {shown_text(name, 40)!r}" if name
+                    else "expected an operator",
+                    hint=f"operators: {known}; negate with not.<op>")
+    reader.pos = end
+    quantifier = None
+    if reader.accept("("):
+        qstart = reader.pos
+        while not reader.at_end() and text[reader.pos].isalpha():
+            reader.pos += 1
+        quantifier = text[qstart:reader.pos]
+        if quantifier not in QUANTIFIERS:
+            reader.pos = qstart
+            reader.fail("expected (any) or (all) after the operator")
+        reader.expect(")")
+        if not op.quantifiable:
+            reader.fail(f"operator {op.name!r} does not take ({quantifier})")
+    reader.expect(".", f"expected '.' and a value after operator {op.name!r}")
+    return op, negated, quantifier
+
+
+def _filter_value(reader: _Reader, op: Operator, quantifier, in_group: bool):
+    """The value after `op.`; at top level it runs to the end of the parameter."""
+    if quantifier is not None:
+        return reader.list_items("{", "}")
+    if op.value is ValueKind.LIST:
+        return reader.list_items("(", ")")
+    if in_group:
+        if reader.peek('"'):
+            value = reader.quoted()
+        else:
+            text = reader.text
+            end = reader.pos
+            while end < len(text) and text[end] != "," and text[end] != ")":
+                end += 1
+            value = text[reader.pos:end]
+            reader.pos = end
+    else:
+        value = reader.text[reader.pos:]
+        reader.pos = len(reader.text)
+    if op.value is ValueKind.KEYWORD:
+        keyword = value.lower()
+        if keyword not in op.keyword_map:
+            reader.fail(f"{op.name} takes one of {', '.join(op.keyword_map)}, "
+                        f"not {shown_text(value, 40)!r}")
+        return keyword
+    return value
+
+
+def _filter_tail(reader: _Reader, column: ColumnRef, in_group: bool) -> Filter:
+    op, negated, quantifier = _operator(reader)
+    value = _filter_value(reader, op, quantifier, in_group)
+    return Filter(column, op.name, value, negated, quantifier)
+
+
+_ONE_VALUE_KINDS = frozenset({ValueKind.SCALAR, ValueKind.PATTERN, ValueKind.REGEX})
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_filter(key: str, value: str) -> Filter:
+    """`col=[not.]op.value` (the key is a column, possibly with a JSON path)."""
+    if _SIMPLE_NAME.match(key):
+        column = ColumnRef(key)
+    else:
+        kreader = _Reader(key, f"filter column ({shown_text(key)})")
+        column = kreader.field()
+        if not kreader.at_end():
+            kreader.fail("unexpected text after the column",
+                         hint="a filter is written column=op.value, e.g. id=eq.5")
+    dot = value.find(".")
+    if dot > 0:  # fast path for the common `op.value` with a one-value operator
+        op = OPERATOR_BY_NAME.get(value[:dot])
+        if op is not None and op.value in _ONE_VALUE_KINDS:
+            return Filter(column, op.name, value[dot + 1:])
+    reader = _Reader(value, f"filter ({shown_text(key + '=' + value)})")
+    f = _filter_tail(reader, column, in_group=False)
+    if not reader.at_end():
+        reader.fail("unexpected text after the list")
+    return f
+
+
+def _group(reader: _Reader, depth: int) -> tuple:
+    if depth > 64:
+        reader.fail("logic nested too deeply")
+    reader.expect("(", "expected '(' to open a logic group",
+                  hint="write or=(a.eq.1,b.gt.2)")
+    items = []
+    while True:
+        items.append(_term(reader, depth))
+        if reader.accept(","):
+            continue
+        reader.expect(")", "expected ',' or ')' in logic group",
+                      hint='double-quote values that contain "," or ")"')
+        return tuple(items)
+
+
+def _term(reader: _Reader, depth: int):
+    reader.skip_spaces()
+    negate = reader.peek("not.or(") or reader.peek("not.and(")
+    if negate:
+        reader.pos += 4
+    node = None
+    if reader.peek("or("):
+        reader.pos += 2
+        node = Or(_group(reader, depth + 1))
+    elif reader.peek("and("):
+        reader.pos += 3
+        node = And(_group(reader, depth + 1))
+    if node is not None:
+        return Not(node) if negate else node
+    column = reader.field()
+    reader.expect(".", "expected '.' after the column in a logic term",
+                  hint="a logic term is written column.op.value, e.g. id.eq.5")
+    return _filter_tail(reader, column, in_group=True)
+
+
+@functools.lru_cache(maxsize=1024)
+def parse_logic(key: str, value: str):
+    """`or=(…)`, `and=(…)`, `not.or=(…)`, `not.and=(…)` -> Or / And / Not(…)."""
+    negate = key.startswith("not.")
+    kind = key[4:] if negate else key
+    if kind not in ("or", "and"):
+        raise QueryError(f"unknown logic operator {shown_text(key)!r}",
+                         hint="use or, and, not.or, not.and")
+    reader = _Reader(value, f"logic tree ({shown_text(key + '=' + value)})")
+    items = _group(reader, 0)
+    if not reader.at_end():
+        reader.fail("unexpected text after the logic group")
+    node = Or(items) if kind == "or" else And(items)
+    return Not(node) if negate else node
+
+
+# --------------------------------------------------------------------------
+# select, order, columns
+
+
+def _cast(reader: _Reader) -> str:
+    start = reader.pos
+    text = reader.text
+    end = start
+    while end < len(text) and (text[end].isalnum() or text[end] in " _"):
+        end += 1
+    name = text[start:end].strip().lower()
+    if name not in CASTS:
+        reader.fail(f"unsupported cast {shown_text(text[start:end], 40)!r}",
+                    hint=f"casts: {', '.join(CASTS)}")
+    reader.pos = end
+    return name
+
+
+_EMBED_HINT = "resource embedding and aggregates are not supported; select plain columns"
+
+
+@functools.lru_cache(maxsize=1024)
+def parse_select(value: str) -> tuple:
+    """`*`, `a,b`, `alias:col`, `col::text`, `alias:data->a->>b::int`."""
+    if value.strip() == "":
+        return (Star(),)
+    reader = _Reader(value, f"select ({shown_text(value)})")
+    items = []
+    while True:
+        reader.skip_spaces()
+        if reader.accept("*"):
+            items.append(Star())
+        else:
+            column = reader.field()
+            alias = None
+            if reader.peek(":") and not reader.peek("::"):
+                reader.pos += 1
+                if column.json_path:
+                    reader.fail("an alias must be a plain name")
+                alias = column.name
+                column = reader.field()
+            cast = None
+            if reader.accept("::"):
+                cast = _cast(reader)
+            if reader.peek("(") or reader.peek("!") or reader.peek("."):
+                reader.fail("unexpected character in select", hint=_EMBED_HINT)
+            items.append(SelectItem(column, alias, cast))
+        reader.skip_spaces()
+        if reader.at_end():
+            return tuple(items)
+        reader.expect(",", "expected ',' between selected columns", hint=_EMBED_HINT)
+
+
+@functools.lru_cache(maxsize=1024)
+def parse_order(value: str) -> tuple[OrderTerm, ...]:
+    """`a.desc.nullslast,b` -> OrderTerm tuple."""
+    reader = _Reader(value, f"order ({shown_text(value)})")
+    terms = []
+    while True:
+        column = reader.field()
+        descending = False
+        nulls_first = None
+        if reader.accept("."):
+            if reader.accept("asc"):
+                pass
+            elif reader.accept("desc"):
+                descending = True
+            elif reader.accept("nullsfirst"):
+                nulls_first = True
+            elif reader.accept("nullslast"):
+                nulls_first = False
+            else:
+                reader.fail("expected asc, desc, nullsfirst or nullslast",
+                            hint="write order=col.desc.nullslast")
+            if nulls_first is None and reader.accept("."):
+                if reader.accept("nullsfirst"):
+                    nulls_first = True
+                elif reader.accept("nullslast"):
+                    nulls_first = False
+                else:
+                    reader.fail("expected nullsfirst or nullslast")
+        terms.append(OrderTerm(column, descending, nulls_first))
+        reader.skip_spaces()
+        if reader.at_end():
+            return tuple(terms)
+        reader.expect(",", "expected ',' between order terms")
+
+
+@functools.lru_cache(maxsize=1024)
+def parse_columns(value: str, what: str = "columns") -> tuple[str, ...]:
+    """`a,b,"c d"` -> names (used by `columns` and `on_conflict`)."""
+    reader = _Reader(value, f"{what} ({shown_text(value)})")
+    names = []
+    while True:
+        reader.skip_spaces()
+        names.append(reader.name())
+        reader.skip_spaces()
+        if reader.at_end():
+            return tuple(names)
+        reader.expect(",", f"expected ',' between {what} names")
+
+
+def parse_on_conflict(value: str) -> tuple[str, ...]:
+    return parse_columns(value, "on_conflict")
+
+
+def _non_negative(key: str, value: str) -> int:
+    if not _NON_NEGATIVE_INT.match(value) or int(value) > _INT64_MAX:
+        raise QueryError(f"failed to parse {key} parameter ({shown_text(value)})",
+                         details=f"{key} must be a non-negative integer",
+                         hint=f"write {key}=10")
+    return int(value)
+
+
+# --------------------------------------------------------------------------
+# The whole query string
+
+
+def parse_read_query(args) -> ReadQuery:
+    """Parse request.args.items(multi=True) (in order) into a ReadQuery.
+
+    Repeated filters and logic groups are ANDed; for select/order/limit/
+    offset/on_conflict/columns the last occurrence wins.
+    """
+    return _parse_read_query(tuple(args))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_read_query(args: tuple[tuple[str, str], ...]) -> ReadQuery:
+    select = (STAR,)
+    filters = []
+    order = ()
+    limit = offset = None
+    on_conflict = columns = None
+    for key, value in args:
+        if key not in RESERVED_KEYS:
+            filters.append(parse_filter(key, value))
+        elif key == "select":
+            select = parse_select(value)
+        elif key == "order":
+            order = parse_order(value)
+        elif key == "limit":
+            limit = _non_negative(key, value)
+        elif key == "offset":
+            offset = _non_negative(key, value)
+        elif key == "on_conflict":
+            on_conflict = parse_on_conflict(value)
+        elif key == "columns":
+            columns = parse_columns(value)
+        else:  # or, and, not.or, not.and
+            filters.append(parse_logic(key, value))
+    return ReadQuery(select, And(tuple(filters)), order, limit, offset, on_conflict, columns)

@@ -1,0 +1,183 @@
+"""The schema cache: which tables and views exist, and their columns and keys.
+
+Everything the SQL builder pastes into SQL is a name taken from here, never
+from the request. The cache is reloaded when `PRAGMA schema_version` changes
+(one cheap pragma per request). A `Schema` is immutable, so threads may share
+one while another thread loads its successor.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import apsw
+
+# Tables that belong to the machinery, never to the API.
+INTERNAL_TABLES = frozenset({"_litestream_seq", "_litestream_lock", "__sqlite_rest_migrations"})
+
+
+def affinity_of(declared_type: str) -> str:
+    """SQLite's column affinity rules (https://sqlite.org/datatype3.html §3.1).
+
+    Returns INTEGER, TEXT, BLOB, REAL or NUMERIC. An empty declared type (as on
+    a view's expression column) gives BLOB, i.e. "no affinity".
+    """
+    t = declared_type.upper()
+    if "INT" in t:
+        return "INTEGER"
+    if "CHAR" in t or "CLOB" in t or "TEXT" in t:
+        return "TEXT"
+    if not t or "BLOB" in t:
+        return "BLOB"
+    if "REAL" in t or "FLOA" in t or "DOUB" in t:
+        return "REAL"
+    return "NUMERIC"
+
+
+def quote_identifier(name: str) -> str:
+    """Double-quote an SQL identifier (embedded quotes doubled)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True, eq=False)
+class Column:
+    name: str
+    declared_type: str     # as written in CREATE TABLE; "" when none
+    affinity: str          # INTEGER | TEXT | BLOB | REAL | NUMERIC
+    notnull: bool
+    default: str | None    # the DEFAULT expression as SQL text, None when none
+    pk: int                # 1-based position in the primary key, 0 when not part of it
+    generated: bool = False  # generated (virtual/stored) columns cannot be written
+    quoted: str = field(default="", repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "quoted", quote_identifier(self.name))
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    columns: tuple[str, ...]
+    ref_table: str
+    ref_columns: tuple[str, ...]  # empty when it references the other table's primary key
+
+
+@dataclass(frozen=True, eq=False)
+class Table:
+    name: str
+    kind: str                          # "table" | "view" | "virtual"
+    columns: tuple[Column, ...]        # in table order, hidden columns excluded
+    primary_key: tuple[str, ...]       # column names in key order; () when none
+    foreign_keys: tuple[ForeignKey, ...] = ()
+    unique_keys: tuple[tuple[str, ...], ...] = ()  # UNIQUE indexes/constraints incl. the PK
+    without_rowid: bool = False
+    rowid_alias: str | None = None     # the INTEGER PRIMARY KEY column, if any
+    by_name: dict = field(default_factory=dict, repr=False)
+    quoted: str = field(default="", repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "by_name", {c.name: c for c in self.columns})
+        object.__setattr__(self, "quoted", quote_identifier(self.name))
+
+    def column(self, name: str) -> Column | None:
+        return self.by_name.get(name)
+
+    @property
+    def writable(self) -> bool:
+        return self.kind != "view"
+
+
+@dataclass(frozen=True, eq=False)
+class Schema:
+    version: int
+    tables: dict  # name -> Table, exposable tables and views only
+
+    def table(self, name: str) -> Table | None:
+        return self.tables.get(name)
+
+
+def is_exposable(name: str) -> bool:
+    return not name.lower().startswith("sqlite_") and name not in INTERNAL_TABLES
+
+
+def load_schema(conn: apsw.Connection) -> Schema:
+    """Read the `main` schema in one read transaction, so it is self-consistent."""
+    cursor = conn.cursor()
+    with conn:  # a savepoint: a consistent snapshot across the pragmas
+        version = cursor.execute("PRAGMA schema_version").fetchall()[0][0]
+        tables = {}
+        listed = cursor.execute(
+            "SELECT name, type, wr FROM pragma_table_list WHERE schema = 'main'").fetchall()
+        for name, kind, without_rowid in listed:
+            if kind not in ("table", "view", "virtual") or not is_exposable(name):
+                continue
+            tables[name] = _load_table(cursor, name, kind, bool(without_rowid))
+    return Schema(version, tables)
+
+
+def _load_table(cursor, name: str, kind: str, without_rowid: bool) -> Table:
+    columns = []
+    for _cid, cname, ctype, notnull, default, pk, hidden in cursor.execute(
+            "SELECT cid, name, type, \"notnull\", dflt_value, pk, hidden "
+            "FROM pragma_table_xinfo(?, 'main')", (name,)).fetchall():
+        if hidden == 1:  # hidden columns of virtual tables
+            continue
+        ctype = ctype or ""
+        columns.append(Column(cname, ctype, affinity_of(ctype), bool(notnull), default,
+                              pk, generated=hidden in (2, 3)))
+    pk_columns = sorted((c for c in columns if c.pk), key=lambda c: c.pk)
+    primary_key = tuple(c.name for c in pk_columns)
+    rowid_alias = None
+    if (kind == "table" and not without_rowid and len(pk_columns) == 1
+            and pk_columns[0].declared_type.upper() == "INTEGER"):
+        rowid_alias = pk_columns[0].name
+    foreign_keys: dict[int, list] = {}
+    for fk_id, _seq, ref_table, from_col, to_col in cursor.execute(
+            "SELECT id, seq, \"table\", \"from\", \"to\" FROM pragma_foreign_key_list(?, 'main') "
+            "ORDER BY id, seq", (name,)).fetchall():
+        foreign_keys.setdefault(fk_id, []).append((ref_table, from_col, to_col))
+    fks = tuple(ForeignKey(tuple(f for _, f, _ in parts), parts[0][0],
+                           tuple(t for _, _, t in parts if t is not None))
+                for parts in foreign_keys.values())
+    unique_keys = []
+    if kind == "table":
+        for index_name, unique, partial in cursor.execute(
+                "SELECT name, \"unique\", partial FROM pragma_index_list(?, 'main')",
+                (name,)).fetchall():
+            if not unique or partial:
+                continue
+            cols = tuple(r[0] for r in cursor.execute(
+                "SELECT name FROM pragma_index_info(?, 'main') ORDER BY seqno",
+                (index_name,)).fetchall())
+            if cols and None not in cols:  # expression indexes have NULL names
+                unique_keys.append(cols)
+        if rowid_alias is not None:
+            unique_keys.insert(0, (rowid_alias,))
+    return Table(name, kind, tuple(columns), primary_key, fks, tuple(unique_keys),
+                 without_rowid, rowid_alias)
+
+
+class SchemaCache:
+    """The current `Schema`, reloaded when the database's schema_version moves.
+
+    `get(conn)` costs one `PRAGMA schema_version` when nothing changed. Any
+    connection to the same database may be passed: the version is per file.
+    """
+
+    def __init__(self):
+        self._schema: Schema | None = None
+        self._lock = threading.Lock()
+
+    def get(self, conn: apsw.Connection) -> Schema:
+        version = conn.execute("PRAGMA schema_version").fetchall()[0][0]
+        schema = self._schema
+        if schema is not None and schema.version == version:
+            return schema
+        with self._lock:
+            schema = self._schema
+            if schema is None or schema.version != version:
+                schema = load_schema(conn)
+                self._schema = schema
+            return schema
+
+    def invalidate(self) -> None:
+        self._schema = None

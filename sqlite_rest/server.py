@@ -1,0 +1,511 @@
+"""The process model of `sqlite-rest serve` (see design/process-model.md).
+
+::
+
+    sqlite-rest serve            the supervisor (parent): validates, serves /metrics, /live,
+    │                            /ready, /status and /debug/pprof/ from its own threads,
+    │                            receives commit signals, (later) runs the one replicator
+    └── python -m sqlite_rest.server   the HTTP server (child, started with exec: it inherits
+        │                              no thread, lock or SQLite handle of the parent); a
+        │                              granian master that owns the listening socket
+        ├── worker 1                   forked from that clean master; builds the Flask app
+        └── worker N                   (create_app) and opens its own connections lazily
+
+- One SIGTERM/SIGINT to the supervisor stops everything: it forwards SIGTERM to the HTTP
+  server, whose workers stop accepting, finish in-flight requests and exit; then the
+  supervisor stops its threads, removes its temp dir and exits 0.
+- A worker that dies is logged and replaced by granian (``respawn_failed_workers``). A worker
+  that dies again within ~5 s of being replaced is a crash loop: the HTTP server exits, and the
+  supervisor stops with exit code 1 ("HTTP server exited unexpectedly").
+- Workers signal each write COMMIT with one datagram to ``$SQLITEREST_COMMIT_SOCKET``
+  (replication.notify); the supervisor counts them and calls the callbacks registered with
+  `Supervisor.on_commit_signal` (the replicator's wake-up, later).
+"""
+from __future__ import annotations
+
+import dataclasses
+import http.server
+import json
+import logging
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+from urllib.parse import parse_qs, urlsplit
+
+from . import logs
+from .config import ServerConfig
+from .health import Health
+
+log = logging.getLogger("sqlite_rest.server")
+
+#: Environment of the HTTP server child: its JSON spec (`ChildSpec`).
+CHILD_SPEC_ENV = "SQLITEREST_CHILD_SPEC"
+#: prometheus_client's multiprocess directory, set for the child (and so its workers) only.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: Production HTTP servers `--server` accepts (measured in design/process-model.md).
+SERVERS = ("granian",)
+DEFAULT_SERVER = "granian"
+#: Request threads per worker process (measured: see design/process-model.md).
+DEFAULT_THREADS = 8
+#: How long the supervisor waits for the HTTP server to listen before giving up (seconds).
+STARTUP_TIMEOUT_S = 30.0
+#: How long in-flight requests get after SIGTERM before the workers are killed (seconds).
+SHUTDOWN_GRACE_S = 30.0
+#: Period of the sqlite_rest_database_size_bytes observation (seconds; the Go server's).
+DB_SIZE_INTERVAL_S = 30.0
+
+
+class StartupError(Exception):
+    """A startup failure, reported as one line (plus an optional hint) and exit code 1."""
+
+    def __init__(self, message: str, hint: Optional[str] = None):
+        super().__init__(message)
+        self.hint = hint
+
+    def one_line(self) -> str:
+        return f"{self}" + (f" (hint: {self.hint})" if self.hint else "")
+
+
+# -- addresses ------------------------------------------------------------------------------
+
+def parse_addr(addr: str, flag: str) -> Tuple[str, int]:
+    """``:8080`` (all interfaces), ``127.0.0.1:8080``, ``[::1]:8080`` -> (host, port)."""
+    host, sep, port_text = addr.rpartition(":")
+    if not sep:
+        raise StartupError(f"{flag} {addr!r} is not host:port", hint="e.g. :8080 or 127.0.0.1:8080")
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise StartupError(f"{flag} {addr!r}: port {port_text!r} is not a number") from None
+    if not 1 <= port <= 65535:
+        raise StartupError(f"{flag} {addr!r}: port must be 1..65535")
+    return host, port
+
+
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def check_port_free(host: str, port: int, flag: str) -> None:
+    """Bind once, before anything forks, so a busy port is a clear one-line error."""
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        raise StartupError(f"{flag} {host}:{port} cannot be bound: {exc.strerror}",
+                           hint="is another server running on that port?") from None
+    finally:
+        sock.close()
+
+
+def _connectable(host: str, port: int) -> bool:
+    target = "127.0.0.1" if host == "0.0.0.0" else ("::1" if host == "::" else host)
+    try:
+        with socket.create_connection((target, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+# -- the small admin HTTP servers (metrics/health, pprof) -----------------------------------
+
+Route = Callable[[dict], Tuple[int, str, bytes]]
+
+
+class AdminServer(http.server.ThreadingHTTPServer):
+    """A tiny threaded HTTP server for the supervisor's routes (path -> handler)."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, host: str, port: int, routes: Dict[str, Route], name: str):
+        self.address_family = _family(host)
+        self.routes = routes
+        self.name = name
+        super().__init__((host, port), _AdminHandler)
+        self._thread = threading.Thread(target=self.serve_forever, name=f"{name}-server",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _AdminHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: AdminServer
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        parts = urlsplit(self.path)
+        handler = self.server.routes.get(parts.path)
+        if handler is None:
+            status, ctype, body = 404, "text/plain", b"not found\n"
+        else:
+            try:
+                status, ctype, body = handler(parse_qs(parts.query))
+            except Exception:  # noqa: BLE001 - the admin server must not die
+                log.exception("admin route %s failed", parts.path)
+                status, ctype, body = 500, "text/plain", b"internal error\n"
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_HEAD = do_GET
+
+    def log_message(self, fmt, *args):  # scrapes every 15 s would flood the log
+        log.debug("%s %s", self.server.name, fmt % args)
+
+
+# -- options and the child spec -------------------------------------------------------------
+
+@dataclass
+class ServeOptions:
+    """Process-level settings of `serve` (the API settings are in `ServerConfig`)."""
+
+    #: --http-addr: API listen address, host:port (":8080" = all interfaces).
+    http_addr: str = ":8080"
+    #: --metrics-addr: /metrics, /live, /ready, /status; "" disables.
+    metrics_addr: str = ":8081"
+    #: --pprof-addr: /debug/pprof/ of the supervisor; "" (default) disables.
+    pprof_addr: str = ""
+    #: --workers: HTTP worker processes (default: one per CPU core).
+    workers: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
+    #: --threads: request threads per worker (each holds its own SQLite connections).
+    threads: int = 0  # 0 = DEFAULT_THREADS
+    #: --server: the production HTTP server.
+    server: str = DEFAULT_SERVER
+    #: --log-level (Go scale, see logs.py) and --log-devel.
+    log_level: int = logs.DEFAULT_LOG_LEVEL
+    log_devel: bool = False
+
+
+#: ServerConfig fields a worker can rebuild from JSON (the hooks are wired in the worker).
+_PLAIN_CONFIG_FIELDS = tuple(
+    f.name for f in dataclasses.fields(ServerConfig)
+    if f.init and f.name not in ("on_commit", "replication_txid", "ready", "replication_status"))
+
+
+def config_to_json(config: ServerConfig) -> dict:
+    return {name: getattr(config, name) for name in _PLAIN_CONFIG_FIELDS}
+
+
+def build_worker_app(config_fields: dict):
+    """The Flask app of one worker: create_app + the commit signal + metrics + request logs."""
+    from replication.notify import CommitSignal
+
+    from .app import create_app
+    from .metrics import RequestMetrics
+
+    signal_ = CommitSignal.from_env()
+    config = ServerConfig(**config_fields, on_commit=signal_.send if signal_.enabled else None)
+    app = create_app(config)
+    RequestMetrics().instrument(app)
+    logs.instrument(app)
+    return app
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM if the supervisor dies (even by SIGKILL), so an
+    HTTP server never outlives it."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+# -- the supervisor -------------------------------------------------------------------------
+
+class Supervisor:
+    """The `serve` parent process: see the module docstring."""
+
+    def __init__(self, config: ServerConfig, options: ServeOptions):
+        self.config = config
+        self.options = options
+        self.health = Health()
+        self.commit_signals = 0
+        self._commit_callbacks: List[Callable[[int], None]] = []
+        self._stop = threading.Event()
+        self._stop_reason: Optional[str] = None
+        self._child: Optional[subprocess.Popen] = None
+        self._listening = False
+        self._admin_servers: List[AdminServer] = []
+        self._threads: List[threading.Thread] = []
+        self._tmpdir: Optional[str] = None
+        self._listener = None
+        self.http_host, self.http_port = parse_addr(options.http_addr, "--http-addr")
+        self.metrics_bind = (parse_addr(options.metrics_addr, "--metrics-addr")
+                             if options.metrics_addr else None)
+        self.pprof_bind = (parse_addr(options.pprof_addr, "--pprof-addr")
+                           if options.pprof_addr else None)
+        if options.server not in SERVERS:
+            raise StartupError(f"--server {options.server!r} is not supported",
+                               hint=f"choose one of: {', '.join(SERVERS)}")
+        if options.workers < 1:
+            raise StartupError(f"--workers {options.workers} must be at least 1")
+        self.health.add_ready_check("http", lambda: self._listening and self._child_alive())
+        self.health.add_status("http", lambda: {
+            "addr": self.options.http_addr, "workers": self.options.workers,
+            "pid": self._child.pid if self._child else None})
+        self.health.add_status("commit_signals", lambda: {"received": self.commit_signals})
+
+    # -- hooks for the replicator (later) ---------------------------------------------------
+    def on_commit_signal(self, callback: Callable[[int], None]) -> None:
+        """Call `callback(n)` whenever workers signalled n (>= 1) commits (coalesced)."""
+        self._commit_callbacks.append(callback)
+
+    @property
+    def multiproc_dir(self) -> Optional[str]:
+        return os.path.join(self._tmpdir, "metrics") if self._tmpdir else None
+
+    @property
+    def commit_socket_path(self) -> Optional[str]:
+        return os.path.join(self._tmpdir, "commit.sock") if self._tmpdir else None
+
+    def request_stop(self, reason: str) -> None:
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self._stop.set()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Every check that can fail before anything starts, each a one-line StartupError."""
+        check_port_free(self.http_host, self.http_port, "--http-addr")
+        binds = [(self.http_host, self.http_port)]
+        for flag, bind in (("--metrics-addr", self.metrics_bind), ("--pprof-addr", self.pprof_bind)):
+            if bind is None:
+                continue
+            if bind[1] in (p for _, p in binds):
+                raise StartupError(f"{flag} port {bind[1]} is already used by another flag")
+            check_port_free(bind[0], bind[1], flag)
+            binds.append(bind)
+
+    def run(self) -> int:
+        """Start everything, block until a signal or a failure, stop everything. Exit code."""
+        self.validate()
+        self._tmpdir = tempfile.mkdtemp(prefix="sqlite-rest-")
+        os.mkdir(self.multiproc_dir)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self._start_parent_services()
+            self._start_child()
+            self._wait_listening()
+            log.info("sqlite-rest serving", extra={
+                "http_addr": self.options.http_addr, "workers": self.options.workers,
+                "metrics_addr": self.options.metrics_addr, "pprof_addr": self.options.pprof_addr,
+                "pid": os.getpid(), "http_server_pid": self._child.pid})
+            self._watch()
+        finally:
+            code = self._shutdown()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return code
+
+    def _on_signal(self, signum, frame) -> None:
+        self.request_stop(f"received {signal.Signals(signum).name}")
+
+    def _child_alive(self) -> bool:
+        return self._child is not None and self._child.poll() is None
+
+    def _start_parent_services(self) -> None:
+        from replication.notify import CommitListener
+
+        from .metrics import DatabaseSizeGauge, MetricsExposition
+
+        self._listener = CommitListener(self.commit_socket_path)
+        self._spawn_thread("commit-listener", self._receive_commits)
+        if self.metrics_bind is not None:
+            self._db_size = DatabaseSizeGauge()
+            self._spawn_thread("database-size", self._observe_database_size)
+            exposition = MetricsExposition(self.multiproc_dir)
+            routes = {"/metrics": lambda q: (200, exposition.content_type, exposition.render())}
+            routes.update(self.health.routes())
+            self._start_admin(self.metrics_bind, routes, "metrics")
+        if self.pprof_bind is not None:
+            from . import pprof
+
+            self._start_admin(self.pprof_bind, pprof.routes(), "pprof")
+
+    def _start_admin(self, bind, routes, name) -> None:
+        try:
+            server = AdminServer(bind[0], bind[1], routes, name)
+        except OSError as exc:
+            raise StartupError(f"{name} server {bind[0]}:{bind[1]} cannot be bound: "
+                               f"{exc.strerror}") from None
+        server.start()
+        self._admin_servers.append(server)
+
+    def _spawn_thread(self, name: str, target) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _start_child(self) -> None:
+        spec = {
+            "config": config_to_json(self.config),
+            "host": self.http_host,
+            "port": self.http_port,
+            "workers": self.options.workers,
+            "threads": self.options.threads or DEFAULT_THREADS,
+            "server": self.options.server,
+            "log_level": self.options.log_level,
+            "log_devel": self.options.log_devel,
+            "shutdown_grace_s": SHUTDOWN_GRACE_S,
+        }
+        env = dict(os.environ)
+        env[CHILD_SPEC_ENV] = json.dumps(spec)
+        env[MULTIPROC_ENV] = self.multiproc_dir
+        env["SQLITEREST_COMMIT_SOCKET"] = self.commit_socket_path
+        self._child = subprocess.Popen([sys.executable, "-m", "sqlite_rest.server"], env=env,
+                                       preexec_fn=_die_with_parent)
+
+    def _wait_listening(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline and not self._stop.is_set():
+            code = self._child.poll()
+            if code is not None:
+                raise StartupError(f"HTTP server failed to start (exit code {code})",
+                                   hint="see the log lines above")
+            if _connectable(self.http_host, self.http_port):
+                self._listening = True
+                return
+            time.sleep(0.05)
+        if not self._stop.is_set():
+            raise StartupError(f"HTTP server did not listen on {self.options.http_addr} "
+                               f"within {STARTUP_TIMEOUT_S:g} s")
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.2):
+            code = self._child.poll()
+            if code is not None:
+                self.request_stop(f"HTTP server exited unexpectedly (exit code {code})")
+
+    def _shutdown(self) -> int:
+        failed = self._stop_reason is not None and "unexpectedly" in self._stop_reason
+        if self._stop_reason:
+            (log.error if failed else log.info)("stopping: %s", self._stop_reason)
+        self._stop.set()
+        child = self._child
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(SHUTDOWN_GRACE_S + 5)
+            except subprocess.TimeoutExpired:
+                log.error("HTTP server did not stop within %s s; killing it", SHUTDOWN_GRACE_S + 5)
+                child.kill()
+                child.wait()
+                failed = True
+            if child.returncode not in (0, -signal.SIGTERM):
+                log.error("HTTP server exited with code %s", child.returncode)
+                failed = True
+        for server in self._admin_servers:
+            server.stop()
+        for thread in self._threads:
+            thread.join(2)
+        if self._listener is not None:
+            self._listener.close()
+        if self._tmpdir:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+        log.info("sqlite-rest stopped")
+        return 1 if failed else 0
+
+    # -- parent threads -----------------------------------------------------------------------
+    def _receive_commits(self) -> None:
+        fd = self._listener.fileno()
+        while not self._stop.is_set():
+            readable, _, _ = select.select([fd], [], [], 0.5)
+            if not readable:
+                continue
+            n = self._listener.drain()
+            if not n:
+                continue
+            self.commit_signals += n
+            for callback in list(self._commit_callbacks):
+                try:
+                    callback(n)
+                except Exception:  # noqa: BLE001 - one bad callback must not stop the others
+                    log.exception("commit signal callback failed")
+
+    def _observe_database_size(self) -> None:
+        import apsw
+
+        while True:
+            try:
+                if os.path.exists(self.config.dsn.path):
+                    conn = apsw.Connection(self.config.dsn.path, flags=apsw.SQLITE_OPEN_READONLY)
+                    try:
+                        size = conn.execute("SELECT page_count * page_size FROM pragma_page_count(),"
+                                            " pragma_page_size()").fetchall()[0][0]
+                    finally:
+                        conn.close()
+                    self._db_size.set(size)
+            except Exception as exc:  # noqa: BLE001 - a metric must never stop the server
+                log.warning("failed to get database size: %s", exc)
+            if self._stop.wait(DB_SIZE_INTERVAL_S):
+                return
+
+
+# -- the HTTP server child ------------------------------------------------------------------
+
+def _make_granian_server(spec: dict):
+    from granian.constants import Interfaces
+    from granian.server import Server
+
+    from .metrics import mark_worker_dead
+
+    multiproc_dir = os.environ.get(MULTIPROC_ENV)
+
+    class SqliteRestGranian(Server):
+        """granian's master, plus: a replaced worker's live metrics are forgotten."""
+
+        def _respawn_workers(self, workers, spawn_target, target_loader, delay: float = 0):
+            for idx in workers:
+                old_pid = self.wrks[idx].inner.pid
+                log.error("worker-%d (pid %s) died; replacing it", idx + 1, old_pid)
+                mark_worker_dead(old_pid, multiproc_dir)
+            return super()._respawn_workers(workers, spawn_target, target_loader, delay)
+
+    return SqliteRestGranian(
+        target="sqlite_rest",
+        address=spec["host"],
+        port=spec["port"],
+        interface=Interfaces.WSGI,
+        workers=spec["workers"],
+        blocking_threads=spec["threads"],
+        respawn_failed_workers=True,
+        workers_kill_timeout=int(spec["shutdown_grace_s"]),
+        log_enabled=True,
+        log_dictconfig=logs.dict_config(spec["log_level"], spec["log_devel"]),
+    )
+
+
+def child_main() -> int:
+    """Entry point of the HTTP server child (``python -m sqlite_rest.server``)."""
+    spec = json.loads(os.environ[CHILD_SPEC_ENV])
+    logs.configure(spec["log_level"], spec["log_devel"])
+    config_fields = spec["config"]
+    server = _make_granian_server(spec)
+    # Workers are forked from this process, which holds no SQLite handle and no app: each
+    # worker builds its own app (and connections) in the loader.
+    server.serve(target_loader=lambda _target: build_worker_app(config_fields))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(child_main())

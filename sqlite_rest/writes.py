@@ -1,0 +1,248 @@
+"""POST, PATCH, PUT and DELETE on `/<table>`.
+
+Every write runs in one ``BEGIN IMMEDIATE`` transaction (db.py) and the response is built only
+after COMMIT. Checks that can fail after the SQL ran (max-affected, a singular Accept) raise
+inside the transaction, so the write is rolled back.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from urllib.parse import parse_qsl, quote
+
+import orjson
+from flask import Response, request
+
+from .app import CORS_HEADERS
+from .errors import api_error
+from .query import ColumnRef, Filter, SelectItem
+from .representation import CONTENT_TYPES, OBJECT, negotiate, render, shape_of
+from .sql import build_delete, build_insert, build_update
+
+#: Status of a successful write: (method, return=representation?) -> HTTP status.
+WRITE_STATUS = {
+    ("POST", False): 201, ("POST", True): 201,
+    ("PATCH", False): 204, ("PATCH", True): 200,
+    ("DELETE", False): 204, ("DELETE", True): 200,
+    ("PUT", False): 204, ("PUT", True): 200,
+}
+
+#: What PostgreSQL would call the statement (for the 25006 read-only message).
+SQL_VERB = {"POST": "INSERT", "PATCH": "UPDATE", "PUT": "INSERT", "DELETE": "DELETE"}
+
+_RESOLUTION = {"merge-duplicates": "merge", "ignore-duplicates": "ignore"}
+
+
+# -- request bodies --------------------------------------------------------------------
+
+def _content_kind() -> str:
+    content_type = request.headers.get("Content-Type")
+    if not content_type:
+        return "json"
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media in ("application/json", "application/vnd.pgrst.object+json",
+                 "application/vnd.pgrst.object", "application/vnd.pgrst.array+json"):
+        return "json"
+    if media == "text/csv":
+        return "csv"
+    if media == "application/x-www-form-urlencoded":
+        return "form"
+    raise api_error("unsupported_content_type", content_type=content_type[:100])
+
+
+def _read_body() -> object:
+    """The request body as JSON-like data (dict or list of dicts)."""
+    kind = _content_kind()
+    data = request.get_data(cache=False)  # 413 past MAX_CONTENT_LENGTH
+    if kind == "json":
+        if not data.strip():
+            raise api_error("invalid_body", details="the request body is empty")
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise api_error("invalid_body", details=str(exc)[:300]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise api_error("invalid_body", details=f"the body is not UTF-8: {exc}") from None
+    if kind == "form":
+        return dict(parse_qsl(text, keep_blank_values=True))
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise api_error("invalid_body", details="the CSV body has no header row") from None
+    except csv.Error as exc:
+        raise api_error("invalid_body", details=f"CSV: {exc}") from None
+    rows = []
+    try:
+        for line in reader:
+            if not line:
+                continue
+            if len(line) != len(header):
+                raise api_error("invalid_body",
+                                details=f"CSV line {reader.line_num} has {len(line)} fields, "
+                                        f"the header has {len(header)}")
+            # An empty CSV field is NULL (CSV cannot tell NULL from '').
+            rows.append({k: (v if v != "" else None) for k, v in zip(header, line)})
+    except csv.Error as exc:
+        raise api_error("invalid_body", details=f"CSV: {exc}") from None
+    return rows
+
+
+def _objects(body) -> list[dict]:
+    if type(body) is dict:
+        return [body]
+    if type(body) is list and all(type(item) is dict for item in body):
+        return body
+    raise api_error("invalid_body", message="Expected a JSON object or an array of objects",
+                    details=f"got a JSON {type(body).__name__}")
+
+
+# -- PUT ---------------------------------------------------------------------------------
+
+def _put_key(table, query) -> dict[str, str]:
+    """The primary key given by PUT's filters (eq on exactly the key columns)."""
+    if query.limit is not None or query.offset is not None:
+        raise api_error("put_with_limit")
+    if not table.primary_key:
+        raise api_error("invalid_put", details=f"{table.name} has no primary key")
+    key: dict[str, str] = {}
+    for item in query.filters.items:
+        if (type(item) is not Filter or item.op != "eq" or item.negated or item.quantifier
+                or item.column.json_path or item.column.name in key
+                or item.column.name not in table.primary_key):
+            raise api_error("invalid_put")
+        key[item.column.name] = item.value
+    if set(key) != set(table.primary_key):
+        raise api_error("invalid_put")
+    return key
+
+
+def _same_key_value(body_value, url_text: str) -> bool:
+    if type(body_value) is bool:
+        return url_text.lower() in (("true", "1", "t") if body_value else ("false", "0", "f"))
+    if type(body_value) is int:
+        try:
+            return int(url_text) == body_value
+        except ValueError:
+            return False
+    if type(body_value) is float:
+        try:
+            return float(url_text) == body_value
+        except ValueError:
+            return False
+    return body_value is not None and str(body_value) == url_text
+
+
+def _put_row(table, query, body) -> dict:
+    key = _put_key(table, query)
+    if type(body) is list:
+        if len(body) != 1:
+            raise api_error("invalid_body", message="PUT takes exactly one object",
+                            details=f"got an array of {len(body)}")
+        body = body[0]
+    if type(body) is not dict:
+        raise api_error("invalid_body", message="Expected a JSON object")
+    for name, url_value in key.items():
+        if name not in body or not _same_key_value(body[name], url_value):
+            raise api_error("put_key_mismatch",
+                            details=f"{name}: URL has {url_value!r}, body has "
+                                    f"{body.get(name, '<missing>')!r}")
+    missing = [c.name for c in table.columns if not c.generated and c.name not in body]
+    if missing:
+        raise api_error("invalid_body",
+                        message="You must specify all columns in the payload when using PUT",
+                        details="missing: " + ", ".join(missing[:20]))
+    return body
+
+
+# -- the write --------------------------------------------------------------------------
+
+def _location(table, row: tuple, key_columns) -> str:
+    parts = [f"{quote(name, safe='')}=eq.{quote(str(value), safe='')}"
+             for name, value in zip(key_columns, row)]
+    return "/" + quote(table.name, safe="") + "?" + "&".join(parts)
+
+
+def write(state, table, prefs, method: str, query) -> Response:
+    config = state.config
+    return_ = prefs.return_
+    representation = return_ == "representation"
+    media = negotiate(request.headers.get("Accept")) if representation else None
+    if method in ("PATCH", "DELETE"):
+        if query.limit is not None or query.offset is not None:
+            raise api_error("query_parse",
+                            message=f"limit/offset are not supported on {method}",
+                            hint="filter the rows to change instead")
+        if config.refuse_filterless_writes and not query.filters.items:
+            raise api_error("filterless_write", verb=SQL_VERB[method])
+
+    returning = query.select if representation else None
+    location_columns = None
+    if method == "POST" and return_ == "headers-only" and table.primary_key:
+        location_columns = table.primary_key
+        returning = tuple(SelectItem(ColumnRef(name)) for name in table.primary_key)
+
+    if method == "DELETE":
+        statements = [build_delete(table, query.filters, returning=returning)]
+    else:
+        body = _read_body()
+        if method == "POST":
+            statements = build_insert(
+                table, _objects(body), columns=query.columns, on_conflict=query.on_conflict,
+                resolution=_RESOLUTION.get(prefs.resolution),
+                missing_default=prefs.missing == "default", returning=returning)
+        elif method == "PUT":
+            row = _put_row(table, query, body)
+            statements = build_insert(table, [row], on_conflict=table.primary_key,
+                                      resolution="merge", returning=returning)
+        else:  # PATCH
+            if type(body) is not dict:
+                raise api_error("invalid_body", message="PATCH takes one JSON object",
+                                details=f"got a JSON {type(body).__name__}")
+            statements = [build_update(table, body, query.filters, returning=returning,
+                                       columns=query.columns)]
+
+    strict = prefs.handling == "strict"
+    max_affected = prefs.max_affected if strict else None
+    rows: list = []
+    affected = 0
+    with state.db.write() as tx:
+        conn = tx.conn
+        for statement in statements:
+            params_seq = getattr(statement, "params_seq", None)
+            for params in (params_seq if params_seq is not None else (statement.params,)):
+                if returning is not None:
+                    rows.extend(conn.execute(statement.sql, params).fetchall())
+                else:
+                    conn.execute(statement.sql, params)
+                affected += conn.changes()
+        if max_affected is not None and affected > max_affected:
+            raise api_error("max_affected_exceeded",
+                            details=f"The query affects {affected} rows",
+                            hint=f"Prefer: max-affected={max_affected}")
+        if media == OBJECT and len(rows) != 1:
+            raise api_error("singular_not_one", details=f"The result contains {len(rows)} rows")
+        if prefs.tx == "rollback":
+            tx.rollback_only = True
+        body_bytes = b""
+        if representation:
+            columns = statements[0].columns if statements else ()
+            body_bytes = render(media, shape_of(columns), rows)
+    headers = list(CORS_HEADERS)
+    if tx.commit_result is not None:
+        headers.append(("X-Replication-Txid", str(tx.commit_result)))
+    if location_columns and rows:
+        headers.append(("Location", _location(table, rows[0], location_columns)))
+    if prefs.count is not None:
+        headers.append(("Content-Range", f"*/{affected}"))
+    skip = () if strict else ("max-affected",)
+    applied = prefs.applied(method, extra_skip=skip)
+    if applied:
+        headers.append(("Preference-Applied", applied))
+    status = WRITE_STATUS[(method, representation)]
+    if representation:
+        return Response(body_bytes, status=status, headers=headers,
+                        content_type=CONTENT_TYPES[media])
+    return Response(b"", status=status, headers=headers)

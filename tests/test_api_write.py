@@ -1,0 +1,327 @@
+"""Writes through the HTTP API: POST/PATCH/PUT/DELETE, Prefer, transactions, commit hook."""
+from __future__ import annotations
+
+import threading
+
+import apsw
+import orjson
+import pytest
+
+from sqlite_rest.app import create_app
+from sqlite_rest.config import ServerConfig
+
+SCHEMA = """
+CREATE TABLE authors (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+CREATE TABLE books (
+    id INTEGER PRIMARY KEY,
+    title TEXT NOT NULL,
+    year INTEGER,
+    status TEXT NOT NULL DEFAULT 'draft',
+    author_id INTEGER REFERENCES authors(id)
+);
+CREATE TABLE pairs (a TEXT, b INTEGER, v TEXT, PRIMARY KEY (a, b)) WITHOUT ROWID;
+INSERT INTO authors VALUES (1, 'Ann'), (2, 'Bob');
+INSERT INTO books VALUES (1, 'Alpha', 2001, 'published', 1), (2, 'Beta', 2002, 'draft', 2);
+"""
+
+
+def rows(path, sql):
+    conn = apsw.Connection(str(path))
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def db(tmp_path):
+    path = tmp_path / "write.db"
+    conn = apsw.Connection(str(path))
+    conn.execute(SCHEMA)
+    conn.close()
+    return path
+
+
+@pytest.fixture
+def commits():
+    return []
+
+
+@pytest.fixture
+def client(db, commits):
+    def on_commit():
+        commits.append(threading.get_ident())
+        return f"txid-{len(commits)}"
+
+    app = create_app(ServerConfig(db_dsn=str(db), allow_tables=("books", "authors", "pairs"),
+                                  auth_disabled=True, on_commit=on_commit))
+    with app.test_client() as c:
+        yield c
+
+
+def test_post_single_minimal(client, db, commits):
+    r = client.post("/books", json={"id": 3, "title": "Gamma"})
+    assert r.status_code == 201
+    assert r.data == b""
+    assert r.headers["X-Replication-Txid"] == "txid-1"
+    assert len(commits) == 1
+    assert rows(db, "SELECT id, title, status FROM books WHERE id = 3") == [(3, "Gamma", "draft")]
+
+
+def test_post_bulk_one_transaction_and_representation(client, db):
+    r = client.post("/books?select=id,title", json=[{"id": 10, "title": "X"}, {"id": 11, "title": "Y"}],
+                    headers={"Prefer": "return=representation"})
+    assert r.status_code == 201
+    assert r.get_json() == [{"id": 10, "title": "X"}, {"id": 11, "title": "Y"}]
+    assert r.headers["Preference-Applied"] == "return=representation"
+    # a failing row rolls back the whole bulk insert
+    r = client.post("/books", json=[{"id": 20, "title": "ok"}, {"id": 21, "title": None}])
+    assert r.status_code == 400
+    assert r.get_json()["code"] == "23502"
+    assert rows(db, "SELECT count(*) FROM books WHERE id IN (20, 21)") == [(0,)]
+
+
+def test_post_big_integer_stays_exact(client, db):
+    r = client.post("/books", json={"id": 9007199254740993, "title": "big", "year": -(2**63)},
+                    headers={"Prefer": "return=representation"})
+    assert r.status_code == 201
+    assert b'"id":9007199254740993' in r.data
+    assert rows(db, "SELECT year FROM books WHERE id = 9007199254740993") == [(-(2**63),)]
+
+
+def test_post_headers_only_location(client):
+    r = client.post("/books", json={"title": "Auto"}, headers={"Prefer": "return=headers-only"})
+    assert r.status_code == 201
+    assert r.headers["Location"] == "/books?id=eq.3"
+    r = client.post("/pairs", json={"a": "x y", "b": 2, "v": "v"},
+                    headers={"Prefer": "return=headers-only"})
+    assert r.headers["Location"] == "/pairs?a=eq.x%20y&b=eq.2"
+
+
+def test_post_columns_param(client, db):
+    r = client.post("/books?columns=id,title", json={"id": 5, "title": "T", "year": 1999})
+    assert r.status_code == 201
+    assert rows(db, "SELECT year FROM books WHERE id = 5") == [(None,)]
+    r = client.post("/books?columns=id,nope", json={"id": 6, "title": "T"})
+    assert r.status_code == 400
+    assert r.get_json()["code"] == "PGRST204"
+
+
+def test_missing_default(client, db):
+    body = [{"id": 7, "title": "A", "status": "x"}, {"id": 8, "title": "B"}]
+    r = client.post("/books", json=body, headers={"Prefer": "missing=default"})
+    assert r.status_code == 201
+    assert r.headers["Preference-Applied"] == "missing=default"
+    assert rows(db, "SELECT id, status FROM books WHERE id IN (7, 8) ORDER BY id") == \
+        [(7, "x"), (8, "draft")]
+    # without missing=default, objects with different keys are refused
+    r = client.post("/books", json=body)
+    assert r.status_code == 400
+    assert r.get_json()["code"] == "PGRST102"
+
+
+def test_upsert_merge_and_ignore(client, db):
+    r = client.post("/books", json=[{"id": 1, "title": "Alpha 2"}, {"id": 9, "title": "New"}],
+                    headers={"Prefer": "resolution=merge-duplicates, return=representation"})
+    assert r.status_code == 201
+    assert [x["title"] for x in r.get_json()] == ["Alpha 2", "New"]
+    assert rows(db, "SELECT title, status FROM books WHERE id = 1") == [("Alpha 2", "published")]
+    r = client.post("/books", json={"id": 1, "title": "ignored"},
+                    headers={"Prefer": "resolution=ignore-duplicates"})
+    assert r.status_code == 201
+    assert rows(db, "SELECT title FROM books WHERE id = 1") == [("Alpha 2",)]
+    r = client.post("/authors?on_conflict=name", json={"id": 5, "name": "Ann"},
+                    headers={"Prefer": "resolution=ignore-duplicates"})
+    assert r.status_code == 201
+    assert rows(db, "SELECT count(*) FROM authors") == [(2,)]
+
+
+def test_patch(client, db):
+    r = client.patch("/books?year=gte.2000", json={"status": "archived"},
+                     headers={"Prefer": "return=representation"})
+    assert r.status_code == 200
+    assert sorted(x["id"] for x in r.get_json()) == [1, 2]
+    r = client.patch("/books?id=eq.1", json={"year": 1999})
+    assert r.status_code == 204
+    assert rows(db, "SELECT year, status FROM books WHERE id = 1") == [(1999, "archived")]
+
+
+def test_delete(client, db):
+    r = client.delete("/books?id=eq.2", headers={"Prefer": "return=representation",
+                                                  "Content-Type": "application/json"})
+    assert r.status_code == 200
+    assert r.get_json()[0]["title"] == "Beta"
+    r = client.delete("/books?id=eq.999")
+    assert r.status_code == 204
+    assert rows(db, "SELECT id FROM books") == [(1,)]
+
+
+def test_filterless_delete_allowed_by_default(client, db):
+    assert client.delete("/books").status_code == 204
+    assert rows(db, "SELECT count(*) FROM books") == [(0,)]
+
+
+def test_filterless_writes_can_be_refused(db):
+    app = create_app(ServerConfig(db_dsn=str(db), allow_tables=("books",), auth_disabled=True,
+                                  refuse_filterless_writes=True))
+    c = app.test_client()
+    r = c.delete("/books")
+    assert r.status_code == 400
+    assert r.get_json()["code"] == "21000"
+    assert c.patch("/books", json={"year": 1}).status_code == 400
+    assert rows(db, "SELECT count(*) FROM books") == [(2,)]
+    assert c.delete("/books?id=eq.1").status_code == 204
+
+
+def test_put_single_row_upsert(client, db):
+    full = {"id": 7, "title": "Put", "year": 2020, "status": "s", "author_id": None}
+    r = client.put("/books?id=eq.7", json=full)
+    assert r.status_code == 204
+    full["title"] = "Put again"
+    r = client.put("/books?id=eq.7", json=full, headers={"Prefer": "return=representation"})
+    assert r.status_code == 200
+    assert r.get_json()[0]["title"] == "Put again"
+    assert rows(db, "SELECT count(*) FROM books WHERE id = 7") == [(1,)]
+    r = client.put("/pairs?a=eq.k&b=eq.1", json={"a": "k", "b": 1, "v": "one"})
+    assert r.status_code == 204
+    assert rows(db, "SELECT v FROM pairs") == [("one",)]
+
+
+@pytest.mark.parametrize("url,body,status,code", [
+    ("/books?id=gt.7", {"id": 7, "title": "x"}, 405, "PGRST105"),
+    ("/books", {"id": 7, "title": "x"}, 405, "PGRST105"),
+    ("/books?id=eq.7&title=eq.x", {"id": 7, "title": "x"}, 405, "PGRST105"),
+    ("/books?id=eq.7", {"id": 8, "title": "x", "year": 1, "status": "s", "author_id": None},
+     400, "PGRST115"),
+    ("/books?id=eq.7&limit=1", {"id": 7}, 400, "PGRST114"),
+    ("/books?id=eq.7", {"id": 7, "title": "x"}, 400, "PGRST102"),
+])
+def test_put_errors(client, db, url, body, status, code):
+    r = client.put(url, json=body)
+    assert r.status_code == status, r.data
+    assert r.get_json()["code"] == code
+    assert rows(db, "SELECT count(*) FROM books WHERE id IN (7, 8)") == [(0,)]
+
+
+def test_max_affected_strict_rolls_back(client, db):
+    r = client.patch("/books?id=gt.0", json={"year": 1},
+                     headers={"Prefer": "handling=strict, max-affected=1"})
+    assert r.status_code == 400
+    assert r.get_json()["code"] == "PGRST124"
+    assert rows(db, "SELECT year FROM books ORDER BY id") == [(2001,), (2002,)]
+    r = client.patch("/books?id=eq.1", json={"year": 1},
+                     headers={"Prefer": "handling=strict, max-affected=1"})
+    assert r.status_code == 204
+    assert "max-affected=1" in r.headers["Preference-Applied"]
+    # lenient: max-affected is not enforced (PostgREST's rule)
+    r = client.delete("/books?id=gt.0", headers={"Prefer": "max-affected=1"})
+    assert r.status_code == 204
+
+
+def test_tx_rollback(client, db, commits):
+    r = client.post("/books", json={"id": 30, "title": "tmp"},
+                    headers={"Prefer": "tx=rollback, return=representation"})
+    assert r.status_code == 201
+    assert r.get_json()[0]["id"] == 30
+    assert "tx=rollback" in r.headers["Preference-Applied"]
+    assert rows(db, "SELECT count(*) FROM books WHERE id = 30") == [(0,)]
+    assert commits == []
+
+
+def test_singular_write_rolls_back_when_not_one_row(client, db):
+    r = client.patch("/books?id=gt.0", json={"year": 5}, headers={
+        "Prefer": "return=representation", "Accept": "application/vnd.pgrst.object+json"})
+    assert r.status_code == 406
+    assert r.get_json()["code"] == "PGRST116"
+    assert rows(db, "SELECT year FROM books ORDER BY id") == [(2001,), (2002,)]
+    r = client.patch("/books?id=eq.1", json={"year": 5}, headers={
+        "Prefer": "return=representation", "Accept": "application/vnd.pgrst.object+json"})
+    assert r.status_code == 200
+    assert r.get_json()["year"] == 5
+
+
+def test_constraint_errors(client, db):
+    r = client.post("/books", json={"id": 1, "title": "dup"})
+    assert (r.status_code, r.get_json()["code"]) == (409, "23505")
+    r = client.post("/books", json={"id": 50, "title": "fk", "author_id": 99})
+    assert (r.status_code, r.get_json()["code"]) == (409, "23503")
+    r = client.post("/authors", json={"id": 9, "name": "Ann"})
+    assert (r.status_code, r.get_json()["code"]) == (409, "23505")
+    assert rows(db, "SELECT count(*) FROM books") == [(2,)]
+
+
+def test_csv_and_form_bodies(client, db):
+    r = client.post("/books", data="id,title,year\n40,Csv One,2000\n41,\"Csv, Two\",\n",
+                    headers={"Content-Type": "text/csv"})
+    assert r.status_code == 201
+    assert rows(db, "SELECT id, title, year FROM books WHERE id >= 40 ORDER BY id") == \
+        [(40, "Csv One", 2000), (41, "Csv, Two", None)]
+    r = client.post("/books", data={"id": "42", "title": "Form"})
+    assert r.status_code == 201
+    assert rows(db, "SELECT title FROM books WHERE id = 42") == [("Form",)]
+
+
+def test_count_exact_on_write(client):
+    r = client.delete("/books?id=gt.0", headers={"Prefer": "count=exact"})
+    assert r.status_code == 204
+    assert r.headers["Content-Range"] == "*/2"
+
+
+def test_write_on_read_only_database(db):
+    app = create_app(ServerConfig(db_dsn=f"file:{db}?mode=ro", allow_tables=("books",),
+                                  auth_disabled=True, primary_url="http://primary:8080"))
+    c = app.test_client()
+    r = c.post("/books", json={"id": 60, "title": "x"})
+    assert r.status_code == 405
+    body = r.get_json()
+    assert body["code"] == "25006"
+    assert "http://primary:8080" in body["hint"]
+    assert c.get("/books?id=eq.1").status_code == 200
+
+
+def test_replication_txid_hook_wins(db):
+    app = create_app(ServerConfig(db_dsn=str(db), allow_tables=("books",), auth_disabled=True,
+                                  on_commit=lambda: None, replication_txid=lambda: 42))
+    r = app.test_client().post("/books", json={"title": "x"})
+    assert r.headers["X-Replication-Txid"] == "42"
+
+
+def test_writes_after_fork_reopen_connections(db):
+    """A worker forked after the app was used must not reuse the parent's connections."""
+    import os
+
+    app = create_app(ServerConfig(db_dsn=str(db), allow_tables=("books",), auth_disabled=True))
+    c = app.test_client()
+    assert c.get("/books?id=eq.1").status_code == 200
+    state = app.extensions["sqlite_rest"]
+    parent_reader = state.db.reader()
+    pid = os.fork()
+    if pid == 0:  # child: must open its own connection and write through it
+        code = 1
+        try:
+            if state.db.reader() is not parent_reader and \
+                    c.post("/books", json={"id": 70, "title": "child"}).status_code == 201:
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert state.db.reader() is parent_reader
+    assert rows(db, "SELECT title FROM books WHERE id = 70") == [("child",)]
+
+
+def test_wal_and_pragmas_applied(client, db):
+    client.post("/books", json={"title": "wal"})
+    assert rows(db, "PRAGMA journal_mode") == [("wal",)]
+    state = client.application.extensions["sqlite_rest"]
+    writer = state.db.writer()
+    assert writer.execute("PRAGMA foreign_keys").fetchall() == [(1,)]
+    assert writer.execute("PRAGMA synchronous").fetchall() == [(1,)]  # NORMAL
+    reader = state.db.reader()
+    assert reader.execute("PRAGMA query_only").fetchall() == [(1,)]
+
+
+def test_json_values_in_body(client, db):
+    r = client.post("/books", json={"id": 80, "title": orjson.loads('"ünï €😀"'), "year": True})
+    assert r.status_code == 201
+    assert rows(db, "SELECT title, year FROM books WHERE id = 80") == [("ünï €😀", 1)]

@@ -1,0 +1,229 @@
+"""The real `sqlite-rest serve` process: supervisor + granian workers (design/process-model.md)."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import apsw
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.plugins.server import start_server
+
+SLOW_ROWS = 3_000_000  # a recursive CTE this long takes ~1 s: an "in-flight" request
+
+
+@pytest.fixture
+def db(tmp_path):
+    path = tmp_path / "data.db"
+    conn = apsw.Connection(str(path))
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, price REAL, qty INTEGER)")
+    conn.execute(f"CREATE VIEW slow AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 "
+                 f"FROM c WHERE x < {SLOW_ROWS}) SELECT max(x) AS m FROM c")
+    with conn:
+        conn.executemany("INSERT INTO items VALUES(?,?,?,?)",
+                         ((i, f"item-{i}", i / 2, i % 10) for i in range(1, 101)))
+    conn.close()
+    return path
+
+
+def metric_value(metrics_url, name, **labels) -> float:
+    text = httpx.get(metrics_url + "/metrics").text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def wait_for(predicate, timeout=10.0, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def test_two_workers_serve_requests_and_metrics_add_up(serve, db):
+    srv = serve(db, "--security-allow-table", "items,slow", "--workers", "2")
+    assert wait_for(lambda: len(srv.worker_pids()) == 2)
+    n = 40
+    for i in range(1, n + 1):
+        # a fresh connection each time, so both workers get requests
+        r = httpx.get(f"{srv.base_url}/items", params={"id": f"eq.{i}"}, headers={"Connection": "close"})
+        assert r.status_code == 200 and r.json()[0]["id"] == i
+    r = httpx.post(f"{srv.base_url}/items", json={"name": "new", "price": 1.5, "qty": 1})
+    assert r.status_code == 201
+    count = metric_value(srv.metrics_url, "sqlite_rest_http_requests_total",
+                         target="items", operation="queryTableOrView", http_code="200")
+    assert count == n
+    assert metric_value(srv.metrics_url, "sqlite_rest_http_requests_total",
+                        operation="insertTable", http_code="201") == 1
+    assert metric_value(srv.metrics_url, "sqlite_rest_http_request_duration_milliseconds_count",
+                        target="items", operation="queryTableOrView") == n
+    assert metric_value(srv.metrics_url, "sqlite_rest_database_size_bytes") > 0
+    assert httpx.get(srv.metrics_url + "/live").status_code == 200
+    ready = httpx.get(srv.metrics_url + "/ready")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+
+
+def test_commit_signals_reach_the_supervisor(serve, db):
+    srv = serve(db, "--security-allow-table", "items")
+    for i in range(5):
+        assert httpx.post(f"{srv.base_url}/items", json={"name": f"c{i}"}).status_code == 201
+    httpx.patch(f"{srv.base_url}/items", params={"id": "eq.1"}, json={"qty": 7})
+    assert wait_for(lambda: httpx.get(srv.metrics_url + "/status").json()
+                    ["commit_signals"]["received"] == 6), httpx.get(srv.metrics_url + "/status").json()
+
+
+def test_sigterm_finishes_in_flight_requests_and_exits_zero(serve, db):
+    srv = serve(db, "--security-allow-table", "items,slow")
+    result = {}
+
+    def slow_request():
+        try:
+            result["response"] = httpx.get(f"{srv.base_url}/slow", timeout=30)
+        except Exception as exc:  # noqa: BLE001
+            result["error"] = exc
+
+    httpx.get(f"{srv.base_url}/slow", timeout=30)  # warm: both the worker and the page cache
+    thread = threading.Thread(target=slow_request)
+    started = time.monotonic()
+    thread.start()
+    time.sleep(0.3)
+    os.kill(srv.pid, signal.SIGTERM)
+    thread.join(30)
+    assert "error" not in result, result
+    assert result["response"].status_code == 200
+    assert result["response"].json() == [{"m": SLOW_ROWS}]
+    assert srv.proc.wait(30) == 0
+    assert time.monotonic() - started < 30
+    logs = srv.logs()
+    assert "received SIGTERM" in logs and "sqlite-rest stopped" in logs
+    # nothing left behind: the HTTP port is free again
+    assert _port_free(srv.http_port)
+
+
+def test_killed_worker_is_replaced_and_counts_survive(serve, db):
+    srv = serve(db, "--security-allow-table", "items")
+    assert wait_for(lambda: len(srv.worker_pids()) == 2)
+    for _ in range(10):
+        httpx.get(f"{srv.base_url}/items?limit=1", headers={"Connection": "close"})
+    before = set(srv.worker_pids())
+    victim = sorted(before)[0]
+    os.kill(victim, signal.SIGKILL)
+    assert wait_for(lambda: len(set(srv.worker_pids()) - before) == 1 and
+                    len(srv.worker_pids()) == 2, timeout=20), srv.logs()
+    assert victim not in srv.worker_pids()
+    for _ in range(10):
+        assert httpx.get(f"{srv.base_url}/items?limit=1",
+                         headers={"Connection": "close"}).status_code == 200
+    assert "died; replacing it" in srv.logs()
+    # the dead worker's counts are kept: 20 requests in all
+    assert metric_value(srv.metrics_url, "sqlite_rest_http_requests_total", target="items") == 20
+    assert srv.proc.poll() is None
+
+
+def test_worker_crash_loop_stops_the_server_with_exit_1(serve, db):
+    srv = serve(db, "--security-allow-table", "items", "--workers", "1")
+    assert wait_for(lambda: len(srv.worker_pids()) == 1)
+    first = srv.worker_pids()[0]
+    os.kill(first, signal.SIGKILL)
+    assert wait_for(lambda: srv.worker_pids() and srv.worker_pids()[0] != first, timeout=10)
+    os.kill(srv.worker_pids()[0], signal.SIGKILL)  # dies again within ~5 s: a crash loop
+    assert srv.proc.wait(30) == 1
+    logs = srv.logs()
+    assert "HTTP server exited unexpectedly" in logs
+
+
+def test_supervisor_killed_takes_the_http_server_with_it(serve, db):
+    srv = serve(db, "--security-allow-table", "items")
+    http_server = [p for p in _children(srv.pid)]
+    assert http_server
+    os.kill(srv.pid, signal.SIGKILL)
+    srv.proc.wait(10)
+    assert wait_for(lambda: not any(_alive(p) for p in http_server), timeout=30)
+    assert wait_for(lambda: _port_free(srv.http_port), timeout=30)
+
+
+def test_busy_port_is_a_one_line_error(db):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SQLITEREST_")}
+        result = subprocess.run(
+            [sys.executable, "-m", "sqlite_rest.cli", "serve", "--db-dsn", str(db),
+             "--auth-disabled", "--http-addr", f"127.0.0.1:{port}", "--metrics-addr", ""],
+            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0
+    assert "cannot be bound" in result.stderr
+
+
+def test_http_server_that_cannot_start_is_reported(db, tmp_path):
+    """A child that dies during startup: exit 1, the cause on the last line, nothing left."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    # sitecustomize runs in every interpreter on PYTHONPATH; it breaks only the HTTP child
+    (hook / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "if os.environ.get('SQLITEREST_CHILD_SPEC'):\n"
+        "    sys.stderr.write('simulated HTTP server failure\\n'); sys.stderr.flush(); os._exit(3)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SQLITEREST_")}
+    env["PYTHONPATH"] = f"{hook}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    port = _free_port()
+    result = subprocess.run(
+        [sys.executable, "-m", "sqlite_rest.cli", "serve", "--db-dsn", str(db), "--auth-disabled",
+         "--security-allow-table", "items", "--http-addr", f"127.0.0.1:{port}",
+         "--metrics-addr", ""], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == "error: HTTP server failed to start (exit code 3) (hint: see the log lines above)"
+    assert _port_free(port)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _port_free(port):
+    """No listener on the port (TIME_WAIT leftovers of closed connections are fine)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
