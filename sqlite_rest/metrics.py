@@ -22,7 +22,6 @@ from __future__ import annotations
 import time
 from typing import Iterable, Optional
 
-import orjson
 from flask import Flask, g, request
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest
@@ -46,7 +45,8 @@ OPERATIONS = {
     "PUT": "updateSingleEntity",
     "DELETE": "deleteTable",
 }
-#: Error codes (see errors.py) that count as failed authentication / failed access checks.
+#: Error codes (see errors.py) that count as failed authentication / failed access checks
+#: when `observe` is called directly (the Flask wiring uses auth.py's signals instead).
 AUTH_FAILED_CODES = frozenset({"PGRST301", "PGRST302", "PGRST303"})
 ACCESS_CHECK_FAILED_CODES = frozenset({"42501"})
 #: Requests outside the table routes (/, /live, /ready, OPTIONS preflight) are not counted,
@@ -91,7 +91,14 @@ class RequestMetrics:
             self.access_check_failed.inc()
 
     def instrument(self, app: Flask) -> None:
-        """Record every table request of `app` (cheap before/after_request hooks)."""
+        """Record every table request of `app` (cheap before/after_request hooks), and the
+        auth failures / access check failures auth.py signals (a table outside the allow-list
+        answers 404 like a missing one, so the status code alone cannot tell)."""
+        from .auth import access_denied, auth_failed
+
+        auth_failed.connect(lambda sender, **kw: self.auth_failed.inc(), sender=app, weak=False)
+        access_denied.connect(lambda sender, **kw: self.access_check_failed.inc(), sender=app,
+                              weak=False)
 
         @app.before_request
         def _start_timer():
@@ -105,20 +112,9 @@ class RequestMetrics:
             if t0 is None or operation is None or path in _SKIP_PATHS:
                 return response
             target = path.strip("/").split("/", 1)[0]
-            error_code = None
-            if response.status_code in (401, 403):
-                error_code = _error_code(response)
             self.observe(target, operation, response.status_code,
-                         (time.perf_counter() - t0) * 1000.0, error_code)
+                         (time.perf_counter() - t0) * 1000.0)
             return response
-
-
-def _error_code(response) -> Optional[str]:
-    try:
-        body = orjson.loads(response.get_data())
-    except (orjson.JSONDecodeError, RuntimeError, TypeError):
-        return None
-    return body.get("code") if isinstance(body, dict) else None
 
 
 class DatabaseSizeGauge:

@@ -3,10 +3,10 @@ one PostgREST serves, so the same tooling (Swagger UI, client generators) works.
 """
 from __future__ import annotations
 
-from flask import Response, current_app, request
+from flask import current_app, request
 
 from . import __version__
-from .app import CORS_HEADERS, EXTENSION
+from .app import CORS_HEADERS, EXTENSION, ApiResponse
 from .errors import api_error
 from .representation import CONTENT_TYPES, OPENAPI, dumps, negotiate
 
@@ -169,5 +169,5 @@ def openapi_view():
     schema = state.schema_cache.get(state.db.reader())
     body = dumps(build_openapi(state, schema, request.host))
     content_type = CONTENT_TYPES[OPENAPI] if media == OPENAPI else CONTENT_TYPES["application/json"]
-    return Response(b"" if request.method == "HEAD" else body, status=200,
-                    headers=CORS_HEADERS, content_type=content_type)
+    return ApiResponse(b"" if request.method == "HEAD" else body, 200, CORS_HEADERS,
+                       content_type)

@@ -175,6 +175,12 @@ _SIMPLE_NAME = re.compile(r'[A-Za-z_][A-Za-z0-9_$]*\Z')
 _INT_KEY = re.compile(r'-?[0-9]+\Z')
 _NON_NEGATIVE_INT = re.compile(r'[0-9]+\Z')
 _INT64_MAX = (1 << 63) - 1
+# An unquoted list item / logic-tree value runs to the next ',' or closer.
+_UNQUOTED_ITEM = {")": re.compile(r"[^,)]*"), "}": re.compile(r"[^,}]*")}
+_OPERATOR_WORD = re.compile(r"[A-Za-z_]*")
+_OPERATOR_TEXT = re.compile(r"[^.(),]*")
+_QUANTIFIER_WORD = re.compile(r"[A-Za-z]*")
+_CAST_WORD = re.compile(r"[A-Za-z0-9_ ]*")
 
 
 def shown_text(text: str, limit: int = 100) -> str:
@@ -285,7 +291,8 @@ class _Reader:
             return ColumnRef(name)
         steps = []
         while self.peek("->"):
-            as_text = self.accept("->>") or not self.accept("->")
+            as_text = self.peek("->>")
+            self.pos += 3 if as_text else 2
             if self.peek('"'):
                 key: str | int = self.quoted()
             else:
@@ -314,9 +321,7 @@ class _Reader:
             if self.peek('"'):
                 items.append(self.quoted())
             else:
-                end = self.pos
-                while end < len(text) and text[end] != "," and text[end] != closer:
-                    end += 1
+                end = _UNQUOTED_ITEM[closer].match(text, self.pos).end()
                 items.append(text[self.pos:end])
                 self.pos = end
             if self.accept(","):
@@ -335,16 +340,12 @@ def _operator(reader: _Reader) -> tuple[Operator, bool, str | None]:
     negated = reader.accept("not.")
     start = reader.pos
     text = reader.text
-    end = start
-    while end < len(text) and (text[end].isalpha() or text[end] == "_"):
-        end += 1
+    end = _OPERATOR_WORD.match(text, start).end()
     name = text[start:end]
     op = OPERATOR_BY_NAME.get(name)
     if op is None:
         known = ", ".join(sorted(OPERATOR_BY_NAME))
-        while end < len(text) and text[end] not in ".(),":
-            end += 1
-        name = text[start:end]
+        name = text[start:_OPERATOR_TEXT.match(text, start).end()]
         reader.fail(f"unknown operator {shown_text(name, 40)!r}" if name
                     else "expected an operator",
                     hint=f"operators: {known}; negate with not.<op>")
@@ -352,8 +353,7 @@ def _operator(reader: _Reader) -> tuple[Operator, bool, str | None]:
     quantifier = None
     if reader.accept("("):
         qstart = reader.pos
-        while not reader.at_end() and text[reader.pos].isalpha():
-            reader.pos += 1
+        reader.pos = _QUANTIFIER_WORD.match(text, qstart).end()
         quantifier = text[qstart:reader.pos]
         if quantifier not in QUANTIFIERS:
             reader.pos = qstart
@@ -375,11 +375,8 @@ def _filter_value(reader: _Reader, op: Operator, quantifier, in_group: bool):
         if reader.peek('"'):
             value = reader.quoted()
         else:
-            text = reader.text
-            end = reader.pos
-            while end < len(text) and text[end] != "," and text[end] != ")":
-                end += 1
-            value = text[reader.pos:end]
+            end = _UNQUOTED_ITEM[")"].match(reader.text, reader.pos).end()
+            value = reader.text[reader.pos:end]
             reader.pos = end
     else:
         value = reader.text[reader.pos:]
@@ -483,9 +480,7 @@ def parse_logic(key: str, value: str):
 def _cast(reader: _Reader) -> str:
     start = reader.pos
     text = reader.text
-    end = start
-    while end < len(text) and (text[end].isalnum() or text[end] in " _"):
-        end += 1
+    end = _CAST_WORD.match(text, start).end()
     name = text[start:end].strip().lower()
     if name not in CASTS:
         reader.fail(f"unsupported cast {shown_text(text[start:end], 40)!r}",

@@ -168,7 +168,7 @@ class SchemaCache:
         self._lock = threading.Lock()
 
     def get(self, conn: apsw.Connection) -> Schema:
-        version = conn.execute("PRAGMA schema_version").fetchall()[0][0]
+        version = conn.execute("PRAGMA schema_version").get  # one row, one column
         schema = self._schema
         if schema is not None and schema.version == version:
             return schema

@@ -49,6 +49,8 @@ log = logging.getLogger("sqlite_rest.server")
 
 #: Environment of the HTTP server child: its JSON spec (`ChildSpec`).
 CHILD_SPEC_ENV = "SQLITEREST_CHILD_SPEC"
+#: Directory where each worker drops a file named after its pid once its app is built.
+WORKER_READY_ENV = "SQLITEREST_WORKER_READY_DIR"
 #: prometheus_client's multiprocess directory, set for the child (and so its workers) only.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: Production HTTP servers `--server` accepts (measured in design/process-model.md).
@@ -218,6 +220,10 @@ def build_worker_app(config_fields: dict):
     app = create_app(config)
     RequestMetrics().instrument(app)
     logs.instrument(app)
+    ready_dir = os.environ.get(WORKER_READY_ENV)
+    if ready_dir:
+        with open(os.path.join(ready_dir, str(os.getpid())), "w"):
+            pass
     return app
 
 
@@ -259,7 +265,8 @@ class Supervisor:
                                hint=f"choose one of: {', '.join(SERVERS)}")
         if options.workers < 1:
             raise StartupError(f"--workers {options.workers} must be at least 1")
-        self.health.add_ready_check("http", lambda: self._listening and self._child_alive())
+        self.health.add_ready_check("http", lambda: self._listening and self._child_alive()
+                                    and self.ready_workers() >= 1)
         self.health.add_status("http", lambda: {
             "addr": self.options.http_addr, "workers": self.options.workers,
             "pid": self._child.pid if self._child else None})
@@ -273,6 +280,21 @@ class Supervisor:
     @property
     def multiproc_dir(self) -> Optional[str]:
         return os.path.join(self._tmpdir, "metrics") if self._tmpdir else None
+
+    @property
+    def worker_ready_dir(self) -> Optional[str]:
+        return os.path.join(self._tmpdir, "workers") if self._tmpdir else None
+
+    def ready_workers(self) -> int:
+        """Workers alive that have built their app (their pid file exists)."""
+        count = 0
+        for name in os.listdir(self.worker_ready_dir):
+            try:
+                os.kill(int(name), 0)
+            except (ProcessLookupError, ValueError):
+                continue
+            count += 1
+        return count
 
     @property
     def commit_socket_path(self) -> Optional[str]:
@@ -301,6 +323,7 @@ class Supervisor:
         self.validate()
         self._tmpdir = tempfile.mkdtemp(prefix="sqlite-rest-")
         os.mkdir(self.multiproc_dir)
+        os.mkdir(self.worker_ready_dir)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             self._start_parent_services()
@@ -372,6 +395,7 @@ class Supervisor:
         env[CHILD_SPEC_ENV] = json.dumps(spec)
         env[MULTIPROC_ENV] = self.multiproc_dir
         env["SQLITEREST_COMMIT_SOCKET"] = self.commit_socket_path
+        env[WORKER_READY_ENV] = self.worker_ready_dir
         self._child = subprocess.Popen([sys.executable, "-m", "sqlite_rest.server"], env=env,
                                        preexec_fn=_die_with_parent)
 
@@ -382,13 +406,14 @@ class Supervisor:
             if code is not None:
                 raise StartupError(f"HTTP server failed to start (exit code {code})",
                                    hint="see the log lines above")
-            if _connectable(self.http_host, self.http_port):
+            if (self.ready_workers() >= self.options.workers
+                    and _connectable(self.http_host, self.http_port)):
                 self._listening = True
                 return
             time.sleep(0.05)
         if not self._stop.is_set():
-            raise StartupError(f"HTTP server did not listen on {self.options.http_addr} "
-                               f"within {STARTUP_TIMEOUT_S:g} s")
+            raise StartupError(f"HTTP server did not listen on {self.options.http_addr} with "
+                               f"{self.options.workers} workers within {STARTUP_TIMEOUT_S:g} s")
 
     def _watch(self) -> None:
         while not self._stop.wait(0.2):

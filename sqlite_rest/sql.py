@@ -112,6 +112,11 @@ _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _NUMERIC_AFFINITIES = frozenset({"INTEGER", "REAL", "NUMERIC"})
 _BOOLEAN_WORDS = {"true": 1, "false": 0, "t": 1, "f": 0}
 
+# SQLite's default SQLITE_MAX_VARIABLE_NUMBER: more bound values cannot be prepared.
+MAX_PARAMETERS = 32766
+# SQLite's default SQLITE_MAX_LIKE_PATTERN_LENGTH, in UTF-8 bytes.
+MAX_PATTERN_BYTES = 50000
+
 
 def _number(text: str):
     """The number a text spells (int exactly, else float), or None."""
@@ -311,7 +316,7 @@ def _filter_sql(table: Table, f: Filter, params: list) -> str:
         if not terms:
             sql = "0" if f.quantifier == "any" else "1"
         else:
-            sql = "(" + QUANTIFIERS[f.quantifier].join(terms) + ")"
+            sql = _join(QUANTIFIERS[f.quantifier], terms)
     else:
         sql = _scalar_sql(op, kind, col_sql, col_params, affinity, column, f.value, params)
     return "NOT (" + sql + ")" if f.negated else sql
@@ -320,6 +325,10 @@ def _filter_sql(table: Table, f: Filter, params: list) -> str:
 def _scalar_sql(op, kind, col_sql, col_params, affinity, column, text, params) -> str:
     if kind is ValueKind.PATTERN:
         pattern = like_to_glob(text) if op.name == "like" else ilike_to_like(text)
+        if len(pattern) * 4 > MAX_PATTERN_BYTES and len(pattern.encode()) > MAX_PATTERN_BYTES:
+            raise QueryError("like/ilike pattern too long",
+                             details=f"SQLite accepts at most {MAX_PATTERN_BYTES} bytes",
+                             hint="shorten the pattern")
         return _render(op.sql, col_sql, col_params, (pattern,), params)
     if kind is ValueKind.REGEX:
         pattern = _check_regex(text, op.name == "imatch")
@@ -341,7 +350,25 @@ def _logic_sql(table: Table, node, params: list) -> str:
     if len(items) == 1:
         return _logic_sql(table, items[0], params)
     joiner = " AND " if type(node) is And else " OR "
-    return "(" + joiner.join(_logic_sql(table, i, params) for i in items) + ")"
+    return _join(joiner, [_logic_sql(table, i, params) for i in items])
+
+
+def _join(joiner: str, terms: list[str]) -> str:
+    """`(a OR b OR …)`, nested as a balanced tree when long: SQLite parses a flat chain
+    as a left-deep tree and refuses one deeper than 1000 (SQLITE_MAX_EXPR_DEPTH)."""
+    if len(terms) <= 32:
+        return "(" + joiner.join(terms) + ")"
+    middle = len(terms) // 2
+    return "(" + _join(joiner, terms[:middle]) + joiner + _join(joiner, terms[middle:]) + ")"
+
+
+
+def _checked(sql: str, params: list, columns=()) -> Statement:
+    if len(params) > MAX_PARAMETERS:
+        raise QueryError(f"too many values in the query ({len(params)})",
+                         details=f"SQLite binds at most {MAX_PARAMETERS} values per statement",
+                         hint="split the request, or use fewer in.(…) values")
+    return Statement(sql, tuple(params), columns)
 
 
 def build_where(table: Table, filters, params: list) -> str:
@@ -430,15 +457,15 @@ def build_select(table: Table, query, *, limit: int | None = None,
         if offset:
             sql += " OFFSET ?"
             params.append(offset)
-    return Statement(sql, tuple(params), outputs)
+    return _checked(sql, params, outputs)
 
 
 def build_count(table: Table, query) -> Statement:
     """SELECT count(*) over the query's filters (ignores select, order, limit)."""
     params: list = []
     where = build_where(table, query.filters, params)
-    return Statement("SELECT count(*) FROM " + table.quoted + where, tuple(params),
-                     (OutputColumn("count"),))
+    return _checked("SELECT count(*) FROM " + table.quoted + where, params,
+                    (OutputColumn("count"),))
 
 
 # --------------------------------------------------------------------------
@@ -594,7 +621,7 @@ def build_update(table: Table, values: dict, filters, *, returning=None,
     sql += build_where(table, filters, params)
     returning_sql, returning_params, outputs = _returning(table, returning)
     params.extend(returning_params)
-    return Statement(sql + returning_sql, tuple(params), outputs)
+    return _checked(sql + returning_sql, params, outputs)
 
 
 def build_delete(table: Table, filters, *, returning=None) -> Statement:
@@ -603,7 +630,7 @@ def build_delete(table: Table, filters, *, returning=None) -> Statement:
     sql = "DELETE FROM " + table.quoted + build_where(table, filters, params)
     returning_sql, returning_params, outputs = _returning(table, returning)
     params.extend(returning_params)
-    return Statement(sql + returning_sql, tuple(params), outputs)
+    return _checked(sql + returning_sql, params, outputs)
 
 
 def primary_key_values(table: Table, filters) -> dict | None:

@@ -11,9 +11,9 @@ import io
 from urllib.parse import parse_qsl, quote
 
 import orjson
-from flask import Response, request
+from flask import request
 
-from .app import CORS_HEADERS
+from .app import CORS_HEADERS, ApiResponse
 from .errors import api_error
 from .query import ColumnRef, Filter, SelectItem
 from .representation import CONTENT_TYPES, OBJECT, negotiate, render, shape_of
@@ -165,7 +165,7 @@ def _location(table, row: tuple, key_columns) -> str:
     return "/" + quote(table.name, safe="") + "?" + "&".join(parts)
 
 
-def write(state, table, prefs, method: str, query) -> Response:
+def write(state, table, prefs, method: str, query) -> ApiResponse:
     config = state.config
     return_ = prefs.return_
     representation = return_ == "representation"
@@ -243,6 +243,5 @@ def write(state, table, prefs, method: str, query) -> Response:
         headers.append(("Preference-Applied", applied))
     status = WRITE_STATUS[(method, representation)]
     if representation:
-        return Response(body_bytes, status=status, headers=headers,
-                        content_type=CONTENT_TYPES[media])
-    return Response(b"", status=status, headers=headers)
+        return ApiResponse(body_bytes, status, headers, CONTENT_TYPES[media])
+    return ApiResponse(b"", status, headers)

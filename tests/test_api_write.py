@@ -81,6 +81,22 @@ def test_post_bulk_one_transaction_and_representation(client, db):
     assert rows(db, "SELECT count(*) FROM books WHERE id IN (20, 21)") == [(0,)]
 
 
+def test_several_prefer_headers(client):
+    r = client.delete("/books?id=eq.1", headers=[("Prefer", "return=representation"),
+                                                 ("Prefer", "count=exact, handling=lenient")])
+    assert r.status_code == 200
+    assert r.headers["Content-Range"] == "*/1"
+    assert r.headers["Preference-Applied"] == \
+        "return=representation, count=exact, handling=lenient"
+    assert r.get_json()[0]["id"] == 1
+
+
+def test_invalid_preference_is_ignored_when_lenient(client):
+    r = client.post("/books", json={"title": "x"}, headers={"Prefer": "return=everything"})
+    assert r.status_code == 201
+    assert "Preference-Applied" not in r.headers
+
+
 def test_post_big_integer_stays_exact(client, db):
     r = client.post("/books", json={"id": 9007199254740993, "title": "big", "year": -(2**63)},
                     headers={"Prefer": "return=representation"})

@@ -300,7 +300,8 @@ def test_sync_separate_process_writer_with_monitor(tmp_path):
 def test_checkpoint_thresholds_keep_wal_bounded(tmp_path):
     path = tmp_path / "db.sqlite"
     writer = open_writer(path)
-    db = DB(path, SimpleNamespace(min_checkpoint_page_count=100, checkpoint_interval=0))
+    db = DB(path, SimpleNamespace(min_checkpoint_page_count=100, checkpoint_interval=0,
+                                  monitor_interval=0.001))
     db.open()
     biggest = 0
     for i in range(60):

@@ -135,6 +135,9 @@ TRIGGERS = {
     "unknown_body_column": lambda e: e.client().post("/books", json={"title": "t", "nope": 1}),
     "unknown_table": lambda e: e.client().get("/nope"),
     "unknown_column": lambda e: e.client().get("/books?nope=eq.1"),
+    "conflict_target": lambda e: e.client().post(
+        "/books?on_conflict=title", json={"title": "Alpha"},
+        headers={"Prefer": "resolution=merge-duplicates"}),
     "jwt_key_unavailable": _jwt_key_unavailable,
     "jwt_invalid": lambda e: e.auth_client()[0].get(
         "/books", headers={"Authorization": "Bearer not.a.jwt"}),

@@ -517,3 +517,25 @@ def test_catastrophic_regex_is_stopped(db, schema):
     statement = build_select(schema.table("people"), query("select=id&name=match.(a|aa)%2B$"))
     with pytest.raises(QueryError, match="too slow"):
         run(db, statement)
+
+
+@pytest.mark.parametrize("qs", [
+    "or=(" + ",".join(f"id.eq.{i}" for i in range(3000)) + ")",
+    "&".join(f"id=neq.{i}" for i in range(3000)),
+    "name=like(any).{" + ",".join(f"x{i}*" for i in range(3000)) + "}",
+])
+def test_wide_logic_stays_within_sqlite_expression_depth(db, schema, qs):
+    statement = build_select(schema.table("people"), query("select=id&" + qs))
+    run(db, statement)  # a flat chain of 3000 would exceed SQLite's depth limit of 1000
+
+
+def test_too_many_values_is_a_query_error(schema):
+    with pytest.raises(QueryError, match="too many values"):
+        build_select(schema.table("people"),
+                     query("id=in.(" + ",".join(str(i) for i in range(40000)) + ")"))
+
+
+def test_pattern_length_limit(db, schema):
+    run(db, build_select(schema.table("people"), query("select=id&name=like." + "a" * 49000)))
+    with pytest.raises(QueryError, match="pattern too long"):
+        build_select(schema.table("people"), query("select=id&name=ilike." + "a" * 50001))

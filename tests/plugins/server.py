@@ -127,10 +127,13 @@ def start_server(db_path, *extra_args, env: Optional[dict] = None,
                 raise RuntimeError(f"sqlite-rest serve did not listen in {START_TIMEOUT} s:\n"
                                    f"{server.logs()}")
             time.sleep(0.05)
-        # The supervisor marks itself ready right after the API answers.
-        if metrics:
-            while not _answers(metrics_port) and proc.poll() is None:
-                time.sleep(0.05)
+        # The supervisor says "serving" (and /ready turns 200) once every worker is up.
+        while "sqlite-rest serving" not in server.logs():
+            if proc.poll() is not None:
+                raise RuntimeError(f"sqlite-rest serve exited with {proc.returncode}:\n{server.logs()}")
+            if time.monotonic() > deadline:
+                break  # e.g. --log-level -1 hides the line; the API answers anyway
+            time.sleep(0.05)
     return server
 
 

@@ -1,0 +1,433 @@
+"""Replication inside ``sqlite-rest serve`` (design/replication.md, "the serve lifecycle").
+
+The serve parent process owns exactly one replicator per database. In order:
+
+1. **Config.** The Litestream config is loaded and validated; the served DB must be one of its
+   ``dbs`` (other DBs of the file are left to ``sqlite-rest replicate``).
+2. **Lock.** ``<meta dir>/sqlite-rest.lock`` is flock'ed: a second server (or ``replicate``) on
+   the same DB on this machine refuses to start instead of interleaving TXIDs.
+3. **Restore before open.** A missing DB is restored from the replica's latest position. Local
+   L0 files that the replica lacks (acknowledged writes of a run that died before uploading
+   them) are uploaded first, so the restore includes them. No replica data: start empty.
+4. **Divergence guard.** A present DB is checked against the replica; if the replica holds a
+   history the DB does not contain, start is refused with the two ways out.
+5. **Run.** A :class:`replication.store.Store` for this DB runs in threads; the supervisor wakes
+   it on every worker commit signal. A failure past the retry budget stops the process.
+6. **Stop.** A final sync within ``shutdown-sync-timeout``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+from typing import Callable, Optional
+
+from replication import ltx
+from replication.config import Config, DBConfig, load_config, normalize_db_path
+from replication.errors import ConfigError, ReplicationError, TxNotAvailableError
+
+log = logging.getLogger(__name__)
+
+#: Seconds of continuous replica failure after which serve stops (non-zero exit). Overridden
+#: by the sqlite-rest extension key ``retry-budget`` of the replica (Litestream ignores it).
+DEFAULT_SERVE_RETRY_BUDGET = 120.0
+
+#: Page-1 header bytes SQLite rewrites on its own (change counter, version-valid-for, library
+#: version, WAL/rollback mode bytes): ignored when comparing a DB with the replica's content.
+_VOLATILE_HEADER_RANGES = ((18, 20), (24, 28), (92, 100))
+
+LOCK_FILE = "sqlite-rest.lock"
+IDENTITY_FILE = "sqlite-rest.identity"
+
+
+class ReplicationStartupError(ReplicationError):
+    """Replication cannot start; serve exits non-zero with this one line (and its hint)."""
+
+
+class DivergedError(ReplicationStartupError):
+    """The local DB and the replica have different histories."""
+
+
+def _ways_out(db_path: str, replica: str) -> str:
+    return ("either restore over the local database from the replica (loses local changes "
+            f"the replica lacks): `sqlite-rest serve ... --replication-force-restore` or "
+            f"`sqlite-rest restore -force -o {db_path} {replica}`; or reset the replica to "
+            f"this database (drops the replica's history): `sqlite-rest serve ... "
+            f"--replication-reset-replica`")
+
+
+@dataclasses.dataclass
+class ReplicationOptions:
+    """What ``serve`` passes in (flags / SQLITEREST_* env)."""
+
+    db_path: str
+    config_path: str
+    #: --replication-force-restore: replace a present (e.g. diverged) DB by the replica's latest.
+    force_restore: bool = False
+    #: --replication-reset-replica: delete the replica's files and start a new history here.
+    reset_replica: bool = False
+
+
+def load_serve_config(options: ReplicationOptions) -> tuple[Config, DBConfig]:
+    """Load the config and find the served DB in it (errors name the file and the key)."""
+    if not os.path.exists(options.config_path):
+        raise ConfigError(f"--replication-config {options.config_path}: no such file",
+                          hint="pass a Litestream config (litestream.yml) with a `dbs:` entry "
+                               "for the database")
+    config = load_config(options.config_path)
+    path = normalize_db_path(options.db_path)
+    dbc = config.db_for_path(path)
+    if dbc is None:
+        listed = ", ".join(d.path or "?" for d in config.dbs) or "none"
+        raise ConfigError(f"{options.config_path}: dbs: no entry has path {path} (listed: "
+                          f"{listed})", hint="add `- path: {path}` with a `replica:` under "
+                                             "`dbs:`, or serve one of the listed databases")
+    if dbc.replica is None:
+        raise ConfigError(f"{options.config_path}: dbs[path={path}].replica: missing",
+                          hint="add a `replica:` with a `url:` (file:///… or s3://…) or "
+                               "`type:` and `path:`")
+    return config, dbc
+
+
+def replica_url(dbc: DBConfig) -> str:
+    r = dbc.replica
+    if r.url:
+        return r.url
+    if r.type == "s3":
+        return f"s3://{r.bucket}/{r.path}"
+    return f"file://{r.path}"
+
+
+class ServeReplication:
+    """The replicator of one served database (see the module docstring)."""
+
+    def __init__(self, options: ReplicationOptions):
+        from replication.replica_client import client_from_config
+
+        self.options = options
+        self.config, self.dbc = load_serve_config(options)
+        self.db_path = self.dbc.path
+        self.url = replica_url(self.dbc)
+        self.client = client_from_config(self.dbc.replica)
+        self.retry_budget = getattr(self.dbc.replica, "retry_budget", None) or \
+            DEFAULT_SERVE_RETRY_BUDGET
+        self.meta_path = self.dbc.meta_path or os.path.join(
+            os.path.dirname(self.db_path), f".{os.path.basename(self.db_path)}-litestream")
+        self.store = None
+        self.restored_txid: Optional[int] = None
+        self.first_sync_done = threading.Event()
+        self._lock_fd: Optional[int] = None
+        self._fatal: Optional[BaseException] = None
+        self.on_fatal: Optional[Callable[[str], None]] = None
+
+    # -- before the DB is opened --------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Steps 2–4: lock, restore or divergence check. Raises ReplicationStartupError."""
+        self._take_lock()
+        self.client.init()
+        if self.options.reset_replica:
+            log.warning("--replication-reset-replica: deleting every file of %s", self.url)
+            self.client.delete_all()
+            self._reset_meta()
+        exists = os.path.exists(self.db_path)
+        if exists and self.options.force_restore:
+            log.warning("--replication-force-restore: replacing %s by the replica's latest",
+                        self.db_path)
+            self._restore(force=True)
+        elif not exists:
+            self._upload_pending_local_files()
+            self._restore(force=False)
+        else:
+            self._check_divergence()
+        self._write_identity()
+
+    def _take_lock(self) -> None:
+        os.makedirs(self.meta_path, exist_ok=True)
+        path = os.path.join(self.meta_path, LOCK_FILE)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise ReplicationStartupError(
+                    f"{self.db_path} is already being replicated by process {holder} "
+                    f"(lock {path})",
+                    hint="run one server (or `replicate`) per database; stop the other one "
+                         "first") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _remote_max_txid(self) -> int:
+        best = 0
+        for level in range(10):
+            for info in self.client.ltx_files(level):
+                best = max(best, info.max_txid)
+        return best
+
+    def _local_l0(self) -> list[tuple[int, int, str]]:
+        d = os.path.join(self.meta_path, "ltx", "0")
+        out = []
+        for name in os.listdir(d) if os.path.isdir(d) else ():
+            parsed = ltx.parse_filename(name)
+            if parsed:
+                out.append((parsed[0], parsed[1], os.path.join(d, name)))
+        return sorted(out)
+
+    def _reset_meta(self) -> None:
+        import shutil
+
+        shutil.rmtree(os.path.join(self.meta_path, "ltx"), ignore_errors=True)
+        try:
+            os.unlink(os.path.join(self.meta_path, IDENTITY_FILE))
+        except FileNotFoundError:
+            pass
+
+    def _upload_pending_local_files(self) -> None:
+        """The DB is gone but the meta dir may still hold L0 files the replica never got
+        (the previous run was killed between commit and upload): upload them first, so that
+        no acknowledged write is lost by the restore. Only a contiguous run is uploaded."""
+        local = self._local_l0()
+        if not local:
+            return
+        remote_max = self._remote_max_txid()
+        pending = [f for f in local if f[1] > remote_max]
+        if not pending or remote_max == 0:
+            return
+        expected = remote_max + 1
+        uploaded = 0
+        for min_txid, max_txid, path in pending:
+            if min_txid != expected:
+                break
+            with open(path, "rb") as f:
+                data = f.read()
+            header = ltx.Header.unmarshal(data[:ltx.HEADER_SIZE], name=path)
+            self.client.write_ltx_file(0, min_txid, max_txid, data, header.timestamp)
+            expected = max_txid + 1
+            uploaded += 1
+        if uploaded:
+            log.warning("uploaded %d local LTX file(s) the replica lacked (TXIDs %016x..%016x) "
+                        "before restoring", uploaded, remote_max + 1, expected - 1)
+
+    def _restore(self, *, force: bool) -> None:
+        from replication.restore import restore
+
+        started = time.monotonic()
+        log.info("restoring %s from %s", self.db_path, self.url)
+        try:
+            result = restore(self.client, self.db_path, integrity_check="quick", force=force,
+                             progress=_log_progress)
+        except TxNotAvailableError:
+            if force:
+                raise ReplicationStartupError(
+                    f"--replication-force-restore: the replica {self.url} has no data",
+                    hint="drop the flag to keep the local database") from None
+            log.info("no replica data at %s: starting with an empty database", self.url)
+            self._reset_meta()
+            return
+        self._reset_meta()
+        self.restored_txid = getattr(result, "txid", None) or getattr(result, "max_txid", None)
+        log.info("restored %s at TXID %s in %.2f s", self.db_path,
+                 f"{self.restored_txid:016x}" if self.restored_txid else "?",
+                 time.monotonic() - started)
+
+    # -- divergence ---------------------------------------------------------------------
+
+    def _db_identity(self) -> dict:
+        st = os.stat(self.db_path)
+        return {"dev": st.st_dev, "ino": st.st_ino}
+
+    def _write_identity(self) -> None:
+        if not os.path.exists(self.db_path):
+            return
+        path = os.path.join(self.meta_path, IDENTITY_FILE)
+        with open(path + ".tmp", "w") as f:
+            json.dump(self._db_identity(), f)
+        os.replace(path + ".tmp", path)
+
+    def _identity_matches(self) -> bool:
+        try:
+            with open(os.path.join(self.meta_path, IDENTITY_FILE)) as f:
+                return json.load(f) == self._db_identity()
+        except (OSError, ValueError):
+            return False
+
+    def _check_divergence(self) -> None:
+        remote_max = self._remote_max_txid()
+        if remote_max == 0:
+            return  # an empty replica: this DB starts its history
+        local = self._local_l0()
+        if local and self._identity_matches():
+            local_max = local[-1][1]
+            if remote_max > local_max:
+                raise DivergedError(
+                    f"the replica {self.url} holds TXIDs up to {remote_max:016x}, beyond this "
+                    f"database's last replicated TXID {local_max:016x}: another server wrote "
+                    f"to the replica, or this database is older than the replica",
+                    hint=_ways_out(self.db_path, self.url))
+            self._compare_common_l0(local)
+            return
+        # No usable local history (new meta dir, or the DB file was replaced): the DB must hold
+        # exactly the replica's latest content, or it has diverged.
+        log.info("%s has no replication history here: comparing it with %s", self.db_path,
+                 self.url)
+        differs = self._first_difference()
+        if differs is not None:
+            raise DivergedError(
+                f"the database {self.db_path} differs from the replica {self.url} at its latest "
+                f"TXID {remote_max:016x} (first difference: {differs})",
+                hint=_ways_out(self.db_path, self.url))
+        self._reset_meta()
+
+    def _compare_common_l0(self, local) -> None:
+        """The newest L0 file both sides hold must be byte-identical (it is the same upload)."""
+        remote = {(i.min_txid, i.max_txid) for i in self.client.ltx_files(0)}
+        for min_txid, max_txid, path in reversed(local):
+            if (min_txid, max_txid) not in remote:
+                continue
+            with open(path, "rb") as f:
+                mine = f.read()
+            with self.client.open_ltx_file(0, min_txid, max_txid) as f:
+                theirs = f.read()
+            if mine != theirs:
+                raise DivergedError(
+                    f"the replica's L0 file {min_txid:016x}-{max_txid:016x} differs from the "
+                    f"local one: the replica and {self.db_path} have different histories",
+                    hint=_ways_out(self.db_path, self.url))
+            return
+
+    def _first_difference(self) -> Optional[str]:
+        """Compare the DB's pages (WAL included) with the replica's latest restore."""
+        import apsw
+
+        from replication.restore import restore
+
+        base = os.path.join(os.path.dirname(self.db_path),
+                            f".{os.path.basename(self.db_path)}.sqlite-rest-compare")
+        copy, restored = base + ".local.tmp", base + ".replica.tmp"
+        try:
+            for p in (copy, restored):
+                if os.path.exists(p):
+                    os.unlink(p)
+            src = apsw.Connection(self.db_path, flags=apsw.SQLITE_OPEN_READONLY)
+            dst = apsw.Connection(copy)
+            try:
+                with dst.backup("main", src, "main") as b:
+                    b.step()
+            finally:
+                dst.close()
+                src.close()
+            restore(self.client, restored, force=True)
+            return _page_difference(copy, restored)
+        finally:
+            for p in (copy, restored, copy + "-journal"):
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
+
+    # -- running ------------------------------------------------------------------------
+
+    def start(self, *, commit_socket: Optional[str] = None) -> None:
+        from replication.store import Store
+
+        config = dataclasses.replace(self.config, dbs=[self.dbc])
+        self.store = Store(config, retry_budget=self.retry_budget, on_fatal=self._on_fatal)
+        self.store.open(monitor=True)
+        self.db = self.store.dbs[0]
+        self.replica = self.store.replicas[self.db.path]
+        threading.Thread(target=self._wait_first_sync, name="replication-first-sync",
+                         daemon=True).start()
+
+    def _wait_first_sync(self) -> None:
+        while self._fatal is None:
+            h = self.replica.health
+            if h.last_sync_at is not None and h.replica_txid >= 1:
+                self.first_sync_done.set()
+                log.info("replication ready: replica at TXID %016x", h.replica_txid)
+                return
+            time.sleep(0.05)
+
+    def notify_commit(self, _n: int = 1) -> None:
+        if self.store is not None:
+            self.db.notify_commit()
+
+    def _on_fatal(self, path: str, exc: BaseException) -> None:
+        self._fatal = exc
+        if self.on_fatal is not None:
+            self.on_fatal(f"replication of {path} to {self.url} failed: {exc}")
+
+    def ready(self) -> bool:
+        if self.store is None or self._fatal is not None or not self.first_sync_done.is_set():
+            return False
+        return self.replica.health.healthy
+
+    def status(self) -> dict:
+        if self.store is None:
+            return {"db": self.db_path, "replica": self.url, "state": "starting"}
+        s = self.store.status(self.db.path)
+        return {
+            "db": s.path, "replica": self.url, "replica_type": self.client.type,
+            "local_txid": f"{s.local_txid:016x}", "replica_txid": f"{s.replica_txid:016x}",
+            "lag_txids": s.lag_txids, "lag_seconds": round(s.lag_seconds, 3),
+            "last_sync_at": s.last_sync_at, "consecutive_failures": s.consecutive_failures,
+            "last_error": s.last_error, "healthy": s.healthy and self._fatal is None,
+            "ready": self.ready(), "restored_txid": self.restored_txid,
+            "retry_budget_seconds": self.retry_budget,
+        }
+
+    def local_txid(self) -> int:
+        return self.db.pos().txid if self.store is not None else 0
+
+    def stop(self, timeout: Optional[float] = None) -> bool:
+        """Final sync + upload within ``timeout`` (default shutdown-sync-timeout)."""
+        ok = True
+        if self.store is not None:
+            ok = self.store.close(timeout)
+            self.store = None
+        self.release_lock()
+        return ok and self._fatal is None
+
+
+def _page_difference(a: str, b: str) -> Optional[str]:
+    """None when the two DB files hold the same pages (volatile header bytes aside)."""
+    size_a, size_b = os.path.getsize(a), os.path.getsize(b)
+    if size_a != size_b:
+        return f"size {size_a} vs {size_b} bytes"
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        page_size = int.from_bytes(fa.read(18)[16:18], "big") or 65536
+        fa.seek(0)
+        lock = ltx.lock_pgno(page_size)
+        pgno = 0
+        while True:
+            pa, pb = fa.read(page_size), fb.read(page_size)
+            if not pa and not pb:
+                return None
+            pgno += 1
+            if pgno == lock:
+                continue
+            if pgno == 1:
+                pa, pb = bytearray(pa), bytearray(pb)
+                for lo, hi in _VOLATILE_HEADER_RANGES:
+                    pa[lo:hi] = pb[lo:hi] = bytes(hi - lo)
+            if pa != pb:
+                return f"page {pgno}"
+
+
+def _log_progress(done: int, total: int) -> None:
+    if total and (done == total or done % max(1, total // 10) == 0):
+        log.info("restore progress: %d/%d", done, total)

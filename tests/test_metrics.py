@@ -1,0 +1,134 @@
+"""The Go server's metrics: names, labels, counting rules, and merging across processes."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import apsw
+import jwt
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from sqlite_rest.app import create_app
+from sqlite_rest.config import ServerConfig
+from sqlite_rest.metrics import MetricsExposition, RequestMetrics, mark_worker_dead
+
+SECRET = b"metrics-test-secret-0123456789abcdef"
+
+
+def samples(text: str) -> dict:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(text, name, **labels):
+    return sum(v for (n, ls), v in samples(text).items()
+               if n == name and all(dict(ls).get(k) == want for k, want in labels.items()))
+
+
+def test_names_labels_and_buckets_match_the_go_server():
+    registry = CollectorRegistry()
+    m = RequestMetrics(registry)
+    m.observe("books", "queryTableOrView", 200, 3.0)
+    names = {f.name: f for f in registry.collect()}
+    assert set(names) == {"sqlite_rest_http_requests", "sqlite_rest_http_request_duration_milliseconds",
+                          "sqlite_rest_auth_failed_requests", "sqlite_rest_access_check_failed_requests"}
+    assert names["sqlite_rest_http_request_duration_milliseconds"].type == "histogram"
+    sample = [s for s in names["sqlite_rest_http_requests"].samples if s.name.endswith("_total")][0]
+    assert sample.labels == {"target": "books", "operation": "queryTableOrView", "http_code": "200"}
+    bounds = {s.labels["le"] for s in names["sqlite_rest_http_request_duration_milliseconds"].samples
+              if s.name.endswith("_bucket")}
+    assert {"1.0", "10.0", "100.0", "500.0", "1000.0"} <= bounds  # Go's buckets are kept
+
+
+@pytest.fixture
+def app_and_metrics(tmp_path):
+    db = tmp_path / "m.db"
+    conn = apsw.Connection(str(db))
+    conn.execute("CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT); CREATE TABLE secret(x);"
+                 "INSERT INTO items VALUES (1, 'a');")
+    conn.close()
+    key = tmp_path / "key"
+    key.write_bytes(SECRET)
+    app = create_app(ServerConfig(db_dsn=str(db), allow_tables=("items",),
+                                  auth_token_file=str(key)))
+    registry = CollectorRegistry()
+    metrics = RequestMetrics(registry)
+    metrics.instrument(app)
+    token = jwt.encode({"sub": "t", "exp": int(time.time()) + 600}, SECRET, algorithm="HS256")
+    return app.test_client(), registry, {"Authorization": f"Bearer {token}"}
+
+
+def test_counting_rules(app_and_metrics):
+    client, registry, auth = app_and_metrics
+    from prometheus_client import generate_latest
+
+    assert client.get("/items", headers=auth).status_code == 200
+    assert client.get("/items?id=eq.1", headers=auth).status_code == 200
+    assert client.post("/items", json={"name": "b"}, headers=auth).status_code == 201
+    assert client.get("/items", headers={"Authorization": "Bearer nonsense"}).status_code == 401
+    denied = client.get("/secret", headers=auth)  # exists, not allow-listed
+    assert denied.status_code in (403, 404)
+    assert client.get("/nothing", headers=auth).status_code == 404  # does not exist
+    client.get("/live")
+    client.get("/", headers=auth)
+    text = generate_latest(registry).decode()
+    assert value(text, "sqlite_rest_http_requests_total", target="items",
+                 operation="queryTableOrView", http_code="200") == 2
+    assert value(text, "sqlite_rest_http_requests_total", operation="insertTable",
+                 http_code="201") == 1
+    assert value(text, "sqlite_rest_http_requests_total", http_code="401") == 1
+    assert value(text, "sqlite_rest_auth_failed_requests_total") == 1
+    # both are outside the allow-list: the access check (as in Go) runs before the lookup
+    assert value(text, "sqlite_rest_access_check_failed_requests_total") == 2
+    # /live and the OpenAPI root are not table requests (the Go middleware wraps tables only)
+    assert value(text, "sqlite_rest_http_requests_total") == 6
+    assert value(text, "sqlite_rest_http_request_duration_milliseconds_count", target="items") == 4
+
+
+WORKER = textwrap.dedent("""
+    import os, sys
+    from prometheus_client import Counter
+    from sqlite_rest.metrics import RequestMetrics
+    m = RequestMetrics()
+    for _ in range(int(sys.argv[1])):
+        m.observe("items", "queryTableOrView", 200, 2.0)
+    m.observe("items", "insertTable", 201, 7.0, error_code=None)
+    m.observe("items", "queryTableOrView", 401, 0.5, error_code="PGRST301")
+    Counter("litestream_should_not_leak_total", "a parent-only family")  # filtered out
+    print(os.getpid())
+""")
+
+
+def test_multiprocess_merge_across_worker_processes(tmp_path):
+    mpdir = tmp_path / "prom"
+    mpdir.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(mpdir)}
+    pids = []
+    for n in (30, 12):
+        out = subprocess.run([sys.executable, "-c", WORKER, str(n)], env=env, check=True,
+                             capture_output=True, text=True).stdout
+        pids.append(int(out))
+    parent = CollectorRegistry()
+    exposition = MetricsExposition(str(mpdir), registry=parent)
+    text = exposition.render().decode()
+    assert value(text, "sqlite_rest_http_requests_total", operation="queryTableOrView",
+                 http_code="200") == 42
+    assert value(text, "sqlite_rest_http_requests_total", operation="insertTable") == 2
+    assert value(text, "sqlite_rest_auth_failed_requests_total") == 2
+    assert value(text, "sqlite_rest_http_request_duration_milliseconds_sum",
+                 operation="insertTable") == 14.0
+    assert "litestream_should_not_leak" not in text
+    # a dead worker's counts stay
+    for pid in pids:
+        mark_worker_dead(pid, str(mpdir))
+    text = exposition.render().decode()
+    assert value(text, "sqlite_rest_http_requests_total", operation="queryTableOrView",
+                 http_code="200") == 42
