@@ -73,6 +73,18 @@ def main() -> None:
         client_us = (time.process_time() - start) / len(ids) * 1e6
         wsgi_us = _wsgi_us(app, environs)
 
+        # The same app as a server worker runs: plus S3's metrics and request-log hooks.
+        from prometheus_client import CollectorRegistry
+
+        from sqlite_rest import logs
+        from sqlite_rest.metrics import RequestMetrics
+
+        worker = create_app(ServerConfig(db_dsn=path, allow_tables=("t",), **options))
+        RequestMetrics(CollectorRegistry()).instrument(worker)
+        logs.instrument(worker)
+        _wsgi_us(worker, environs[:2000])
+        worker_us = _wsgi_us(worker, environs)
+
         floor = Flask("floor")
         floor.add_url_rule("/<t>", "t", lambda t: Response(b"[]", content_type="application/json"))
         _wsgi_us(floor, environs[:2000])
@@ -81,6 +93,7 @@ def main() -> None:
         print(f"GET by PK, {args.rows} rows, {args.requests} requests, auth={'HS256' if args.auth else 'off'}")
         print(f"  test client:          {client_us:8.1f} us/request (CPU)")
         print(f"  direct WSGI call:     {wsgi_us:8.1f} us/request (CPU) = {1e6 / wsgi_us:,.0f} req/s/core")
+        print(f"  + metrics + logs:     {worker_us:8.1f} us/request (CPU, as a server worker)")
         print(f"  trivial Flask route:  {floor_us:8.1f} us/request (CPU floor)")
         print(f"  sqlite-rest's share:  {wsgi_us - floor_us:8.1f} us/request")
         if args.profile:

@@ -129,11 +129,13 @@ def detect(replica, marker_page: int, seen_at: dict[int, float], stop: threading
     """Record, per marker sequence, when a replica L0 file holding it was first seen."""
     known: set[str] = set()
     while not stop.is_set():
-        for name in sorted(set(replica.list_l0()) - known):
-            if parse_filename(name) is None:
-                continue
-            now = time.time()
-            known.add(name)
+        names = replica.list_l0()
+        now = time.time()
+        new = sorted((n for n in set(names) - known if parse_filename(n)), reverse=True)
+        known.update(new)
+        # Newest first: the newest file holding the marker covers every older commit too
+        # (one GET per poll, so the detector keeps up with a fast replicator).
+        for name in new:
             try:
                 seq = marker_seq(replica.read(name), marker_page)
             except Exception:  # noqa: BLE001 - a file vanished (retention) or is mid-write
@@ -141,6 +143,7 @@ def detect(replica, marker_page: int, seen_at: dict[int, float], stop: threading
                 continue
             if seq is not None:
                 seen_at.setdefault(seq, now)
+                break
         time.sleep(poll)
 
 

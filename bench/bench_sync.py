@@ -30,7 +30,6 @@ WRITER_BULK = textwrap.dedent("""
     conn.set_busy_timeout(10000)
     conn.execute("PRAGMA journal_mode=wal").fetchall()
     conn.execute("PRAGMA synchronous=NORMAL").fetchall()
-    row = b"x" * 1024
     t0 = time.perf_counter()
     for _ in range(txs):
         with conn:
@@ -51,6 +50,31 @@ WRITER_COMMITS = textwrap.dedent("""
             conn.execute("INSERT INTO t(x) VALUES (randomblob(100))")
         n += 1
     print(n / (time.perf_counter() - t0))
+""")
+
+WRITER_LATENCY = textwrap.dedent("""
+    import apsw, json, os, sys, time
+    path, ltx_dir, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    conn = apsw.Connection(path)
+    conn.set_busy_timeout(10000)
+    conn.execute("PRAGMA synchronous=NORMAL").fetchall()
+    def newest():
+        try:
+            names = [x for x in os.listdir(ltx_dir) if x.endswith(".ltx")]
+        except FileNotFoundError:
+            return ""
+        return max(names) if names else ""
+    lat = []
+    for i in range(n):
+        before = newest()
+        t0 = time.perf_counter()
+        with conn:
+            conn.execute("INSERT INTO t(x) VALUES (randomblob(100))")
+        while newest() == before and time.perf_counter() - t0 < 10:
+            time.sleep(0.0002)
+        lat.append(time.perf_counter() - t0)
+        time.sleep(0.02)
+    print(json.dumps(lat))
 """)
 
 OURS = textwrap.dedent("""
@@ -166,6 +190,22 @@ def commits(tool, seconds):
         return float(w.stdout.strip())
 
 
+def latency(tool, n):
+    """Commit -> local L0 file renamed into place, seen by the writer process."""
+    with tempfile.TemporaryDirectory() as d:
+        path = make_db(d)
+        rep = start_ours(path) if tool == "ours" else start_litestream(path, os.path.join(d, "replica"))
+        time.sleep(0.5)
+        ltx_dir = os.path.join(d, ".bench.db-litestream", "ltx", "0")
+        try:
+            w = subprocess.run([sys.executable, "-c", WRITER_LATENCY, path, ltx_dir, str(n)],
+                               capture_output=True, text=True, check=True)
+        finally:
+            stop_ours(rep) if tool == "ours" else stop_litestream(rep)
+        lat = sorted(json.loads(w.stdout))
+        return lat[len(lat) // 2], lat[max(0, int(len(lat) * 0.99) - 1)]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=int, default=150, help="transactions of 1000 x 1 KB rows (~MB)")
@@ -183,6 +223,11 @@ def main():
         per_rows = r["cpu"] / (r["row_bytes"] / 100e6)
         print(f"  {tool:10s} cpu {r['cpu']:6.2f} s | WAL {r['wal_bytes'] / 1e6:7.1f} MB -> "
               f"{per_wal:5.2f} s/100MB WAL | {per_rows:5.2f} s/100MB rows | writer {r['writer_s']:.1f} s")
+
+    print("commit -> local L0 latency, writer in its own process, 20 ms between commits")
+    for tool, n in (("ours", 300), ("litestream", 20)):
+        p50, p99 = latency(tool, n)
+        print(f"  {tool:10s} p50 {p50 * 1000:7.1f} ms  p99 {p99 * 1000:7.1f} ms  ({n} commits)")
 
     print(f"commit rate: single-row commits, synchronous=NORMAL, {args.rounds} interleaved rounds "
           f"of {args.seconds:.0f} s per tool (median)")

@@ -32,7 +32,7 @@ from . import ltx, metrics
 from .errors import ReplicationError
 from .replica_client import FileInfo
 from .wal import (WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, WALReader, WALSeedError,
-                  WALSegment, calc_wal_size, read_wal_header)
+                  WALSegment, read_wal_header)
 
 log = logging.getLogger(__name__)
 

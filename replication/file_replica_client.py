@@ -10,13 +10,14 @@ import errno
 import io
 import os
 import shutil
+from datetime import timedelta
 from typing import BinaryIO, Iterable, Iterator
 from urllib.parse import urlsplit, unquote
 
 from . import ltx
 from .errors import ReplicaClientError, ReplicationError
 from .replica_client import (
-    DELETE, GET, LIST, PUT, FileInfo, NotFoundError, ReplicaClient, as_bytes_source, check_level,
+    DELETE, EPOCH, GET, LIST, PUT, FileInfo, NotFoundError, ReplicaClient, as_bytes_source, check_level,
     ltx_file_path, ltx_level_dir, ms_to_datetime, register_client,
 )
 
@@ -120,8 +121,8 @@ class FileReplicaClient(ReplicaClient):
                         st = entry.stat()
                     except FileNotFoundError:  # deleted by retention meanwhile
                         continue
-                    infos.append(FileInfo(level, txids[0], txids[1], st.st_size,
-                                          ms_to_datetime(st.st_mtime_ns // 1_000_000)))
+                    created = EPOCH + timedelta(microseconds=st.st_mtime_ns // 1000)
+                    infos.append(FileInfo(level, txids[0], txids[1], st.st_size, created))
             return iter(self._filter_sorted(infos, seek))
 
     def open_ltx_file(self, level: int, min_txid: int, max_txid: int,

@@ -18,6 +18,7 @@ Beyond Litestream:
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import threading
 import time
@@ -73,7 +74,7 @@ class ReplicaHealth:
     replica_txid: int = 0
     #: Highest TXID of the local DB (its newest L0 file).
     local_txid: int = 0
-    #: When the replica last reached the local position (or an upload round succeeded).
+    #: When an upload round last found the replica caught up with the local DB.
     last_sync_at: float | None = None
     #: Upload rounds that failed since the last success.
     consecutive_failures: int = 0
@@ -82,7 +83,8 @@ class ReplicaHealth:
     #: ``str()`` of the last error (kept after recovery, for the status page).
     last_error: str | None = None
     last_error_at: float | None = None
-    #: Seconds the replica has been behind the local DB (0 when caught up).
+    #: Age in seconds of the oldest local L0 file not yet on the replica (0 when caught up):
+    #: how much wall-clock history a crash of this machine would lose right now.
     lag_seconds: float = 0.0
     #: The retry budget ran out or the chain guard tripped; the loop has stopped.
     fatal: bool = False
@@ -127,7 +129,6 @@ class Replica:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing_since: float | None = None
-        self._behind_since: float | None = None
         self._fatal_reported = False
         self._health = ReplicaHealth(replica_type=getattr(client, "type", ""))
         self._health_lock = threading.Lock()
@@ -169,11 +170,21 @@ class Replica:
 
     @property
     def health(self) -> ReplicaHealth:
-        """A consistent copy of the current health."""
+        """A consistent copy of the current health, with the local position and the lag read
+        now (lag = age of the oldest local L0 file the replica does not have yet)."""
         with self._health_lock:
             h = replace(self._health)
-        if h.local_txid > h.replica_txid and self._behind_since is not None:
-            h.lag_seconds = time.time() - self._behind_since
+        try:
+            h.local_txid = self.db.pos().txid
+        except Exception:  # noqa: BLE001 - a health read must not raise
+            pass
+        h.lag_seconds = 0.0
+        if h.local_txid > h.replica_txid:
+            try:
+                mtime = os.stat(self.db.ltx_path(0, h.replica_txid + 1, h.replica_txid + 1)).st_mtime
+                h.lag_seconds = max(0.0, time.time() - mtime)
+            except OSError:
+                pass
         return h
 
     # -- one round ---------------------------------------------------------------------
@@ -203,16 +214,13 @@ class Replica:
                 self.db.reset_to_replica(self.client)
             self._pos = remote
         pos = self._pos
-        local = self.db.pos().txid
-        self._set_health(replica_txid=pos, local_txid=local)
-        if local <= pos:
-            self._caught_up()
-            return 0
-
         uploaded = 0
         limit = self.max_sync_ltx_files or float("inf")
-        while pos < local and uploaded < limit:
-            min_txid, max_txid, data = self._next_local(pos)
+        while uploaded < limit:
+            nxt = self._next_local(pos)
+            if nxt is None:
+                break
+            min_txid, max_txid, data = nxt
             ts = Header.unmarshal(data[:100], name=f"L0/{min_txid:016x}-{max_txid:016x}").timestamp
             self.client.write_ltx_file(0, min_txid, max_txid, data, ts)
             pos = self._pos = max_txid
@@ -220,25 +228,30 @@ class Replica:
             self._set_health(replica_txid=pos)
         if uploaded and self.on_uploaded is not None:
             self.on_uploaded(pos)
-        if pos >= self.db.pos().txid:
-            self._caught_up()
         return uploaded
 
-    def _next_local(self, pos: int) -> tuple[int, int, bytes]:
-        """The local L0 file that starts at ``pos + 1``: ``(min, max, bytes)``.
+    def _next_local(self, pos: int) -> tuple[int, int, bytes] | None:
+        """The local L0 file that starts at ``pos + 1`` as ``(min, max, bytes)``, or ``None``
+        when the replica has caught up with the DB.
 
-        L0 files hold one TXID each, so this is one open by name (no directory listing: the
-        meta dir can hold thousands of files); a listing is the fallback for wider files.
+        L0 files hold one TXID each and appear by an atomic rename, so this is one open by
+        name: no directory listing (the meta dir can hold thousands of files) and no DB lock
+        (which a sync or checkpoint may hold for a while) on the hot path.
         """
         txid = pos + 1
         try:
             return txid, txid, self._read_local(txid, txid)
         except FileNotFoundError:
             pass
+        local = self.db.pos().txid
+        self._set_health(local_txid=local)
+        if local <= pos:
+            self._caught_up()
+            return None
         later = [f for f in self.db.local_ltx_files(0) if f.max_txid > pos]
         if later and later[0].min_txid == txid:
             return txid, later[0].max_txid, self._read_local(txid, later[0].max_txid)
-        found = (f"next local L0 file is {later[0].min_txid:016x}-{later[0].max_txid:016x}"
+        found = (f"the next local L0 file is {later[0].min_txid:016x}-{later[0].max_txid:016x}"
                  if later else "no local L0 file follows it")
         raise ChainError(
             f"{self.db.path}: the replica ends at {pos:016x} but {found}; uploading would "
@@ -324,14 +337,9 @@ class Replica:
         with self._health_lock:
             for k, v in fields.items():
                 setattr(self._health, k, v)
-            if self._health.local_txid > self._health.replica_txid:
-                if self._behind_since is None:
-                    self._behind_since = time.time()
 
     def _caught_up(self) -> None:
-        self._behind_since = None
         with self._health_lock:
-            self._health.lag_seconds = 0.0
             self._health.last_sync_at = time.time()
 
     def _record_success(self) -> None:

@@ -8,7 +8,7 @@ RFC3339Nano, which point-in-time restores read with ``use_metadata=True``.
 
 Retries and bounds: boto3's *standard* retry mode retries connection errors, 5xx and
 throttling with capped exponential backoff and jitter; we bound every call by
-``max_attempts`` (default 4), ``connect_timeout`` (3 s) and ``read_timeout`` (30 s), so an
+``max_attempts`` (default 4), ``connect_timeout`` (3 s) and ``read_timeout`` (10 s), so an
 unreachable endpoint fails in well under half a minute with an error naming it. 403s (bad
 keys, denied policy) and NoSuchBucket are never retried: they raise at once with a hint.
 """
@@ -94,7 +94,7 @@ class S3Settings:
     sse_kms_key_id: str | None = None
     # ours, not Litestream's: the bounds of one call
     connect_timeout: float | None = None    # seconds, default 3
-    read_timeout: float | None = None       # seconds, default 30
+    read_timeout: float | None = None       # seconds of silence on a socket, default 10
     max_attempts: int | None = None         # attempts per call incl. the first, default 4
 
     def merged(self, other: "S3Settings") -> "S3Settings":
@@ -256,7 +256,7 @@ class S3ReplicaClient(ReplicaClient):
         self.part_size = s.part_size or DEFAULT_PART_SIZE
         self.concurrency = s.concurrency or 5
         self.connect_timeout = s.connect_timeout or 3.0
-        self.read_timeout = s.read_timeout or 30.0
+        self.read_timeout = s.read_timeout or 10.0
         self.max_attempts = s.max_attempts or 4
         self._access_key_id = s.access_key_id or env.get("AWS_ACCESS_KEY_ID") or env.get("LITESTREAM_ACCESS_KEY_ID")
         self._secret_access_key = (s.secret_access_key or env.get("AWS_SECRET_ACCESS_KEY")

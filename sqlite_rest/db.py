@@ -15,12 +15,15 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import threading
 from typing import Callable, Iterator, Optional
 
 import apsw
+
+log = logging.getLogger("sqlite_rest.db")
 
 from .config import DatabaseDSN
 
@@ -235,10 +238,21 @@ class Database:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        result = self.on_commit() if self.on_commit is not None else None
-        if self.replication_txid is not None:
-            result = self.replication_txid()
-        tx.commit_result = result
+        tx.commit_result = self._after_commit()
+
+    def _after_commit(self) -> object:
+        """Run the commit hooks. The write is committed whatever they do, so a failing hook
+        is logged loudly instead of turning a durable write into an error response."""
+        result = None
+        try:
+            if self.on_commit is not None:
+                result = self.on_commit()
+            if self.replication_txid is not None:
+                result = self.replication_txid()
+        except Exception:  # noqa: BLE001
+            log.exception("commit hook failed (the write itself is committed)")
+            return None
+        return result
 
     def schema_version(self) -> int:
         return self.reader().execute("PRAGMA schema_version").fetchall()[0][0]

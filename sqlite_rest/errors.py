@@ -278,6 +278,7 @@ def from_sqlite(exc: apsw.Error, *, verb: str = "write",
 # -- rendering ----------------------------------------------------------------------
 
 _HTTP_STATUS_KEYS = {
+    400: "invalid_body",  # werkzeug raises BadRequest for unreadable request bodies
     404: "invalid_path",
     405: "method_not_allowed",
     413: "body_too_large",
@@ -294,7 +295,9 @@ def from_http_exception(exc: HTTPException, *, method: str = "", max_body_bytes:
         if allowed:
             headers["Allow"] = ", ".join(allowed)
     if key is not None:
-        return api_error(key, headers=headers, method=method, limit=max_body_bytes, content_type="")
+        details = exc.description if status == 400 else None
+        return api_error(key, details=details, headers=headers, method=method,
+                         limit=max_body_bytes, content_type="")
     return ApiError(None, exc.description or exc.name, status=status, headers=headers)
 
 

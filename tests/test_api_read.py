@@ -284,3 +284,32 @@ def test_postgrest_py_style_request(client):
     assert r.status_code == 200
     assert ids(r) == [1]
     assert r.headers["Content-Range"] == "0-0/1"
+
+
+@pytest.mark.parametrize("dsn,path,mode,busy,sync", [
+    ("data.db", "data.db", "rwc", 5000, "NORMAL"),
+    ("data.db?_journal_mode=WAL&_busy_timeout=250", "data.db", "rwc", 250, "NORMAL"),
+    ("file:data.db?mode=ro", "data.db", "ro", 5000, "NORMAL"),
+    ("file:///abs/data.db?mode=rw&_timeout=9&_sync=FULL&_fk=1", "/abs/data.db", "rw", 9, "FULL"),
+])
+def test_dsn_parsing(dsn, path, mode, busy, sync):
+    from sqlite_rest.config import parse_dsn
+
+    parsed = parse_dsn(dsn)
+    assert (parsed.path, parsed.mode, parsed.busy_timeout_ms, parsed.synchronous) == \
+        (path, mode, busy, sync)
+
+
+@pytest.mark.parametrize("dsn", ["", "?mode=ro", ":memory:", "x.db?mode=bogus",
+                                 "x.db?_busy_timeout=abc", "x.db?_fk=maybe"])
+def test_bad_dsn_is_refused(dsn):
+    from sqlite_rest.config import DSNError, parse_dsn
+
+    with pytest.raises(DSNError):
+        parse_dsn(dsn)
+
+
+def test_allow_tables_split_and_deduplicated(tmp_path):
+    config = ServerConfig(db_dsn=str(tmp_path / "x.db"), allow_tables=("a, b", "b,c", ""),
+                          auth_disabled=True)
+    assert config.allow_tables == ("a", "b", "c")

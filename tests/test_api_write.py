@@ -302,6 +302,19 @@ def test_replication_txid_hook_wins(db):
     assert r.headers["X-Replication-Txid"] == "42"
 
 
+def test_failing_commit_hook_does_not_fail_a_committed_write(db, caplog):
+    def broken():
+        raise RuntimeError("replicator gone")
+
+    app = create_app(ServerConfig(db_dsn=str(db), allow_tables=("books",), auth_disabled=True,
+                                  on_commit=broken))
+    r = app.test_client().post("/books", json={"id": 90, "title": "kept"})
+    assert r.status_code == 201
+    assert "X-Replication-Txid" not in r.headers
+    assert "commit hook failed" in caplog.text
+    assert rows(db, "SELECT title FROM books WHERE id = 90") == [("kept",)]
+
+
 def test_writes_after_fork_reopen_connections(db):
     """A worker forked after the app was used must not reuse the parent's connections."""
     import os
@@ -341,3 +354,24 @@ def test_json_values_in_body(client, db):
     r = client.post("/books", json={"id": 80, "title": orjson.loads('"ünï €😀"'), "year": True})
     assert r.status_code == 201
     assert rows(db, "SELECT title, year FROM books WHERE id = 80") == [("ünï €😀", 1)]
+
+
+def test_concurrent_writers_in_threads_all_commit(db):
+    """Each thread has its own connections; BEGIN IMMEDIATE + busy_timeout serialise them."""
+    app = create_app(ServerConfig(db_dsn=str(db), allow_tables=("books",), auth_disabled=True))
+    statuses = []
+
+    def worker(n):
+        client = app.test_client()
+        for i in range(25):
+            statuses.append(client.post("/books", json={"id": 1000 + n * 100 + i,
+                                                        "title": f"t{n}-{i}"}).status_code)
+            client.get(f"/books?id=eq.{1000 + n * 100 + i}")
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [201] * 100
+    assert rows(db, "SELECT count(*) FROM books WHERE id >= 1000") == [(100,)]

@@ -162,6 +162,15 @@ def test_existing_output_needs_force(url, tmp_path):
     assert sha256(out) == LATEST_SHA and not (tmp_path / "out.db-wal").exists()
 
 
+def test_unwritable_output_directory(url, tmp_path):
+    _assert_error(ours("restore", "-o", tmp_path / "missing" / "o.db", url), "cannot write")
+
+
+def test_follow_mode_is_refused_clearly(url, tmp_path):
+    _assert_error(ours("restore", "-f", "-o", tmp_path / "o.db", url), "follow mode")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_empty_replica(tmp_path):
     empty = f"file://{tmp_path / 'empty'}"
     _assert_error(ours("restore", "-o", tmp_path / "o.db", empty), "no matching backup files")

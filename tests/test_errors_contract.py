@@ -212,3 +212,29 @@ def test_markdown_renders_every_row():
     for case in ERROR_TABLE:
         assert case.case.replace("|", "\\|") in text
     assert text.count("\n") == len(ERROR_TABLE) + 2
+
+
+def test_werkzeug_http_errors_get_the_json_shape(tmp_path):
+    from werkzeug.exceptions import BadRequest, Conflict
+
+    app = Env(tmp_path).app()
+
+    @app.route("/bad-request")
+    def bad_request():
+        raise BadRequest("unreadable body")
+
+    @app.route("/conflict")
+    def conflict():
+        raise Conflict()
+
+    client = app.test_client()
+    r = client.get("/bad-request")
+    assert r.status_code == 400
+    assert orjson.loads(r.data) == {"code": "PGRST102", "message": "Empty or invalid json",
+                                    "details": "unreadable body",
+                                    "hint": ERRORS["invalid_body"].hint}
+    r = client.get("/conflict")
+    assert r.status_code == 409
+    body = orjson.loads(r.data)
+    assert set(body) == {"code", "message", "details", "hint"} and body["code"] is None
+    assert r.headers["Content-Type"].startswith("application/json")

@@ -561,3 +561,17 @@ def test_s3_transient_errors_are_retried_and_counted(s3_server, flaky):
         list(c.ltx_files(0))
     assert flaky.seen - seen == c.max_attempts
     assert "retried" in e.value.hint
+
+
+def test_s3_silent_server_times_out_naming_the_endpoint():
+    """A server that accepts TCP but never answers: bounded by read_timeout x max_attempts."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)  # the kernel completes handshakes; nobody ever reads or replies
+        port = listener.getsockname()[1]
+        c = client_from_url(f"s3://bucket/db?endpoint=http://127.0.0.1:{port}",
+                            access_key_id="a", secret_access_key="b", read_timeout=0.5, max_attempts=2)
+        started = time.monotonic()
+        with pytest.raises(UnreachableError, match=f"127.0.0.1:{port}"):
+            c.open_ltx_file(0, 1, 1)
+        assert time.monotonic() - started < 6

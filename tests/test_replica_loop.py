@@ -141,6 +141,9 @@ def test_notify_wakes_the_loop_within_milliseconds(setup):
             time.sleep(0.002)
         # Far below the 30s sync-interval: the upload was driven by the DB's notify.
         assert time.monotonic() - t0 < 2.0
+        wait = time.monotonic() + 5
+        while replica.health.replica_txid != db.pos().txid and time.monotonic() < wait:
+            time.sleep(0.002)
         h = replica.health
         assert h.replica_txid == db.pos().txid and h.last_sync_at is not None
     finally:

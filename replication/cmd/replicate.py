@@ -98,6 +98,11 @@ def setup_logging(opts, config) -> None:
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(level)
+    if str(name).lower() != "trace":
+        # The AWS SDK's debug output (every header of every request) is Litestream's
+        # LITESTREAM_S3_DEBUG, i.e. trace-level; at debug it would swamp our own lines.
+        for noisy in NOISY_LOGGERS:
+            logging.getLogger(noisy).setLevel(max(level, logging.INFO))
 
 
 def serve_metrics(addr: str):

@@ -1,0 +1,844 @@
+"""``sqlite-rest serve --replication-enabled``: the server and the replication core, end to end.
+
+Real processes only: the ``sqlite-rest serve`` CLI (tests/plugins/server.py), SeaweedFS
+(tests/plugins/s3.py; a private instance for the tests that stop S3), the real ``litestream``
+0.5.17 for every "is the replica restorable" check, and postgrest-py for writes over HTTP.
+
+What a write acknowledges: HTTP 2xx after COMMIT, with ``X-Replication-Txid`` naming the replica
+position (TXID) that contains it. These tests hold the server to that: a restore of the replica
+at that TXID contains the write, a SIGKILL'ed server restarted on a lost database serves every
+acknowledged write, and a replica outage ends in a loud non-zero exit, never in a lost write.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import apsw
+import httpx
+import pytest
+import yaml
+from postgrest import SyncPostgrestClient
+
+from tests.plugins.s3 import S3Server, _ready as s3_answers, _stop as stop_weed, start_seaweedfs
+from tests.plugins.server import ServerProcess, _answers, start_server
+
+TXID_HEADER = "X-Replication-Txid"
+TXID = re.compile(r"^[0-9a-f]{16}$")
+SCHEMA = "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)"
+#: Start/refusal/exit deadlines, generous for a shared 2-core machine (seconds).
+READY_TIMEOUT = 30.0
+EXIT_TIMEOUT = 60.0
+#: The retry budget of the outage test (replica key `retry-budget`, a sqlite-rest extension).
+OUTAGE_BUDGET_S = 5.0
+WAYS_OUT = ("--replication-force-restore", "--replication-reset-replica")
+
+pytestmark = pytest.mark.timeout(240)
+
+
+# -- small helpers ---------------------------------------------------------------------------
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def make_db(path: Path, names=()) -> None:
+    con = apsw.Connection(str(path))
+    try:
+        con.execute("PRAGMA journal_mode=WAL").fetchall()
+        con.execute(SCHEMA)
+        for name in names:
+            con.execute("INSERT INTO items(name) VALUES (?)", (name,))
+    finally:
+        con.close()
+
+
+def db_rows(path: Path) -> list:
+    con = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return [tuple(r) for r in con.execute("SELECT id, name FROM items ORDER BY id")]
+    finally:
+        con.close()
+
+
+def integrity(path: Path) -> str:
+    con = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return con.execute("PRAGMA integrity_check").fetchall()[0][0]
+    finally:
+        con.close()
+
+
+def remove_db_files(db: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+
+
+def meta_dir(db: Path) -> Path:
+    return db.parent / f".{db.name}-litestream"
+
+
+def txid_of(value) -> int:
+    return int(value, 16) if isinstance(value, str) else int(value)
+
+
+def descendants(pid: int) -> list:
+    out = []
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(x) for x in f.read().split()]
+    except OSError:
+        return out
+    for child in children:
+        out.append(child)
+        out.extend(descendants(child))
+    return out
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def sigkill_tree(server: ServerProcess) -> None:
+    """A crash: the supervisor and every process under it die at once (SIGKILL, by PID)."""
+    pids = descendants(server.pid)
+    for pid in [server.pid, *pids]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    server.proc.wait(10)
+    wait_for(lambda: all(_gone(p) for p in pids), 10, "the killed server's processes to go")
+
+
+# -- replicas --------------------------------------------------------------------------------
+
+@dataclass
+class Replica:
+    """A replica location, seen from outside the server (what `litestream` would see)."""
+
+    url: str
+    litestream_env: dict                 # environment for the real litestream binary
+    server_env: dict = field(default_factory=dict)  # extra environment for sqlite-rest serve
+    root: Optional[Path] = None          # file replicas
+    s3: Optional[S3Server] = None        # s3 replicas
+    bucket: str = ""
+    prefix: str = ""
+
+    def spans(self, level: int = 0) -> list:
+        """(min_txid, max_txid) of the level's LTX files, sorted."""
+        names = []
+        if self.root is not None:
+            d = self.root / "ltx" / str(level)
+            names = os.listdir(d) if d.is_dir() else []
+        else:
+            client = self.s3.client()
+            try:
+                pages = client.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.bucket, Prefix=f"{self.prefix}/{level:04x}/")
+                names = [o["Key"].rsplit("/", 1)[1] for p in pages for o in p.get("Contents", [])]
+            finally:
+                client.close()
+        out = []
+        for name in names:
+            m = re.fullmatch(r"([0-9a-f]{16})-([0-9a-f]{16})\.ltx", name)
+            if m:
+                out.append((int(m.group(1), 16), int(m.group(2), 16)))
+        return sorted(out)
+
+    def max_txid(self) -> int:
+        return max((mx for level in (0, 1, 2, 3, 9) for _, mx in self.spans(level)), default=0)
+
+    def restore(self, litestream: str, out: Path, *extra) -> subprocess.CompletedProcess:
+        """The real `litestream restore` (must succeed) into ``out``."""
+        proc = subprocess.run([litestream, "restore", *extra, "-o", str(out), self.url],
+                              env=self.litestream_env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, f"litestream restore {extra} failed: {proc.stderr}"
+        assert integrity(out) == "ok"
+        return proc
+
+
+def file_replica(tmp_path: Path, litestream_env: dict, name: str = "replica") -> Replica:
+    root = tmp_path / name
+    return Replica(url=f"file://{root}", litestream_env=litestream_env, root=root)
+
+
+def s3_replica(s3: S3Server, bucket: Optional[str] = None, prefix: Optional[str] = None) -> Replica:
+    bucket = bucket or s3.bucket
+    prefix = prefix or s3.new_path("serve")
+    keys = {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+            "AWS_REGION": s3.region}
+    return Replica(url=s3.url(bucket, prefix), litestream_env=s3.env(), server_env=keys, s3=s3,
+                   bucket=bucket, prefix=prefix)
+
+
+def write_config(path: Path, db: Path, replica: Replica, **replica_keys) -> Path:
+    replica_doc = {"url": replica.url, "retry-budget": "60s"}
+    replica_doc.update({k.replace("_", "-"): v for k, v in replica_keys.items()})
+    path.write_text(yaml.safe_dump({"dbs": [{"path": str(db), "replica": replica_doc}]}))
+    return path
+
+
+@pytest.fixture
+def replica_for(request, tmp_path, litestream_env):
+    """``replica_for("file"|"s3")`` -> a fresh, empty Replica (S3: the session SeaweedFS)."""
+    def make(backend: str, name: str = "replica") -> Replica:
+        if backend == "file":
+            return file_replica(tmp_path, litestream_env, name)
+        return s3_replica(request.getfixturevalue("s3_server"))
+    return make
+
+
+class RestartableS3:
+    """A private SeaweedFS that a test may stop and start again on the same ports and data."""
+
+    def __init__(self, data_dir: Path):
+        self.server, self.proc = start_seaweedfs(data_dir)
+        self.args = list(self.proc.args)
+        self.data_dir = data_dir
+
+    def stop(self) -> None:
+        stop_weed(self.proc)
+
+    def start(self) -> None:
+        log = open(self.data_dir / "weed-restarted.log", "ab")
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=self.data_dir,
+                                     start_new_session=True)
+        log.close()
+        wait_for(lambda: s3_answers(self.server.endpoint), 30, "SeaweedFS to answer again", 0.1)
+
+
+@pytest.fixture
+def own_s3(tmp_path):
+    s3 = RestartableS3(tmp_path / "weed")
+    try:
+        yield s3
+    finally:
+        s3.stop()
+
+
+# -- the server ------------------------------------------------------------------------------
+
+@pytest.fixture
+def servers():
+    """``servers.start(db, config, *args, env=..., wait=...)``; all stopped by PID at teardown."""
+    class Servers:
+        def __init__(self):
+            self.started: list = []
+
+        def start(self, db: Path, config: Optional[Path], *extra, env=None, wait=True,
+                  via_env=False) -> ServerProcess:
+            args = list(extra)
+            env = dict(env or {})
+            if config is not None and via_env:
+                env.update(SQLITEREST_REPLICATION_ENABLED="true",
+                           SQLITEREST_REPLICATION_CONFIG=str(config))
+            elif config is not None:
+                args = ["--replication-enabled", "--replication-config", str(config), *args]
+            server = start_server(db, "--security-allow-table", "items", *args, env=env,
+                                  wait=wait)
+            self.started.append(server)
+            return server
+
+    s = Servers()
+    yield s
+    for server in s.started:
+        try:
+            if server.proc.poll() is None:
+                server.stop()
+        finally:
+            for pid in descendants(server.pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            try:
+                os.unlink(server.log_path)
+            except OSError:
+                pass
+
+
+def wait_refused(server: ServerProcess, timeout: float = EXIT_TIMEOUT) -> tuple:
+    """Wait for a start that must fail: (exit code, output, whether the API ever listened)."""
+    listened = False
+    deadline = time.monotonic() + timeout
+    while server.proc.poll() is None:
+        listened = listened or _answers(server.http_port)
+        if time.monotonic() > deadline:
+            server.stop()
+            raise AssertionError(f"serve did not exit within {timeout:g} s:\n{server.logs()}")
+        time.sleep(0.05)
+    return server.proc.returncode, server.logs(), listened
+
+
+def assert_refused(server: ServerProcess, *fragments, any_of=()) -> str:
+    code, out, listened = wait_refused(server)
+    assert code != 0, f"serve exited 0 but must refuse:\n{out}"
+    assert not listened, f"the API listened although the start is refused:\n{out}"
+    assert "Traceback (most recent call last)" not in out, f"a stack trace instead of a message:\n{out}"
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, f"expected one `error: …` line, got {errors}:\n{out}"
+    line = errors[0]
+    for fragment in fragments:
+        assert fragment in line, f"{fragment!r} missing from the error line {line!r}"
+    if any_of:
+        assert any(f in line for f in any_of), f"none of {any_of} in the error line {line!r}"
+    return line
+
+
+def admin(server: ServerProcess, path: str) -> httpx.Response:
+    return httpx.get(server.metrics_url + path, timeout=5)
+
+
+def admin_status(server: ServerProcess, path: str) -> Optional[int]:
+    try:
+        return admin(server, path).status_code
+    except httpx.TransportError:
+        return None
+
+
+def replication_status(server: ServerProcess) -> dict:
+    return admin(server, "/status").json()["replication"]
+
+
+def wait_ready(server: ServerProcess, timeout: float = READY_TIMEOUT) -> None:
+    def ready():
+        if server.proc.poll() is not None:
+            raise AssertionError(f"serve exited with {server.proc.returncode}:\n{server.logs()}")
+        try:
+            return (admin(server, "/ready").status_code == 200
+                    and httpx.get(server.base_url + "/ready", timeout=5).status_code == 200)
+        except httpx.TransportError:
+            return False
+    try:
+        wait_for(ready, timeout, "/ready = 200 on the admin and API servers", 0.1)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{server.logs()}") from None
+
+
+def wait_replica_reaches(replica: Replica, txid: int, server: Optional[ServerProcess] = None,
+                         timeout: float = 30.0) -> None:
+    try:
+        wait_for(lambda: replica.max_txid() >= txid, timeout,
+                 f"the replica to reach TXID {txid:016x}", 0.05)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc} (replica at {replica.max_txid():016x})\n"
+                             f"{server.logs() if server else ''}") from None
+
+
+class Writer:
+    """postgrest-py on one server, recording each write's status and X-Replication-Txid."""
+
+    def __init__(self, server: ServerProcess):
+        self.client = SyncPostgrestClient(server.base_url, retry_enabled=False)
+        self.responses: list = []  # (method, status, txid header or None)
+        self.client.session.event_hooks["response"].append(self._record)
+
+    def _record(self, response: httpx.Response) -> None:
+        if response.request.method in ("POST", "PATCH", "PUT", "DELETE"):
+            self.responses.append((response.request.method, response.status_code,
+                                   response.headers.get(TXID_HEADER)))
+
+    def _last_txid(self) -> int:
+        method, status, header = self.responses[-1]
+        assert 200 <= status < 300, (method, status)
+        assert header is not None, f"{method} {status} has no {TXID_HEADER} header"
+        assert TXID.match(header), f"{TXID_HEADER}: {header!r} is not 16 lower-case hex digits"
+        return int(header, 16)
+
+    def insert(self, *names) -> tuple:
+        res = self.client.table("items").insert([{"name": n} for n in names]).execute()
+        return [(r["id"], r["name"]) for r in res.data], self._last_txid()
+
+    def rename(self, row_id: int, name: str) -> int:
+        self.client.table("items").update({"name": name}).eq("id", row_id).execute()
+        return self._last_txid()
+
+    def delete(self, row_id: int) -> int:
+        self.client.table("items").delete().eq("id", row_id).execute()
+        return self._last_txid()
+
+    def rows(self) -> list:
+        res = self.client.table("items").select("id,name").order("id").execute()
+        return [(r["id"], r["name"]) for r in res.data]
+
+    def close(self) -> None:
+        self.client.session.close()
+
+
+def write_workload(writer: Writer, tag: str) -> tuple:
+    """Inserts (single and bulk), an update, a delete, each acknowledged with a TXID.
+    Returns (the rows now, [(txid, the rows at that txid)])."""
+    model: dict = {}
+    history = []
+
+    def acked(txid: int) -> None:
+        history.append((txid, dict(model)))
+
+    for i in range(6):
+        rows, txid = writer.insert(f"{tag}-{i}")
+        model.update(rows)
+        acked(txid)
+    rows, txid = writer.insert(*(f"{tag}-bulk-{i}" for i in range(3)))
+    model.update(rows)
+    acked(txid)
+    first_id, second_id = sorted(model)[:2]
+    txid = writer.rename(first_id, f"{tag}-renamed")
+    model[first_id] = f"{tag}-renamed"
+    acked(txid)
+    txid = writer.delete(second_id)
+    del model[second_id]
+    acked(txid)
+    txids = [t for t, _ in history]
+    assert txids == sorted(txids), f"{TXID_HEADER} went backwards for one client: {txids}"
+    return model, history
+
+
+def as_rows(model: dict) -> list:
+    return sorted(model.items())
+
+
+# -- 1. crash, lost database, restore --------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["file", "s3"])
+@pytest.mark.parametrize("keep_meta", [True, False], ids=["keep-meta", "delete-meta"])
+def test_sigkill_and_lost_database_restores_every_acknowledged_write(
+        backend, keep_meta, tmp_path, replica_for, servers, litestream_bin):
+    db = tmp_path / "app.db"
+    replica = replica_for(backend)
+    config = write_config(tmp_path / "litestream.yml", db, replica)
+    make_db(db)
+    server = servers.start(db, config, env=replica.server_env)
+    wait_ready(server)
+
+    status = replication_status(server)
+    for key in ("local_txid", "replica_txid", "lag_seconds", "last_error", "ready"):
+        assert key in status, f"/status replication lacks {key}: {status}"
+    assert status["ready"] is True and status["last_error"] in (None, "")
+    metrics = admin(server, "/metrics").text
+    assert "sqlite_rest_" in metrics and "litestream_" in metrics
+
+    writer = Writer(server)
+    model, history = write_workload(writer, backend)
+    writer.close()
+    last_txid = history[-1][0]
+    if keep_meta:
+        # Acknowledged and in the local meta dir (local L0): the crash may come before the
+        # upload; the next start must upload it before restoring.
+        wait_for(lambda: txid_of(replication_status(server)["local_txid"]) >= last_txid, 15,
+                 "the local position to reach the last acknowledged TXID")
+    else:
+        # Without the meta dir the replica is the only copy left: wait for it, as a reader would.
+        wait_replica_reaches(replica, last_txid, server)
+    sigkill_tree(server)
+
+    remove_db_files(db)
+    if not keep_meta:
+        shutil.rmtree(meta_dir(db))
+    server = servers.start(db, config, env=replica.server_env)
+    wait_ready(server)
+    assert Writer(server).rows() == as_rows(model), server.logs()
+    assert integrity(db) == "ok"
+
+    # The real Litestream restores the same content; at each acknowledged write's TXID the
+    # replica holds that write (X-Replication-Txid is the position containing it).
+    wait_replica_reaches(replica, txid_of(replication_status(server)["local_txid"]), server)
+    replica.restore(litestream_bin, tmp_path / "latest.db")
+    assert db_rows(tmp_path / "latest.db") == as_rows(model)
+    for i, (txid, expected) in enumerate(history[::3] + history[-1:]):
+        out = tmp_path / f"at-{i}.db"
+        replica.restore(litestream_bin, out, "-txid", f"{txid:016x}")
+        assert db_rows(out) == as_rows(expected), f"restore at {TXID_HEADER} {txid:016x}"
+
+
+# -- 2. replica outage: fail fast, lose nothing ----------------------------------------------
+
+class BackgroundWriter(threading.Thread):
+    """POSTs one row every ``period`` until stopped or the server is gone."""
+
+    def __init__(self, base_url: str, tag: str, period: float = 0.05):
+        super().__init__(daemon=True)
+        self.base_url, self.tag, self.period = base_url, tag, period
+        self.acked: dict = {}  # name -> txid header
+        self.failures: list = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.base_url, timeout=30) as http:
+            n = 0
+            while not self.halt.is_set():
+                name = f"{self.tag}-{n}"
+                n += 1
+                try:
+                    r = http.post("/items", json={"name": name})
+                except httpx.TransportError as exc:
+                    self.failures.append((name, type(exc).__name__))
+                    if isinstance(exc, httpx.ConnectError):
+                        return  # the server is gone
+                    continue
+                if r.status_code == 201:
+                    self.acked[name] = r.headers.get(TXID_HEADER)
+                else:
+                    self.failures.append((name, r.status_code))
+                self.halt.wait(self.period)
+
+
+def test_s3_outage_fails_fast_and_the_next_start_uploads_everything(
+        tmp_path, own_s3, servers, litestream_bin):
+    db = tmp_path / "app.db"
+    replica = s3_replica(own_s3.server)
+    config = write_config(tmp_path / "litestream.yml", db, replica,
+                          retry_budget=f"{OUTAGE_BUDGET_S:g}s")
+    make_db(db)
+    server = servers.start(db, config, env=replica.server_env)
+    wait_ready(server)
+    writer = BackgroundWriter(server.base_url, "outage")
+    writer.start()
+    wait_for(lambda: len(writer.acked) >= 5, 10, "a few writes before the outage")
+
+    down_at = time.monotonic()
+    own_s3.stop()
+    wait_for(lambda: server.proc.poll() is not None or admin_status(server, "/ready") == 503,
+             OUTAGE_BUDGET_S + 10, "/ready to turn 503 while S3 is down")
+    assert server.proc.poll() is None, "the server exited before /ready reported the outage"
+    acked_during_outage = len(writer.acked)
+    try:
+        code = server.proc.wait(OUTAGE_BUDGET_S + 30)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"serve still running {OUTAGE_BUDGET_S + 30:g} s after S3 went down "
+                             f"(retry-budget {OUTAGE_BUDGET_S:g}s):\n{server.logs()}") from None
+    exited_after = time.monotonic() - down_at
+    writer.halt.set()
+    writer.join(30)
+    out = server.logs()
+    assert code != 0, f"serve exited 0 after losing its replica:\n{out}"
+    assert exited_after <= OUTAGE_BUDGET_S + 20, f"exit took {exited_after:.1f} s"
+    named = [line for line in out.splitlines()
+             if (replica.url.split("?")[0] in line or "s3" in line.lower())
+             and ("fail" in line.lower() or "error" in line.lower())]
+    assert named, f"no log line names the failing replica:\n{out}"
+    assert len(writer.acked) > 5 and acked_during_outage >= 5
+
+    own_s3.start()
+    server = servers.start(db, config, env=replica.server_env)
+    wait_ready(server)
+    local = txid_of(replication_status(server)["local_txid"])
+    wait_replica_reaches(replica, local, server)
+    spans = replica.spans(0)
+    assert spans and spans[0][0] == 1, f"the replica's L0 does not start at TXID 1: {spans[:3]}"
+    gaps = [(a, b) for a, b in zip(spans, spans[1:]) if b[0] != a[1] + 1]
+    assert not gaps, f"TXID gaps in the replica's L0: {gaps}"
+    assert spans[-1][1] == local
+    served = {name for _, name in Writer(server).rows()}
+    lost = set(writer.acked) - served
+    assert not lost, f"{len(lost)} acknowledged writes lost: {sorted(lost)[:5]}"
+    replica.restore(litestream_bin, tmp_path / "restored.db")
+    assert {name for _, name in db_rows(tmp_path / "restored.db")} == served
+
+
+def test_writes_acknowledged_while_s3_is_down_survive_a_crash_and_a_lost_database(
+        tmp_path, own_s3, servers, litestream_bin):
+    """Acknowledged, in the local meta dir, not uploaded: the next start uploads then restores."""
+    db = tmp_path / "app.db"
+    replica = s3_replica(own_s3.server)
+    config = write_config(tmp_path / "litestream.yml", db, replica)
+    make_db(db)
+    server = servers.start(db, config, env=replica.server_env)
+    wait_ready(server)
+    writer = Writer(server)
+    model, history = write_workload(writer, "before")
+    wait_replica_reaches(replica, history[-1][0], server)
+    own_s3.stop()
+    rows, txid = writer.insert("during-outage-1", "during-outage-2")
+    model.update(rows)
+    writer.close()
+    wait_for(lambda: txid_of(replication_status(server)["local_txid"]) >= txid, 15,
+             "the local position to reach the last acknowledged TXID")
+    sigkill_tree(server)
+    remove_db_files(db)
+
+    own_s3.start()
+    assert replica.max_txid() < txid, "the write reached S3 although S3 was down"
+    server = servers.start(db, config, env=replica.server_env)
+    wait_ready(server)
+    assert Writer(server).rows() == as_rows(model), server.logs()
+    wait_replica_reaches(replica, txid_of(replication_status(server)["local_txid"]), server)
+    replica.restore(litestream_bin, tmp_path / "restored.db")
+    assert db_rows(tmp_path / "restored.db") == as_rows(model)
+
+
+# -- 3. divergence, locks, two writers -------------------------------------------------------
+
+def _run_and_stop(servers, db, config, writes: int, tag: str, replica: Replica) -> tuple:
+    server = servers.start(db, config)
+    wait_ready(server)
+    writer = Writer(server)
+    txids = [writer.insert(f"{tag}-{i}")[1] for i in range(writes)]
+    writer.close()
+    wait_replica_reaches(replica, txids[-1], server)
+    assert server.stop() == 0, server.logs()
+    return txids
+
+
+@pytest.mark.parametrize("case", ["other-db", "other-db-keep-meta", "old-point-then-written",
+                                  "replica-beyond-local"])
+def test_diverged_database_is_refused_and_force_restore_recovers(
+        case, tmp_path, replica_for, servers, litestream_bin):
+    db = tmp_path / "app.db"
+    replica = replica_for("file")
+    config = write_config(tmp_path / "litestream.yml", db, replica)
+    make_db(db)
+    if case == "replica-beyond-local":
+        _run_and_stop(servers, db, config, 3, "first", replica)
+        saved = tmp_path / "saved"
+        saved.mkdir()
+        for suffix in ("", "-wal"):
+            if Path(f"{db}{suffix}").exists():
+                shutil.copy2(f"{db}{suffix}", saved / f"app.db{suffix}")
+        shutil.copytree(meta_dir(db), saved / "meta")
+        _run_and_stop(servers, db, config, 3, "second", replica)
+        remove_db_files(db)
+        shutil.rmtree(meta_dir(db))
+        for suffix in ("", "-wal"):
+            if (saved / f"app.db{suffix}").exists():
+                shutil.copy2(saved / f"app.db{suffix}", f"{db}{suffix}")
+        shutil.copytree(saved / "meta", meta_dir(db))
+        expected_word = ("beyond", "differ")
+    else:
+        txids = _run_and_stop(servers, db, config, 4, "first", replica)
+        remove_db_files(db)
+        if case != "other-db-keep-meta":
+            shutil.rmtree(meta_dir(db))
+        if case.startswith("other-db"):
+            make_db(db, ["someone", "else"])
+        else:
+            replica.restore(litestream_bin, db, "-txid", f"{txids[1]:016x}")
+            con = apsw.Connection(str(db))
+            con.execute("INSERT INTO items(name) VALUES ('written-after-an-old-restore')")
+            con.close()
+        expected_word = ("differ", "beyond")
+    replica_latest = tmp_path / "replica-latest.db"
+    replica.restore(litestream_bin, replica_latest)
+    before = Path(db).read_bytes()
+
+    line = assert_refused(servers.start(db, config, wait=False), *WAYS_OUT, any_of=expected_word)
+    assert Path(db).read_bytes() == before, "a refused start changed the database"
+    assert "differ" in line or "beyond" in line
+
+    server = servers.start(db, config, "--replication-force-restore")
+    wait_ready(server)
+    assert Writer(server).rows() == db_rows(replica_latest)
+    assert integrity(db) == "ok"
+
+
+def test_second_server_on_the_same_database_is_refused(tmp_path, replica_for, servers):
+    db = tmp_path / "app.db"
+    replica = replica_for("file")
+    config = write_config(tmp_path / "litestream.yml", db, replica)
+    make_db(db)
+    first = servers.start(db, config)
+    wait_ready(first)
+    assert_refused(servers.start(db, config, wait=False), "already being replicated")
+    writer = Writer(first)
+    writer.insert("still-served")
+    assert [n for _, n in writer.rows()] == ["still-served"]
+
+
+def test_different_database_on_a_used_replica_is_refused(tmp_path, replica_for, servers):
+    replica = replica_for("file")
+    db1, db2 = tmp_path / "one" / "app.db", tmp_path / "two" / "app.db"
+    db1.parent.mkdir()
+    db2.parent.mkdir()
+    config1 = write_config(tmp_path / "one.yml", db1, replica)
+    config2 = write_config(tmp_path / "two.yml", db2, replica)
+    make_db(db1)
+    make_db(db2, ["other", "rows"])
+    first = servers.start(db1, config1)
+    wait_ready(first)
+    writer = Writer(first)
+    _, txid = writer.insert("one")
+    wait_replica_reaches(replica, txid, first)
+    assert_refused(servers.start(db2, config2, wait=False), *WAYS_OUT, any_of=("differ", "beyond"))
+    writer.insert("two")
+    assert [n for _, n in writer.rows()] == ["one", "two"]
+
+
+@pytest.mark.parametrize("case", ["both-new-on-empty-replica", "second-restored-from-live-replica"])
+def test_two_servers_on_one_replica_never_corrupt_it(case, tmp_path, replica_for, servers,
+                                                     litestream_bin):
+    """Two primaries on one replica: at most one keeps running; the replica stays restorable
+    and holds exactly the survivor's history."""
+    replica = replica_for("file")
+    dbs = [tmp_path / "one" / "app.db", tmp_path / "two" / "app.db"]
+    configs = []
+    for i, db in enumerate(dbs):
+        db.parent.mkdir()
+        configs.append(write_config(tmp_path / f"{i}.yml", db, replica))
+    make_db(dbs[0])
+    if case == "both-new-on-empty-replica":
+        make_db(dbs[1])
+        started = [servers.start(db, cfg, wait=False) for db, cfg in zip(dbs, configs)]
+    else:
+        first = servers.start(dbs[0], configs[0])
+        wait_ready(first)
+        _, txid = Writer(first).insert("before-second")
+        wait_replica_reaches(replica, txid, first)
+        started = [first, servers.start(dbs[1], configs[1], wait=False)]
+
+    running = []
+    for server in started:
+        try:
+            wait_for(lambda: server.proc.poll() is not None or _answers(server.http_port),
+                     READY_TIMEOUT, "serve to listen or exit")
+        except AssertionError:
+            pass
+        if server.proc.poll() is None:
+            running.append(server)
+    # Every running server writes; a conflict must stop one of them.
+    deadline = time.monotonic() + 20
+    n = 0
+    while len([s for s in running if s.proc.poll() is None]) > 1 and time.monotonic() < deadline:
+        for server in running:
+            if server.proc.poll() is None:
+                try:
+                    httpx.post(server.base_url + "/items", json={"name": f"w{server.pid}-{n}"},
+                               timeout=10)
+                except httpx.TransportError:
+                    pass
+        n += 1
+        time.sleep(0.1)
+    alive = [s for s in running if s.proc.poll() is None]
+    stopped = [s for s in started if s.proc.poll() is not None]
+    assert len(alive) <= 1, ("two servers keep writing one replica:\n"
+                             + "\n----\n".join(s.logs()[-3000:] for s in alive))
+    for server in stopped:
+        assert server.proc.returncode != 0
+        out = server.logs().lower()
+        assert any(w in out for w in ("conflict", "differ", "beyond", "already")), server.logs()
+    if alive:
+        survivor = alive[0]
+        wait_ready(survivor)
+        wait_replica_reaches(replica, txid_of(replication_status(survivor)["local_txid"]),
+                             survivor)
+        expected = Writer(survivor).rows()
+        assert survivor.stop() == 0, survivor.logs()
+    replica.restore(litestream_bin, tmp_path / "restored.db")
+    if alive:
+        assert db_rows(tmp_path / "restored.db") == expected
+
+
+# -- 4. SIGTERM under load -------------------------------------------------------------------
+
+def test_sigterm_under_load_finishes_in_flight_writes_and_replicates_them(
+        tmp_path, replica_for, servers, litestream_bin):
+    db = tmp_path / "app.db"
+    replica = replica_for("file")
+    config = write_config(tmp_path / "litestream.yml", db, replica)
+    make_db(db)
+    server = servers.start(db, config, via_env=True)  # SQLITEREST_REPLICATION_* mirrors
+    wait_ready(server)
+    signalled = threading.Event()
+    sig_at = [0.0]
+    results: list = []  # (started, name, outcome) outcome = status code or exception name
+    lock = threading.Lock()
+
+    def load(worker: int) -> None:
+        with httpx.Client(base_url=server.base_url, timeout=60) as http:
+            n = 0
+            refused = 0
+            while refused < 3 and not (signalled.is_set() and time.monotonic() > sig_at[0] + 10):
+                name = f"load-{worker}-{n}"
+                n += 1
+                started = time.monotonic()
+                try:
+                    outcome = http.post("/items", json={"name": name},
+                                        headers={"Prefer": "return=minimal"}).status_code
+                except httpx.TransportError as exc:
+                    outcome = type(exc).__name__
+                    refused += isinstance(exc, httpx.ConnectError)
+                    time.sleep(0.05)
+                with lock:
+                    results.append((started, name, outcome))
+
+    threads = [threading.Thread(target=load, args=(i,), daemon=True) for i in range(8)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(results) >= 200, 20, "load to build up")
+    sig_at[0] = time.monotonic()
+    signalled.set()
+    os.kill(server.pid, signal.SIGTERM)
+    try:
+        code = server.proc.wait(EXIT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"no exit within {EXIT_TIMEOUT:g} s of SIGTERM:\n{server.logs()}") from None
+    for t in threads:
+        t.join(30)
+    out = server.logs()
+    assert code == 0, f"SIGTERM must end in exit 0 after the final sync, got {code}:\n{out}"
+    before = [r for r in results if r[0] < sig_at[0]]
+    broken = [r for r in before if r[2] != 201]
+    assert not broken, (f"{len(broken)} of {len(before)} requests started before SIGTERM did not "
+                        f"finish with 201: {broken[:5]}")
+    after_errors = {r[2] for r in results if r[0] >= sig_at[0] and r[2] not in (201, 503)}
+    assert after_errors <= {"ConnectError"}, f"after SIGTERM: {after_errors}"
+    acked = {name for _, name, outcome in results if outcome == 201}
+    restored = tmp_path / "restored.db"
+    replica.restore(litestream_bin, restored)
+    missing = acked - {name for _, name in db_rows(restored)}
+    assert not missing, f"{len(missing)} acknowledged writes are not in the replica: {sorted(missing)[:5]}"
+
+
+# -- 5. configuration errors -----------------------------------------------------------------
+
+CONFIG_ERRORS = {
+    # case: (config text or None for "no file", fragments the one error line must name)
+    "db-not-in-config": ("dbs:\n  - path: {other}\n    replica: {{url: 'file://{tmp}/r'}}\n",
+                         ("dbs", "app.db")),
+    "missing-config-file": (None, ("missing.yml",)),
+    "invalid-yaml": ("dbs:\n  - path: {db}\n    replica: {{url: 'file://{tmp}/r'\n",
+                     ("litestream.yml",)),
+    "bad-retry-budget": ("dbs:\n  - path: {db}\n    replica: {{url: 'file://{tmp}/r', "
+                         "retry-budget: soon}}\n", ("retry-budget",)),
+    "no-replica": ("dbs:\n  - path: {db}\n", ("replica",)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_ERRORS))
+@pytest.mark.parametrize("via_env", [False, True], ids=["flags", "env"])
+def test_config_errors_are_one_line_and_nothing_listens(case, via_env, tmp_path, servers):
+    db = tmp_path / "app.db"
+    make_db(db)
+    text, fragments = CONFIG_ERRORS[case]
+    config = tmp_path / ("missing.yml" if text is None else "litestream.yml")
+    if text is not None:
+        config.write_text(text.format(db=db, tmp=tmp_path, other=tmp_path / "other.db"))
+    before = db.read_bytes()
+    assert_refused(servers.start(db, config, wait=False, via_env=via_env), *fragments)
+    assert db.read_bytes() == before
+
+
+def test_replication_enabled_without_config_is_refused(tmp_path, servers):
+    db = tmp_path / "app.db"
+    make_db(db)
+    assert_refused(servers.start(db, None, "--replication-enabled", wait=False),
+                   "--replication-config")
