@@ -217,6 +217,7 @@ class ReplicaConfig:
     max_sync_ltx_files: int = 256         # files per upload round, 0 = unlimited
     auto_recover: bool = False            # reset local state and re-snapshot on a broken chain
     validation_interval: float | None = None  # seconds; parsed, unused at replica level (as Litestream)
+    retry_budget: float | None = None     # seconds (sqlite-rest extension); None = the command's default
     # --- s3 -----------------------------------------------------------------------------------
     access_key_id: str | None = None      # default: AWS_ACCESS_KEY_ID / LITESTREAM_ACCESS_KEY_ID
     secret_access_key: str | None = None  # default: AWS_SECRET_ACCESS_KEY / LITESTREAM_SECRET_ACCESS_KEY
@@ -365,6 +366,9 @@ REPLICA_SETTINGS: dict[str, Callable] = {
     "require-content-md5": _bool, "storage-class": _string, "part-size": parse_byte_size,
     "concurrency": _int, "sse-customer-algorithm": _string, "sse-customer-key": _string,
     "sse-customer-key-path": _string, "sse-kms-key-id": _string,
+    # sqlite-rest extension (Litestream ignores unknown keys): seconds of continuous replica
+    # failure after which `sqlite-rest serve`/`replicate` stop with a non-zero exit.
+    "retry-budget": _duration,
 }
 #: Keys only a ``replica:`` section has (not inherited from the top level).
 REPLICA_OWN_KEYS: dict[str, Callable] = {"type": _string, "url": _string, "path": _string}

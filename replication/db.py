@@ -139,7 +139,8 @@ class DB:
         # (frame offset, pgno, page data) of the last WAL frame written to the newest L0 file,
         # so the continuity check needs no decode of that file in the common case.
         self._last_frame: tuple[int, int, bytes] | None = None
-        self._synced_to_wal_end = False
+        self._synced_to_wal_end = False  # the last sync ended exactly at the -wal file's size
+        self._caught_up = False  # the last sync read every committed frame (no size limit hit)
         self._synced_since_checkpoint = False
         self._last_checkpoint = -1e9  # time.monotonic() of the last checkpoint
         self._listeners: list[Callable[[], None]] = []
@@ -376,7 +377,10 @@ class DB:
                 wrote = self._verify_and_sync()
                 if wrote:
                     self._fire()
-                if self._synced_to_wal_end or self._wal_frames() >= self.truncate_page_n:
+                # Checkpoint only once caught up (not between the files of a big backlog). "Caught
+                # up" is the reader reaching the end of the valid frames, not the file size: after
+                # a restart the -wal keeps its high-water size.
+                if self._caught_up or self._wal_frames() >= self.truncate_page_n:
                     if self.checkpoint_if_needed():
                         wrote = True
             except Exception as exc:
@@ -408,6 +412,7 @@ class DB:
             if info is None:
                 info = self._verify()
             written, caught_up = self._sync_wal(info)
+            self._caught_up = caught_up
             wrote |= written
             if not written or caught_up:
                 return wrote

@@ -17,7 +17,8 @@ from urllib.parse import urlsplit, unquote
 from . import ltx
 from .errors import ReplicaClientError, ReplicationError
 from .replica_client import (
-    DELETE, EPOCH, GET, LIST, PUT, FileInfo, NotFoundError, ReplicaClient, as_bytes_source, check_level,
+    DELETE, EPOCH, GET, LIST, PUT, ConflictError, FileInfo, NotFoundError, ReplicaClient,
+    as_bytes_source, check_level,
     ltx_file_path, ltx_level_dir, ms_to_datetime, register_client,
 )
 
@@ -150,7 +151,8 @@ class FileReplicaClient(ReplicaClient):
             return io.BufferedReader(_RangeReader(f, length))
 
     def write_ltx_file(self, level: int, min_txid: int, max_txid: int,
-                       data: bytes | BinaryIO, timestamp_ms: int) -> FileInfo:
+                       data: bytes | BinaryIO, timestamp_ms: int, *,
+                       exclusive: bool = False) -> FileInfo:
         path = self.file_path(level, min_txid, max_txid)
         directory = os.path.dirname(path)
         tmp = path + ".tmp"
@@ -171,7 +173,10 @@ class FileReplicaClient(ReplicaClient):
                     os.fsync(out.fileno())
                 # mtime before the rename: a listed file always has its final timestamp.
                 os.utime(tmp, ns=(timestamp_ms * 1_000_000, timestamp_ms * 1_000_000))
-                os.replace(tmp, path)
+                if exclusive:
+                    _link_exclusive(tmp, path)
+                else:
+                    os.replace(tmp, path)
                 _fsync_dir(directory)
             except OSError as e:
                 _remove_quietly(tmp)
@@ -205,6 +210,24 @@ class FileReplicaClient(ReplicaClient):
                 pass
             except OSError as e:
                 raise _os_error(e, f"remove {self.path}/ltx") from e
+
+
+def _link_exclusive(tmp: str, path: str) -> None:
+    """Move ``tmp`` to ``path`` only if ``path`` does not exist (link(2) fails on an existing
+    name, rename(2) would replace it). Same bytes already there = our own earlier attempt."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        with open(tmp, "rb") as mine, open(path, "rb") as theirs:
+            same = mine.read() == theirs.read()
+        _remove_quietly(tmp)
+        if not same:
+            raise ConflictError(
+                f"file: {path} already exists with other content: another writer uses this "
+                f"replica path", hint="run one replicator per replica path; stop the other "
+                                      "server, or point this one at its own path") from None
+        return
+    _remove_quietly(tmp)
 
 
 def _fsync_dir(directory: str, missing_ok: bool = False) -> None:

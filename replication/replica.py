@@ -223,6 +223,8 @@ class Replica:
             min_txid, max_txid, data = nxt
             ts = Header.unmarshal(data[:100], name=f"L0/{min_txid:016x}-{max_txid:016x}").timestamp
             self.client.write_ltx_file(0, min_txid, max_txid, data, ts)
+            log.debug("uploaded L0/%016x-%016x, %d ms after it was written", min_txid,
+                      max_txid, time.time() * 1000 - ts, extra={"db": self.db.path})
             pos = self._pos = max_txid
             uploaded += 1
             self._set_health(replica_txid=pos)

@@ -65,6 +65,14 @@ class BucketNotFoundError(ReplicaClientError):
     retryable = False
 
 
+class ConflictError(ReplicaClientError):
+    """An exclusive write found the file already there with other bytes: another writer is
+    using this replica path. Retrying will not help; stopping is the only safe move."""
+
+    code = "Conflict"
+    retryable = False
+
+
 class UnreachableError(ReplicaClientError):
     """The backend could not be reached within our bounded retries (may recover later)."""
 
@@ -172,10 +180,14 @@ class ReplicaClient(abc.ABC):
 
     @abc.abstractmethod
     def write_ltx_file(self, level: int, min_txid: int, max_txid: int,
-                       data: bytes | BinaryIO, timestamp_ms: int) -> FileInfo:
+                       data: bytes | BinaryIO, timestamp_ms: int, *,
+                       exclusive: bool = False) -> FileInfo:
         """Store one LTX file atomically; ``timestamp_ms`` is its header Timestamp.
 
         Readers never see a partial file: they see the old state or the whole new file.
+        ``exclusive`` (used for L0 uploads): create only if absent; an existing file with the
+        same bytes is success (our own retried upload), other bytes raise :class:`ConflictError`
+        — two writers on one replica path must never interleave TXIDs silently.
         """
 
     @abc.abstractmethod

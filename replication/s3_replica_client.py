@@ -38,7 +38,8 @@ from . import ltx, metrics
 from .config import parse_bool, parse_byte_size
 from .errors import ReplicaClientError, ReplicationError
 from .replica_client import (
-    DELETE, GET, LIST, PUT, AccessDeniedError, BucketNotFoundError, FileInfo, NotFoundError,
+    DELETE, GET, LIST, PUT, AccessDeniedError, BucketNotFoundError, ConflictError, FileInfo,
+    NotFoundError,
     ReplicaClient, UnreachableError, check_level, format_rfc3339_nano, ms_to_datetime,
     parse_rfc3339, register_client,
 )
@@ -477,8 +478,19 @@ class S3ReplicaClient(ReplicaClient):
             return out["Body"]
 
     def write_ltx_file(self, level: int, min_txid: int, max_txid: int,
-                       data: bytes | BinaryIO, timestamp_ms: int) -> FileInfo:
+                       data: bytes | BinaryIO, timestamp_ms: int, *,
+                       exclusive: bool = False) -> FileInfo:
         key = self.key(level, min_txid, max_txid)
+        if exclusive:
+            # A conditional create (If-None-Match: *) needs the bytes in hand to compare on a
+            # conflict; L0 files are small, so read a stream source into memory.
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                data = data.read()
+            if len(data) > self.part_size:
+                # Multipart uploads take no precondition here: check, then write (a narrow
+                # race, still caught by the next upload's conditional create).
+                self._check_absent_or_same(key, bytes(data), level, min_txid, max_txid)
+                exclusive = False
         created = ms_to_datetime(timestamp_ms)
         extra = {"Metadata": {METADATA_TIMESTAMP: format_rfc3339_nano(created)}, **self._sse_args}
         if self.storage_class:
@@ -487,7 +499,14 @@ class S3ReplicaClient(ReplicaClient):
             try:
                 if isinstance(data, (bytes, bytearray, memoryview)) and len(data) <= self.part_size:
                     # One PutObject: S3 makes it visible atomically, whole or not at all.
-                    self.s3.put_object(Bucket=self.bucket, Key=key, Body=bytes(data), **extra)
+                    if exclusive:
+                        extra = {**extra, "IfNoneMatch": "*"}
+                    try:
+                        self.s3.put_object(Bucket=self.bucket, Key=key, Body=bytes(data), **extra)
+                    except botocore.exceptions.ClientError as e:
+                        if not (exclusive and _is_precondition_failure(e)):
+                            raise
+                        self._check_absent_or_same(key, bytes(data), level, min_txid, max_txid)
                     size = len(data)
                 else:
                     # Multipart above part-size; the object appears only on Complete.
@@ -502,6 +521,22 @@ class S3ReplicaClient(ReplicaClient):
                 raise self._error(e, f"write L{level}/{ltx.format_filename(min_txid, max_txid)}") from e
             moved[0] = size
         return FileInfo(level, min_txid, max_txid, size, created)
+
+    def _check_absent_or_same(self, key: str, data: bytes, level: int, min_txid: int,
+                              max_txid: int) -> None:
+        """Raise ConflictError if ``key`` exists with bytes other than ``data``."""
+        try:
+            existing = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except botocore.exceptions.ClientError as e:
+            if e.response.get("Error", {}).get("Code") in _NOT_FOUND_CODES:
+                return
+            raise
+        if existing != data:
+            raise ConflictError(
+                f"s3: L{level}/{ltx.format_filename(min_txid, max_txid)} already exists in "
+                f"{self._where()} with other content: another writer uses this replica path",
+                hint="run one replicator per replica path; stop the other server, or point "
+                     "this one at its own path")
 
     def delete_ltx_files(self, infos: Iterable[FileInfo]) -> None:
         keys = [self.key(i.level, i.min_txid, i.max_txid) for i in infos]
@@ -556,3 +591,11 @@ def _add_content_md5(request=None, **_):
         body = body.encode()
     if "Content-MD5" not in request.headers:
         request.headers["Content-MD5"] = base64.b64encode(hashlib.md5(body).digest()).decode()
+
+
+def _is_precondition_failure(e: botocore.exceptions.ClientError) -> bool:
+    """412 PreconditionFailed, or 409 ConditionalRequestConflict (a concurrent conditional
+    write won the race)."""
+    code = e.response.get("Error", {}).get("Code")
+    status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412)

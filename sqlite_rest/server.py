@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
+from replication.notify import COMMIT_SOCKET_ENV
+
 from . import logs
 from .config import ServerConfig
 from .health import Health
@@ -249,6 +251,13 @@ class Supervisor:
         self._commit_callbacks: List[Callable[[int], None]] = []
         self._stop = threading.Event()
         self._stop_reason: Optional[str] = None
+        self._stop_failed = False
+        #: Called in order before the HTTP server starts (e.g. restore, start the replicator).
+        #: Raise StartupError to refuse to start.
+        self.before_http_start: List[Callable[[], None]] = []
+        #: Called in order after the HTTP server stopped (e.g. the final replication sync).
+        #: Return False (or raise) to make the exit code 1.
+        self.after_http_stop: List[Callable[[], Optional[bool]]] = []
         self._child: Optional[subprocess.Popen] = None
         self._listening = False
         self._admin_servers: List[AdminServer] = []
@@ -300,9 +309,11 @@ class Supervisor:
     def commit_socket_path(self) -> Optional[str]:
         return os.path.join(self._tmpdir, "commit.sock") if self._tmpdir else None
 
-    def request_stop(self, reason: str) -> None:
+    def request_stop(self, reason: str, failed: bool = False) -> None:
+        """Stop everything (thread-safe). `failed`: exit 1, e.g. replication gave up."""
         if self._stop_reason is None:
             self._stop_reason = reason
+            self._stop_failed = failed
         self._stop.set()
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -327,13 +338,17 @@ class Supervisor:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             self._start_parent_services()
+            for hook in self.before_http_start:
+                hook()
             self._start_child()
             self._wait_listening()
-            log.info("sqlite-rest serving", extra={
-                "http_addr": self.options.http_addr, "workers": self.options.workers,
-                "metrics_addr": self.options.metrics_addr, "pprof_addr": self.options.pprof_addr,
-                "pid": os.getpid(), "http_server_pid": self._child.pid})
-            self._watch()
+            if not self._stop.is_set():
+                log.info("sqlite-rest serving", extra={
+                    "http_addr": self.options.http_addr, "workers": self.options.workers,
+                    "metrics_addr": self.options.metrics_addr,
+                    "pprof_addr": self.options.pprof_addr,
+                    "pid": os.getpid(), "http_server_pid": self._child.pid})
+                self._watch()
         finally:
             code = self._shutdown()
             for sig, handler in previous.items():
@@ -394,7 +409,7 @@ class Supervisor:
         env = dict(os.environ)
         env[CHILD_SPEC_ENV] = json.dumps(spec)
         env[MULTIPROC_ENV] = self.multiproc_dir
-        env["SQLITEREST_COMMIT_SOCKET"] = self.commit_socket_path
+        env[COMMIT_SOCKET_ENV] = self.commit_socket_path
         env[WORKER_READY_ENV] = self.worker_ready_dir
         self._child = subprocess.Popen([sys.executable, "-m", "sqlite_rest.server"], env=env,
                                        preexec_fn=_die_with_parent)
@@ -419,10 +434,11 @@ class Supervisor:
         while not self._stop.wait(0.2):
             code = self._child.poll()
             if code is not None:
-                self.request_stop(f"HTTP server exited unexpectedly (exit code {code})")
+                self.request_stop(f"HTTP server exited unexpectedly (exit code {code})",
+                                  failed=True)
 
     def _shutdown(self) -> int:
-        failed = self._stop_reason is not None and "unexpectedly" in self._stop_reason
+        failed = self._stop_failed
         if self._stop_reason:
             (log.error if failed else log.info)("stopping: %s", self._stop_reason)
         self._stop.set()
@@ -438,6 +454,13 @@ class Supervisor:
                 failed = True
             if child.returncode not in (0, -signal.SIGTERM):
                 log.error("HTTP server exited with code %s", child.returncode)
+                failed = True
+        for hook in self.after_http_stop:
+            try:
+                if hook() is False:
+                    failed = True
+            except Exception:  # noqa: BLE001 - every hook runs; the exit code tells
+                log.exception("shutdown step %s failed", getattr(hook, "__name__", hook))
                 failed = True
         for server in self._admin_servers:
             server.stop()

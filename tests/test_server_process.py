@@ -227,3 +227,39 @@ def _port_free(port):
         except OSError:
             return False
     return True
+
+
+def test_supervisor_hooks_in_process(db, tmp_path):
+    """The seams the replicator will use: before/after hooks, commit callbacks, request_stop."""
+    from sqlite_rest.config import ServerConfig
+    from sqlite_rest.server import ServeOptions, Supervisor
+
+    port = _free_port()
+    supervisor = Supervisor(
+        ServerConfig(db_dsn=str(db), allow_tables=("items",), auth_disabled=True),
+        ServeOptions(http_addr=f"127.0.0.1:{port}", metrics_addr="", workers=1))
+    events = []
+    commits = []
+    supervisor.before_http_start.append(lambda: events.append("before"))
+    supervisor.after_http_stop.append(lambda: events.append("after") and False)
+    supervisor.on_commit_signal(commits.append)
+    supervisor.health.add_ready_check("replication", lambda: True)
+
+    def client():
+        try:
+            assert wait_for(lambda: supervisor.health.ready(), timeout=30)
+            for i in range(3):
+                r = httpx.post(f"http://127.0.0.1:{port}/items", json={"name": f"h{i}"})
+                events.append(r.status_code)
+            wait_for(lambda: sum(commits) == 3, timeout=10)
+        finally:
+            supervisor.request_stop("replication gave up", failed=True)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    code = supervisor.run()  # signal handlers need the main thread
+    thread.join(30)
+    assert events == ["before", 201, 201, 201, "after"]
+    assert sum(commits) == 3
+    assert code == 1  # request_stop(failed=True) and the after hook returning False
+    assert _port_free(port)

@@ -43,6 +43,9 @@ LOG_LEVELS = {
     "error": logging.ERROR,
 }
 
+#: Third-party loggers kept at INFO or above unless ``-log-level trace``.
+NOISY_LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer")
+
 FLAGS = (
     Flag("config", "config file path (default $LITESTREAM_CONFIG or /etc/litestream.yml)",
          metavar="PATH"),
