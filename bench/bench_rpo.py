@@ -16,6 +16,7 @@ ours: woken by inotify/commit signals). Prints p50/p99/max per case.
 from __future__ import annotations
 
 import argparse
+import bisect
 import io
 import json
 import os
@@ -83,9 +84,9 @@ class FileReplica:
         self.url = f"file://{root}"
         self.l0 = os.path.join(root, "ltx", "0")
 
-    def list_l0(self) -> list[str]:
+    def list_l0(self, after: str = "") -> list[str]:
         try:
-            return os.listdir(self.l0)
+            return [n for n in os.listdir(self.l0) if n > after]
         except FileNotFoundError:
             return []
 
@@ -103,13 +104,24 @@ class S3Replica:
         self.url = (f"s3://{bucket}/{prefix}?endpoint={endpoint}&forcePathStyle=true"
                     f"&region=us-east-1")
 
-    def list_l0(self) -> list[str]:
-        resp = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=f"{self.prefix}/0000/")
+    def list_l0(self, after: str = "") -> list[str]:
+        # Names sort by TXID, so StartAfter keeps every listing small (and under 1000 keys).
+        kw = {"StartAfter": f"{self.prefix}/0000/{after}"} if after else {}
+        resp = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=f"{self.prefix}/0000/", **kw)
         return [o["Key"].rsplit("/", 1)[1] for o in resp.get("Contents", [])]
 
     def read(self, name: str) -> bytes:
         return self.s3.get_object(Bucket=self.bucket,
                                   Key=f"{self.prefix}/0000/{name}")["Body"].read()
+
+
+def read_l0(replica, meta_l0: str, name: str) -> bytes:
+    """An L0 file's bytes: from the replicator's meta dir (same file, no GET), else remote."""
+    try:
+        with open(os.path.join(meta_l0, name), "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return replica.read(name)
 
 
 def marker_seq(data: bytes, marker_page: int) -> int | None:
@@ -124,22 +136,25 @@ def marker_seq(data: bytes, marker_page: int) -> int | None:
     return seq
 
 
-def detect(replica, marker_page: int, seen_at: dict[int, float], stop: threading.Event,
-           poll: float) -> None:
-    """Record, per marker sequence, when a replica L0 file holding it was first seen."""
-    known: set[str] = set()
+def detect(replica, meta_l0: str, marker_page: int, seen_at: dict[int, float],
+           stop: threading.Event, poll: float) -> None:
+    """Record, per marker sequence, when a replica L0 file holding it was first listed.
+
+    The time is taken when the listing that shows the file returns (an upper bound). Only the
+    listing touches the replica; file contents come from the replicator's meta dir, which
+    holds the same L0 files, so the detector's own cost stays small on S3.
+    """
+    last = ""
     while not stop.is_set():
-        names = replica.list_l0()
+        names = sorted(n for n in replica.list_l0(last) if parse_filename(n))
         now = time.time()
-        new = sorted((n for n in set(names) - known if parse_filename(n)), reverse=True)
-        known.update(new)
-        # Newest first: the newest file holding the marker covers every older commit too
-        # (one GET per poll, so the detector keeps up with a fast replicator).
-        for name in new:
+        if names:
+            last = names[-1]
+        # Newest first: the newest file holding the marker covers every older commit too.
+        for name in reversed(names):
             try:
-                seq = marker_seq(replica.read(name), marker_page)
-            except Exception:  # noqa: BLE001 - a file vanished (retention) or is mid-write
-                known.discard(name)
+                seq = marker_seq(read_l0(replica, meta_l0, name), marker_page)
+            except Exception:  # noqa: BLE001 - removed by retention meanwhile
                 continue
             if seq is not None:
                 seen_at.setdefault(seq, now)
@@ -180,8 +195,9 @@ def run_case(kind: str, replica, rate: float, seconds: float, workdir: str, env:
             if time.time() > deadline or proc.poll() is not None:
                 raise RuntimeError(f"{kind} replicator did not start; see {workdir}/{kind}.log")
             time.sleep(0.05)
-        detector = threading.Thread(target=detect, args=(replica, marker_page, seen_at, halt,
-                                                         poll), daemon=True)
+        meta_l0 = os.path.join(workdir, ".src.db-litestream", "ltx", "0")
+        detector = threading.Thread(target=detect, args=(replica, meta_l0, marker_page, seen_at,
+                                                         halt, poll), daemon=True)
         detector.start()
         times_path = os.path.join(workdir, "times.json")
         subprocess.run([sys.executable, "-c", WRITER, db, str(rate), str(seconds), times_path],
@@ -195,17 +211,18 @@ def run_case(kind: str, replica, rate: float, seconds: float, workdir: str, env:
         detector.join(5)
     finally:
         stop(proc)
-    latencies = []
     covered = sorted(seen_at.items())
-    j = 0
+    keys = [seq for seq, _ in covered]
+    # earliest[j]: the first time any file holding a marker >= keys[j] was seen.
+    earliest = [t for _, t in covered]
+    for j in range(len(earliest) - 2, -1, -1):
+        earliest[j] = min(earliest[j], earliest[j + 1])
+    latencies = []
     for seq, committed in enumerate(commit_times, 1):
-        while j < len(covered) and covered[j][0] < seq:
-            j += 1
-        # The first file whose marker ≥ seq: the earliest time seq was restorable.
-        first = min((t for s, t in covered[j:]), default=None)
-        if first is None:
+        j = bisect.bisect_left(keys, seq)
+        if j == len(keys):
             raise RuntimeError(f"{kind}: commit {seq} never reached the replica")
-        latencies.append(first - committed)
+        latencies.append(earliest[j] - committed)
     return latencies
 
 
