@@ -1,14 +1,24 @@
-"""Per-request cost of GET /t?id=eq.N inside the Flask app (no HTTP server).
+"""Per-request CPU cost of the API inside the Flask app (no HTTP server).
 
-Prints CPU microseconds per request through (a) Flask's test client and (b) a direct WSGI call
-(what a server such as granian/gunicorn does), plus the floor of a trivial Flask route, so the
-app's own share is visible. `--profile` adds a pyinstrument profile of (b).
+Three requests against ``items(id INTEGER PRIMARY KEY, name TEXT, price REAL, qty INTEGER)``
+(the table of bench/bench_http.py):
+
+* ``get_pk``  — ``GET /items?id=eq.N`` (random N)
+* ``get_100`` — ``GET /items?id=gt.N&limit=100`` (random N)
+* ``post``    — ``POST /items`` with one JSON object
+
+For each it prints CPU microseconds per request through a direct WSGI call (what granian does),
+the same app instrumented as a server worker (S3's metrics and request-log hooks), and the
+floor of a trivial Flask route, so the app's own share is visible. `--profile` adds a
+pyinstrument profile of the direct call.
 
     python bench/api_get_by_pk.py [--rows 100000] [--requests 20000] [--auth] [--profile]
+                                  [--scenario get_pk|get_100|post ...]
 """
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import random
 import tempfile
@@ -22,16 +32,49 @@ from werkzeug.test import EnvironBuilder
 from sqlite_rest.app import create_app
 from sqlite_rest.config import ServerConfig
 
+POST_BODY = b'{"name":"bench","price":1.5,"qty":3}'
+
 
 def _start_response(status, headers, exc_info=None):
     return None
 
 
 def _wsgi_us(app, environs) -> float:
+    """CPU microseconds per request; request bodies are rewound per call."""
     start = time.process_time()
     for environ in environs:
-        b"".join(app(dict(environ), _start_response))
+        environ = dict(environ)
+        if environ["REQUEST_METHOD"] == "POST":
+            environ["wsgi.input"] = io.BytesIO(POST_BODY)
+        b"".join(app(environ, _start_response))
     return (time.process_time() - start) / len(environs) * 1e6
+
+
+def _environs(scenario: str, rows: int, n: int, headers: dict) -> list[dict]:
+    out = []
+    for _ in range(n):
+        if scenario == "get_pk":
+            builder = EnvironBuilder(path="/items", query_string=f"id=eq.{random.randint(1, rows)}",
+                                     headers=headers)
+        elif scenario == "get_100":
+            builder = EnvironBuilder(
+                path="/items", query_string=f"id=gt.{random.randint(0, rows - 100)}&limit=100",
+                headers=headers)
+        else:
+            builder = EnvironBuilder(path="/items", method="POST", data=POST_BODY,
+                                     content_type="application/json", headers=headers)
+        out.append(builder.get_environ())
+    return out
+
+
+def make_db(path: str, rows: int) -> None:
+    conn = apsw.Connection(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, price REAL, qty INTEGER)")
+    with conn:
+        conn.executemany("INSERT INTO items VALUES(?,?,?,?)",
+                         ((i, f"item-{i}", i * 0.25, i % 100) for i in range(1, rows + 1)))
+    conn.close()
 
 
 def main() -> None:
@@ -40,16 +83,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--auth", action="store_true", help="HS256 JWT on every request")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--scenario", action="append", choices=("get_pk", "get_100", "post"))
     args = parser.parse_args()
+    scenarios = args.scenario or ["get_pk", "get_100", "post"]
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "bench.db")
-        conn = apsw.Connection(path)
-        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, v INTEGER)")
-        with conn:
-            conn.executemany("INSERT INTO t VALUES (?, ?, ?)",
-                             ((i, f"name {i}", i * 3) for i in range(1, args.rows + 1)))
-        conn.close()
+        make_db(path, args.rows)
         headers = {}
         options = {"auth_disabled": True}
         if args.auth:
@@ -59,51 +99,49 @@ def main() -> None:
                 f.write(secret)
             options = {"auth_token_file": key}
             headers["Authorization"] = "Bearer " + jwt.encode({"sub": "bench"}, secret, "HS256")
-        app = create_app(ServerConfig(db_dsn=path, allow_tables=("t",), **options))
-        ids = [random.randint(1, args.rows) for _ in range(args.requests)]
-        environs = [EnvironBuilder(path="/t", query_string=f"id=eq.{i}", headers=headers
-                                   ).get_environ() for i in ids]
-        _wsgi_us(app, environs[:2000])  # warm caches and connections
+        app = create_app(ServerConfig(db_dsn=path, allow_tables=("items",), **options))
 
-        client = app.test_client()
-        start = time.process_time()
-        for i in ids:
-            response = client.get(f"/t?id=eq.{i}", headers=headers)
-            assert response.status_code == 200
-        client_us = (time.process_time() - start) / len(ids) * 1e6
-        wsgi_us = _wsgi_us(app, environs)
+        # The same app as a server worker runs it: plus S3's metrics and request-log hooks.
+        import logging
 
-        # The same app as a server worker runs: plus S3's metrics and request-log hooks.
         from prometheus_client import CollectorRegistry
 
         from sqlite_rest import logs
         from sqlite_rest.metrics import RequestMetrics
 
-        worker = create_app(ServerConfig(db_dsn=path, allow_tables=("t",), **options))
+        worker = create_app(ServerConfig(db_dsn=path, allow_tables=("items",), **options))
         RequestMetrics(CollectorRegistry()).instrument(worker)
-        logs.instrument(worker)
-        _wsgi_us(worker, environs[:2000])
-        worker_us = _wsgi_us(worker, environs)
+        request_log = logging.getLogger("bench.request")
+        request_log.setLevel(logging.INFO)
+        request_log.addHandler(logging.NullHandler())
+        logs.instrument(worker, request_log)
 
         floor = Flask("floor")
-        floor.add_url_rule("/<t>", "t", lambda t: Response(b"[]", content_type="application/json"))
-        _wsgi_us(floor, environs[:2000])
-        floor_us = _wsgi_us(floor, environs)
+        floor.add_url_rule("/<t>", "t", lambda t: Response(b"[]", content_type="application/json"),
+                           methods=["GET", "POST"])
 
-        print(f"GET by PK, {args.rows} rows, {args.requests} requests, auth={'HS256' if args.auth else 'off'}")
-        print(f"  test client:          {client_us:8.1f} us/request (CPU)")
-        print(f"  direct WSGI call:     {wsgi_us:8.1f} us/request (CPU) = {1e6 / wsgi_us:,.0f} req/s/core")
-        print(f"  + metrics + logs:     {worker_us:8.1f} us/request (CPU, as a server worker)")
-        print(f"  trivial Flask route:  {floor_us:8.1f} us/request (CPU floor)")
-        print(f"  sqlite-rest's share:  {wsgi_us - floor_us:8.1f} us/request")
-        if args.profile:
-            from pyinstrument import Profiler
+        print(f"{args.rows} rows, {args.requests} requests per figure, "
+              f"auth={'HS256' if args.auth else 'off'}, CPU time per request")
+        print(f"  {'scenario':8s} {'app (WSGI)':>12s} {'+metrics+log':>13s} {'Flask floor':>12s}"
+              f" {'app share':>10s}")
+        for scenario in scenarios:
+            environs = _environs(scenario, args.rows, args.requests, headers)
+            _wsgi_us(app, environs[:2000])  # warm caches and connections
+            wsgi_us = _wsgi_us(app, environs)
+            _wsgi_us(worker, environs[:2000])
+            worker_us = _wsgi_us(worker, environs)
+            _wsgi_us(floor, environs[:2000])
+            floor_us = _wsgi_us(floor, environs)
+            print(f"  {scenario:8s} {wsgi_us:9.1f} us {worker_us:10.1f} us {floor_us:9.1f} us"
+                  f" {wsgi_us - floor_us:7.1f} us")
+            if args.profile:
+                from pyinstrument import Profiler
 
-            profiler = Profiler(interval=0.0002)
-            profiler.start()
-            _wsgi_us(app, environs)
-            profiler.stop()
-            print(profiler.output_text(unicode=False, color=False))
+                profiler = Profiler(interval=0.0002)
+                profiler.start()
+                _wsgi_us(app, environs)
+                profiler.stop()
+                print(profiler.output_text(unicode=False, color=False))
 
 
 if __name__ == "__main__":

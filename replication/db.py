@@ -147,7 +147,9 @@ class DB:
         #: Notified (``notify_all``) after every sync that wrote a file; see :meth:`wait_for_change`.
         self.notify = threading.Condition()
         self._change_seq = 0
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # Self-pipe that wakes the monitor (notify_commit); exists between open() and close().
+        self._wake_r: int | None = None
+        self._wake_w: int | None = None
 
     # -- properties ----------------------------------------------------------------------
 
@@ -182,6 +184,8 @@ class DB:
                     if f.endswith(".tmp"):
                         os.unlink(os.path.join(root, f))
             self._opened = True
+            if self._wake_r is None:
+                self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             self._init()
 
     def close(self) -> None:
@@ -194,9 +198,10 @@ class DB:
                     except apsw.Error as exc:
                         log.warning("%s: closing connection: %s", self.path, exc)
             self._conn = self._rconn = self._bconn = None
-            if self._db_fd is not None:
-                os.close(self._db_fd)
-                self._db_fd = None
+            for fd in (self._db_fd, self._wake_r, self._wake_w):
+                if fd is not None:
+                    os.close(fd)
+            self._db_fd = self._wake_r = self._wake_w = None
             self._opened = False
 
     def __enter__(self) -> "DB":
@@ -471,8 +476,14 @@ class DB:
             return snapshot("wal overwritten")
         if cur != recorded:
             # The WAL restarted (another checkpoint) without overwriting our last frame yet.
-            others = reader.frame_salts() - {recorded}
-            if len(others) > 1:
+            # SQLite adds 1 to salt-1 on every restart, so anything else means more than one
+            # restart: a generation we never saw may have committed and been checkpointed.
+            # (Litestream looks for a second unknown salt pair among the frames instead; that
+            # misses an intermediate generation the current one has fully overwritten.)
+            if cur[0] != (recorded[0] + 1) & 0xFFFFFFFF:
+                return snapshot("wal restarted more than once (FULL/RESTART checkpoint)")
+            others = reader.frame_salts(WAL_HEADER_SIZE, end) - {recorded, cur}
+            if others:
                 return snapshot("wal restarted more than once (FULL/RESTART checkpoint)")
             # Committed frames of the old generation after our end were never synced and are
             # gone into the DB file: only a snapshot captures them.
@@ -853,9 +864,12 @@ class DB:
 
     def notify_commit(self) -> None:
         """Wake the monitor now (cheap, never blocks): call after an in-process commit."""
+        fd = self._wake_w
+        if fd is None:
+            return
         try:
-            os.write(self._wake_w, b"c")
-        except (BlockingIOError, OSError):
+            os.write(fd, b"c")
+        except OSError:  # pipe full (a wake-up is pending anyway) or closed
             pass
 
     def install_wal_hook(self, conn: apsw.Connection) -> None:
@@ -873,6 +887,8 @@ class DB:
     def monitor(self, stop: threading.Event) -> None:
         """The sync loop: every monitor-interval, and immediately (coalesced) on a commit seen by
         inotify on the ``-wal``, a commit signal (``commit_socket``) or :meth:`notify_commit`."""
+        if self._wake_r is None:
+            raise ReplicationError(f"{self.path}: monitor() before open()", hint="call DB.open() first")
         watcher = _WALWatcher(self.wal_path)
         listener = None
         if self.commit_socket:

@@ -175,7 +175,7 @@ class Replica:
         with self._health_lock:
             h = replace(self._health)
         try:
-            h.local_txid = self.db.pos().txid
+            h.local_txid = self._local_txid()
         except Exception:  # noqa: BLE001 - a health read must not raise
             pass
         h.lag_seconds = 0.0
@@ -214,6 +214,12 @@ class Replica:
                 self.db.reset_to_replica(self.client)
             self._pos = remote
         pos = self._pos
+        if pos == 0 and self._local_txid() > 0 and not os.path.exists(self.db.ltx_path(0, 1, 1)):
+            # An empty replica for a DB whose local history no longer starts at TXID 1 (a new
+            # bucket, or L0 retention pruned the meta dir): start the chain with a snapshot.
+            log.info("replica is empty and local L0 files start after TXID 1: "
+                     "writing a snapshot first", extra={"db": self.db.path})
+            pos = self._pos = self.snapshot().max_txid
         uploaded = 0
         limit = self.max_sync_ltx_files or float("inf")
         while uploaded < limit:
@@ -245,7 +251,7 @@ class Replica:
             return txid, txid, self._read_local(txid, txid)
         except FileNotFoundError:
             pass
-        local = self.db.pos().txid
+        local = self._local_txid()
         self._set_health(local_txid=local)
         if local <= pos:
             self._caught_up()
@@ -260,6 +266,16 @@ class Replica:
             f"leave a gap",
             hint="the local meta dir lost files; set `auto-recover: true` or run "
                  "`litestream reset <db>` so the next sync writes a full snapshot")
+
+    def _local_txid(self) -> int:
+        """The DB's position without waiting for its lock when it is cached.
+
+        ``DB.pos()`` takes the DB lock, which a checkpoint holds for up to seconds; the L0 file
+        written by the checkpoint's own barrier sync must not wait behind it. The cached
+        ``Pos`` is replaced atomically after each file's rename, so reading it is safe.
+        """
+        cached = getattr(self.db, "_pos", None)
+        return cached.txid if cached is not None else self.db.pos().txid
 
     def _read_local(self, min_txid: int, max_txid: int) -> bytes:
         with self.db.open_local_ltx(0, min_txid, max_txid) as f:
@@ -307,18 +323,20 @@ class Replica:
 
         Returns True when the replica holds everything the DB had synced.
         """
+        deadline = time.monotonic() + timeout
         self._stopping.set()
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
-        deadline = time.monotonic() + timeout
         while True:
             try:
                 self.db.sync()
-                self.sync()
+                uploaded = self.sync()
                 if self._pos is not None and self._pos >= self.db.pos().txid:
                     self._record_success()
                     return True
+                if uploaded:
+                    continue  # more than max-sync-ltx-files were pending: go on at once
             except Exception as exc:  # noqa: BLE001
                 self._pos = None
                 log.warning("final replica sync failed: %s", exc, extra={"db": self.db.path})

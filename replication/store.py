@@ -161,7 +161,7 @@ class Store:
             replica = self.replicas[db.path]
             replica.client.init()
             db.open()
-            _subscribe(db, replica.wake)
+            db.subscribe(replica.wake)
         self._opened = True
         if not monitor:
             return
@@ -180,13 +180,15 @@ class Store:
         """
         if timeout is None:
             timeout = self.shutdown_sync_timeout
+        deadline = time.monotonic() + timeout  # one deadline for all DBs, not one each
         self._stop.set()
         ok = True
         if self._opened:
             for db in self.dbs:
-                ok &= self.replicas[db.path].stop(timeout, self.shutdown_sync_interval)
+                left = max(0.0, deadline - time.monotonic())
+                ok &= self.replicas[db.path].stop(left, self.shutdown_sync_interval)
         for t in self._threads:
-            t.join(max(1.0, timeout))
+            t.join(max(1.0, deadline - time.monotonic()))
         for db in self.dbs:
             try:
                 db.close()
@@ -210,13 +212,8 @@ class Store:
 
     def _status(self, db) -> DBStatus:
         h = self.replicas[db.path].health
-        try:
-            local = db.pos().txid
-        except Exception:  # noqa: BLE001 - a status read must not raise
-            local = h.local_txid
-        replica_txid = h.replica_txid
-        return DBStatus(path=db.path, local_txid=local, replica_txid=replica_txid,
-                        lag_txids=max(0, local - replica_txid), lag_seconds=h.lag_seconds,
+        return DBStatus(path=db.path, local_txid=h.local_txid, replica_txid=h.replica_txid,
+                        lag_txids=h.lag_txids, lag_seconds=h.lag_seconds,
                         last_sync_at=h.last_sync_at, consecutive_failures=h.consecutive_failures,
                         last_error=h.last_error, healthy=h.healthy)
 
@@ -246,8 +243,10 @@ class Store:
                     return
                 try:
                     if level == SNAPSHOT_LEVEL:
-                        self.snapshot_db(db)
-                        self.enforce_snapshot_retention(db)
+                        try:
+                            self.snapshot_db(db)
+                        finally:  # retention runs after every tick, snapshot or not
+                            self.enforce_snapshot_retention(db)
                     else:
                         self.compact_db(db, level)
                 except CompactionTooEarly:
@@ -286,6 +285,7 @@ class Store:
                 return None
             if dst_max is not None and src[-1].max_txid <= dst_max.min_txid:
                 return None  # Litestream compares with dst *min* (spec §8.11); mirror it
+            src = _contiguous_prefix(src)
             info = self._compact_files(db, client, level - 1, src, level)
         if self.verify_compaction:
             self._verify_level(db, client, level)
@@ -424,6 +424,17 @@ class Store:
         return deleted
 
 
+def _contiguous_prefix(files: list) -> list:
+    """The leading run of ``files`` without a TXID gap. A gap exists only where a snapshot
+    bridged lost L0 files; the files after it are compacted on the next tick."""
+    run = files[:1]
+    for f in files[1:]:
+        if f.min_txid != run[-1].max_txid + 1:
+            break
+        run.append(f)
+    return run
+
+
 def _interval(level_config) -> Any:
     return getattr(level_config, "interval", level_config)
 
@@ -433,15 +444,6 @@ def _as_file(obj):
     if isinstance(obj, (bytes, bytearray, memoryview)):
         return io.BytesIO(bytes(obj))
     return obj
-
-
-def _subscribe(db, callback: Callable[[], None]) -> None:
-    """Hook the replica's wake-up to the DB's "a sync wrote a file" signal."""
-    subscribe = getattr(db, "subscribe", None) or getattr(db, "add_listener", None)
-    if subscribe is not None:
-        subscribe(callback)
-    else:
-        db.on_sync = callback
 
 
 def _track(path: str, replica: Replica) -> None:

@@ -36,8 +36,10 @@ WAL_VERSION = 3007000
 _HEADER = struct.Struct(">8I")
 _FRAME_HEADER = struct.Struct(">6I")
 
-# Frames read per pread; 4 MiB keeps numpy's per-call overhead negligible and memory small.
+# Largest read (bytes): keeps numpy's per-call overhead negligible and memory small.
 READ_CHUNK_BYTES = 4 << 20
+# Frames in the first read of a call; later reads double up to READ_CHUNK_BYTES.
+FIRST_CHUNK_FRAMES = 32
 
 
 class WALError(ReplicationError):
@@ -254,23 +256,22 @@ class WALReader:
         p00, p01, p10, p11 = (np.uint32(v) for v in (p00, p01, p10, p11))
         dtype = _word_dtype(hdr.big_endian)
         words_per_frame = fs // 4
-        chunk_frames = max(1, READ_CHUNK_BYTES // fs)
-        file_end = os.fstat(self.fd).st_size if until is None else min(until, os.fstat(self.fd).st_size)
-        chunk_frames = max(1, min(chunk_frames, (file_end - offset) // fs))  # small syncs stay cheap
-        buf = bytearray(chunk_frames * fs)
-        view = memoryview(buf)
+        # Chunks start small and double: after a restart the -wal keeps stale frames of older
+        # generations past the valid end, and a small sync must not read megabytes of them.
+        max_chunk = max(1, READ_CHUNK_BYTES // fs)
+        chunk = min(FIRST_CHUNK_FRAMES, max_chunk)
 
         pgno_parts: list[np.ndarray] = []
         commit_parts: list[np.ndarray] = []
-        valid_frames = 0
         stop_reason = "eof"
         pos = offset
         last_commit_end = None
         while True:
-            want = len(buf) if until is None else min(len(buf), (until - pos) // fs * fs)
+            want = chunk * fs if until is None else min(chunk * fs, (until - pos) // fs * fs)
             if want <= 0:
                 break
-            n_bytes = os.preadv(self.fd, [view[:want]], pos)
+            buf = bytearray(want)
+            n_bytes = os.preadv(self.fd, [buf], pos)
             n = n_bytes // fs
             if n == 0:
                 break
@@ -300,10 +301,10 @@ class WALReader:
                 commit_idx = np.flatnonzero(fields[:good, 1])
                 if len(commit_idx):
                     last_commit_end = pos + (int(commit_idx[-1]) + 1) * fs
-            valid_frames += good
             pos += good * fs
-            if good < n or n_bytes < want or want < len(buf):
+            if good < n or n_bytes < want or (until is not None and pos >= until):
                 break
+            chunk = min(chunk * 2, max_chunk)
             if max_bytes is not None and last_commit_end is not None and last_commit_end - offset >= max_bytes:
                 stop_reason = "limit"
                 break

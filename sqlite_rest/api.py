@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import re
-from urllib.parse import parse_qsl
 
 from flask import Blueprint, request
 
@@ -21,9 +20,10 @@ from .app import CORS_HEADERS, ApiResponse
 from .auth import access_denied
 from .errors import api_error
 from .prefer import DEFAULT as DEFAULT_PREFERENCES, parse_prefer
-from .query import parse_read_query
+from .query import (lifted_columns, parse_read_query, query_pairs, query_shape,
+                    shape_pairs)
 from .representation import CONTENT_TYPES, negotiate, render, shape_of
-from .sql import build_count, build_select
+from .sql import build_count, build_select, shape_statement, slot_text
 from .writes import write
 
 METHODS = ["GET", "HEAD", "POST", "PATCH", "PUT", "DELETE", "OPTIONS"]
@@ -125,32 +125,80 @@ def content_range(offset: int, returned: int, total: int | None, limit: int | No
 def query_of(query_string: str):
     """The parsed ReadQuery of a raw query string (cached: repeated URLs skip all parsing).
     Decoding matches werkzeug's request.args: '+' is a space, bad UTF-8 is replaced."""
-    if not query_string.isascii():  # PEP 3333: raw bytes arrive as latin-1 text
-        query_string = query_string.encode("latin-1").decode("utf-8", "replace")
-    return parse_read_query(parse_qsl(query_string, keep_blank_values=True))
+    return parse_read_query(query_pairs(query_string))
+
+
+def _limited(query, range_header: str | None, max_rows: int | None) -> tuple[int, int | None]:
+    offset, limit = page_bounds(query, range_header)
+    if max_rows is not None and (limit is None or limit > max_rows):
+        limit = max_rows
+    return offset, limit
+
+
+class ReadPlan:
+    """Everything a GET needs that depends only on the query *shape* (the query string with
+    filter values lifted out), the Range header and max-rows: built once, then each request
+    binds its values (see query.query_shape and sql.shape_statement)."""
+
+    __slots__ = ("statement", "offset", "limit", "output")
+
+    def __init__(self, statement, offset: int, limit: int | None, output):
+        self.statement = statement
+        self.offset = offset
+        self.limit = limit
+        self.output = output
+
+
+@functools.lru_cache(maxsize=4096)
+def read_plan(table, shape: tuple, range_header: str | None,
+              max_rows: int | None) -> ReadPlan | None:
+    """The ReadPlan of a shape, or None when it cannot be prepared (then the request takes
+    the general path, which also reports any error in the query with its real values)."""
+    slot_columns = lifted_columns(shape)
+    try:
+        query = parse_read_query(shape_pairs(shape, map(slot_text, range(len(slot_columns)))))
+        offset, limit = _limited(query, range_header, max_rows)
+        statement = shape_statement(
+            table, build_select(table, query, limit=limit, offset=offset), slot_columns)
+    except Exception:  # noqa: BLE001 - the general path raises the same error, precisely
+        return None
+    if statement is None:
+        return None
+    return ReadPlan(statement, offset, limit, shape_of(statement.columns))
 
 
 def _read(state, environ, table, prefs, head: bool) -> ApiResponse:
-    query = query_of(environ.get("QUERY_STRING", ""))
+    query_string = environ.get("QUERY_STRING", "")
     media = negotiate(environ.get("HTTP_ACCEPT"))
-    offset, limit = page_bounds(query, environ.get("HTTP_RANGE"))
+    range_header = environ.get("HTTP_RANGE")
     max_rows = state.config.max_rows
-    if max_rows is not None and (limit is None or limit > max_rows):
-        limit = max_rows
-    statement = build_select(table, query, limit=limit, offset=offset)
     total = None
+    plan = None
     if prefs.count is None:
-        rows = state.db.reader().execute(statement.sql, statement.params).fetchall()
+        shape, values = query_shape(query_pairs(query_string))
+        plan = read_plan(table, shape, range_header, max_rows)
+    if plan is not None:
+        offset, limit, output = plan.offset, plan.limit, plan.output
+        statement = plan.statement
+        rows = state.db.reader().execute(statement.sql, statement.params(values)).fetchall()
     else:
-        count = build_count(table, query)
-        with state.db.read() as conn:
-            rows = conn.execute(statement.sql, statement.params).fetchall()
-            total = conn.execute(count.sql, count.params).fetchall()[0][0]
-        if offset > 0 and offset >= total:
-            raise api_error(
-                "invalid_range",
-                details=f"An offset of {offset} was requested, but there are only {total} rows.",
-                headers={"Content-Range": f"*/{total}"})
+        query = query_of(query_string)
+        offset, limit = _limited(query, range_header, max_rows)
+        statement = build_select(table, query, limit=limit, offset=offset)
+        output = shape_of(statement.columns)
+        if prefs.count is None:
+            rows = state.db.reader().execute(statement.sql, statement.params).fetchall()
+        else:
+            count = build_count(table, query)
+            with state.db.read() as conn:
+                rows = conn.execute(statement.sql, statement.params).fetchall()
+                total = conn.execute(count.sql, count.params).fetchall()[0][0]
+            if offset > 0 and offset >= total:
+                raise api_error(
+                    "invalid_range",
+                    details=f"An offset of {offset} was requested, but there are only "
+                            f"{total} rows.",
+                    headers={"Content-Range": f"*/{total}"})
     returned = len(rows)
     status = 200
     if total is not None and (offset > 0 or offset + returned < total):
@@ -163,7 +211,7 @@ def _read(state, environ, table, prefs, head: bool) -> ApiResponse:
     applied = prefs.applied("HEAD" if head else "GET") if prefs.given else None
     if applied:
         response_headers.append(("Preference-Applied", applied))
-    body = render(media, shape_of(statement.columns), rows)  # also checks singular on HEAD
+    body = render(media, output, rows)  # also checks singular on HEAD
     if head:
         body = b""
     return ApiResponse(body, status, response_headers, CONTENT_TYPES[media])

@@ -99,6 +99,8 @@ COMMON_FLAGS = (
 SERVE_FLAGS = (
     Flag("http-addr", "API listen address, host:port (':8080' = every interface).",
          default=":8080", metavar="ADDR"),
+    Flag("http-socket", "Listen on this unix socket path instead of --http-addr (the Go "
+         "server's flag); a stale socket file is replaced.", default="", metavar="PATH"),
     Flag("auth-token-file", "File whose raw bytes are the HMAC secret for HS256/384/512 JWTs; "
          "re-read when it changes.", metavar="PATH"),
     Flag("auth-rsa-public-key", "PEM RSA public key file for RS256/384/512 JWTs; re-read when "
@@ -113,6 +115,15 @@ SERVE_FLAGS = (
          "'' disables.", default=":8081", metavar="ADDR"),
     Flag("pprof-addr", "Profiling server (/debug/pprof/: thread stacks, CPU profile, heap) of "
          "the supervisor process; '' (default) disables.", default="", metavar="ADDR"),
+    Flag("max-rows", "Most rows a read returns when the client asks for no limit "
+         "(PostgREST's db-max-rows). Default: unlimited.", default=None, kind=_positive_int,
+         metavar="N"),
+    Flag("max-body-bytes", "Largest request body; larger ones get 413.",
+         default=8 * 1024 * 1024, kind=_positive_int, metavar="BYTES"),
+    Flag("refuse-filterless-writes", "Refuse PATCH and DELETE without any filter (opt-in).",
+         default=False, boolean=True),
+    Flag("primary-url", "Where the primary is: named in the hint of writes refused by a "
+         "read-only database (405, 25006).", metavar="URL"),
     Flag("workers", "HTTP worker processes (default: one per CPU core, here "
          f"{os.cpu_count() or 1}).", default=None, kind=_positive_int, metavar="N"),
     Flag("threads", "Request threads per worker process; each thread holds its own SQLite "
@@ -284,6 +295,11 @@ def _fail(message: str, hint: Optional[str] = None) -> int:
 
 
 def _serve(common: dict, flags: dict) -> int:
+    # The supervisor keeps its own metrics in-process; the workers get a fresh multiprocess
+    # directory from the supervisor. An inherited value would put the parent in multiprocess
+    # mode (prometheus_client reads it at import) and mix runs.
+    if os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None) is not None:
+        log.warning("PROMETHEUS_MULTIPROC_DIR is ignored: `serve` manages its own")
     from .config import DSNError, ServerConfig
     from .server import ServeOptions, StartupError, Supervisor
 
@@ -300,6 +316,10 @@ def _serve(common: dict, flags: dict) -> int:
             auth_token_file=flags["auth_token_file"] or None,
             auth_rsa_public_key=flags["auth_rsa_public_key"] or None,
             auth_disabled=flags["auth_disabled"],
+            max_rows=flags["max_rows"],
+            max_body_bytes=flags["max_body_bytes"],
+            refuse_filterless_writes=flags["refuse_filterless_writes"],
+            primary_url=flags["primary_url"] or None,
         )
     except DSNError as exc:
         return _fail(f"--db-dsn: {exc}", getattr(exc, "hint", None))
@@ -307,6 +327,7 @@ def _serve(common: dict, flags: dict) -> int:
         return _fail(str(exc))
     options = ServeOptions(
         http_addr=flags["http_addr"],
+        http_socket=flags["http_socket"] or "",
         metrics_addr=flags["metrics_addr"],
         pprof_addr=flags["pprof_addr"],
         workers=flags["workers"] or (os.cpu_count() or 1),

@@ -81,6 +81,15 @@ def configure(go_level: int = DEFAULT_LOG_LEVEL, devel: bool = False, stream=Non
     root.setLevel(python_level(go_level))
 
 
+class QuietGranianFilter(logging.Filter):
+    """Drops granian's start-up advice that does not apply to us: it calls more Python threads
+    than cores "quite high", but our request threads mostly wait on SQLite and the network
+    (the thread count is measured, see design/process-model.md)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Configuration allows spawning up to")
+
+
 def dict_config(go_level: int = DEFAULT_LOG_LEVEL, devel: bool = False) -> dict:
     """The same set-up as a `logging.config.dictConfig` dict (granian takes one)."""
     formatter = "sqlite_rest.logs.DevelFormatter" if devel else "sqlite_rest.logs.JSONFormatter"
@@ -89,20 +98,81 @@ def dict_config(go_level: int = DEFAULT_LOG_LEVEL, devel: bool = False) -> dict:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"default": {"()": formatter}},
+        "filters": {"quiet_granian": {"()": "sqlite_rest.logs.QuietGranianFilter"}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "default",
-                                "stream": "ext://sys.stderr"}},
+                                "stream": "ext://sys.stderr", "filters": ["quiet_granian"]}},
         "root": {"handlers": ["stderr"], "level": level},
         "loggers": {"_granian": {"handlers": [], "propagate": True, "level": level}},
     }
 
 
+class _LineWriter:
+    """Writes request log lines to a file descriptor from one background thread.
+
+    Request threads only append to a queue (no lock, no syscall on the request path); the
+    writer joins whatever queued up into one ``os.write``. py-spy showed the per-request
+    ``os.write`` of 16 threads on one file at ~15 % of a worker's time, and `logging`'s
+    handler lock before that at ~40 %. Lines still pending at interpreter exit are flushed.
+    """
+
+    def __init__(self, fd: int = 2):
+        import atexit
+        import queue
+        import threading
+
+        self.fd = fd
+        self._queue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
+        self._thread.start()
+        atexit.register(self.flush)
+
+    def put(self, line: bytes) -> None:
+        self._queue.put(line)
+
+    def _drain(self, first: bytes) -> bytes:
+        lines = [first]
+        while len(lines) < 4096:
+            try:
+                lines.append(self._queue.get_nowait())
+            except Exception:  # queue.Empty
+                break
+        return b"".join(lines)
+
+    def _write(self, data: bytes) -> None:
+        try:
+            while data:
+                data = data[os.write(self.fd, data):]
+        except OSError:
+            pass  # a full or closed stderr must not take the worker down
+
+    def _run(self) -> None:
+        while True:
+            self._write(self._drain(self._queue.get()))
+
+    def flush(self) -> None:
+        try:
+            first = self._queue.get_nowait()
+        except Exception:  # queue.Empty
+            return
+        self._write(self._drain(first))
+
+
+_line_writer: Optional[_LineWriter] = None
+
+
+def _shared_line_writer() -> _LineWriter:
+    global _line_writer
+    if _line_writer is None or _line_writer.pid != os.getpid():
+        _line_writer = _LineWriter()
+        _line_writer.pid = os.getpid()
+    return _line_writer
+
+
 def instrument(app, logger: Optional[logging.Logger] = None) -> None:
     """Log one line per request: method, path, status, duration_ms, bytes, remote.
 
-    In JSON mode the line is written with one ``os.write`` to stderr, bypassing `logging`:
-    the handler lock of `logging` serialised all request threads and cost ~40 % of a worker's
-    CPU time at 3,000 req/s (py-spy). One write of a line shorter than PIPE_BUF is atomic, so
-    lines of concurrent threads and processes never interleave.
+    In JSON mode (the default) the lines bypass `logging` and go through `_LineWriter`; with
+    --log-devel they go through `logging` (human format, speed matters less).
     """
     log = logger or logging.getLogger(REQUEST_LOGGER)
     if not log.isEnabledFor(logging.INFO):
@@ -110,8 +180,10 @@ def instrument(app, logger: Optional[logging.Logger] = None) -> None:
 
     from flask import g, request
 
-    fast = _writes_json_to_stderr(log)
+    writer = _shared_line_writer() if _writes_json_to_stderr(log) else None
     name = log.name
+    dumps = orjson.dumps
+    newline = orjson.OPT_APPEND_NEWLINE
 
     @app.before_request
     def _start():
@@ -129,13 +201,9 @@ def instrument(app, logger: Optional[logging.Logger] = None) -> None:
             "bytes": response.calculate_content_length(),
             "remote": request.remote_addr,
         }
-        if fast:
-            entry = {"ts": round(time.time(), 6), "level": "info", "logger": name,
-                     "msg": "request", **fields}
-            try:
-                os.write(2, orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE))
-            except OSError:
-                pass  # a full or closed stderr must not fail the request
+        if writer is not None:
+            writer.put(dumps({"ts": round(time.time(), 6), "level": "info", "logger": name,
+                              "msg": "request", **fields}, option=newline))
         else:
             log.info("request", extra=fields)
         return response

@@ -52,6 +52,9 @@ ACCESS_CHECK_FAILED_CODES = frozenset({"42501"})
 #: Requests outside the table routes (/, /live, /ready, OPTIONS preflight) are not counted,
 #: as in the Go server, whose middleware wraps only the table routes.
 _SKIP_PATHS = frozenset({"/", "/live", "/ready", "/status", "/favicon.ico"})
+#: `target` of requests answered 404 (unknown or not allow-listed table): scanners probing
+#: random names must not create a label set (and a metrics file entry) per name.
+UNKNOWN_TARGET = "(unknown)"
 
 
 class RequestMetrics:
@@ -111,9 +114,9 @@ class RequestMetrics:
             operation = OPERATIONS.get(request.method)
             if t0 is None or operation is None or path in _SKIP_PATHS:
                 return response
-            target = path.strip("/").split("/", 1)[0]
-            self.observe(target, operation, response.status_code,
-                         (time.perf_counter() - t0) * 1000.0)
+            status = response.status_code
+            target = UNKNOWN_TARGET if status == 404 else path.strip("/").split("/", 1)[0]
+            self.observe(target, operation, status, (time.perf_counter() - t0) * 1000.0)
             return response
 
 

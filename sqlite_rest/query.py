@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
+from urllib.parse import parse_qsl
 
 from .operators import OPERATOR_BY_NAME, QUANTIFIERS, Operator, ValueKind
 
@@ -623,3 +624,62 @@ def _parse_read_query(args: tuple[tuple[str, str], ...]) -> ReadQuery:
         else:  # or, and, not.or, not.and
             filters.append(parse_logic(key, value))
     return ReadQuery(select, And(tuple(filters)), order, limit, offset, on_conflict, columns)
+
+
+# --------------------------------------------------------------------------
+# Query shapes: the query string with its filter values lifted out
+#
+# Requests that differ only in filter values (`id=eq.1`, `id=eq.2`, …) share one shape, so
+# everything derived from the shape (AST, SQL text, output columns) is built once and each
+# request only binds its values. Only values whose SQL does not depend on the text are lifted:
+# a plain column name and a one-value comparison operator (eq, gt, …). Everything else stays
+# verbatim in the shape.
+
+#: A lifted entry of a shape is (key, canonical operator name, None); a verbatim entry is
+#: (key, value). The lengths differ, so the two can never be confused.
+LIFTED = None
+
+
+def query_pairs(query_string: str) -> list[tuple[str, str]]:
+    """The (key, value) pairs of a raw QUERY_STRING, decoded like werkzeug's request.args
+    ('+' is a space, %XX escapes, bad UTF-8 replaced), in order."""
+    if not query_string.isascii():  # PEP 3333: raw bytes arrive as latin-1 text
+        query_string = query_string.encode("latin-1").decode("utf-8", "replace")
+    if "%" in query_string or "+" in query_string:
+        return parse_qsl(query_string, keep_blank_values=True)
+    # Nothing to unescape: the same result as parse_qsl without its per-item unquote().
+    pairs = []
+    for item in query_string.split("&"):
+        if item:
+            key, _, value = item.partition("=")
+            pairs.append((key, value))
+    return pairs
+
+
+def query_shape(pairs) -> tuple[tuple, tuple[str, ...]]:
+    """(shape, lifted values) of decoded query pairs; see `LIFTED`."""
+    shape = []
+    values = []
+    for key, value in pairs:
+        if key not in RESERVED_KEYS and _SIMPLE_NAME.match(key):
+            dot = value.find(".")
+            if dot > 0:
+                op = OPERATOR_BY_NAME.get(value[:dot])
+                if op is not None and op.value is ValueKind.SCALAR:
+                    shape.append((key, op.name, LIFTED))
+                    values.append(value[dot + 1:])
+                    continue
+        shape.append((key, value))
+    return tuple(shape), tuple(values)
+
+
+def shape_pairs(shape: tuple, values) -> list[tuple[str, str]]:
+    """The query pairs of a shape with `values` put back in the lifted places."""
+    values = iter(values)
+    return [(entry[0], entry[1] + "." + next(values)) if len(entry) == 3 else entry
+            for entry in shape]
+
+
+def lifted_columns(shape: tuple) -> tuple[str, ...]:
+    """The column of each lifted value, in order."""
+    return tuple(entry[0] for entry in shape if len(entry) == 3)

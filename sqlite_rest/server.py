@@ -43,7 +43,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from replication.notify import COMMIT_SOCKET_ENV
 
-from . import logs
+from . import __version__, logs
 from .config import ServerConfig
 from .health import Health
 
@@ -111,6 +111,33 @@ def check_port_free(host: str, port: int, flag: str) -> None:
                            hint="is another server running on that port?") from None
     finally:
         sock.close()
+
+
+def _socket_connectable(path: str) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(0.5)
+            sock.connect(path)
+            return True
+    except OSError:
+        return False
+
+
+def check_socket_path(path: str) -> None:
+    """--http-socket: the directory must exist; a stale socket file is replaced (as the Go
+    server does), anything else at that path is refused."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise StartupError(f"--http-socket: directory {directory} does not exist")
+    if os.path.lexists(path):
+        import stat
+
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise StartupError(f"--http-socket {path} exists and is not a socket")
+        if _socket_connectable(path):
+            raise StartupError(f"--http-socket {path} is in use",
+                               hint="is another server running on that socket?")
+        os.unlink(path)
 
 
 def _connectable(host: str, port: int) -> bool:
@@ -185,6 +212,8 @@ class ServeOptions:
 
     #: --http-addr: API listen address, host:port (":8080" = all interfaces).
     http_addr: str = ":8080"
+    #: --http-socket: listen on this unix socket instead of http_addr ("" = use http_addr).
+    http_socket: str = ""
     #: --metrics-addr: /metrics, /live, /ready, /status; "" disables.
     metrics_addr: str = ":8081"
     #: --pprof-addr: /debug/pprof/ of the supervisor; "" (default) disables.
@@ -231,11 +260,15 @@ def build_worker_app(config_fields: dict):
 
 def _die_with_parent() -> None:
     """In the child, before exec: get SIGTERM if the supervisor dies (even by SIGKILL), so an
-    HTTP server never outlives it."""
+    HTTP server never outlives it; and leave the terminal's process group, so a Ctrl-C reaches
+    only the supervisor, which then stops the child with one SIGTERM (a SIGINT straight from
+    the terminal plus the master's SIGTERM could leave a granian worker hanging for the whole
+    kill timeout)."""
     import ctypes
 
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    os.setpgid(0, 0)
 
 
 # -- the supervisor -------------------------------------------------------------------------
@@ -280,6 +313,10 @@ class Supervisor:
             "addr": self.options.http_addr, "workers": self.options.workers,
             "pid": self._child.pid if self._child else None})
         self.health.add_status("commit_signals", lambda: {"received": self.commit_signals})
+        started = time.time()
+        self.health.add_status("process", lambda: {
+            "version": __version__, "pid": os.getpid(),
+            "uptime_seconds": round(time.time() - started, 3)})
 
     # -- hooks for the replicator (later) ---------------------------------------------------
     def on_commit_signal(self, callback: Callable[[int], None]) -> None:
@@ -296,11 +333,17 @@ class Supervisor:
 
     def ready_workers(self) -> int:
         """Workers alive that have built their app (their pid file exists)."""
+        if not self._tmpdir:
+            return 0
         count = 0
         for name in os.listdir(self.worker_ready_dir):
             try:
                 os.kill(int(name), 0)
             except (ProcessLookupError, ValueError):
+                try:
+                    os.unlink(os.path.join(self.worker_ready_dir, name))
+                except OSError:
+                    pass
                 continue
             count += 1
         return count
@@ -319,8 +362,12 @@ class Supervisor:
     # -- lifecycle ----------------------------------------------------------------------------
     def validate(self) -> None:
         """Every check that can fail before anything starts, each a one-line StartupError."""
-        check_port_free(self.http_host, self.http_port, "--http-addr")
-        binds = [(self.http_host, self.http_port)]
+        if self.options.http_socket:
+            check_socket_path(self.options.http_socket)
+            binds = []
+        else:
+            check_port_free(self.http_host, self.http_port, "--http-addr")
+            binds = [(self.http_host, self.http_port)]
         for flag, bind in (("--metrics-addr", self.metrics_bind), ("--pprof-addr", self.pprof_bind)):
             if bind is None:
                 continue
@@ -344,7 +391,8 @@ class Supervisor:
             self._wait_listening()
             if not self._stop.is_set():
                 log.info("sqlite-rest serving", extra={
-                    "http_addr": self.options.http_addr, "workers": self.options.workers,
+                    "http_addr": self.options.http_socket or self.options.http_addr,
+                    "workers": self.options.workers,
                     "metrics_addr": self.options.metrics_addr,
                     "pprof_addr": self.options.pprof_addr,
                     "pid": os.getpid(), "http_server_pid": self._child.pid})
@@ -399,6 +447,7 @@ class Supervisor:
             "config": config_to_json(self.config),
             "host": self.http_host,
             "port": self.http_port,
+            "uds": os.path.abspath(self.options.http_socket) if self.options.http_socket else None,
             "workers": self.options.workers,
             "threads": self.options.threads or DEFAULT_THREADS,
             "server": self.options.server,
@@ -422,13 +471,18 @@ class Supervisor:
                 raise StartupError(f"HTTP server failed to start (exit code {code})",
                                    hint="see the log lines above")
             if (self.ready_workers() >= self.options.workers
-                    and _connectable(self.http_host, self.http_port)):
+                    and self._http_connectable()):
                 self._listening = True
                 return
             time.sleep(0.05)
         if not self._stop.is_set():
             raise StartupError(f"HTTP server did not listen on {self.options.http_addr} with "
                                f"{self.options.workers} workers within {STARTUP_TIMEOUT_S:g} s")
+
+    def _http_connectable(self) -> bool:
+        if self.options.http_socket:
+            return _socket_connectable(self.options.http_socket)
+        return _connectable(self.http_host, self.http_port)
 
     def _watch(self) -> None:
         while not self._stop.wait(0.2):
@@ -455,6 +509,12 @@ class Supervisor:
             if child.returncode not in (0, -signal.SIGTERM):
                 log.error("HTTP server exited with code %s", child.returncode)
                 failed = True
+        socket_path = self.options.http_socket
+        if socket_path and self._child is not None and os.path.exists(socket_path):
+            try:
+                os.unlink(socket_path)
+            except OSError:
+                pass
         for hook in self.after_http_stop:
             try:
                 if hook() is False:
@@ -529,11 +589,15 @@ def _make_granian_server(spec: dict):
                 mark_worker_dead(old_pid, multiproc_dir)
             return super()._respawn_workers(workers, spawn_target, target_loader, delay)
 
+    from pathlib import Path
+
     return SqliteRestGranian(
         target="sqlite_rest",
         address=spec["host"],
         port=spec["port"],
+        uds=Path(spec["uds"]) if spec.get("uds") else None,
         interface=Interfaces.WSGI,
+        websockets=False,
         workers=spec["workers"],
         blocking_threads=spec["threads"],
         respawn_failed_workers=True,

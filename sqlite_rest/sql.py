@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import re
+import secrets
 import warnings
 from dataclasses import dataclass
 
@@ -469,6 +470,78 @@ def build_count(table: Table, query) -> Statement:
 
 
 # --------------------------------------------------------------------------
+# Statements prepared per query shape (query.query_shape): built once with a marker text in
+# place of each lifted filter value, then bound per request. Only valid where the SQL text
+# cannot depend on the value: see `value_binder`.
+
+_SLOT_MARK = "\x00sqlite-rest-slot-" + secrets.token_hex(8) + "-"
+
+
+def slot_text(index: int) -> str:
+    """The marker standing for lifted value `index` while a shape's statement is built
+    (a random per-process text that no request can guess, checked to occur exactly once)."""
+    return _SLOT_MARK + str(index) + "\x00"
+
+
+def _as_text(text: str) -> str:
+    return text
+
+
+def value_binder(column: Column):
+    """text -> bound value for a one-value comparison (eq, gt, …) on a plain `column`, or
+    None when the SQL text depends on the value: a column without affinity compares a
+    numeric-looking value as number *or* text (`col IN (?, ?)`)."""
+    affinity = column.affinity
+    if affinity == "TEXT":
+        return _as_text
+    if affinity in _NUMERIC_AFFINITIES:
+        return functools.partial(_coerced_value, affinity=affinity, column=column)
+    return None
+
+
+def _coerced_value(text: str, affinity: str, column: Column):
+    return _coerce(text, affinity, column)[0]
+
+
+class ShapeStatement:
+    """A statement built for a query shape; `params(values)` binds one request's values."""
+
+    __slots__ = ("sql", "columns", "_template", "_slots")
+
+    def __init__(self, sql: str, columns: tuple, template: list, slots: tuple):
+        self.sql = sql
+        self.columns = columns
+        self._template = template
+        self._slots = slots  # ((parameter index, binder), …) in lifted-value order
+
+    def params(self, values) -> list:
+        params = self._template.copy()
+        for (index, binder), text in zip(self._slots, values):
+            params[index] = binder(text)
+        return params
+
+
+def shape_statement(table: Table, statement: Statement,
+                    slot_columns: tuple[str, ...]) -> ShapeStatement | None:
+    """Turn a statement built with `slot_text(i)` for lifted value i (on column
+    slot_columns[i]) into a ShapeStatement, or None when the shape cannot be prepared (a
+    marker is not exactly one parameter, or the column has no affinity)."""
+    params = statement.params
+    slots = []
+    for i, name in enumerate(slot_columns):
+        marker = slot_text(i)
+        positions = [k for k, p in enumerate(params) if type(p) is str and p == marker]
+        column = table.by_name.get(name)
+        if len(positions) != 1 or column is None:
+            return None
+        binder = value_binder(column)
+        if binder is None:
+            return None
+        slots.append((positions[0], binder))
+    return ShapeStatement(statement.sql, statement.columns, list(params), tuple(slots))
+
+
+# --------------------------------------------------------------------------
 # Writes
 
 
@@ -564,7 +637,7 @@ def build_insert(table: Table, rows: list[dict], *, columns: tuple[str, ...] | N
         first = rows[0]
         if type(first) is not dict:
             raise PayloadError("expected a JSON object or an array of objects")
-        wanted = [_writable_column(table, name) for name in first]
+        wanted = _writable_columns(table, tuple(first))
         if not missing_default:
             keys = first.keys()
             for row in rows:
@@ -597,7 +670,14 @@ def build_insert(table: Table, rows: list[dict], *, columns: tuple[str, ...] | N
     return statements
 
 
-def _insert_sql(table: Table, present, on_conflict, resolution) -> str:
+@functools.lru_cache(maxsize=1024)
+def _writable_columns(table: Table, names: tuple[str, ...]) -> tuple[Column, ...]:
+    return tuple(_writable_column(table, name) for name in names)
+
+
+@functools.lru_cache(maxsize=1024)
+def _insert_sql(table: Table, present: tuple[Column, ...], on_conflict, resolution) -> str:
+    """INSERT text for one key set (cached: the same body shape gives the same SQL)."""
     head = "INSERT INTO " + table.quoted
     if not present:  # an empty object: every column takes its DEFAULT, nothing to merge
         return head + " DEFAULT VALUES"

@@ -60,6 +60,7 @@ def test_global_flags_before_the_subcommand_like_cobra_persistent_flags():
 @pytest.mark.parametrize("flag", COMMON_FLAGS + SERVE_FLAGS, ids=lambda f: f.name)
 def test_every_serve_flag_has_an_env_mirror(flag):
     samples = {"log-level": ("7", 7), "workers": ("3", 3), "threads": ("2", 2),
+               "max-rows": ("50", 50), "max-body-bytes": ("1024", 1024),
                "security-allow-table": ("a,b", ["a", "b"])}
     raw, expected = samples.get(flag.name, ("true", True) if flag.boolean else ("v", "v"))
     env = {flag.env: raw}

@@ -90,6 +90,9 @@ def test_counting_rules(app_and_metrics):
     assert value(text, "sqlite_rest_access_check_failed_requests_total") == 2
     # /live and the OpenAPI root are not table requests (the Go middleware wraps tables only)
     assert value(text, "sqlite_rest_http_requests_total") == 6
+    # 404s share one target label: probing random names cannot grow the label sets
+    assert value(text, "sqlite_rest_http_requests_total", target="(unknown)", http_code="404") == 2
+    assert "nothing" not in text and 'target="secret"' not in text
     assert value(text, "sqlite_rest_http_request_duration_milliseconds_count", target="items") == 4
 
 

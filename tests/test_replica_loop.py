@@ -326,3 +326,24 @@ def test_health_reports_lag_while_behind(setup):
         pass
     h = replica.health
     assert h.lag_txids == 0 and h.lag_seconds == 0 and h.healthy
+
+
+def test_an_empty_replica_of_a_db_with_pruned_history_starts_with_a_snapshot(setup):
+    tmp_path, con, db, client = setup
+    for _ in range(4):
+        commit(con)
+        db.sync()
+    # The oldest local L0 files are gone (retention ran against another replica before).
+    for f in db.local_ltx_files(0)[:-1]:
+        os.unlink(db.ltx_path(0, f.min_txid, f.max_txid))
+    commit(con)
+    db.sync()
+    replica = Replica(db, client, ReplicaConfig())
+    while replica.sync():
+        pass
+    snaps = list(client.ltx_files(9))
+    assert len(snaps) == 1 and snaps[0].min_txid == 1
+    assert replica.pos() == db.pos().txid
+    out = tmp_path / "out.db"
+    restore(client, str(out))
+    assert rows(out) == rows(tmp_path / "src.db")

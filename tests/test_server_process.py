@@ -14,7 +14,6 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.plugins.server import start_server
 
 SLOW_ROWS = 3_000_000  # a recursive CTE this long takes ~1 s: an "in-flight" request
 
@@ -74,6 +73,9 @@ def test_two_workers_serve_requests_and_metrics_add_up(serve, db):
     assert httpx.get(srv.metrics_url + "/live").status_code == 200
     ready = httpx.get(srv.metrics_url + "/ready")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    status = httpx.get(srv.metrics_url + "/status").json()
+    assert status["ready"] is True and status["checks"] == {"http": True}
+    assert status["process"]["pid"] == srv.pid and status["http"]["workers"] == 2
 
 
 def test_commit_signals_reach_the_supervisor(serve, db):
@@ -263,3 +265,102 @@ def test_supervisor_hooks_in_process(db, tmp_path):
     assert sum(commits) == 3
     assert code == 1  # request_stop(failed=True)
     assert _port_free(port)
+
+
+def test_ctrl_c_to_the_whole_process_group_exits_zero(db):
+    """A terminal's Ctrl-C hits the supervisor, the HTTP server and every worker at once."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SQLITEREST_")}
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sqlite_rest.cli", "serve", "--db-dsn", str(db), "--auth-disabled",
+         "--security-allow-table", "items", "--http-addr", f"127.0.0.1:{port}",
+         "--metrics-addr", "", "--workers", "2"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)  # its own process group, so killpg cannot hit pytest
+    try:
+        assert wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/items?limit=1").status_code == 200
+                        if not _port_free(port) else False, timeout=30)
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=40)
+        assert proc.returncode == 0, out
+        assert "received SIGINT" in out
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert _port_free(port)
+
+
+def test_http_socket_like_the_go_server(db, tmp_path):
+    sock = tmp_path / "api.sock"
+    sock.write_bytes(b"")  # a regular file in the way is refused, not deleted
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SQLITEREST_")}
+    args = [sys.executable, "-m", "sqlite_rest.cli", "serve", "--db-dsn", str(db),
+            "--auth-disabled", "--security-allow-table", "items", "--metrics-addr", "",
+            "--workers", "1"]
+    refused = subprocess.run(args + ["--http-socket", str(sock)], env=env, capture_output=True,
+                             text=True, timeout=60)
+    assert refused.returncode == 1 and "is not a socket" in refused.stderr
+    sock.unlink()
+    proc = subprocess.Popen(args, env={**env, "SQLITEREST_HTTP_SOCKET": str(sock)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)))
+        assert wait_for(lambda: sock.exists() and _uds_answers(client), timeout=30)
+        r = client.get("http://sqlite-rest/items", params={"id": "eq.3"})
+        assert r.status_code == 200 and r.json()[0]["id"] == 3
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert not sock.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _uds_answers(client) -> bool:
+    try:
+        return client.get("http://sqlite-rest/items?limit=1").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_sigterm_to_every_process_at_once_exits_zero(serve, db):
+    """systemd's default KillMode=control-group sends SIGTERM to every process of the unit."""
+    srv = serve(db, "--security-allow-table", "items")
+    assert wait_for(lambda: len(srv.worker_pids()) == 2)
+    everyone = [srv.pid, *_children(srv.pid), *srv.worker_pids()]
+    for pid in everyone:
+        os.kill(pid, signal.SIGTERM)
+    assert srv.proc.wait(30) == 0, srv.logs()
+    assert wait_for(lambda: not any(_alive(p) for p in everyone), timeout=10)
+
+
+def test_health_ready_names_the_failing_checks():
+    import json as json_module
+
+    from sqlite_rest.health import Health
+
+    health = Health()
+    assert health.ready_route({})[0] == 200  # nothing registered: ready
+    health.add_ready_check("http", lambda: True)
+    health.add_ready_check("replication", lambda: False)
+    health.add_ready_check("restore", lambda: 1 / 0)  # a raising check is "not ready"
+    status, ctype, body = health.ready_route({})
+    assert status == 503 and ctype == "application/json"
+    assert json_module.loads(body) == {"status": "unavailable", "failing": ["replication", "restore"]}
+    health.add_status("replication", lambda: {"lag_seconds": 0.5})
+    status_body = json_module.loads(health.status_route({})[2])
+    assert status_body["ready"] is False and status_body["replication"] == {"lag_seconds": 0.5}
+    assert health.live_route({})[0] == 200
+
+
+def test_api_settings_reach_the_workers(serve, db):
+    """Flags that configure the API (ServerConfig) are applied inside every worker."""
+    srv = serve(db, "--security-allow-table", "items", "--max-rows", "5",
+                "--refuse-filterless-writes", "--max-body-bytes", "200")
+    assert len(httpx.get(f"{srv.base_url}/items").json()) == 5
+    assert httpx.delete(f"{srv.base_url}/items").status_code == 400
+    assert httpx.post(f"{srv.base_url}/items", json=[{"name": "x" * 300}]).status_code == 413
+    assert httpx.get(f"{srv.base_url}/items", params={"id": "eq.7"}).json()[0]["id"] == 7

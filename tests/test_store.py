@@ -327,3 +327,37 @@ def test_store_replicates_several_dbs_on_its_schedules(tmp_path):
         assert len(rows(db.path)) == i
     for con in cons.values():
         con.close()
+
+
+def test_compaction_stops_at_a_gap_bridged_by_a_snapshot(tmp_path):
+    store, cons = make_store(tmp_path, levels=[1.0])
+    store.dbs[0].config.replica.auto_recover = True
+    store.replicas[store.dbs[0].path].auto_recover = True
+    store.open(monitor=False)
+    con = cons["a"]
+    try:
+        db = store.dbs[0]
+        replica = store.replicas[db.path]
+        client = replica.client
+        round_trip(store, con, 3)
+        k = db.pos().txid
+        for _ in range(3):
+            con.execute("INSERT INTO t(v) VALUES ('lost')")
+            db.sync()
+        import os
+        os.unlink(db.ltx_path(0, k + 1, k + 1))  # lost before it was uploaded
+        replica.start()  # auto-recover bridges the gap with an L9 snapshot
+        deadline = time.monotonic() + 10
+        while replica.pos() != db.pos().txid and time.monotonic() < deadline:
+            time.sleep(0.02)
+        round_trip(store, con, 2)
+        l0 = spans(client, 0)
+        assert any(b[0] > a[1] + 1 for a, b in zip(l0, l0[1:])), "expected a gap in L0"
+        first = store.compact_db(db, 1, now=later())
+        assert (first.min_txid, first.max_txid) == (1, k)  # the run before the gap
+        second = store.compact_db(db, 1, now=later(7200))
+        assert second.min_txid > k + 1 and second.max_txid == db.pos().txid
+        assert restored_rows(client, tmp_path) == rows(db.path)
+    finally:
+        store.close(timeout=2)
+        con.close()

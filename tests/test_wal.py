@@ -230,7 +230,8 @@ def test_max_bytes_stops_at_a_commit_boundary(tmp_path):
 
 def test_large_wal_spanning_read_chunks(tmp_path, monkeypatch):
     import replication.wal as walmod
-    monkeypatch.setattr(walmod, "READ_CHUNK_BYTES", 3 * (24 + 1024))  # 3 frames per pread
+    monkeypatch.setattr(walmod, "READ_CHUNK_BYTES", 8 * (24 + 1024))  # at most 8 frames per pread
+    monkeypatch.setattr(walmod, "FIRST_CHUNK_FRAMES", 1)  # 1, 2, 4, 8, 8, ...
     _, wal, conn = make_wal(tmp_path, n_tx=25, page_size=1024)
     _, frames = parse_wal_reference(wal)
     _, seg = read(wal)

@@ -19,6 +19,8 @@ import sys
 import threading
 from types import SimpleNamespace
 
+import apsw
+
 from replication.cmd.flags import (Flag, FlagError, UsageRequested, parse_flags, print_error,
                                    usage_text)
 from replication.errors import ReplicationError
@@ -198,6 +200,10 @@ def _main(opts, stopping: threading.Event) -> int:
     except ReplicationError as exc:
         print_error(exc)
         return EXIT_ERROR
+    except (OSError, apsw.Error) as exc:  # a DB or disk problem: one line, not a traceback
+        print_error(ReplicationError(f"{type(exc).__name__}: {exc}",
+                                     hint="check the database path and its directory's permissions"))
+        return EXIT_ERROR
 
 
 def run_once(config, *, force_snapshot: bool = False, enforce_retention: bool = False) -> int:
@@ -230,7 +236,9 @@ def run(config, *, exec_cmd: str | None = None, done: threading.Event | None = N
         outcome["code"] = EXIT_ERROR
         done.set()
 
-    store = Store(config, on_fatal=on_fatal)
+    # Like Litestream, `replicate` retries a failing replica forever (a broken chain still
+    # stops it); `sqlite-rest serve` passes a retry budget instead.
+    store = Store(config, on_fatal=on_fatal, retry_budget=None)
     metrics_server = None
     child = None
     try:
