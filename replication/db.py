@@ -144,6 +144,10 @@ class DB:
         self._synced_since_checkpoint = False
         self._last_checkpoint = -1e9  # time.monotonic() of the last checkpoint
         self._listeners: list[Callable[[], None]] = []
+        #: Monitor sync rounds started so far; a round numbered > r started after r was read,
+        #: so it contains every commit made before that read (see :meth:`on_sync_round`).
+        self.sync_round = 0
+        self._round_observers: list[Callable[[int], None]] = []
         #: Notified (``notify_all``) after every sync that wrote a file; see :meth:`wait_for_change`.
         self.notify = threading.Condition()
         self._change_seq = 0
@@ -862,6 +866,12 @@ class DB:
 
     # -- monitor -------------------------------------------------------------------------
 
+    def on_sync_round(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(round_no)`` after every monitor sync round that succeeded (whether or
+        not it wrote a file). A caller that read :attr:`sync_round` as ``r`` after a commit
+        knows the commit is in :meth:`pos` once a round ``> r`` is reported."""
+        self._round_observers.append(callback)
+
     def notify_commit(self) -> None:
         """Wake the monitor now (cheap, never blocks): call after an in-process commit."""
         fd = self._wake_w
@@ -937,12 +947,20 @@ class DB:
                         stop.wait(gap)
                         wait_for_wake(0)
                 started = time.monotonic()
+                self.sync_round += 1
+                round_no = self.sync_round
                 try:
                     if self.sync():
                         last_write = started
                 except Exception as exc:  # noqa: BLE001 - log and retry at the next tick
                     log.error("%s: sync error: %s", self.path, exc)
                     stop.wait(min(self.monitor_interval, 1.0))
+                else:
+                    for observer in list(self._round_observers):
+                        try:
+                            observer(round_no)
+                        except Exception:  # noqa: BLE001 - an observer must not stop syncing
+                            log.exception("%s: sync round observer failed", self.path)
         finally:
             watcher.close()
             if listener is not None:

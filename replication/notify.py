@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+import time
 
 #: Environment variable naming the listener's socket path for writer processes.
 COMMIT_SOCKET_ENV = "SQLITEREST_COMMIT_SOCKET"
@@ -51,6 +53,58 @@ class CommitSignal:
             self._sock = None
 
 
+_WAIT = b"w"   # a position request: b"w" + 8-byte sequence number, from a bound socket
+_TXID = b"t"   # its answer: b"t" + the same 8 bytes + 16 hex digits of TXID
+
+
+class CommitWaiter:
+    """Signals a commit and waits for the replication position that contains it.
+
+    Used by API workers after a write's COMMIT to fill ``X-Replication-Txid``. Each thread gets
+    its own socket, bound in Linux's abstract namespace (no file to clean up), because the
+    answer comes back to the sender's address. The answer arrives after the replicator's next
+    sync round that started after the request — by then the commit is in a local L0 file. On
+    timeout (replication stalled) it returns ``None``: the write itself is already durable.
+    """
+
+    def __init__(self, path: str | os.PathLike, timeout: float = 5.0):
+        self.path = os.fspath(path)
+        self.timeout = timeout
+        self._local = threading.local()
+
+    @classmethod
+    def from_env(cls) -> "CommitWaiter | None":
+        path = os.environ.get(COMMIT_SOCKET_ENV)
+        return cls(path) if path else None
+
+    def _socket(self) -> socket.socket:
+        sock = getattr(self._local, "sock", None)
+        if sock is None or getattr(self._local, "pid", None) != os.getpid():
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.bind(f"\0sqlite-rest-{os.getpid()}-{threading.get_ident()}-{id(self)}")
+            self._local.sock, self._local.pid, self._local.seq = sock, os.getpid(), 0
+        return sock
+
+    def __call__(self) -> str | None:
+        sock = self._socket()
+        self._local.seq += 1
+        seq = self._local.seq.to_bytes(8, "big")
+        try:
+            sock.sendto(_WAIT + seq, self.path)
+        except OSError:
+            return None
+        deadline = time.monotonic() + self.timeout
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                data = sock.recv(64)
+            except (socket.timeout, OSError):
+                return None
+            if data[:1] == _TXID and data[1:9] == seq:  # older answers (timed out) are skipped
+                return data[9:25].decode()
+        return None
+
+
 class CommitListener:
     """Receives commit signals on a unix datagram socket bound at ``path``.
 
@@ -67,20 +121,40 @@ class CommitListener:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
         self._sock.bind(self.path)
+        self.waiters: list[tuple[object, bytes]] = []
 
     def fileno(self) -> int:
         return self._sock.fileno()
 
     def drain(self) -> int:
+        """Empty the queue; returns how many signals were pending. Position requests of
+        :class:`CommitWaiter` count as signals too and are kept in :attr:`waiters` until
+        the caller takes them (:meth:`take_waiters`) and answers them (:meth:`reply`)."""
         n = 0
         while True:
             try:
-                self._sock.recv(64)
+                data, addr = self._sock.recvfrom(64)
             except (BlockingIOError, InterruptedError):
                 return n
             except OSError:
                 return n
             n += 1
+            if data[:1] == _WAIT and len(data) == 9 and addr:
+                self.waiters.append((addr, data[1:9]))
+
+    def take_waiters(self) -> list[tuple[object, bytes]]:
+        """The pending position requests (and forget them)."""
+        waiters, self.waiters = self.waiters, []
+        return waiters
+
+    def reply(self, waiters, txid: int) -> None:
+        """Tell each waiter the replication position (TXID) that contains its commit."""
+        text = b"%016x" % txid
+        for addr, seq in waiters:
+            try:
+                self._sock.sendto(_TXID + seq + text, addr)
+            except OSError:
+                pass  # the waiter gave up (timeout) or its worker died: nothing to tell
 
     def close(self) -> None:
         self._sock.close()

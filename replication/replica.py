@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from .errors import ReplicationError
 from .ltx import Header
+from .replica_client import ConflictError
 
 log = logging.getLogger(__name__)
 
@@ -142,18 +143,20 @@ class Replica:
         return self._pos
 
     def calc_pos(self) -> int:
-        """List the replica: the max MaxTXID of L0 and L9 (Litestream looks at L0 only; L9
-        matters after a gap was bridged by a snapshot), or of every level when both are empty.
-        """
-        best = 0
-        for level in (0, SNAPSHOT_LEVEL):
-            for f in self.client.ltx_files(level):
-                best = max(best, f.max_txid)
+        """List the replica: its max L0 MaxTXID (Litestream), or the max over every level
+        when L0 is empty (a replica that so far holds only a snapshot)."""
+        best = max((f.max_txid for f in self.client.ltx_files(0)), default=0)
         if best == 0:
-            for level in range(1, SNAPSHOT_LEVEL):
-                for f in self.client.ltx_files(level):
-                    best = max(best, f.max_txid)
+            for level in range(1, SNAPSHOT_LEVEL + 1):
+                best = max(best, max((f.max_txid for f in self.client.ltx_files(level)),
+                                     default=0))
         return best
+
+    def _snapshot_after(self, pos: int) -> int | None:
+        """The MaxTXID of the newest snapshot when it reaches past ``pos`` (L0 files it
+        covers were bridged, e.g. by auto-recover), else ``None``."""
+        newest = max((f.max_txid for f in self.client.ltx_files(SNAPSHOT_LEVEL)), default=0)
+        return newest if newest > pos else None
 
     def snapshot(self):
         """Stream a full snapshot of the DB (TXIDs 1..pos) to ``L9/1-<pos>``; returns its
@@ -213,6 +216,7 @@ class Replica:
                          "continuing from the replica", remote, local, extra={"db": self.db.path})
                 self.db.reset_to_replica(self.client)
             self._pos = remote
+            self._set_health(replica_txid=remote)
         pos = self._pos
         if pos == 0 and self._local_txid() > 0 and not os.path.exists(self.db.ltx_path(0, 1, 1)):
             # An empty replica for a DB whose local history no longer starts at TXID 1 (a new
@@ -223,12 +227,22 @@ class Replica:
         uploaded = 0
         limit = self.max_sync_ltx_files or float("inf")
         while uploaded < limit:
-            nxt = self._next_local(pos)
+            try:
+                nxt = self._next_local(pos)
+            except ChainError:
+                # A snapshot past the gap (written by the gap bridge) lets the chain go on.
+                bridged = self._snapshot_after(pos)
+                if bridged is None:
+                    raise
+                pos = self._pos = bridged
+                continue
             if nxt is None:
                 break
             min_txid, max_txid, data = nxt
             ts = Header.unmarshal(data[:100], name=f"L0/{min_txid:016x}-{max_txid:016x}").timestamp
-            self.client.write_ltx_file(0, min_txid, max_txid, data, ts)
+            # Exclusive: a TXID already on the replica with other bytes means another writer
+            # (ConflictError, not retryable) — never overwrite or interleave its history.
+            self.client.write_ltx_file(0, min_txid, max_txid, data, ts, exclusive=True)
             log.debug("uploaded L0/%016x-%016x, %d ms after it was written", min_txid,
                       max_txid, time.time() * 1000 - ts, extra={"db": self.db.path})
             pos = self._pos = max_txid
@@ -382,6 +396,10 @@ class Replica:
             failures = self._health.consecutive_failures
         log.error("replica sync failed (%d in a row): %s", failures, exc,
                   extra={"db": self.db.path})
+        if isinstance(exc, ConflictError):
+            # Another writer owns this replica path: waiting cannot fix it, stop now.
+            self._fatal(exc)
+            return True
         if isinstance(exc, ChainError):
             if self.auto_recover:
                 # A snapshot starts at TXID 1, so it bridges any gap; the L0 files after it

@@ -134,6 +134,11 @@ SERVE_FLAGS = (
          "compatible replicator (needs --replication-config).", default=False, boolean=True),
     Flag("replication-config", "Litestream 0.5 YAML config file naming the replica of "
          "--db-dsn.", metavar="PATH"),
+    Flag("replication-force-restore", "The local database and the replica diverged: replace "
+         "the local database by a restore of the replica (the local file is kept aside).",
+         default=False, boolean=True),
+    Flag("replication-reset-replica", "The local database and the replica diverged: keep the "
+         "local database and start the replica over from it.", default=False, boolean=True),
 )
 
 MIGRATE_FLAGS = (
@@ -337,12 +342,18 @@ def _serve(common: dict, flags: dict) -> int:
         log_devel=common["log_devel"],
     )
     try:
-        _check_database(config)
+        replication = None
+        if (flags["replication_enabled"] or flags["replication_config"]
+                or flags["replication_force_restore"] or flags["replication_reset_replica"]):
+            replication = _replication_for(config, flags)
+            options.wait_for_replication_txid = True
+        # with replication a missing database is restored, never created empty here
+        _check_database(config, create=replication is None)
         _check_auth_keys(config)
-        if flags["replication_enabled"] or flags["replication_config"]:
-            _check_replication(config, flags)
         supervisor = Supervisor(config, options)
         supervisor.validate()
+        if replication is not None:
+            _wire_replication(supervisor, replication)
         if config.auth_disabled:
             log.warning("AUTHENTICATION IS DISABLED (--auth-disabled): every client can read and "
                         "write every allow-listed table. Never expose this server beyond localhost.")
@@ -353,8 +364,9 @@ def _serve(common: dict, flags: dict) -> int:
         return _fail(str(exc), exc.hint)
 
 
-def _check_database(config) -> None:
-    """Open the database once in the supervisor (then close it: no handle may be inherited)."""
+def _check_database(config, create: bool = True) -> None:
+    """Open the database once in the supervisor (then close it: no handle may be inherited).
+    `create=False` (replication on): a missing database is left for the restore."""
     import apsw
 
     from .server import StartupError
@@ -364,6 +376,8 @@ def _check_database(config) -> None:
     if not os.path.isdir(directory):
         raise StartupError(f"--db-dsn: directory {directory} does not exist",
                            hint="create it, or fix the path")
+    if not create and not os.path.exists(path):
+        return
     if config.dsn.mode != "rwc" and not os.path.exists(path):
         raise StartupError(f"--db-dsn: database {path} does not exist (mode={config.dsn.mode})")
     flags = (apsw.SQLITE_OPEN_READONLY if config.dsn.read_only else
@@ -397,12 +411,16 @@ def _check_auth_keys(config) -> None:
         raise StartupError(f"auth key: {exc}") from None
 
 
-def _check_replication(config, flags) -> None:
+def _replication_for(config, flags):
+    """Validate the replication flags and load the config: a `ServeReplication`, not started."""
     from .server import StartupError
 
     path = flags["replication_config"]
+    if flags["replication_force_restore"] and flags["replication_reset_replica"]:
+        raise StartupError("--replication-force-restore and --replication-reset-replica exclude "
+                           "each other", hint="pick the side that wins: the replica or the local DB")
     if not flags["replication_enabled"]:
-        raise StartupError("--replication-config is set but --replication-enabled is not",
+        raise StartupError("replication flags are set but --replication-enabled is not",
                            hint="add --replication-enabled (or SQLITEREST_REPLICATION_ENABLED=true)")
     if not path:
         raise StartupError("--replication-enabled needs --replication-config PATH",
@@ -410,21 +428,46 @@ def _check_replication(config, flags) -> None:
     if not os.access(path, os.R_OK):
         raise StartupError(f"--replication-config {path}: file is missing or unreadable")
     try:
-        from replication.config import load_config
-    except ImportError:
-        raise StartupError("replication is not available in this build",
+        from replication.errors import ReplicationError
+
+        from .replicator import ReplicationOptions, ServeReplication
+    except ImportError as exc:
+        raise StartupError(f"replication is not available in this build: {exc}",
                            hint="run without --replication-enabled") from None
     try:
-        cfg = load_config(path)
-    except Exception as exc:  # noqa: BLE001 - ConfigError carries file and key
-        hint = getattr(exc, "hint", None)
-        raise StartupError(f"--replication-config: {exc}", hint=hint) from None
-    if cfg.db_for_path(config.dsn.path) is None:
-        raise StartupError(f"--replication-config {path} has no dbs entry for {config.dsn.path}",
-                           hint="add `dbs: [{path: ..., replica: {url: ...}}]` for this database")
-    # The replicator runs inside the supervisor once the replication core is wired in.
-    raise StartupError("--replication-enabled: the replicator is not wired into `serve` yet",
-                       hint="run `sqlite-rest replicate -config PATH` beside the server for now")
+        return ServeReplication(ReplicationOptions(
+            db_path=config.dsn.path, config_path=path,
+            force_restore=flags["replication_force_restore"],
+            reset_replica=flags["replication_reset_replica"]))
+    except ReplicationError as exc:
+        raise StartupError(exc.message, hint=exc.hint) from None
+
+
+def _wire_replication(supervisor, replication) -> None:
+    """One replicator in the supervisor: restore before the workers open the database, wake it
+    on worker commits, answer their position requests, stop the server if it gives up, final
+    sync after the workers stopped (design/process-model.md, "Wiring the replicator")."""
+    from replication.errors import ReplicationError
+
+    from .server import StartupError
+
+    def start() -> None:
+        try:
+            replication.prepare()
+            replication.attach_listener(supervisor.commit_listener)
+            replication.start()
+        except ReplicationError as exc:
+            raise StartupError(exc.message, hint=exc.hint) from None
+
+    def stop() -> bool:
+        return replication.stop()
+
+    replication.on_fatal = lambda message: supervisor.request_stop(message, failed=True)
+    supervisor.before_http_start.append(start)
+    supervisor.on_commit_signal(replication.notify_commit)
+    supervisor.health.add_ready_check("replication", replication.ready)
+    supervisor.health.add_status("replication", replication.status)
+    supervisor.after_http_stop.append(stop)
 
 
 def _migrate(common: dict, directory: str, flags: dict) -> int:

@@ -37,12 +37,14 @@ log = logging.getLogger(__name__)
 #: by the sqlite-rest extension key ``retry-budget`` of the replica (Litestream ignores it).
 DEFAULT_SERVE_RETRY_BUDGET = 120.0
 
-#: Page-1 header bytes SQLite rewrites on its own (change counter, version-valid-for, library
-#: version, WAL/rollback mode bytes): ignored when comparing a DB with the replica's content.
-_VOLATILE_HEADER_RANGES = ((18, 20), (24, 28), (92, 100))
+#: Page-1 header bytes SQLite rewrites on its own (WAL/rollback mode bytes, change counter,
+#: schema cookie — the backup API bumps it in the copy —, version-valid-for, library version):
+#: ignored when comparing a DB with the replica's content.
+_VOLATILE_HEADER_RANGES = ((18, 20), (24, 28), (40, 44), (92, 100))
 
 LOCK_FILE = "sqlite-rest.lock"
 IDENTITY_FILE = "sqlite-rest.identity"
+LINEAGE_XATTR = "user.sqlite-rest.lineage"
 
 
 class ReplicationStartupError(ReplicationError):
@@ -124,12 +126,22 @@ class ServeReplication:
         self._lock_fd: Optional[int] = None
         self._fatal: Optional[BaseException] = None
         self.on_fatal: Optional[Callable[[str], None]] = None
+        self._listener = None  # the supervisor's CommitListener (position requests)
+        self._pending_waiters: list[tuple[int, list]] = []
+        self._waiters_lock = threading.Lock()
 
     # -- before the DB is opened --------------------------------------------------------
 
     def prepare(self) -> None:
         """Steps 2–4: lock, restore or divergence check. Raises ReplicationStartupError."""
         self._take_lock()
+        try:
+            self._prepare_locked()
+        except BaseException:
+            self.release_lock()
+            raise
+
+    def _prepare_locked(self) -> None:
         self.client.init()
         if self.options.reset_replica:
             log.warning("--replication-reset-replica: deleting every file of %s", self.url)
@@ -197,6 +209,16 @@ class ServeReplication:
         except FileNotFoundError:
             pass
 
+    def _continue_replica_history(self) -> None:
+        """The DB holds the replica's latest content but has no local history: seed the meta
+        dir with the replica's newest L0 file, so the next sync writes a full-page L0 at the
+        replica's max + 1 (Litestream's checkDatabaseBehindReplica) instead of a TXID the
+        replica already has."""
+        from replication.db import DB
+
+        self._reset_meta()
+        DB(self.db_path, self.dbc).reset_to_replica(self.client)
+
     def _upload_pending_local_files(self) -> None:
         """The DB is gone but the meta dir may still hold L0 files the replica never got
         (the previous run was killed between commit and upload): upload them first, so that
@@ -230,7 +252,7 @@ class ServeReplication:
         log.info("restoring %s from %s", self.db_path, self.url)
         try:
             result = restore(self.client, self.db_path, integrity_check="quick", force=force,
-                             progress=_log_progress)
+                             progress=_ProgressLog())
         except TxNotAvailableError:
             if force:
                 raise ReplicationStartupError(
@@ -239,8 +261,8 @@ class ServeReplication:
             log.info("no replica data at %s: starting with an empty database", self.url)
             self._reset_meta()
             return
-        self._reset_meta()
-        self.restored_txid = getattr(result, "txid", None) or getattr(result, "max_txid", None)
+        self._continue_replica_history()
+        self.restored_txid = result.txid
         log.info("restored %s at TXID %s in %.2f s", self.db_path,
                  f"{self.restored_txid:016x}" if self.restored_txid else "?",
                  time.monotonic() - started)
@@ -248,12 +270,27 @@ class ServeReplication:
     # -- divergence ---------------------------------------------------------------------
 
     def _db_identity(self) -> dict:
+        """Which file the local history describes. Inode numbers are reused as soon as a file
+        is deleted (a restore over the same path often gets the old number back), so the file
+        also carries a random lineage id in an xattr, which a replaced file does not have."""
         st = os.stat(self.db_path)
-        return {"dev": st.st_dev, "ino": st.st_ino}
+        identity = {"dev": st.st_dev, "ino": st.st_ino}
+        try:
+            identity["lineage"] = os.getxattr(self.db_path, LINEAGE_XATTR).decode()
+        except OSError:
+            pass  # not set yet, or a filesystem without user xattrs: inode only
+        return identity
 
     def _write_identity(self) -> None:
         if not os.path.exists(self.db_path):
             return
+        try:
+            os.getxattr(self.db_path, LINEAGE_XATTR)
+        except OSError:
+            try:
+                os.setxattr(self.db_path, LINEAGE_XATTR, os.urandom(8).hex().encode())
+            except OSError:
+                pass
         path = os.path.join(self.meta_path, IDENTITY_FILE)
         with open(path + ".tmp", "w") as f:
             json.dump(self._db_identity(), f)
@@ -291,7 +328,7 @@ class ServeReplication:
                 f"the database {self.db_path} differs from the replica {self.url} at its latest "
                 f"TXID {remote_max:016x} (first difference: {differs})",
                 hint=_ways_out(self.db_path, self.url))
-        self._reset_meta()
+        self._continue_replica_history()
 
     def _compare_common_l0(self, local) -> None:
         """The newest L0 file both sides hold must be byte-identical (it is the same upload)."""
@@ -350,6 +387,7 @@ class ServeReplication:
         self.store.open(monitor=True)
         self.db = self.store.dbs[0]
         self.replica = self.store.replicas[self.db.path]
+        self.db.on_sync_round(self._answer_waiters)
         threading.Thread(target=self._wait_first_sync, name="replication-first-sync",
                          daemon=True).start()
 
@@ -362,9 +400,33 @@ class ServeReplication:
                 return
             time.sleep(0.05)
 
+    def attach_listener(self, listener) -> None:
+        """The CommitListener workers signal; its position requests are answered here."""
+        self._listener = listener
+
     def notify_commit(self, _n: int = 1) -> None:
-        if self.store is not None:
-            self.db.notify_commit()
+        """Workers committed (called on the listener's thread, right after it drained)."""
+        if self.store is None:
+            return
+        waiters = self._listener.take_waiters() if self._listener is not None else []
+        if waiters:
+            # Any round numbered above the current one starts after these commits.
+            with self._waiters_lock:
+                self._pending_waiters.append((self.db.sync_round, waiters))
+        self.db.notify_commit()
+
+    def _answer_waiters(self, round_no: int) -> None:
+        """After a sync round: the position now contains every commit whose request arrived
+        before that round started (X-Replication-Txid)."""
+        with self._waiters_lock:
+            if not self._pending_waiters:
+                return
+            due = [w for r, w in self._pending_waiters if r < round_no]
+            self._pending_waiters = [(r, w) for r, w in self._pending_waiters if r >= round_no]
+        if due and self._listener is not None:
+            txid = self.db.pos().txid
+            for waiters in due:
+                self._listener.reply(waiters, txid)
 
     def _on_fatal(self, path: str, exc: BaseException) -> None:
         self._fatal = exc
@@ -428,6 +490,14 @@ def _page_difference(a: str, b: str) -> Optional[str]:
                 return f"page {pgno}"
 
 
-def _log_progress(done: int, total: int) -> None:
-    if total and (done == total or done % max(1, total // 10) == 0):
-        log.info("restore progress: %d/%d", done, total)
+class _ProgressLog:
+    """Logs a restore's progress (bytes of the plan read) at every tenth."""
+
+    def __init__(self):
+        self.logged = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        tenth = done * 10 // total if total else 10
+        if tenth > self.logged:
+            self.logged = tenth
+            log.info("restore progress: %d%% (%d of %d bytes)", tenth * 10, done, total)

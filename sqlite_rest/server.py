@@ -224,6 +224,11 @@ class ServeOptions:
     threads: int = 0  # 0 = DEFAULT_THREADS
     #: --server: the production HTTP server.
     server: str = DEFAULT_SERVER
+    #: Replication on: after each write COMMIT a worker asks for the replication position
+    #: (TXID) that contains it and sends it as X-Replication-Txid (replication.notify.
+    #: CommitWaiter). The request doubles as the commit signal; the supervisor's listener
+    #: keeps the requests (`commit_listener.take_waiters()`) for the replicator to answer.
+    wait_for_replication_txid: bool = False
     #: --log-level (Go scale, see logs.py) and --log-devel.
     log_level: int = logs.DEFAULT_LOG_LEVEL
     log_devel: bool = False
@@ -239,15 +244,21 @@ def config_to_json(config: ServerConfig) -> dict:
     return {name: getattr(config, name) for name in _PLAIN_CONFIG_FIELDS}
 
 
-def build_worker_app(config_fields: dict):
+def build_worker_app(config_fields: dict, wait_for_txid: bool = False):
     """The Flask app of one worker: create_app + the commit signal + metrics + request logs."""
-    from replication.notify import CommitSignal
+    from replication.notify import CommitSignal, CommitWaiter
 
     from .app import create_app
     from .metrics import RequestMetrics
 
-    signal_ = CommitSignal.from_env()
-    config = ServerConfig(**config_fields, on_commit=signal_.send if signal_.enabled else None)
+    waiter = CommitWaiter.from_env() if wait_for_txid else None
+    if waiter is not None:
+        # the position request is itself the commit signal: one datagram per write
+        config = ServerConfig(**config_fields, replication_txid=waiter)
+    else:
+        signal_ = CommitSignal.from_env()
+        config = ServerConfig(**config_fields,
+                              on_commit=signal_.send if signal_.enabled else None)
     app = create_app(config)
     RequestMetrics().instrument(app)
     logs.instrument(app)
@@ -320,7 +331,9 @@ class Supervisor:
 
     # -- hooks for the replicator (later) ---------------------------------------------------
     def on_commit_signal(self, callback: Callable[[int], None]) -> None:
-        """Call `callback(n)` whenever workers signalled n (>= 1) commits (coalesced)."""
+        """Call `callback(n)` whenever workers signalled n (>= 1) commits (coalesced), on the
+        listener thread right after it drained the socket (position requests of CommitWaiter
+        are then waiting in `commit_listener.take_waiters()`)."""
         self._commit_callbacks.append(callback)
 
     @property
@@ -347,6 +360,12 @@ class Supervisor:
                 continue
             count += 1
         return count
+
+    @property
+    def commit_listener(self):
+        """The `replication.notify.CommitListener` (bound from the start of `run()`, so it is
+        there for `before_http_start` hooks)."""
+        return self._listener
 
     @property
     def commit_socket_path(self) -> Optional[str]:
@@ -453,6 +472,7 @@ class Supervisor:
             "server": self.options.server,
             "log_level": self.options.log_level,
             "log_devel": self.options.log_devel,
+            "wait_for_txid": self.options.wait_for_replication_txid,
             "shutdown_grace_s": SHUTDOWN_GRACE_S,
         }
         env = dict(os.environ)
@@ -615,7 +635,8 @@ def child_main() -> int:
     server = _make_granian_server(spec)
     # Workers are forked from this process, which holds no SQLite handle and no app: each
     # worker builds its own app (and connections) in the loader.
-    server.serve(target_loader=lambda _target: build_worker_app(config_fields))
+    wait_for_txid = bool(spec.get("wait_for_txid"))
+    server.serve(target_loader=lambda _target: build_worker_app(config_fields, wait_for_txid))
     return 0
 
 

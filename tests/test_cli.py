@@ -219,19 +219,25 @@ def test_replication_flags_are_validated(db, tmp_path):
     assert_one_line_error(run_cli(serve_args(db, "--auth-disabled"),
                                   env={"SQLITEREST_REPLICATION_CONFIG": str(tmp_path / "x.yml")}),
                           "--replication-enabled")
+    assert_one_line_error(run_cli(serve_args(db, "--auth-disabled", "--replication-force-restore")),
+                          "--replication-enabled")
+    assert_one_line_error(run_cli(serve_args(db, "--auth-disabled", "--replication-enabled",
+                                             "--replication-force-restore",
+                                             "--replication-reset-replica")), "exclude each other")
 
 
-def test_replication_enabled_refuses_until_wired_in(db, tmp_path):
-    config = tmp_path / "litestream.yml"
-    config.write_text(f"dbs:\n  - path: {db}\n    replica:\n      url: file://{tmp_path}/replica\n")
-    result = run_cli(serve_args(db, "--auth-disabled"),
-                     env={"SQLITEREST_REPLICATION_ENABLED": "true",
-                          "SQLITEREST_REPLICATION_CONFIG": str(config)})
-    assert_one_line_error(result, "not wired")
+def test_replication_config_must_name_the_database(db, tmp_path):
     other = tmp_path / "other.yml"
     other.write_text(f"dbs:\n  - path: {tmp_path}/else.db\n    replica:\n      url: file://{tmp_path}/r\n")
     assert_one_line_error(run_cli(serve_args(db, "--auth-disabled", "--replication-enabled",
-                                             "--replication-config", str(other))), "no dbs entry")
+                                             "--replication-config", str(other))),
+                          "no entry has path")
+    broken = tmp_path / "broken.yml"
+    broken.write_text("dbs: [\n")
+    assert_one_line_error(run_cli(serve_args(db, "--auth-disabled"),
+                                  env={"SQLITEREST_REPLICATION_ENABLED": "true",
+                                       "SQLITEREST_REPLICATION_CONFIG": str(broken)}),
+                          str(broken))
 
 
 def test_passthrough_to_litestream_commands():

@@ -265,7 +265,8 @@ def test_transient_errors_recover_and_reset_the_failure_count(setup):
     blocker = tmp_path / "later"
     blocker.write_text("x")
     flaky = FileReplicaClient(str(blocker / "replica"))
-    replica = Replica(db, flaky, ReplicaConfig(sync_interval=0.02), retry_budget=None)
+    replica = Replica(db, flaky, ReplicaConfig(sync_interval=0.02), retry_budget=None,
+                      max_backoff=0.2)
     replica.start()
     try:
         deadline = time.monotonic() + 5

@@ -262,6 +262,7 @@ def _compare_all_restores(replica: Path, binary, env, tmp_path: Path) -> int:
 def test_restore_of_litestream_replicate_once(tmp_path, litestream_bin, litestream_env):
     db = tmp_path / "src.db"
     conn = apsw.Connection(str(db))
+    conn.setbusytimeout(10_000)  # Litestream takes the write lock briefly to checkpoint
     conn.execute("PRAGMA journal_mode=WAL").fetchall()
     conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
     for i in range(4):
@@ -298,6 +299,7 @@ dbs:
       sync-interval: 100ms
 """)
     conn = apsw.Connection(str(db))
+    conn.setbusytimeout(10_000)  # Litestream takes the write lock briefly to checkpoint
     conn.execute("PRAGMA journal_mode=WAL").fetchall()
     conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
     proc = subprocess.Popen([litestream_bin, "replicate", "-config", str(config)],

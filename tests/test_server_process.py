@@ -364,3 +364,66 @@ def test_api_settings_reach_the_workers(serve, db):
     assert httpx.delete(f"{srv.base_url}/items").status_code == 400
     assert httpx.post(f"{srv.base_url}/items", json=[{"name": "x" * 300}]).status_code == 413
     assert httpx.get(f"{srv.base_url}/items", params={"id": "eq.7"}).json()[0]["id"] == 7
+
+
+def test_workers_wait_for_the_replication_txid(db):
+    """With replication on, a write's response names the position that contains it. The
+    replicator's side of the seam is played by a thread answering on the real listener."""
+    from sqlite_rest.config import ServerConfig
+    from sqlite_rest.server import ServeOptions, Supervisor
+
+    port = _free_port()
+    supervisor = Supervisor(
+        ServerConfig(db_dsn=str(db), allow_tables=("items",), auth_disabled=True),
+        ServeOptions(http_addr=f"127.0.0.1:{port}", metrics_addr="", workers=2,
+                     wait_for_replication_txid=True))
+    position = {"txid": 0}
+
+    def answer(n):  # runs on the listener thread right after it drained n datagrams
+        position["txid"] += n
+        supervisor.commit_listener.reply(supervisor.commit_listener.take_waiters(),
+                                         position["txid"])
+
+    supervisor.on_commit_signal(answer)
+    headers = []
+
+    def client():
+        try:
+            assert wait_for(lambda: supervisor.health.ready(), timeout=30)
+            for i in range(3):
+                r = httpx.post(f"http://127.0.0.1:{port}/items", json={"name": f"t{i}"})
+                assert r.status_code == 201
+                headers.append(r.headers.get("X-Replication-Txid"))
+            r = httpx.get(f"http://127.0.0.1:{port}/items?limit=1")
+            headers.append(r.headers.get("X-Replication-Txid"))
+        finally:
+            supervisor.request_stop("test done")
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    assert supervisor.run() == 0
+    thread.join(30)
+    assert headers == [f"{1:016x}", f"{2:016x}", f"{3:016x}", None]
+
+
+def test_replication_enabled_serve_end_to_end(serve, db, tmp_path):
+    """The wiring of cli._wire_replication with a file:// replica: ready after the first sync,
+    writes carry the TXID that contains them, SIGTERM does a final sync and exits 0."""
+    replica = tmp_path / "replica"
+    config = tmp_path / "litestream.yml"
+    config.write_text(f"dbs:\n  - path: {db}\n    replica:\n      url: file://{replica}\n")
+    srv = serve(db, "--security-allow-table", "items", env={
+        "SQLITEREST_REPLICATION_ENABLED": "true", "SQLITEREST_REPLICATION_CONFIG": str(config)})
+    assert wait_for(lambda: httpx.get(srv.metrics_url + "/ready").status_code == 200, timeout=30), \
+        srv.logs()
+    txids = []
+    for i in range(3):
+        r = httpx.post(f"{srv.base_url}/items", json={"name": f"r{i}"}, timeout=10)
+        assert r.status_code == 201
+        txids.append(int(r.headers["X-Replication-Txid"], 16))
+    assert txids == sorted(txids) and txids[0] >= 1
+    status = httpx.get(srv.metrics_url + "/status").json()
+    assert status["checks"] == {"http": True, "replication": True}
+    assert int(status["replication"]["local_txid"], 16) >= txids[-1]
+    assert srv.stop() == 0, srv.logs()
+    assert any(replica.rglob("*.ltx"))
