@@ -459,10 +459,19 @@ def _wire_replication(supervisor, replication) -> None:
         except ReplicationError as exc:
             raise StartupError(exc.message, hint=exc.hint) from None
 
-    def stop() -> bool:
-        return replication.stop()
+    gave_up = []
 
-    replication.on_fatal = lambda message: supervisor.request_stop(message, failed=True)
+    def on_fatal(message: str) -> None:
+        gave_up.append(message)
+        supervisor.request_stop(message, failed=True)
+
+    def stop() -> bool:
+        # After the retry budget is spent a final sync would only spend another
+        # shutdown-sync-timeout on the same failure: the exit is non-zero either way and the
+        # next start uploads what is pending.
+        return replication.stop(0.0 if gave_up else None)
+
+    replication.on_fatal = on_fatal
     supervisor.before_http_start.append(start)
     supervisor.on_commit_signal(replication.notify_commit)
     supervisor.health.add_ready_check("replication", replication.ready)
