@@ -110,20 +110,19 @@ def main() -> None:
             headers["Authorization"] = "Bearer " + jwt.encode({"sub": "bench"}, secret, "HS256")
         app = create_app(ServerConfig(db_dsn=path, allow_tables=("items",), **options))
 
-        # The same app as a server worker runs it: plus S3's metrics and request-log hooks.
-        import logging
-
+        # The same app as a server worker runs it: plus S3's metrics and request-log hooks,
+        # with the production log set-up (JSON lines on fd 2, here pointed at /dev/null).
         from prometheus_client import CollectorRegistry
 
         from sqlite_rest import logs
         from sqlite_rest.metrics import RequestMetrics
 
+        logs.configure(logs.DEFAULT_LOG_LEVEL)
+        stderr_fd = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
         worker = create_app(ServerConfig(db_dsn=path, allow_tables=("items",), **options))
         RequestMetrics(CollectorRegistry()).instrument(worker)
-        request_log = logging.getLogger("bench.request")
-        request_log.setLevel(logging.INFO)
-        request_log.addHandler(logging.NullHandler())
-        logs.instrument(worker, request_log)
+        logs.instrument(worker)
 
         floor = Flask("floor")
         floor.add_url_rule("/<t>", "t", lambda t: Response(b"[]", content_type="application/json"),
@@ -139,8 +138,12 @@ def main() -> None:
             warm = _environs(scenario, args.rows, 2000, headers)
             _wsgi_us(app, warm)
             wsgi_us = _best_us(app, environs, args.batches)
-            _wsgi_us(worker, warm)
-            worker_us = _best_us(worker, environs, args.batches)
+            os.dup2(devnull, 2)
+            try:
+                _wsgi_us(worker, warm)
+                worker_us = _best_us(worker, environs, args.batches)
+            finally:
+                os.dup2(stderr_fd, 2)
             _wsgi_us(floor, warm)
             floor_us = _best_us(floor, environs, args.batches)
             print(f"  {scenario:8s} {wsgi_us:9.1f} us {worker_us:10.1f} us {floor_us:9.1f} us"

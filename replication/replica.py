@@ -17,17 +17,19 @@ Beyond Litestream:
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, Callable
 
+from . import compactor
 from .errors import ReplicationError
-from .ltx import Header
+from .ltx import Decoder, Header
 from .replica_client import ConflictError
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,15 @@ DEFAULT_RETRY_BUDGET = 600.0
 
 #: Litestream's cap on the exponential backoff after an upload error (5 minutes).
 MAX_BACKOFF = 300.0
+
+#: Seconds between checks for the next local L0 file while idle. A DB sync that writes a
+#: file normally wakes the loop at once; this bounds the delay when a wake-up is missed or
+#: deferred (a checkpoint announces the files it writes only when it ends).
+LOCAL_POLL_INTERVAL = 0.05
+
+#: A backlog merge takes at most this many L0 files / bytes of them into one upload.
+MAX_MERGE_FILES = 256
+MAX_MERGE_BYTES = 64 << 20
 
 #: Snapshots up to this size are built in memory, larger ones in a temp file.
 SPOOL_IN_MEMORY = 64 << 20
@@ -119,6 +130,8 @@ class Replica:
         #: Files uploaded per round at most; 0 = unlimited (Litestream's default is 256).
         self.max_sync_ltx_files = 256 if max_files is None else int(max_files)
         self.auto_recover = bool(getattr(config, "auto_recover", False))
+        #: When several L0 files wait, upload them merged as one (see _merge_backlog).
+        self.merge_backlog = True
         #: Seconds of continuous failure before ``on_fatal``; ``None`` = retry forever.
         self.retry_budget = retry_budget
         self.on_fatal = on_fatal
@@ -238,6 +251,8 @@ class Replica:
                 continue
             if nxt is None:
                 break
+            if self.merge_backlog and nxt[0] == nxt[1] > 1:
+                nxt = self._merge_backlog(*nxt, limit=limit - uploaded)
             min_txid, max_txid, data = nxt
             ts = Header.unmarshal(data[:100], name=f"L0/{min_txid:016x}-{max_txid:016x}").timestamp
             # Exclusive: a TXID already on the replica with other bytes means another writer
@@ -281,6 +296,35 @@ class Replica:
             hint="the local meta dir lost files; set `auto-recover: true` or run "
                  "`litestream reset <db>` so the next sync writes a full snapshot")
 
+    def _merge_backlog(self, txid: int, _max: int, data: bytes, *,
+                       limit: float) -> tuple[int, int, bytes]:
+        """When more local L0 files follow ``txid``, merge the run into one L0 file.
+
+        Catching up is then one PUT instead of one per file, so a replica whose round trip
+        is slower than the DB's sync rate (S3 under hundreds of commits/s) does not fall
+        further behind with every commit. The merged file is what Litestream's compactor would
+        make of the run (same pages, last input's timestamp); the price is that TXIDs inside
+        it are no longer separate restore points, as after any compaction.
+        """
+        datas = [data]
+        size = len(data)
+        nxt = txid + 1
+        while len(datas) < min(limit, MAX_MERGE_FILES) and size < MAX_MERGE_BYTES:
+            try:
+                more = self._read_local(nxt, nxt)
+            except FileNotFoundError:
+                break
+            datas.append(more)
+            size += len(more)
+            nxt += 1
+        if len(datas) == 1:
+            return txid, txid, data
+        decoders = [Decoder(io.BytesIO(d), name=f"L0/{txid + i:016x}-{txid + i:016x}.ltx")
+                    for i, d in enumerate(datas)]
+        out = io.BytesIO()
+        header, _ = compactor.compact(decoders, out)
+        return header.min_txid, header.max_txid, out.getvalue()
+
     def _local_txid(self) -> int:
         """The DB's position without waiting for its lock when it is cached.
 
@@ -304,21 +348,23 @@ class Replica:
         self._thread.start()
 
     def monitor(self) -> None:
-        """Upload until :meth:`stop`: on every wake-up and at least every ``sync_interval``."""
+        """Upload until :meth:`stop`: on every wake-up, as soon as the next local L0 file
+        exists, and at least every ``sync_interval``."""
         backoff = 0.0
-        first = True  # the first round runs at once: files left from a previous run go up now
+        next_round = time.monotonic()  # the first round runs at once: leftovers go up now
         while not self._stopping.is_set():
-            if first:
-                first = False
-            elif backoff:
+            if backoff:
                 # During a backoff, commits do not shorten the wait: a dead S3 must not be
                 # hammered at the commit rate.
                 self._stopping.wait(backoff)
-            else:
-                self._wake.wait(self.sync_interval)
+            elif time.monotonic() < next_round:
+                woke = self._wake.wait(min(LOCAL_POLL_INTERVAL, next_round - time.monotonic()))
+                if not woke and time.monotonic() < next_round and not self._next_file_ready():
+                    continue
             self._wake.clear()
             if self._stopping.is_set():
                 break
+            next_round = time.monotonic() + self.sync_interval
             try:
                 self.sync()
             except Exception as exc:  # noqa: BLE001 - every error is retried or fatal
@@ -327,9 +373,20 @@ class Replica:
                 if fatal:
                     return
                 backoff = min(max(backoff * 2, self.sync_interval), self.max_backoff)
+                if self.retry_budget is not None and self._failing_since is not None:
+                    # Retry once more right when the budget runs out, not a whole (doubled)
+                    # backoff later: fail fast means within about one round of the budget.
+                    left = self.retry_budget - (time.monotonic() - self._failing_since)
+                    backoff = max(0.05, min(backoff, left))
             else:
                 backoff = 0.0
                 self._record_success()
+
+    def _next_file_ready(self) -> bool:
+        """Whether the local L0 file the replica needs next exists (one stat, no I/O to the
+        replica): the safety net for a file whose wake-up was missed or deferred."""
+        pos = self._pos
+        return pos is not None and os.path.exists(self.db.ltx_path(0, pos + 1, pos + 1))
 
     def stop(self, timeout: float = 30.0, interval: float = 0.5) -> bool:
         """Stop the loop, then a final DB sync + upload, retried every ``interval`` seconds
@@ -342,6 +399,11 @@ class Replica:
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+        if self._health.fatal:
+            # The loop gave up (retry budget spent, broken chain) moments ago: no final
+            # rounds against a replica known to be gone. The pending files stay in the meta
+            # dir and go up on the next start.
+            return False
         while True:
             try:
                 self.db.sync()

@@ -188,7 +188,11 @@ class Store:
                 left = max(0.0, deadline - time.monotonic())
                 ok &= self.replicas[db.path].stop(left, self.shutdown_sync_interval)
         for t in self._threads:
-            t.join(max(1.0, deadline - time.monotonic()))
+            # The DB loops must end before db.close(); a maintenance thread may sit in a
+            # replica call against a dead server, and its writes are atomic, so it gets only
+            # a moment (its threads are daemons).
+            wait = deadline - time.monotonic() if t.name.startswith("db:") else 1.0
+            t.join(max(0.1, min(wait, deadline - time.monotonic())))
         for db in self.dbs:
             try:
                 db.close()

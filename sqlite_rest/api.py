@@ -5,9 +5,11 @@ Order of checks on every request: auth -> allow-list -> schema cache -> query ->
 that is not allow-listed answers exactly like a missing one (404 PGRST205), so the API never
 reveals which tables exist.
 
-Hot-path notes: one view function per route (no before/after_request hooks), parsed queries
-and SELECT lists are cached (query.py / sql.py), statements are cached per connection by apsw,
-JSON is written by orjson.
+Hot-path notes: one view function per route (no before/after_request hooks). A GET is served
+from a `ReadPlan` cached per query *shape* (the query string with its filter values lifted out,
+query.query_shape), so `id=eq.1` and `id=eq.2` share the parsed query, the SQL text and the
+output shape and only bind their values; statements are cached per connection by apsw; JSON is
+written by orjson.
 """
 from __future__ import annotations
 

@@ -100,6 +100,10 @@ def set_synchronous(conn: apsw.Connection, level: str = "NORMAL") -> None:
 #: WAL size (pages) past which the background checkpointer runs (SQLite's auto-checkpoint
 #: default, ~4 MB).
 CHECKPOINT_AFTER_PAGES = 1000
+#: Least time between two background checkpoints (seconds).
+CHECKPOINT_MIN_INTERVAL_S = 0.05
+#: The checkpointer thread exits (and closes its connection) after this many idle seconds.
+CHECKPOINTER_IDLE_EXIT_S = 30.0
 
 
 class BackgroundCheckpointer:
@@ -124,33 +128,43 @@ class BackgroundCheckpointer:
         self._lock = threading.Lock()
 
     def wal_hook(self, _conn, _name: str, pages: int) -> int:
-        if pages >= self.after_pages:
+        # Called after every commit; a pending request needs no second wake-up.
+        if pages >= self.after_pages and not self._wake.is_set():
             self.request()
         return apsw.SQLITE_OK
 
     def request(self) -> None:
-        """Ask for a checkpoint soon (starts the thread on first use in this process)."""
-        if self._generation != _fork_generation:
-            with self._lock:
-                if self._generation != _fork_generation:
-                    threading.Thread(target=self._run, name="wal-checkpoint",
-                                     daemon=True).start()
-                    self._generation = _fork_generation
-        self._wake.set()
+        """Ask for a checkpoint soon (starts the thread if none runs in this process)."""
+        with self._lock:
+            if self._generation != _fork_generation:
+                threading.Thread(target=self._run, name="wal-checkpoint", daemon=True).start()
+                self._generation = _fork_generation
+            self._wake.set()
 
     def _run(self) -> None:
         conn = None
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            try:
-                if conn is None:
-                    conn = open_connection(self.path, create=False,
-                                           busy_timeout_ms=self.busy_timeout_ms,
-                                           synchronous=self.synchronous)
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            except apsw.Error as exc:  # the next commit past the threshold retries
-                log.warning("background WAL checkpoint failed: %s", exc)
+        try:
+            while True:
+                if not self._wake.wait(CHECKPOINTER_IDLE_EXIT_S):
+                    with self._lock:  # idle: exit, so idle apps hold no thread/connection
+                        if not self._wake.is_set():
+                            self._generation = None
+                            return
+                self._wake.clear()
+                try:
+                    if conn is None:
+                        conn = open_connection(self.path, create=False,
+                                               busy_timeout_ms=self.busy_timeout_ms,
+                                               synchronous=self.synchronous)
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except apsw.Error as exc:  # the next commit past the threshold retries
+                    log.warning("background WAL checkpoint failed: %s", exc)
+                # Under a write storm every commit asks again: at most one checkpoint (two
+                # fsyncs) per interval, as SQLite's per-commit attempts would thrash the disk.
+                time.sleep(CHECKPOINT_MIN_INTERVAL_S)
+        finally:
+            if conn is not None:
+                conn.close()
 
 
 def make_query_only(conn: apsw.Connection) -> None:

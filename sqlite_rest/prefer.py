@@ -99,7 +99,7 @@ def parse_prefer(headers: list[str]) -> Preferences:
                 if key == "timezone":
                     given.append(f"{key}={value}")
                     continue
-                if not value.isdigit():
+                if not (value.isascii() and value.isdigit()):  # int('²') would raise
                     invalid.append(item)
                     continue
                 setattr(prefs, _ATTRIBUTES.get(key, key), int(value))

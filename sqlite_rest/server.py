@@ -62,6 +62,12 @@ DEFAULT_SERVER = "granian"
 DEFAULT_THREADS = 8
 #: How long the supervisor waits for the HTTP server to listen before giving up (seconds).
 STARTUP_TIMEOUT_S = 30.0
+#: Before the workers get SIGTERM they answer every request with "Connection: close" for this
+#: long (seconds), so keep-alive clients move off their connections while the server still
+#: answers: a request is then never sent on a connection the server is closing.
+DRAIN_S = 1.0
+#: Signal telling a worker to start draining (handler installed by build_worker_app).
+DRAIN_SIGNAL = signal.SIGUSR1
 #: How long in-flight requests get after SIGTERM before the workers are killed (seconds).
 SHUTDOWN_GRACE_S = 30.0
 #: Period of the sqlite_rest_database_size_bytes observation (seconds; the Go server's).
@@ -262,11 +268,26 @@ def build_worker_app(config_fields: dict, wait_for_txid: bool = False):
     app = create_app(config)
     RequestMetrics().instrument(app)
     logs.instrument(app)
+    _install_drain(app)
     ready_dir = os.environ.get(WORKER_READY_ENV)
     if ready_dir:
         with open(os.path.join(ready_dir, str(os.getpid())), "w"):
             pass
     return app
+
+
+def _install_drain(app) -> None:
+    """On DRAIN_SIGNAL the worker keeps serving but asks clients to close their connections.
+    Called in the worker's main thread (signal handlers can only be installed there), before
+    the worker announces itself ready, so the supervisor never signals a worker without it."""
+    draining = threading.Event()
+    signal.signal(DRAIN_SIGNAL, lambda signum, frame: draining.set())
+
+    @app.after_request
+    def _connection_close_while_draining(response):
+        if draining.is_set():
+            response.headers["Connection"] = "close"
+        return response
 
 
 def _die_with_parent() -> None:
@@ -518,6 +539,7 @@ class Supervisor:
         self._stop.set()
         child = self._child
         if child is not None and child.poll() is None:
+            self._drain_workers(child.pid)
             child.send_signal(signal.SIGTERM)
             try:
                 child.wait(SHUTDOWN_GRACE_S + 5)
@@ -552,6 +574,24 @@ class Supervisor:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
         log.info("sqlite-rest stopped")
         return 1 if failed else 0
+
+    def _drain_workers(self, child_pid: int) -> None:
+        """Tell every ready worker to drain, then give clients DRAIN_S to move off."""
+        signalled = 0
+        for name in (os.listdir(self.worker_ready_dir) if self._tmpdir else ()):
+            try:
+                pid = int(name)
+                with open(f"/proc/{pid}/stat") as f:  # only our own workers (pids get reused)
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                if ppid != child_pid:
+                    continue
+                os.kill(pid, DRAIN_SIGNAL)
+                signalled += 1
+            except (ValueError, OSError, IndexError):
+                continue
+        if signalled:
+            log.info("draining: answering with Connection: close for %.1f s", DRAIN_S)
+            time.sleep(DRAIN_S)
 
     # -- parent threads -----------------------------------------------------------------------
     def _receive_commits(self) -> None:

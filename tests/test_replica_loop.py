@@ -12,7 +12,7 @@ import pytest
 from replication.db import DB
 from replication.errors import ReplicationError
 from replication.file_replica_client import FileReplicaClient
-from replication.ltx import Header
+from replication.ltx import Decoder, Header
 from replication.replica import ChainError, Replica
 from replication.restore import restore
 
@@ -73,6 +73,7 @@ def setup(tmp_path):
 def test_uploads_local_l0_files_in_order_with_their_timestamps(setup):
     tmp_path, con, db, client = setup
     replica = Replica(db, client, ReplicaConfig())
+    replica.merge_backlog = False
     for _ in range(3):
         commit(con)
         db.sync()
@@ -102,6 +103,7 @@ def test_max_sync_ltx_files_bounds_one_round(setup):
         db.sync()
     total = len(db.local_ltx_files(0))
     replica = Replica(db, client, ReplicaConfig(max_sync_ltx_files=2))
+    replica.merge_backlog = False
     assert replica.sync() == 2
     assert replica.sync() == 2
     assert replica.sync() == total - 4
@@ -122,7 +124,7 @@ def test_position_comes_from_the_replica_listing(setup):
     assert_contiguous(client)
 
 
-def test_notify_wakes_the_loop_within_milliseconds(setup):
+def test_a_commit_reaches_the_replica_within_milliseconds(setup):
     _, con, db, client = setup
     db.sync()
     replica = Replica(db, client, ReplicaConfig(sync_interval=30.0))  # timer cannot be the cause
@@ -139,7 +141,7 @@ def test_notify_wakes_the_loop_within_milliseconds(setup):
         while max(f.max_txid for f in client.ltx_files(0)) == before:
             assert time.monotonic() - t0 < 5, "the commit never reached the replica"
             time.sleep(0.002)
-        # Far below the 30s sync-interval: the upload was driven by the DB's notify.
+        # Far below the 30s sync-interval: driven by the DB's notify (or the file poll).
         assert time.monotonic() - t0 < 2.0
         wait = time.monotonic() + 5
         while replica.health.replica_txid != db.pos().txid and time.monotonic() < wait:
@@ -275,7 +277,8 @@ def test_transient_errors_recover_and_reset_the_failure_count(setup):
         assert replica.health.consecutive_failures >= 2
         blocker.unlink()  # the "outage" ends
         deadline = time.monotonic() + 10
-        while replica.pos() != db.pos().txid and time.monotonic() < deadline:
+        while (replica.pos() != db.pos().txid or replica.health.consecutive_failures) \
+                and time.monotonic() < deadline:
             time.sleep(0.02)
         h = replica.health
         assert replica.pos() == db.pos().txid
@@ -348,3 +351,34 @@ def test_an_empty_replica_of_a_db_with_pruned_history_starts_with_a_snapshot(set
     out = tmp_path / "out.db"
     restore(client, str(out))
     assert rows(out) == rows(tmp_path / "src.db")
+
+
+def test_a_backlog_is_uploaded_as_one_merged_l0_file(setup):
+    tmp_path, con, db, client = setup
+    commit(con)
+    db.sync()
+    replica = Replica(db, client, ReplicaConfig())
+    assert replica.sync() == 1  # TXID 1 (the full first file) goes up on its own
+    for _ in range(5):
+        commit(con, 3)
+        db.sync()
+    first = replica.pos() + 1
+    assert replica.sync() == 1  # one PUT for the whole backlog
+    assert l0_names(client)[-1] == (first, db.pos().txid)
+    with client.open_ltx_file(0, first, db.pos().txid) as f:
+        dec = Decoder(f)
+        list(dec.pages())
+        dec.close()
+    with db.open_local_ltx(0, db.pos().txid, db.pos().txid) as last:
+        assert dec.header.timestamp == Decoder(last).header.timestamp
+    assert_contiguous(client)
+    out = tmp_path / "out.db"
+    restore(client, str(out))
+    assert rows(out) == rows(tmp_path / "src.db")
+    # A limit of one file per round still merges nothing beyond it.
+    commit(con)
+    db.sync()
+    commit(con)
+    db.sync()
+    small = Replica(db, client, ReplicaConfig(max_sync_ltx_files=1))
+    assert small.sync() == 1 and small.pos() == db.pos().txid - 1
