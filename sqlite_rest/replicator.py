@@ -260,6 +260,7 @@ class ServeReplication:
                     hint="drop the flag to keep the local database") from None
             log.info("no replica data at %s: starting with an empty database", self.url)
             self._reset_meta()
+            _create_empty_wal_database(self.db_path)
             return
         self._continue_replica_history()
         self.restored_txid = result.txid
@@ -463,6 +464,18 @@ class ServeReplication:
             self.store = None
         self.release_lock()
         return ok and self._fatal is None
+
+
+def _create_empty_wal_database(path: str) -> None:
+    """A new DB in WAL mode: SQLite writes its header page now, so the replicator has a
+    database to snapshot as TXID 1 before the first request (and /ready can turn 200)."""
+    import apsw
+
+    conn = apsw.Connection(path)
+    try:
+        conn.execute("PRAGMA journal_mode=wal").fetchall()
+    finally:
+        conn.close()
 
 
 def _page_difference(a: str, b: str) -> Optional[str]:

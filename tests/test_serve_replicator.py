@@ -67,7 +67,7 @@ def test_missing_db_and_empty_replica_start_empty(env):
     db, replica, config = env
     rep = make(db, config)
     rep.prepare()
-    assert not db.exists() and rep.restored_txid is None
+    assert db.exists() and rep.restored_txid is None  # created empty, in WAL mode
     rep.release_lock()
 
 
