@@ -100,6 +100,10 @@ def set_synchronous(conn: apsw.Connection, level: str = "NORMAL") -> None:
 #: WAL size (pages) past which the background checkpointer runs (SQLite's auto-checkpoint
 #: default, ~4 MB).
 CHECKPOINT_AFTER_PAGES = 1000
+#: WAL size (pages) past which the checkpointer also rewinds the WAL (~40 MB).
+RESTART_AFTER_PAGES = 10_000
+#: How long a rewind waits for other processes' writers and readers (milliseconds).
+RESTART_WAIT_MS = 200
 #: Least time between two background checkpoints (seconds).
 CHECKPOINT_MIN_INTERVAL_S = 0.05
 #: The checkpointer thread exits (and closes its connection) after this many idle seconds.
@@ -118,8 +122,11 @@ class BackgroundCheckpointer:
     """
 
     def __init__(self, path: str, busy_timeout_ms: int, synchronous: str,
-                 after_pages: int = CHECKPOINT_AFTER_PAGES):
+                 write_turn: threading.Lock, after_pages: int = CHECKPOINT_AFTER_PAGES,
+                 restart_after_pages: int = RESTART_AFTER_PAGES):
         self.path = path
+        self.write_turn = write_turn  # the Database's: held while restarting the WAL
+        self.restart_after_pages = restart_after_pages
         self.busy_timeout_ms = busy_timeout_ms
         self.synchronous = synchronous
         self.after_pages = after_pages
@@ -156,7 +163,10 @@ class BackgroundCheckpointer:
                         conn = open_connection(self.path, create=False,
                                                busy_timeout_ms=self.busy_timeout_ms,
                                                synchronous=self.synchronous)
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    _busy, wal_pages, _done = conn.execute(
+                        "PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+                    if wal_pages >= self.restart_after_pages:
+                        self._restart(conn)
                 except apsw.Error as exc:  # the next commit past the threshold retries
                     log.warning("background WAL checkpoint failed: %s", exc)
                 # Under a write storm every commit asks again: at most one checkpoint (two
@@ -165,6 +175,24 @@ class BackgroundCheckpointer:
         finally:
             if conn is not None:
                 conn.close()
+
+    def _restart(self, conn: apsw.Connection) -> None:
+        """Rewind a WAL that writers never let go of. A writer rewinds the WAL only when it
+        starts while every frame is already copied back, which a steady stream of commits
+        from several threads and processes prevents, so the WAL would grow without bound.
+        RESTART copies the few frames written since the PASSIVE pass and rewinds; it blocks
+        writers meanwhile, so this process's writers wait on their turn lock (one fsync or
+        two, once per RESTART_AFTER_PAGES) and other processes' writers are waited for at
+        most RESTART_WAIT_MS."""
+        with self.write_turn:
+            conn.set_busy_timeout(RESTART_WAIT_MS)
+            try:
+                busy = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()[0][0]
+            finally:
+                conn.set_busy_timeout(self.busy_timeout_ms)
+        if busy:
+            log.info("WAL restart postponed: the database stayed busy for %d ms",
+                     RESTART_WAIT_MS)
 
 
 def make_query_only(conn: apsw.Connection) -> None:
@@ -304,7 +332,7 @@ class Database:
         # SQLite's write lock against each other (only other processes are polled).
         self._write_turn = threading.Lock()
         self.checkpointer = BackgroundCheckpointer(dsn.path, dsn.busy_timeout_ms,
-                                                   dsn.synchronous)
+                                                   dsn.synchronous, self._write_turn)
 
     # -- connections ------------------------------------------------------------------
     def _connections(self) -> threading.local:
@@ -346,7 +374,11 @@ class Database:
                 synchronous=self.dsn.synchronous,
                 short_busy_waits=True,
             )
-            if not self.dsn.read_only:
+            if self.replication_txid is not None:
+                # Replication on: checkpoints belong to the replicator (PASSIVE at its
+                # thresholds, never RESTART; design/local-sync.md), so workers never run one.
+                conn.execute("PRAGMA wal_autocheckpoint=0").fetchall()
+            elif not self.dsn.read_only:
                 conn.set_wal_hook(self.checkpointer.wal_hook)
         return conn
 
