@@ -8,12 +8,14 @@ Three requests against ``items(id INTEGER PRIMARY KEY, name TEXT, price REAL, qt
 * ``post``    — ``POST /items`` with one JSON object
 
 For each it prints CPU microseconds per request through a direct WSGI call (what granian does),
-the same app instrumented as a server worker (S3's metrics and request-log hooks), and the
-floor of a trivial Flask route, so the app's own share is visible. `--profile` adds a
+the same app instrumented as a server worker (metrics.py and logs.py hooks, request log lines
+written to fd 2 = /dev/null by logs.py's writer thread, as in production), and the floor of a
+trivial Flask route, so the app's own share is visible. Each figure is the best of --batches
+slices (the machine is shared: other processes only ever add time). `--profile` adds a
 pyinstrument profile of the direct call.
 
-    python bench/api_get_by_pk.py [--rows 100000] [--requests 20000] [--auth] [--profile]
-                                  [--scenario get_pk|get_100|post ...]
+    python bench/api_get_by_pk.py [--rows 100000] [--requests 20000] [--batches 5] [--auth]
+                                  [--profile] [--scenario get_pk|get_100|post ...]
 """
 from __future__ import annotations
 

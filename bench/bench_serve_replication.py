@@ -153,6 +153,10 @@ def run_wrk(url: str, script: Path, duration: int, args) -> dict:
     return parse_wrk(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
 
 
+def threads_args(args) -> list:
+    return ["--threads", str(args.threads)] if args.threads else []
+
+
 def throughput(modes: list, tmp: Path, args) -> dict:
     script = tmp / "post.lua"
     script.write_text(POST_LUA)
@@ -161,7 +165,8 @@ def throughput(modes: list, tmp: Path, args) -> dict:
         for mode in modes:
             db, extra, env = mode.prepare(tmp / f"tp-{mode.name}-{run}")
             server = start_server(db, "--security-allow-table", "items", "--workers",
-                                  args.workers, "--log-level", "-1", *extra, env=env)
+                                  args.workers, "--log-level", "-1", *threads_args(args), *extra,
+                                  env=env)
             try:
                 wait_ready(server)
                 run_wrk(server.base_url + "/items", script, 2, args)  # warm-up
@@ -180,7 +185,7 @@ def throughput(modes: list, tmp: Path, args) -> dict:
 def rpo(mode: Mode, tmp: Path, args) -> dict:
     db, extra, env = mode.prepare(tmp / f"rpo-{mode.name}")
     server = start_server(db, "--security-allow-table", "items", "--workers", args.workers,
-                          "--log-level", "-1", *extra, env=env)
+                          "--log-level", "-1", *threads_args(args), *extra, env=env)
     acks: list = []           # (time of the 201, txid)
     seen: list = []           # (time first seen, max L0 txid) whenever it grows
     done = threading.Event()
@@ -244,6 +249,8 @@ def main(argv=None) -> int:
     parser.add_argument("--wrk-threads", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="request threads per worker (serve --threads; 0 = its default)")
     parser.add_argument("--modes", default="off,file,s3")
     parser.add_argument("--rpo-seconds", type=float, default=15)
     parser.add_argument("--rpo-rate", type=float, default=50, help="POSTs per second")
@@ -261,7 +268,8 @@ def main(argv=None) -> int:
         if "s3" in names:
             s3, weed = start_seaweedfs(tmp / "seaweedfs")
         modes = [Mode(name, s3) for name in names]
-        print(f"sqlite-rest serve --workers {args.workers}; cpus={os.cpu_count()}; "
+        print(f"sqlite-rest serve --workers {args.workers} --threads {args.threads or 'default'}; "
+              f"cpus={os.cpu_count()}; "
               f"wrk -t{args.wrk_threads} -c{args.connections} -d{args.duration}s x {args.runs}")
         if not args.skip_throughput:
             med = throughput(modes, tmp, args)

@@ -1,10 +1,10 @@
 """The upload loop: local L0 LTX files → the replica (Litestream's ``replica.go``).
 
 A :class:`Replica` pairs one :class:`~replication.db.DB` with one replica client. Its loop
-uploads the DB's local L0 files ``replica_pos+1 … db_pos`` one by one, in order, so the
-replica always holds a contiguous chain. It wakes as soon as the DB reports a sync that wrote
-a file (the replica lags by milliseconds, not by a poll interval) and at least every
-``sync-interval``.
+uploads the DB's local L0 files ``replica_pos+1 … db_pos`` in order, so the replica always
+holds a contiguous chain; a backlog of several files goes up merged as one L0 file. It wakes
+as soon as the DB reports a sync that wrote a file or the next file appears (the replica lags
+by milliseconds, not by a poll interval) and at least every ``sync-interval``.
 
 Beyond Litestream:
 

@@ -649,6 +649,15 @@ def _make_granian_server(spec: dict):
                 mark_worker_dead(old_pid, multiproc_dir)
             return super()._respawn_workers(workers, spawn_target, target_loader, delay)
 
+        def shutdown(self, exit_code=0):
+            # A worker that got the same SIGTERM straight from a cgroup-wide kill (systemd's
+            # default) exits 0 a moment before this master does; granian would call that an
+            # unexpected exit and exit 1. Only workers that did not exit cleanly count.
+            self.interrupt_children = [
+                idx for idx in self.interrupt_children
+                if idx >= len(self.wrks) or self.wrks[idx].inner.exitcode not in (0, None)]
+            return super().shutdown(exit_code)
+
     from pathlib import Path
 
     return SqliteRestGranian(

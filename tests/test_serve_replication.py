@@ -191,10 +191,13 @@ def s3_replica(s3: S3Server, bucket: Optional[str] = None, prefix: Optional[str]
                    bucket=bucket, prefix=prefix)
 
 
-def write_config(path: Path, db: Path, replica: Replica, **replica_keys) -> Path:
+def write_config(path: Path, db: Path, replica: Replica, top: Optional[dict] = None,
+                 **replica_keys) -> Path:
+    """A Litestream config for one DB; ``replica_keys`` (snake_case) go in its ``replica:``."""
     replica_doc = {"url": replica.url, "retry-budget": "60s"}
     replica_doc.update({k.replace("_", "-"): v for k, v in replica_keys.items()})
-    path.write_text(yaml.safe_dump({"dbs": [{"path": str(db), "replica": replica_doc}]}))
+    doc = {"dbs": [{"path": str(db), "replica": replica_doc}], **(top or {})}
+    path.write_text(yaml.safe_dump(doc))
     return path
 
 
@@ -263,11 +266,12 @@ def servers():
     s = Servers()
     yield s
     for server in s.started:
+        children = descendants(server.pid)
         try:
             if server.proc.poll() is None:
                 server.stop()
         finally:
-            for pid in descendants(server.pid):
+            for pid in children:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -294,16 +298,16 @@ def wait_refused(server: ServerProcess, timeout: float = EXIT_TIMEOUT) -> tuple:
             server.stop()
             raise AssertionError(f"serve did not exit within {timeout:g} s:\n{excerpt(server)}")
         time.sleep(0.05)
-    return server.proc.returncode, excerpt(server), listened
+    return server.proc.returncode, server.logs(), listened
 
 
 def assert_refused(server: ServerProcess, *fragments, any_of=()) -> str:
     code, out, listened = wait_refused(server)
-    assert code != 0, f"serve exited 0 but must refuse:\n{out}"
-    assert not listened, f"the API listened although the start is refused:\n{out}"
+    assert code != 0, f"serve exited 0 but must refuse:\n{excerpt(server)}"
+    assert not listened, f"the API listened although the start is refused:\n{excerpt(server)}"
     assert "Traceback (most recent call last)" not in out, f"a stack trace instead of a message:\n{out}"
     errors = [line for line in out.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, f"expected one `error: …` line, got {errors}:\n{out}"
+    assert len(errors) == 1, f"expected one `error: …` line, got {errors}:\n{excerpt(server)}"
     line = errors[0]
     for fragment in fragments:
         assert fragment in line, f"{fragment!r} missing from the error line {line!r}"
@@ -615,6 +619,36 @@ def test_writes_acknowledged_while_s3_is_down_survive_a_crash_and_a_lost_databas
     server = servers.start(db, config, env=replica.server_env)
     wait_ready(server)
     assert Writer(server).rows() == as_rows(model), excerpt(server)
+    wait_replica_reaches(replica, txid_of(replication_status(server)["local_txid"]), server)
+    replica.restore(litestream_bin, tmp_path / "restored.db")
+    assert db_rows(tmp_path / "restored.db") == as_rows(model)
+
+
+def test_sigterm_while_the_replica_is_down_exits_non_zero_and_loses_nothing(
+        tmp_path, own_s3, servers, litestream_bin):
+    db = tmp_path / "app.db"
+    replica = s3_replica(own_s3.server)
+    config = write_config(tmp_path / "litestream.yml", db, replica,
+                          top={"shutdown-sync-timeout": "2s"})
+    make_db(db)
+    server = servers.start(db, config, env=replica.server_env)
+    wait_ready(server)
+    writer = Writer(server)
+    model, _ = write_workload(writer, "before")
+    own_s3.stop()
+    rows, _ = writer.insert("during-outage")
+    model.update(rows)
+    writer.close()
+    stopping = time.monotonic()
+    code = server.stop(timeout=EXIT_TIMEOUT)
+    assert code not in (0, None), f"the final sync cannot succeed, yet serve exited {code}:\n" \
+                                  f"{excerpt(server)}"
+    assert time.monotonic() - stopping < 20, "shutdown-sync-timeout 2s was not honoured"
+
+    own_s3.start()
+    server = servers.start(db, config, env=replica.server_env)
+    wait_ready(server)
+    assert Writer(server).rows() == as_rows(model)
     wait_replica_reaches(replica, txid_of(replication_status(server)["local_txid"]), server)
     replica.restore(litestream_bin, tmp_path / "restored.db")
     assert db_rows(tmp_path / "restored.db") == as_rows(model)
