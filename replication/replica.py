@@ -257,6 +257,8 @@ class Replica:
             ts = Header.unmarshal(data[:100], name=f"L0/{min_txid:016x}-{max_txid:016x}").timestamp
             # Exclusive: a TXID already on the replica with other bytes means another writer
             # (ConflictError, not retryable) — never overwrite or interleave its history.
+            if max_txid > min_txid:
+                self._check_no_overlap(min_txid, max_txid)
             self.client.write_ltx_file(0, min_txid, max_txid, data, ts, exclusive=True)
             log.debug("uploaded L0/%016x-%016x, %d ms after it was written", min_txid,
                       max_txid, time.time() * 1000 - ts, extra={"db": self.db.path})
@@ -295,6 +297,20 @@ class Replica:
             f"leave a gap",
             hint="the local meta dir lost files; set `auto-recover: true` or run "
                  "`litestream reset <db>` so the next sync writes a full snapshot")
+
+    def _check_no_overlap(self, min_txid: int, max_txid: int) -> None:
+        """A merged file's name cannot collide with another writer's single-TXID files, so
+        the exclusive create alone would not see them: list what overlaps first."""
+        for f in self.client.ltx_files(0, seek=min_txid):
+            if f.min_txid > max_txid:
+                break
+            if (f.min_txid, f.max_txid) != (min_txid, max_txid):
+                raise ConflictError(
+                    f"L0/{f.min_txid:016x}-{f.max_txid:016x} is already on the replica, "
+                    f"overlapping TXIDs {min_txid:016x}-{max_txid:016x} we are about to upload: "
+                    f"another writer uses this replica path",
+                    hint="run one replicator per replica path; stop the other server, or point "
+                         "this one at its own path")
 
     def _merge_backlog(self, txid: int, _max: int, data: bytes, *,
                        limit: float) -> tuple[int, int, bytes]:

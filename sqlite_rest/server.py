@@ -53,6 +53,11 @@ log = logging.getLogger("sqlite_rest.server")
 CHILD_SPEC_ENV = "SQLITEREST_CHILD_SPEC"
 #: Directory where each worker drops a file named after its pid once its app is built.
 WORKER_READY_ENV = "SQLITEREST_WORKER_READY_DIR"
+#: File that exists while the supervisor's own readiness checks (replication, ...) pass; the
+#: workers' /ready on the API port looks at it (one stat), so both ports agree.
+READY_FILE_ENV = "SQLITEREST_READY_FILE"
+#: How often the supervisor refreshes that file (seconds).
+READY_FILE_INTERVAL_S = 0.25
 #: prometheus_client's multiprocess directory, set for the child (and so its workers) only.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: Production HTTP servers `--server` accepts (measured in design/process-model.md).
@@ -257,14 +262,19 @@ def build_worker_app(config_fields: dict, wait_for_txid: bool = False):
     from .app import create_app
     from .metrics import RequestMetrics
 
+    hooks = {}
+    ready_file = os.environ.get(READY_FILE_ENV)
+    if ready_file:
+        hooks["ready"] = lambda: os.path.exists(ready_file)
     waiter = CommitWaiter.from_env() if wait_for_txid else None
     if waiter is not None:
         # the position request is itself the commit signal: one datagram per write
-        config = ServerConfig(**config_fields, replication_txid=waiter)
+        hooks["replication_txid"] = waiter
     else:
         signal_ = CommitSignal.from_env()
-        config = ServerConfig(**config_fields,
-                              on_commit=signal_.send if signal_.enabled else None)
+        if signal_.enabled:
+            hooks["on_commit"] = signal_.send
+    config = ServerConfig(**config_fields, **hooks)
     app = create_app(config)
     RequestMetrics().instrument(app)
     logs.instrument(app)
@@ -389,6 +399,10 @@ class Supervisor:
         return self._listener
 
     @property
+    def ready_file(self) -> Optional[str]:
+        return os.path.join(self._tmpdir, "ready") if self._tmpdir else None
+
+    @property
     def commit_socket_path(self) -> Optional[str]:
         return os.path.join(self._tmpdir, "commit.sock") if self._tmpdir else None
 
@@ -456,6 +470,7 @@ class Supervisor:
 
         self._listener = CommitListener(self.commit_socket_path)
         self._spawn_thread("commit-listener", self._receive_commits)
+        self._spawn_thread("readiness", self._publish_readiness)
         if self.metrics_bind is not None:
             self._db_size = DatabaseSizeGauge()
             self._spawn_thread("database-size", self._observe_database_size)
@@ -501,6 +516,7 @@ class Supervisor:
         env[MULTIPROC_ENV] = self.multiproc_dir
         env[COMMIT_SOCKET_ENV] = self.commit_socket_path
         env[WORKER_READY_ENV] = self.worker_ready_dir
+        env[READY_FILE_ENV] = self.ready_file
         self._child = subprocess.Popen([sys.executable, "-m", "sqlite_rest.server"], env=env,
                                        preexec_fn=_die_with_parent)
 
@@ -539,7 +555,8 @@ class Supervisor:
         self._stop.set()
         child = self._child
         if child is not None and child.poll() is None:
-            self._drain_workers(child.pid)
+            if not failed:  # failing (e.g. replication gave up): stop fast, skip the drain
+                self._drain_workers(child.pid)
             child.send_signal(signal.SIGTERM)
             try:
                 child.wait(SHUTDOWN_GRACE_S + 5)
@@ -609,6 +626,24 @@ class Supervisor:
                     callback(n)
                 except Exception:  # noqa: BLE001 - one bad callback must not stop the others
                     log.exception("commit signal callback failed")
+
+    def _publish_readiness(self) -> None:
+        """Mirror the supervisor's checks (all but "http", which is about the workers
+        themselves) into the ready file the workers' /ready looks at."""
+        path = self.ready_file
+        while True:
+            checks = self.health.check()
+            ok = all(v for name, v in checks.items() if name != "http")
+            try:
+                if ok and not os.path.exists(path):
+                    with open(path, "w"):
+                        pass
+                elif not ok and os.path.exists(path):
+                    os.unlink(path)
+            except OSError:
+                pass
+            if self._stop.wait(READY_FILE_INTERVAL_S):
+                return
 
     def _observe_database_size(self) -> None:
         import apsw

@@ -63,3 +63,35 @@ def test_file_exclusive_write_leaves_no_temp_file(tmp_path):
         c.write_ltx_file(0, 3, 3, b"b", TS, exclusive=True)
     names = os.listdir(tmp_path / "r" / "ltx" / "0")
     assert names == ["0000000000000003-0000000000000003.ltx"]
+
+
+def test_a_merged_upload_over_another_writers_files_is_a_conflict(tmp_path):
+    """Backlog merging names a file min-max; another writer's N-N files in that range must
+    still stop us (the exclusive create alone cannot see them: the names differ)."""
+    import apsw
+
+    from replication.db import DB
+    from replication.replica import Replica
+
+    db_path = tmp_path / "app.db"
+    conn = apsw.Connection(str(db_path))
+    conn.execute("PRAGMA journal_mode=wal").fetchall()
+    conn.execute("CREATE TABLE t(x)")
+    client = FileReplicaClient(str(tmp_path / "replica"))
+    client.init()
+    db = DB(str(db_path))
+    db.open()
+    try:
+        replica = Replica(db, client)
+        db.sync()
+        replica.sync()                       # TXID 1 uploaded
+        for i in range(3):                   # a backlog: TXIDs 2..4 locally
+            conn.execute("INSERT INTO t VALUES (?)", (i,))
+            db.sync()
+        client.write_ltx_file(0, 3, 3, b"another writer's TXID 3", TS)
+        with pytest.raises(ConflictError):
+            replica.sync()
+        assert [(f.min_txid, f.max_txid) for f in client.ltx_files(0)] == [(1, 1), (3, 3)]
+    finally:
+        db.close()
+        conn.close()

@@ -476,3 +476,37 @@ def test_keep_alive_clients_never_see_a_dropped_connection_on_sigterm(serve, db)
     after = [o for ts, o in outcomes if ts > stop_at[0]]
     assert ("close" in {o[1] for o in after}), "no response asked the client to close"
     assert "draining" in srv.logs()
+
+
+def test_api_ready_follows_the_supervisor_checks(db):
+    """/ready on the API port agrees with the supervisor (e.g. replication unhealthy -> 503)."""
+    from sqlite_rest.config import ServerConfig
+    from sqlite_rest.server import ServeOptions, Supervisor
+
+    port = _free_port()
+    supervisor = Supervisor(
+        ServerConfig(db_dsn=str(db), allow_tables=("items",), auth_disabled=True),
+        ServeOptions(http_addr=f"127.0.0.1:{port}", metrics_addr="", workers=1))
+    healthy = {"replication": True}
+    supervisor.health.add_ready_check("replication", lambda: healthy["replication"])
+    seen = []
+
+    def api_ready():
+        return httpx.get(f"http://127.0.0.1:{port}/ready").status_code
+
+    def client():
+        try:
+            assert wait_for(lambda: supervisor.health.ready(), timeout=30)
+            seen.append(wait_for(lambda: api_ready() == 200, timeout=10))
+            healthy["replication"] = False
+            seen.append(wait_for(lambda: api_ready() == 503, timeout=10))
+            healthy["replication"] = True
+            seen.append(wait_for(lambda: api_ready() == 200, timeout=10))
+        finally:
+            supervisor.request_stop("test done")
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    assert supervisor.run() == 0
+    thread.join(30)
+    assert seen == [True, True, True]
