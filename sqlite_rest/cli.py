@@ -257,7 +257,27 @@ def build_parser() -> argparse.ArgumentParser:
     for name in PASSTHROUGH:
         sub.add_parser(name, help=f"Litestream's `{name}` command (see `sqlite-rest {name} -h`).",
                        add_help=False)
+    sub.add_parser("demo", help="Serve a demo database replicated to a local directory "
+                                "(see `sqlite-rest demo -h`).", add_help=False)
     return parser
+
+
+def _demo(argv: Sequence[str]) -> int:
+    """`sqlite-rest demo [DIR]`: the embedded default (sqlite_rest/demo.py), then `serve`."""
+    from . import demo
+
+    parser = argparse.ArgumentParser(
+        prog="sqlite-rest demo",
+        description="Create (once) a demo database and a Litestream config replicating it to "
+                    "DIR/replica, then serve it on 127.0.0.1 with replication on and "
+                    "authentication off (local use only).")
+    parser.add_argument("dir", nargs="?", default=demo.DEFAULT_DIR,
+                        help=f"Where the demo lives (default: ./{demo.DEFAULT_DIR}).")
+    parser.add_argument("--http-addr", default="127.0.0.1:8080", help="API address.")
+    parser.add_argument("--metrics-addr", default="127.0.0.1:8081",
+                        help="Metrics, /ready and /status address.")
+    args = parser.parse_args(argv)
+    return main(demo.serve_argv(args.dir, args.http_addr, args.metrics_addr))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -266,6 +286,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from replication.cmd import main as replication_main
 
         return replication_main(argv)
+    if argv and argv[0] == "demo":
+        return _demo(argv[1:])
     try:
         command, common, flags = parse(argv, os.environ)
         if command is None:

@@ -431,6 +431,9 @@ class ServeReplication:
 
     def _on_fatal(self, path: str, exc: BaseException) -> None:
         self._fatal = exc
+        # Local syncs still work: one more round answers every waiting writer now (their
+        # writes are durable locally) instead of at the end of their timeout.
+        self.db.notify_commit()
         if self.on_fatal is not None:
             self.on_fatal(f"replication of {path} to {self.url} failed: {exc}")
 
