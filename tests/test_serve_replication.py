@@ -566,7 +566,7 @@ def test_s3_outage_fails_fast_and_the_next_start_uploads_everything(
     assert causes, f"no stop cause naming the S3 replica:\n{excerpt(server)}"
     print(f"exit {code} {exited_after:.1f} s after S3 went down ({s3_gone_after:.1f} s after "
           f"it was gone at {time.time() - s3_gone_after:.3f}): {causes[-1]}\n{excerpt(server, 25)}"
-          f"\nclient failures: {writer.failures[:10]}")
+          f"\nclient failures: {writer.failures[:10]}; API /ready during the outage: {api_ready}")
     assert len(writer.acked) > acked_before_outage, "no write was acknowledged during the outage"
 
     own_s3.start()
