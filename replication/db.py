@@ -147,6 +147,7 @@ class DB:
         #: Monitor sync rounds started so far; a round numbered > r started after r was read,
         #: so it contains every commit made before that read (see :meth:`on_sync_round`).
         self.sync_round = 0
+        self._urgent = False
         self._round_observers: list[Callable[[int], None]] = []
         #: Notified (``notify_all``) after every sync that wrote a file; see :meth:`wait_for_change`.
         self.notify = threading.Condition()
@@ -876,8 +877,11 @@ class DB:
         knows the commit is in :meth:`pos` once a round ``> r`` is reported."""
         self._round_observers.append(callback)
 
-    def notify_commit(self) -> None:
-        """Wake the monitor now (cheap, never blocks): call after an in-process commit."""
+    def notify_commit(self, urgent: bool = False) -> None:
+        """Wake the monitor now (cheap, never blocks): call after an in-process commit.
+        ``urgent``: someone waits for the round (skip the commit-storm coalescing gap)."""
+        if urgent:
+            self._urgent = True
         fd = self._wake_w
         if fd is None:
             return
@@ -947,10 +951,13 @@ class DB:
                     # (Only after a sync that wrote: a wake-up on a transaction's first frame
                     # finds no commit yet, and its commit frame must not wait.)
                     gap = last_write + self.min_sync_gap - now
-                    if gap > 0:
+                    # Writers waiting for their position (X-Replication-Txid) get their round
+                    # now: they are the latency, and one round answers all of them.
+                    if gap > 0 and not self._urgent:
                         stop.wait(gap)
                         wait_for_wake(0)
                 started = time.monotonic()
+                self._urgent = False
                 self.sync_round += 1
                 round_no = self.sync_round
                 try:

@@ -414,7 +414,7 @@ class ServeReplication:
             # Any round numbered above the current one starts after these commits.
             with self._waiters_lock:
                 self._pending_waiters.append((self.db.sync_round, waiters))
-        self.db.notify_commit()
+        self.db.notify_commit(urgent=bool(waiters))
 
     def _answer_waiters(self, round_no: int) -> None:
         """After a sync round: the position now contains every commit whose request arrived
