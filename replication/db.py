@@ -149,6 +149,8 @@ class DB:
         self.sync_round = 0
         self._urgent = False
         self._round_observers: list[Callable[[int], None]] = []
+        self._txid_observers: list[Callable[[int, int], None]] = []
+        self._round: int | None = None  # the monitor round whose sync is running (under _lock)
         #: Notified (``notify_all``) after every sync that wrote a file; see :meth:`wait_for_change`.
         self.notify = threading.Condition()
         self._change_seq = 0
@@ -551,6 +553,12 @@ class DB:
                 return False, True  # an empty database: nothing to write (LTX needs Commit > 0)
             if info.snapshotting:
                 log.info("%s: writing full-page L0 (%s)", self.path, info.reason or "snapshot")
+            if caught_up and self._round is not None:
+                for observer in list(self._txid_observers):
+                    try:
+                        observer(self._round, self.pos().txid + 1)
+                    except Exception:  # noqa: BLE001 - an observer must not fail the sync
+                        log.exception("%s: txid observer failed", self.path)
             self._write_l0(reader, seg, info)
             metrics.total_wal_bytes.labels(db=self.path).inc(seg.size)
             self._synced_since_checkpoint = True
@@ -871,6 +879,22 @@ class DB:
 
     # -- monitor -------------------------------------------------------------------------
 
+    def on_txid_assigned(self, callback: Callable[[int, int], None]) -> None:
+        """Call ``callback(round_no, txid)`` inside monitor round ``round_no`` as soon as it has
+        read the WAL to its end and is about to write L0 ``txid``, before the file's fsyncs:
+        every commit made before the round started is in that TXID. (Were the write to fail,
+        the retry writes the same TXID over at least the same frames, or a snapshot at it.)
+        Runs under the DB lock: keep it short."""
+        self._txid_observers.append(callback)
+
+    def _round_sync(self, round_no: int) -> bool:
+        with self._lock:  # re-entrant: sync() takes it again; no other sync can interleave
+            self._round = round_no
+            try:
+                return self.sync()
+            finally:
+                self._round = None
+
     def on_sync_round(self, callback: Callable[[int], None]) -> None:
         """Call ``callback(round_no)`` after every monitor sync round that succeeded (whether or
         not it wrote a file). A caller that read :attr:`sync_round` as ``r`` after a commit
@@ -961,7 +985,7 @@ class DB:
                 self.sync_round += 1
                 round_no = self.sync_round
                 try:
-                    if self.sync():
+                    if self._round_sync(round_no):
                         last_write = started
                 except Exception as exc:  # noqa: BLE001 - log and retry at the next tick
                     log.error("%s: sync error: %s", self.path, exc)

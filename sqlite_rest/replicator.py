@@ -389,6 +389,7 @@ class ServeReplication:
         self.db = self.store.dbs[0]
         self.replica = self.store.replicas[self.db.path]
         self.db.on_sync_round(self._answer_waiters)
+        self.db.on_txid_assigned(self._answer_waiters)
         threading.Thread(target=self._wait_first_sync, name="replication-first-sync",
                          daemon=True).start()
 
@@ -416,16 +417,19 @@ class ServeReplication:
                 self._pending_waiters.append((self.db.sync_round, waiters))
         self.db.notify_commit(urgent=bool(waiters))
 
-    def _answer_waiters(self, round_no: int) -> None:
-        """After a sync round: the position now contains every commit whose request arrived
-        before that round started (X-Replication-Txid)."""
+    def _answer_waiters(self, round_no: int, txid: Optional[int] = None) -> None:
+        """Round ``round_no`` contains every commit whose request arrived before it started:
+        answer those writers with ``txid`` (the round's L0, as soon as the round has read the
+        WAL to its end — not after its fsyncs) or, at the end of a round that wrote nothing
+        new, with the DB's position (X-Replication-Txid)."""
         with self._waiters_lock:
             if not self._pending_waiters:
                 return
             due = [w for r, w in self._pending_waiters if r < round_no]
             self._pending_waiters = [(r, w) for r, w in self._pending_waiters if r >= round_no]
         if due and self._listener is not None:
-            txid = self.db.pos().txid
+            if txid is None:
+                txid = self.db.pos().txid
             for waiters in due:
                 self._listener.reply(waiters, txid)
 

@@ -545,10 +545,19 @@ def test_s3_outage_fails_fast_and_the_next_start_uploads_everything(
     wait_for(lambda: server.proc.poll() is not None or admin_status(server, "/ready") == 503,
              OUTAGE_BUDGET_S + 10, "/ready to turn 503 while S3 is down")
     assert server.proc.poll() is None, "the server exited before /ready reported the outage"
-    try:
-        api_ready = httpx.get(server.base_url + "/ready", timeout=5).status_code
-    except httpx.TransportError:
-        api_ready = None  # stopped in between: nothing to check
+    # The workers' /ready mirrors the supervisor's through a file refreshed every
+    # READY_FILE_INTERVAL_S (0.25 s): allow that propagation, not an instant agreement.
+    api_ready = None
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        try:
+            api_ready = httpx.get(server.base_url + "/ready", timeout=5).status_code
+        except httpx.TransportError:
+            api_ready = None  # stopped in between: nothing to check
+            break
+        if api_ready == 503:
+            break
+        time.sleep(0.05)
     try:
         code = server.proc.wait(OUTAGE_BUDGET_S + 30)
     except subprocess.TimeoutExpired:
