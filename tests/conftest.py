@@ -4,3 +4,22 @@ pytest_plugins = [
     "tests.plugins.litestream",  # the real Litestream binaries (0.5.17 and a frame-only release)
     "tests.plugins.server",      # a real `sqlite-rest serve` process on 127.0.0.1
 ]
+
+import pytest
+
+
+@pytest.fixture(params=["file", "s3"])
+def replica_client(request, tmp_path):
+    """A fresh, initialised replica client of each backend (S3 on the real SeaweedFS)."""
+    from replication.file_replica_client import FileReplicaClient
+    from replication.replica_client import client_from_url
+
+    if request.param == "file":
+        c = FileReplicaClient(str(tmp_path / "replica"))
+    else:
+        s3 = request.getfixturevalue("s3_server")
+        c = client_from_url(s3.url(s3.bucket, s3.new_path() + "/app/db"),
+                            access_key_id=s3.access_key, secret_access_key=s3.secret_key)
+    c.init()
+    yield c
+    c.close()

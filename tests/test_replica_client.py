@@ -34,17 +34,10 @@ def blob(tag: int, size: int = 300) -> bytes:
     return bytes([tag]) * size
 
 
-@pytest.fixture(params=["file", "s3"])
-def client(request, tmp_path):
-    if request.param == "file":
-        c = FileReplicaClient(str(tmp_path / "replica"))
-    else:
-        s3 = request.getfixturevalue("s3_server")
-        c = client_from_url(s3.url(s3.bucket, s3.new_path() + "/app/db"),
-                            access_key_id=s3.access_key, secret_access_key=s3.secret_key)
-    c.init()
-    yield c
-    c.close()
+@pytest.fixture
+def client(replica_client):
+    """Both backends (tests/conftest.py), one contract."""
+    return replica_client
 
 
 def put_junk(client, level: int, name: str) -> None:

@@ -9,22 +9,15 @@ import os
 import pytest
 
 from replication.file_replica_client import FileReplicaClient
-from replication.replica_client import ConflictError, client_from_url
+from replication.replica_client import ConflictError
 
 TS = 1_700_000_000_123
 
 
-@pytest.fixture(params=["file", "s3"])
-def client(request, tmp_path):
-    if request.param == "file":
-        c = FileReplicaClient(str(tmp_path / "replica"))
-    else:
-        s3 = request.getfixturevalue("s3_server")
-        c = client_from_url(s3.url(s3.bucket, s3.new_path() + "/db"),
-                            access_key_id=s3.access_key, secret_access_key=s3.secret_key)
-    c.init()
-    yield c
-    c.close()
+@pytest.fixture
+def client(replica_client):
+    """Both backends (tests/conftest.py), one contract."""
+    return replica_client
 
 
 def read(client, level, lo, hi) -> bytes:
