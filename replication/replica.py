@@ -130,8 +130,11 @@ class Replica:
         #: Files uploaded per round at most; 0 = unlimited (Litestream's default is 256).
         self.max_sync_ltx_files = 256 if max_files is None else int(max_files)
         self.auto_recover = bool(getattr(config, "auto_recover", False))
-        #: When several L0 files wait, upload them merged as one (see _merge_backlog).
-        self.merge_backlog = True
+        #: When several L0 files wait, upload them merged as one (see _merge_backlog). Off by
+        #: default: every TXID stays a restore point on the replica, as with Litestream, which
+        #: X-Replication-Txid relies on (`restore -txid <header>` must find a plan). On, the
+        #: replica catches up faster after a backlog (one PUT per run of files).
+        self.merge_backlog = False
         #: Seconds of continuous failure before ``on_fatal``; ``None`` = retry forever.
         self.retry_budget = retry_budget
         self.on_fatal = on_fatal

@@ -76,6 +76,7 @@ def test_a_merged_upload_over_another_writers_files_is_a_conflict(tmp_path):
     db.open()
     try:
         replica = Replica(db, client)
+        replica.merge_backlog = True
         db.sync()
         replica.sync()                       # TXID 1 uploaded
         for i in range(3):                   # a backlog: TXIDs 2..4 locally

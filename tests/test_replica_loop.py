@@ -353,11 +353,26 @@ def test_an_empty_replica_of_a_db_with_pruned_history_starts_with_a_snapshot(set
     assert rows(out) == rows(tmp_path / "src.db")
 
 
+def test_by_default_a_backlog_keeps_every_txid_a_restore_point(setup):
+    """X-Replication-Txid promises `restore -txid <header>`: no merging unless asked for."""
+    tmp_path, con, db, client = setup
+    commit(con)
+    db.sync()
+    replica = Replica(db, client, ReplicaConfig())
+    assert replica.sync() == 1
+    for _ in range(4):
+        commit(con, 3)
+        db.sync()
+    assert replica.sync() == 4
+    assert [(f.min_txid, f.max_txid) for f in client.ltx_files(0)] == [(t, t) for t in range(1, 6)]
+
+
 def test_a_backlog_is_uploaded_as_one_merged_l0_file(setup):
     tmp_path, con, db, client = setup
     commit(con)
     db.sync()
     replica = Replica(db, client, ReplicaConfig())
+    replica.merge_backlog = True
     assert replica.sync() == 1  # TXID 1 (the full first file) goes up on its own
     for _ in range(5):
         commit(con, 3)
