@@ -41,6 +41,9 @@ SNAPSHOT_LEVEL = 9
 #: operator learns about a dead replica before the local disk fills with L0 files.
 DEFAULT_RETRY_BUDGET = 600.0
 
+#: Seconds between two retry-budget checks of the watchdog (Replica._watch_budget).
+BUDGET_CHECK_INTERVAL = 0.5
+
 #: Litestream's cap on the exponential backoff after an upload error (5 minutes).
 MAX_BACKOFF = 300.0
 
@@ -361,10 +364,30 @@ class Replica:
     # -- the loop ----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Run :meth:`monitor` in a daemon thread."""
+        """Run :meth:`monitor` in a daemon thread, and the retry-budget watchdog."""
         self._thread = threading.Thread(target=self.monitor, name=f"replica:{self.db.path}",
                                         daemon=True)
         self._thread.start()
+        if self.retry_budget is not None:
+            threading.Thread(target=self._watch_budget, name=f"replica-budget:{self.db.path}",
+                             daemon=True).start()
+
+    def _watch_budget(self) -> None:
+        """Fail fast on time: the loop checks the budget when a failed round *ends*, but a
+        round against a dead S3 spends seconds in the client's own retries; this checks
+        twice a second whatever the loop is doing."""
+        while not self._stopping.wait(BUDGET_CHECK_INTERVAL):
+            since = self._failing_since
+            if self._fatal_reported:
+                return
+            if since is not None and time.monotonic() - since >= self.retry_budget:
+                with self._health_lock:
+                    last = self._health.last_error
+                self._fatal(ReplicationError(
+                    f"replica uploads have failed for {self.retry_budget:.0f}s: {last}",
+                    hint="check the replica's reachability and credentials; nothing committed "
+                         "is lost, the next start uploads the pending files"))
+                return
 
     def monitor(self) -> None:
         """Upload until :meth:`stop`: on every wake-up, as soon as the next local L0 file
