@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.plugins.s3 import S3Server, _stop as stop_seaweedfs, start_seaweedfs  # noqa: E402
 from tests.plugins.server import start_server  # noqa: E402
+from bench_http import parse_wrk  # noqa: E402  (same wrk output, one parser)
 
 TXID_HEADER = "X-Replication-Txid"
 POST_LUA = """
@@ -45,7 +46,6 @@ wrk.method = "POST"
 wrk.body = '{"name":"bench","price":1.5,"qty":3}'
 wrk.headers["Content-Type"] = "application/json"
 """
-_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 LTX_NAME = re.compile(r"([0-9a-f]{16})-([0-9a-f]{16})\.ltx")
 
 
@@ -133,18 +133,6 @@ def stop(server) -> None:
     if code != 0:
         print(f"  warning: serve exited {code}:\n{server.logs()[-2000:]}", file=sys.stderr)
     os.unlink(server.log_path)
-
-
-def parse_wrk(output: str) -> dict:
-    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))}
-    for pct in ("50", "99"):
-        m = re.search(rf"^\s+{pct}(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
-        result[f"p{pct}_ms"] = float(m.group(1)) * _UNITS[m.group(2)] if m else float("nan")
-    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
-    result["non2xx"] = int(m.group(1)) if m else 0
-    m = re.search(r"Socket errors: (.*)", output)
-    result["socket_errors"] = m.group(1).strip() if m else ""
-    return result
 
 
 def run_wrk(url: str, script: Path, duration: int, args) -> dict:

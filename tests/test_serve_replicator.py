@@ -57,6 +57,15 @@ def run_until_replicated(rep: ServeReplication, timeout=20.0):
         time.sleep(0.05)
 
 
+def replicate_rows(db, config, values):
+    """Write ``values``, replicate them to the replica, stop cleanly."""
+    write_rows(db, values)
+    rep = make(db, config)
+    rep.prepare()
+    run_until_replicated(rep)
+    assert rep.stop(10)
+
+
 def remove_db(db):
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(f"{db}{suffix}"):
@@ -92,11 +101,7 @@ def test_pending_local_files_are_uploaded_before_the_restore(env):
     from replication.db import DB
 
     db, replica, config = env
-    write_rows(db, ["a"])
-    rep = make(db, config)
-    rep.prepare()
-    run_until_replicated(rep)
-    assert rep.stop(10)
+    replicate_rows(db, config, ["a"])
     write_rows(db, ["acknowledged but never uploaded"])
     local = DB(str(db))
     local.open()
@@ -111,11 +116,7 @@ def test_pending_local_files_are_uploaded_before_the_restore(env):
 
 def test_a_different_db_at_the_same_path_is_refused(env):
     db, replica, config = env
-    write_rows(db, ["a"])
-    rep = make(db, config)
-    rep.prepare()
-    run_until_replicated(rep)
-    assert rep.stop(10)
+    replicate_rows(db, config, ["a"])
     remove_db(db)
     shutil.rmtree(db.parent / ".app.db-litestream")
     write_rows(db, ["something else"])
@@ -128,11 +129,7 @@ def test_a_different_db_at_the_same_path_is_refused(env):
 
 def test_the_same_content_without_local_history_is_adopted(env):
     db, replica, config = env
-    write_rows(db, ["a"])
-    rep = make(db, config)
-    rep.prepare()
-    run_until_replicated(rep)
-    assert rep.stop(10)
+    replicate_rows(db, config, ["a"])
     shutil.rmtree(db.parent / ".app.db-litestream")
     rep2 = make(db, config)
     rep2.prepare()  # no error: the DB holds exactly the replica's latest content
@@ -167,11 +164,7 @@ def test_a_db_restored_from_an_older_point_then_written_is_refused(env):
 
 def test_replica_ahead_of_local_history_is_refused_and_reset_replica_recovers(env, tmp_path):
     db, replica, config = env
-    write_rows(db, ["a"])
-    rep = make(db, config)
-    rep.prepare()
-    run_until_replicated(rep)
-    assert rep.stop(10)
+    replicate_rows(db, config, ["a"])
     # Another writer advanced the replica: fake it with a copy of the newest file at TXID+1.
     client = FileReplicaClient(str(replica))
     newest = max(client.ltx_files(0), key=lambda f: f.max_txid)
