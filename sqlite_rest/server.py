@@ -279,11 +279,45 @@ def build_worker_app(config_fields: dict, wait_for_txid: bool = False):
     RequestMetrics().instrument(app)
     logs.instrument(app)
     _install_drain(app)
+    relay_signals_from_any_thread((signal.SIGTERM, signal.SIGINT, DRAIN_SIGNAL))
     ready_dir = os.environ.get(WORKER_READY_ENV)
     if ready_dir:
         with open(os.path.join(ready_dir, str(os.getpid())), "w"):
             pass
     return app
+
+
+def relay_signals_from_any_thread(signums) -> None:
+    """Run the Python handlers of `signums` promptly whichever thread the kernel delivers to.
+
+    Why: CPython runs a Python signal handler only in the main thread, at its next bytecode.
+    granian parks its main thread in ``Event.wait()`` for the process's whole life, and the
+    kernel hands a process-wide signal to another thread when the main thread already has
+    one pending: a cgroup-wide SIGTERM (systemd's KillMode) arriving with the drain's SIGUSR1
+    tripped SIGTERM's handler on a granian thread and nothing ever woke the main thread, so
+    the worker never stopped (CI: test_sigterm_to_every_process_at_once_exits_zero hung).
+    The C-level handler writes every caught signal's number to the wakeup fd whichever
+    thread takes it; this thread reads them and calls the handler installed at that moment
+    (granian installs its own after we return). The main thread may run the same handler
+    again later: every handler relayed here is safe to run twice (granian's stop through
+    `_make_worker_stop_reliable`, the others set an event).
+    Call from the main thread (set_wakeup_fd requires it)."""
+    wanted = frozenset(int(s) for s in signums)
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+
+    def relay() -> None:
+        while True:
+            for signum in os.read(read_fd, 64):
+                handler = signal.getsignal(signum) if signum in wanted else None
+                if callable(handler) and handler is not signal.default_int_handler:
+                    try:
+                        handler(signum, None)
+                    except Exception:  # noqa: BLE001 - the relay must outlive a bad handler
+                        log.exception("signal handler for %s failed", signal.Signals(signum).name)
+
+    threading.Thread(target=relay, name="signal-relay", daemon=True).start()
 
 
 def _install_drain(app) -> None:
@@ -666,6 +700,66 @@ class Supervisor:
 
 # -- the HTTP server child ------------------------------------------------------------------
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _make_worker_stop_reliable() -> None:
+    """Every granian worker stops on its first SIGTERM/SIGINT, whenever it comes. Call once,
+    in granian's master, before it forks workers.
+
+    Two gaps in granian 2.8.7 that each left a worker running and its master waiting 30 s:
+    - A signal that arrives while a worker is still starting (a stop right after a respawn;
+      under load a forked child may not have run at all yet) ran the handler the worker
+      inherited from its master, which only set a flag in the master's copy, and was lost.
+      Stop signals stay blocked across fork until the child has installed a handler that
+      remembers them; the worker stops as soon as granian's own handler is installed.
+    - granian's ``WorkerSignal.set()`` hangs (holding the GIL) when it runs a second time
+      while the first is under way, which two racing senders (a cgroup-wide kill and the
+      master's terminate) or the signal relay cause. We let its handler run once."""
+    import granian._signals as granian_signals
+
+    install = granian_signals.set_sync_signals
+    if getattr(install, "stops_once", False):
+        return
+    stop_requested = []  # one per worker process: each forked child starts with it empty
+
+    def remember_stop(signum, frame):
+        stop_requested.append(signum)
+
+    def block_stop_signals():
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+    def unblock_stop_signals():
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+    def in_new_worker():
+        stop_requested.clear()
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, remember_stop)
+        unblock_stop_signals()  # a stop that came meanwhile is delivered now, and remembered
+
+    def set_sync_signals():
+        event = install()
+        once = threading.Lock()
+        stop = None
+        for signum in STOP_SIGNALS:
+            handler = signal.getsignal(signum)
+            if callable(handler):
+                def stop_once(num, frame, handler=handler):
+                    if once.acquire(blocking=False):
+                        handler(num, frame)
+                signal.signal(signum, stop_once)
+                stop = stop or stop_once
+        if stop_requested and stop is not None:
+            stop(stop_requested[0], None)
+        return event
+
+    set_sync_signals.stops_once = True
+    granian_signals.set_sync_signals = set_sync_signals
+    os.register_at_fork(before=block_stop_signals, after_in_parent=unblock_stop_signals,
+                        after_in_child=in_new_worker)
+
+
 def _make_granian_server(spec: dict):
     from granian.constants import Interfaces
     from granian.server import Server
@@ -686,12 +780,18 @@ def _make_granian_server(spec: dict):
 
         def shutdown(self, exit_code=0):
             # A worker that got the same SIGTERM straight from a cgroup-wide kill (systemd's
-            # default) exits 0 a moment before this master does; granian would call that an
-            # unexpected exit and exit 1. Only workers that did not exit cleanly count.
-            self.interrupt_children = [
-                idx for idx in self.interrupt_children
-                if idx >= len(self.wrks) or self.wrks[idx].inner.exitcode not in (0, None)]
-            return super().shutdown(exit_code)
+            # default) exits 0 a moment before this master stops it; granian calls that an
+            # unexpected exit and exits 1 — its watcher may even note it mid-shutdown, so
+            # decide at the end: only workers that did not exit cleanly count.
+            workers = list(self.wrks)
+            try:
+                return super().shutdown(exit_code)
+            except SystemExit as exc:
+                crashed = [w for w in workers
+                           if w.idx in self.interrupt_children and w.inner.exitcode != 0]
+                if exc.code == 1 and not exit_code and not crashed:
+                    return None
+                raise
 
     from pathlib import Path
 
@@ -720,6 +820,7 @@ def child_main() -> int:
     # Workers are forked from this process, which holds no SQLite handle and no app: each
     # worker builds its own app (and connections) in the loader.
     wait_for_txid = bool(spec.get("wait_for_txid"))
+    _make_worker_stop_reliable()
     server.serve(target_loader=lambda _target: build_worker_app(config_fields, wait_for_txid))
     return 0
 

@@ -14,6 +14,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from sqlite_rest.server import DRAIN_SIGNAL
+
 
 SLOW_ROWS = 3_000_000  # a recursive CTE this long takes ~1 s: an "in-flight" request
 
@@ -41,6 +43,7 @@ def metric_value(metrics_url, name, **labels) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
 
 
 def wait_for(predicate, timeout=10.0, interval=0.05):
@@ -338,6 +341,54 @@ def test_sigterm_to_every_process_at_once_exits_zero(serve, db):
             pass  # already stopped by its parent's SIGTERM
     assert srv.proc.wait(30) == 0, srv.logs()
     assert wait_for(lambda: not any(_alive(p) for p in everyone), timeout=10)
+
+
+def test_worker_given_drain_and_sigterm_together_stops(serve, db):
+    """A cgroup-wide SIGTERM lands while the supervisor's drain signal is still pending: the
+    kernel then hands SIGTERM to a non-main thread, and the stop must still happen, once
+    (granian 2.8.7 hangs a worker whose stop event is set twice concurrently)."""
+    srv = serve(db, "--security-allow-table", "items", "--workers", "4")
+    assert wait_for(lambda: len(srv.worker_pids()) == 4)
+    workers = srv.worker_pids()
+    for pid in workers:
+        os.kill(pid, DRAIN_SIGNAL)
+        os.kill(pid, signal.SIGTERM)
+    assert wait_for(lambda: not any(_alive(p) for p in workers), timeout=15), srv.logs()
+    assert wait_for(lambda: len(srv.worker_pids()) == 4, timeout=15), srv.logs()
+    started = time.monotonic()
+    assert srv.stop() == 0, srv.logs()
+    assert time.monotonic() - started < 10, srv.logs()
+
+
+_RELAY_CHILD = """
+import signal, threading, sys
+from sqlite_rest.server import relay_signals_from_any_thread
+handled = threading.Event()
+signal.signal(signal.SIGUSR2, lambda signum, frame: handled.set())
+relay_signals_from_any_thread([signal.SIGUSR2])
+# From here the main thread never takes SIGUSR2: the kernel hands it to another thread,
+# as it does when the main thread already has a signal pending.
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR2])
+print("ready", flush=True)
+handled.wait()
+print("handled", flush=True)
+"""
+
+
+def test_signal_taken_by_another_thread_still_runs_its_handler():
+    """A handler must run while the main thread sleeps in Event.wait(), whichever thread the
+    kernel delivered the signal to (the cause of a hung shutdown seen in CI)."""
+    proc = subprocess.Popen([sys.executable, "-c", _RELAY_CHILD], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        os.kill(proc.pid, signal.SIGUSR2)
+        assert proc.wait(10) == 0
+        assert proc.stdout.read().strip() == "handled"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_health_ready_names_the_failing_checks():
