@@ -31,7 +31,9 @@ import numpy as np
 from . import ltx, metrics
 from .errors import ReplicationError
 from .replica_client import FileInfo
+from .position import PositionBoard, Segment, wal_frames
 from .wal import (WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, WALReader, WALSeedError,
+                  read_wal_index_end,
                   WALSegment, read_wal_header)
 
 log = logging.getLogger(__name__)
@@ -50,8 +52,9 @@ CHECKPOINT_PASSIVE = "PASSIVE"
 CHECKPOINT_TRUNCATE = "TRUNCATE"
 CHECKPOINT_MODES = (CHECKPOINT_PASSIVE, CHECKPOINT_TRUNCATE)  # never RESTART (Litestream #724)
 
-# Commit wake-ups within this many seconds of the previous sync are coalesced into one sync.
-DEFAULT_MIN_SYNC_GAP = 0.010
+# Commit wake-ups within this many seconds of the previous sync are coalesced into one sync
+# (design/local-sync.md: 50 ms since writers read their TXID off the position board).
+DEFAULT_MIN_SYNC_GAP = 0.050
 
 # How often the monitor stats the -wal when inotify is unavailable (seconds).
 WAL_POLL_INTERVAL = 0.005
@@ -154,6 +157,10 @@ class DB:
         #: Notified (``notify_all``) after every sync that wrote a file; see :meth:`wait_for_change`.
         self.notify = threading.Condition()
         self._change_seq = 0
+        #: Where sync rounds publish what they cover, so writers know their commit's TXID
+        #: without waiting (``replication.position``); None: not published.
+        self.position_board: PositionBoard | None = None
+        self._shm_fd: int | None = None
         # Self-pipe that wakes the monitor (notify_commit); exists between open() and close().
         self._wake_r: int | None = None
         self._wake_w: int | None = None
@@ -205,10 +212,10 @@ class DB:
                     except apsw.Error as exc:
                         log.warning("%s: closing connection: %s", self.path, exc)
             self._conn = self._rconn = self._bconn = None
-            for fd in (self._db_fd, self._wake_r, self._wake_w):
+            for fd in (self._db_fd, self._wake_r, self._wake_w, self._shm_fd):
                 if fd is not None:
                     os.close(fd)
-            self._db_fd = self._wake_r = self._wake_w = None
+            self._db_fd = self._wake_r = self._wake_w = self._shm_fd = None
             self._opened = False
 
     def __enter__(self) -> "DB":
@@ -524,6 +531,41 @@ class DB:
 
     def _sync_wal(self, info: SyncInfo) -> tuple[bool, bool]:
         """Read the WAL from ``info`` and write one L0 file. Returns (written, caught_up)."""
+        board = self.position_board
+        if board is None:
+            return self._sync_wal_to(info, None)
+        board.round_started()  # before the WAL's end is sampled (replication/position.py)
+        try:
+            return self._sync_wal_to(info, board)
+        finally:
+            board.round_ended(self._committed_segment(), self._limit_frames())
+
+    def _committed_segment(self) -> Segment | None:
+        """What the newest L0 file covers, as the position board states it."""
+        h = self._last_header
+        if h is None or h.wal_offset == 0:
+            return None
+        return Segment((h.wal_salt1, h.wal_salt2), wal_frames(h.wal_offset + h.wal_size, h.page_size),
+                       h.max_txid)
+
+    def _limit_frames(self) -> int:
+        if self.max_sync_wal_bytes <= 0 or not self._page_size:
+            return 0
+        return self.max_sync_wal_bytes // (WAL_FRAME_HEADER_SIZE + self._page_size)
+
+    def _wal_index_end(self, hdr: WALHeader) -> int | None:
+        """The WAL's last committed frame per the -shm wal-index, if it is ``hdr``'s generation."""
+        if self._shm_fd is None:
+            try:
+                self._shm_fd = os.open(self.path + "-shm", os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return None
+        end = read_wal_index_end(self._shm_fd)
+        if end is None or end[0] != hdr.salts:
+            return None
+        return end[1]
+
+    def _sync_wal_to(self, info: SyncInfo, board: PositionBoard | None) -> tuple[bool, bool]:
         fd = self._wal_fd()
         if fd is None:
             return False, True
@@ -540,11 +582,23 @@ class DB:
                 info = self._verify_fd(self.pos(), fd)  # the WAL restarted since the check
             offset = info.offset
             try:
-                seg = reader.read(offset, None if info.snapshotting else self.max_sync_wal_bytes)
+                reader.seed(offset)
             except WALSeedError as exc:
                 log.info("%s: cannot continue WAL at %d (%s); writing a snapshot", self.path, offset, exc)
                 info = SyncInfo(WAL_HEADER_SIZE, *hdr.salts, True, "wal seed mismatch")
-                seg = reader.read(WAL_HEADER_SIZE)
+                offset = info.offset
+            # With a position board, read exactly to the committed end sampled now, and say
+            # so first: writers then know whether their commit is in this round.
+            until = None
+            mx_frame = self._wal_index_end(hdr) if board is not None else None
+            if mx_frame is not None:
+                until = max(WAL_HEADER_SIZE + mx_frame * hdr.frame_size, offset)
+                if info.snapshotting or until - offset <= self.max_sync_wal_bytes:
+                    writes = until > offset or info.snapshotting
+                    board.round_target(Segment(hdr.salts, mx_frame,
+                                               self.pos().txid + (1 if writes else 0)))
+            seg = reader.read(offset, None if info.snapshotting else self.max_sync_wal_bytes,
+                              until=until)
             caught_up = seg.stop_reason != "limit"
             self._synced_to_wal_end = seg.end == os.fstat(fd).st_size
             if not info.snapshotting and seg.frames == 0:

@@ -90,6 +90,9 @@ class CommitWaiter:
         self._local.seq += 1
         seq = self._local.seq.to_bytes(8, "big")
         try:
+            # Bounded like the wait: a full queue (a listener that stopped draining during
+            # shutdown) once blocked a worker's stop for its whole kill timeout.
+            sock.settimeout(self.timeout)
             sock.sendto(_WAIT + seq, self.path)
         except OSError:
             return None

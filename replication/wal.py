@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import os
 import struct
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -185,6 +186,33 @@ def read_wal_header(path_or_fd: str | os.PathLike | int) -> WALHeader | None:
     if len(data) < WAL_HEADER_SIZE:
         return None
     return WALHeader.parse(data)
+
+
+# SQLite's WalIndexHdr, in native byte order, at the start of the -shm file, twice: a writer
+# updates the second copy, then the first; a reader that finds both equal and the checksum
+# right has a consistent header (wal.c, walIndexTryHdr).
+_WAL_INDEX_HEADER = struct.Struct("=IIIBBHII8s8sII")
+WAL_INDEX_HEADER_SIZE = _WAL_INDEX_HEADER.size  # 48
+
+
+def read_wal_index_end(shm_fd: int, attempts: int = 8) -> tuple[tuple[int, int], int] | None:
+    """``(salts, mxFrame)`` from the ``-shm`` wal-index header: the WAL generation and its last
+    committed frame, as SQLite's own readers see them. None if the header is not initialised
+    or stayed torn (a writer was updating it) for every attempt."""
+    native_big = sys.byteorder == "big"
+    for _ in range(attempts):
+        data = os.pread(shm_fd, 2 * WAL_INDEX_HEADER_SIZE, 0)
+        if len(data) < 2 * WAL_INDEX_HEADER_SIZE:
+            return None
+        first, second = data[:WAL_INDEX_HEADER_SIZE], data[WAL_INDEX_HEADER_SIZE:]
+        if first != second:
+            continue
+        (_version, _unused, _change, is_init, _big_cksum, _page, mx_frame, _n_page, _frame_cksum,
+         salt_raw, c1, c2) = _WAL_INDEX_HEADER.unpack(first)
+        if not is_init or wal_checksum(first[:40], native_big) != (c1, c2):
+            continue
+        return struct.unpack(">II", salt_raw), mx_frame  # salts are a copy of the WAL header's
+    return None
 
 
 @dataclass

@@ -477,7 +477,7 @@ def _wire_replication(supervisor, replication) -> None:
         try:
             replication.prepare()
             replication.attach_listener(supervisor.commit_listener)
-            replication.start()
+            replication.start(position_board=supervisor.position_board_path)
         except ReplicationError as exc:
             raise StartupError(exc.message, hint=exc.hint) from None
 

@@ -302,6 +302,9 @@ class WriteTransaction:
             if tx.rollback_only:
                 conn.execute("ROLLBACK")
                 return False
+            before_commit = db.before_commit
+            if before_commit is not None:
+                before_commit()
             try:
                 conn.execute("COMMIT")
             except BaseException:
@@ -327,6 +330,9 @@ class Database:
         self.dsn = dsn
         self.on_commit = on_commit
         self.replication_txid = replication_txid
+        #: Called inside the write transaction right before COMMIT (CommitPositions reads
+        #: the WAL generation there).
+        self.before_commit = getattr(replication_txid, "before_commit", None)
         self._local = threading.local()
         # Write transactions of this process's threads take turns here instead of polling
         # SQLite's write lock against each other (only other processes are polled).
@@ -378,6 +384,9 @@ class Database:
                 # Replication on: checkpoints belong to the replicator (PASSIVE at its
                 # thresholds, never RESTART; design/local-sync.md), so workers never run one.
                 conn.execute("PRAGMA wal_autocheckpoint=0").fetchall()
+                watch = getattr(self.replication_txid, "watch_connection", None)
+                if watch is not None:  # it learns each commit's WAL frame (CommitPositions)
+                    watch(conn)
             elif not self.dsn.read_only:
                 conn.set_wal_hook(self.checkpointer.wal_hook)
         return conn

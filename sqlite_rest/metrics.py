@@ -9,6 +9,7 @@ Names, labels and help texts are b4fun/sqlite-rest's (metrics.go), so existing d
 | ``sqlite_rest_auth_failed_requests_total`` | counter | — | workers |
 | ``sqlite_rest_access_check_failed_requests_total`` | counter | — | workers |
 | ``sqlite_rest_database_size_bytes`` | gauge | — | parent |
+| ``sqlite_rest_replication_position_total`` | counter | source (``board``: known at commit; ``round``: waited for a sync round) | workers, replication on |
 
 Workers record into prometheus_client's *multiprocess* mode: the supervisor sets
 ``PROMETHEUS_MULTIPROC_DIR`` (a fresh temp dir per `serve`) in the worker environment only, so
@@ -118,6 +119,16 @@ class RequestMetrics:
             target = UNKNOWN_TARGET if status == 404 else path.strip("/").split("/", 1)[0]
             self.observe(target, operation, status, (time.perf_counter() - t0) * 1000.0)
             return response
+
+
+def replication_position_counter(registry: Optional[CollectorRegistry] = REGISTRY):
+    """How each write learned its X-Replication-Txid (ours, not the Go server's): nearly all
+    should be ``board``; a growing ``round`` share means writes wait (replication/position.py)."""
+    counter = Counter("replication_position_total",
+                      "Writes by how their X-Replication-Txid was found", ("source",),
+                      namespace=NAMESPACE, registry=registry)
+    children = {source: counter.labels(source) for source in ("board", "round")}
+    return lambda source: children[source].inc()
 
 
 class DatabaseSizeGauge:

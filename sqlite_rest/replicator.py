@@ -380,13 +380,19 @@ class ServeReplication:
 
     # -- running ------------------------------------------------------------------------
 
-    def start(self, *, commit_socket: Optional[str] = None) -> None:
+    def start(self, *, commit_socket: Optional[str] = None,
+              position_board: Optional[str] = None) -> None:
+        """Start the replicator. ``position_board``: a file to publish sync rounds on, so
+        workers know their commit's TXID without a round trip (replication/position.py)."""
+        from replication.position import PositionBoard
         from replication.store import Store
 
         config = dataclasses.replace(self.config, dbs=[self.dbc])
         self.store = Store(config, retry_budget=self.retry_budget, on_fatal=self._on_fatal)
         self.store.open(monitor=True)
         self.db = self.store.dbs[0]
+        if position_board:
+            self.db.position_board = PositionBoard(position_board)
         self.replica = self.store.replicas[self.db.path]
         self.db.on_sync_round(self._answer_waiters)
         self.db.on_txid_assigned(self._answer_waiters)

@@ -56,6 +56,8 @@ WORKER_READY_ENV = "SQLITEREST_WORKER_READY_DIR"
 #: File that exists while the supervisor's own readiness checks (replication, ...) pass; the
 #: workers' /ready on the API port looks at it (one stat), so both ports agree.
 READY_FILE_ENV = "SQLITEREST_READY_FILE"
+#: Path of the replicator's position board (replication/position.py), for the workers.
+POSITION_BOARD_ENV = "SQLITEREST_POSITION_BOARD"
 #: How often the supervisor refreshes that file (seconds).
 READY_FILE_INTERVAL_S = 0.25
 #: prometheus_client's multiprocess directory, set for the child (and so its workers) only.
@@ -258,17 +260,26 @@ def config_to_json(config: ServerConfig) -> dict:
 def build_worker_app(config_fields: dict, wait_for_txid: bool = False):
     """The Flask app of one worker: create_app + the commit signal + metrics + request logs."""
     from replication.notify import CommitSignal, CommitWaiter
+    from replication.position import CommitPositions
+
+    from .config import parse_dsn
 
     from .app import create_app
-    from .metrics import RequestMetrics
+    from .metrics import RequestMetrics, replication_position_counter
 
     hooks = {}
     ready_file = os.environ.get(READY_FILE_ENV)
     if ready_file:
         hooks["ready"] = lambda: os.path.exists(ready_file)
     waiter = CommitWaiter.from_env() if wait_for_txid else None
-    if waiter is not None:
-        # the position request is itself the commit signal: one datagram per write
+    board = os.environ.get(POSITION_BOARD_ENV)
+    if waiter is not None and board:
+        # Known at commit from the replicator's position board; a round trip (the position
+        # request is itself the commit signal) only when the board cannot tell.
+        hooks["replication_txid"] = CommitPositions(
+            parse_dsn(config_fields["db_dsn"]).path, board, fallback=waiter,
+            wake=CommitSignal.from_env().send, on_answer=replication_position_counter())
+    elif waiter is not None:
         hooks["replication_txid"] = waiter
     else:
         signal_ = CommitSignal.from_env()
@@ -437,6 +448,10 @@ class Supervisor:
         return os.path.join(self._tmpdir, "ready") if self._tmpdir else None
 
     @property
+    def position_board_path(self) -> Optional[str]:
+        return os.path.join(self._tmpdir, "position") if self._tmpdir else None
+
+    @property
     def commit_socket_path(self) -> Optional[str]:
         return os.path.join(self._tmpdir, "commit.sock") if self._tmpdir else None
 
@@ -551,6 +566,7 @@ class Supervisor:
         env[COMMIT_SOCKET_ENV] = self.commit_socket_path
         env[WORKER_READY_ENV] = self.worker_ready_dir
         env[READY_FILE_ENV] = self.ready_file
+        env[POSITION_BOARD_ENV] = self.position_board_path
         self._child = subprocess.Popen([sys.executable, "-m", "sqlite_rest.server"], env=env,
                                        preexec_fn=_die_with_parent)
 
@@ -647,7 +663,9 @@ class Supervisor:
     # -- parent threads -----------------------------------------------------------------------
     def _receive_commits(self) -> None:
         fd = self._listener.fileno()
-        while not self._stop.is_set():
+        # Until the workers are gone, not just until the stop: writes finishing during the
+        # shutdown still signal, and wait for their position.
+        while not self._stop.is_set() or self._child_alive():
             readable, _, _ = select.select([fd], [], [], 0.5)
             if not readable:
                 continue
@@ -784,6 +802,7 @@ def _make_granian_server(spec: dict):
             # unexpected exit and exits 1 — its watcher may even note it mid-shutdown, so
             # decide at the end: only workers that did not exit cleanly count.
             workers = list(self.wrks)
+            self._refuse_new_connections()
             try:
                 return super().shutdown(exit_code)
             except SystemExit as exc:
@@ -792,6 +811,21 @@ def _make_granian_server(spec: dict):
                 if exc.code == 1 and not exit_code and not crashed:
                     return None
                 raise
+
+        def _refuse_new_connections(self):
+            # Stopping workers keep the listening socket open until they exit, and the kernel
+            # keeps completing handshakes into its backlog: those clients' requests were then
+            # reset unanswered (RemoteProtocolError: did my POST happen?). Shut the socket down
+            # first, so a late client is refused (ConnectError) and knows nothing happened.
+            sock = getattr(self, "_sso", None)
+            # TCP only: on a unix socket granian's accept loop then never saw its stop
+            # (test_http_socket_like_the_go_server hung).
+            if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+                return
+            try:
+                sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
 
     from pathlib import Path
 

