@@ -229,6 +229,21 @@ class RestartableS3:
                                      start_new_session=True)
         log.close()
         wait_for(lambda: s3_answers(self.server.endpoint), 30, "SeaweedFS to answer again", 0.1)
+        # Answering is not serving: right after a restart SeaweedFS can list objects and still
+        # fail reading them (InternalError until its volume is back), which a start would then
+        # report as an S3 failure (CI, 2026-11-21). Ready = an existing object reads back.
+        wait_for(self._reads_objects, 30, "SeaweedFS to read its objects again", 0.1)
+
+    def _reads_objects(self) -> bool:
+        client = self.server.client()
+        try:
+            page = client.list_objects_v2(Bucket=self.server.bucket, MaxKeys=1)
+            contents = page.get("Contents", [])
+            if contents:
+                client.get_object(Bucket=self.server.bucket, Key=contents[0]["Key"])["Body"].read()
+            return True
+        except Exception:  # noqa: BLE001 - any failure means not ready yet
+            return False
 
 
 @pytest.fixture
