@@ -94,8 +94,7 @@ class BoardState:
                 return seg.txid, False
             if age < -1 or (age == 0 and salts != seg.salts):
                 return None  # not a generation we can order (see the module docstring)
-        last = segments[-1]
-        age = _newer(salts[0], last.salts[0])
+        last = segments[-1]  # `age` is still the commit's age against it
         if age == 0:
             backlog = frame - last.end
         elif age == 1:

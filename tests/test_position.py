@@ -5,6 +5,7 @@ Pure logic of BoardState.txid_for_commit, the board codec and file, and the prom
 with real SQLite (apsw), the real DB sync/checkpoint code and L0 files applied in order."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import mmap
 import os
@@ -22,7 +23,7 @@ from replication.position import (BOARD_MAGIC, BOARD_SIZE, BOARD_VERSION, BoardS
                                   CommitPositions, PositionBoard, Segment, decode_board,
                                   encode_board, read_board)
 from replication.wal import read_wal_header, read_wal_index_end
-from tests.test_db_sync import apply_files
+from tests.test_db_sync import apply_files, open_writer
 
 S = (100, 0x1234)          # the committed generation in the pure-logic tests
 NEXT = (101, 0x9999)       # one restart newer (salt-1 + 1, any salt-2)
@@ -31,15 +32,6 @@ OLDER = (99, 0x5555)
 
 
 # -- helpers (patterns from tests/test_db_sync.py) ---------------------------------------------
-
-def open_writer(path, page_size=4096):
-    conn = apsw.Connection(str(path))
-    conn.set_busy_timeout(10000)
-    conn.execute(f"PRAGMA page_size={page_size}").fetchall()
-    conn.execute("PRAGMA journal_mode=wal").fetchall()
-    conn.execute("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, x BLOB)")
-    return conn
-
 
 def restore_at(db, txid, out):
     """The database at ``txid`` from the local L0 files (1..txid, contiguous)."""
@@ -342,105 +334,101 @@ def check_answers(db, tmp_path, records, commits):
         assert not missing, f"TXID {txid} lacks rows {sorted(missing)[:10]} (commit up to {last})"
 
 
+@contextlib.contextmanager
+def replicated(d, config=None):
+    """A DB in ``d`` publishing on a position board, a writer connection, its CommitPositions
+    (fallback answers "fallback") and the Recorder of its wakes and answers."""
+    path = d / "db.sqlite"
+    writer = open_writer(path)
+    rec = Recorder()
+    try:
+        with DB(path, config) as db:
+            db.position_board = PositionBoard(d / "board")
+            try:
+                cp = CommitPositions(path, d / "board", fallback=lambda: "fallback",
+                                     wake=rec.wake, on_answer=rec.on_answer)
+                cp.watch_connection(writer)
+                yield db, writer, cp, rec
+            finally:
+                db.position_board.close()
+    finally:
+        writer.close()
+
+
 @pytest.mark.parametrize("seed,max_sync_wal_bytes", [(1, None), (2, None), (3, 12 * (4096 + 24))])
 def test_board_answers_are_contained_single_thread(tmp_path, seed, max_sync_wal_bytes):
     rng = random.Random(seed)
-    path = tmp_path / "db.sqlite"
-    writer = open_writer(path)
     cfg = SimpleNamespace(min_checkpoint_page_count=300, monitor_interval=0.0)
     if max_sync_wal_bytes:
         cfg.max_sync_wal_bytes = max_sync_wal_bytes
-    rec = Recorder()
-    with DB(path, cfg) as db:
-        db.position_board = PositionBoard(tmp_path / "board")
+    with replicated(tmp_path, cfg) as (db, writer, cp, rec):
+        db.sync()
+        records = []
+        n = 250
+        salts_seen = set()
+        for i in range(n):
+            if i == 80:
+                db.checkpoint("PASSIVE")
+            elif i == 160:
+                db.checkpoint("TRUNCATE")
+            elif i == 200:
+                db.checkpoint("PASSIVE")
+            elif rng.random() < 0.2:
+                db.sync()
+            records.append(commit_rows(writer, cp, rng))
+            salts_seen.add(read_wal_header(db.wal_path).salts)
+        assert len(salts_seen) >= 3, "the WAL never restarted"
+        while db.sync():
+            pass
+        assert db.pos().txid > 10
+        check_answers(db, tmp_path, records, n)
+        from_board = sum(1 for a, _ in records if a != "fallback")
+        if max_sync_wal_bytes:
+            # Small L0 files: a backlog over limit_frames cannot be answered from the board.
+            assert 0.2 * n <= from_board < 0.9 * n, (from_board, n)
+        else:
+            assert from_board >= 0.8 * n, (from_board, n)
+        assert rec.answers.count("board") == from_board
+        assert rec.answers.count("round") == n - from_board
+        assert 0 < rec.wakes < n
+        # At most one wake per round: the rounds the replicator started.
+        fd = os.open(tmp_path / "board", os.O_RDONLY)
         try:
-            cp = CommitPositions(path, tmp_path / "board", fallback=lambda: "fallback",
-                                 wake=rec.wake, on_answer=rec.on_answer)
-            cp.watch_connection(writer)
-            db.sync()
-            records = []
-            n = 250
-            salts_seen = set()
-            for i in range(n):
-                if i == 80:
-                    db.checkpoint("PASSIVE")
-                elif i == 160:
-                    db.checkpoint("TRUNCATE")
-                elif i == 200:
-                    db.checkpoint("PASSIVE")
-                elif rng.random() < 0.2:
-                    db.sync()
-                records.append(commit_rows(writer, cp, rng))
-                salts_seen.add(read_wal_header(db.wal_path).salts)
-            assert len(salts_seen) >= 3, "the WAL never restarted"
-            while db.sync():
-                pass
-            assert db.pos().txid > 10
-            check_answers(db, tmp_path, records, n)
-            from_board = sum(1 for a, _ in records if a != "fallback")
-            if max_sync_wal_bytes:
-                # Small L0 files: a backlog over limit_frames cannot be answered from the board.
-                assert 0.2 * n <= from_board < 0.9 * n, (from_board, n)
-            else:
-                assert from_board >= 0.8 * n, (from_board, n)
-            assert rec.answers.count("board") == from_board
-            assert rec.answers.count("round") == n - from_board
-            assert 0 < rec.wakes < n
-            # At most one wake per round: the rounds the replicator started.
-            fd = os.open(tmp_path / "board", os.O_RDONLY)
-            try:
-                rounds = decode_board(os.pread(fd, BOARD_SIZE, 0)).rounds
-            finally:
-                os.close(fd)
-            assert rec.wakes <= rounds + 1
+            rounds = decode_board(os.pread(fd, BOARD_SIZE, 0)).rounds
         finally:
-            db.position_board.close()
-    writer.close()
+            os.close(fd)
+        assert rec.wakes <= rounds + 1
 
 
 def test_answer_right_after_sync_names_the_committed_file(tmp_path):
     """A commit after a caught-up sync is in the next round's file (txid+1); once that round
     ran, a commit that wrote nothing new is answered with the committed TXID."""
-    path = tmp_path / "db.sqlite"
-    writer = open_writer(path)
-    rec = Recorder()
-    with DB(path) as db:
-        db.position_board = PositionBoard(tmp_path / "board")
-        try:
-            cp = CommitPositions(path, tmp_path / "board", fallback=lambda: "fallback",
-                                 wake=rec.wake)
-            cp.watch_connection(writer)
-            assert commit_rows(writer, cp, random.Random(0))[0] == "fallback"  # nothing synced
-            db.sync()
-            txid = db.pos().txid
-            answer, _ = commit_rows(writer, cp, random.Random(0))
-            assert answer == f"{txid + 1:016x}" and rec.wakes == 1
-            answer, _ = commit_rows(writer, cp, random.Random(0))
-            assert answer == f"{txid + 1:016x}" and rec.wakes == 1  # same round: no second wake
-            db.sync()
-            assert db.pos().txid == txid + 1
-            # A transaction that writes nothing: frame stays None -> the committed TXID.
-            writer.execute("BEGIN IMMEDIATE")
-            writer.execute("DELETE FROM t WHERE id < 0")
-            cp.before_commit()
-            writer.execute("COMMIT")
-            assert cp() == f"{txid + 1:016x}"
-            answer, _ = commit_rows(writer, cp, random.Random(0))
-            assert answer == f"{txid + 2:016x}" and rec.wakes == 2
-        finally:
-            db.position_board.close()
-    writer.close()
+    with replicated(tmp_path) as (db, writer, cp, rec):
+        assert commit_rows(writer, cp, random.Random(0))[0] == "fallback"  # nothing synced
+        db.sync()
+        txid = db.pos().txid
+        answer, _ = commit_rows(writer, cp, random.Random(0))
+        assert answer == f"{txid + 1:016x}" and rec.wakes == 1
+        answer, _ = commit_rows(writer, cp, random.Random(0))
+        assert answer == f"{txid + 1:016x}" and rec.wakes == 1  # same round: no second wake
+        db.sync()
+        assert db.pos().txid == txid + 1
+        # A transaction that writes nothing: frame stays None -> the committed TXID.
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("DELETE FROM t WHERE id < 0")
+        cp.before_commit()
+        writer.execute("COMMIT")
+        assert cp() == f"{txid + 1:016x}"
+        answer, _ = commit_rows(writer, cp, random.Random(0))
+        assert answer == f"{txid + 2:016x}" and rec.wakes == 2
 
 
 def test_board_answers_are_contained_with_concurrent_syncs(tmp_path):
     """The replicator syncs (and checkpoints) in another thread while the writer commits: the
     board is read while rounds are busy, with and without a target."""
     rng = random.Random(7)
-    path = tmp_path / "db.sqlite"
-    writer = open_writer(path)
-    rec = Recorder()
-    with DB(path, SimpleNamespace(min_checkpoint_page_count=200, monitor_interval=0.0)) as db:
-        db.position_board = PositionBoard(tmp_path / "board")
+    config = SimpleNamespace(min_checkpoint_page_count=200, monitor_interval=0.0)
+    with replicated(tmp_path, config) as (db, writer, cp, rec):
         stop = threading.Event()
         errors = []
 
@@ -461,9 +449,6 @@ def test_board_answers_are_contained_with_concurrent_syncs(tmp_path):
 
         thread = threading.Thread(target=replicator, daemon=True)
         try:
-            cp = CommitPositions(path, tmp_path / "board", fallback=lambda: "fallback",
-                                 wake=rec.wake, on_answer=rec.on_answer)
-            cp.watch_connection(writer)
             db.sync()
             thread.start()
             n = 600
@@ -479,8 +464,6 @@ def test_board_answers_are_contained_with_concurrent_syncs(tmp_path):
             assert rec.wakes < n
         finally:
             stop.set()
-            db.position_board.close()
-    writer.close()
 
 
 def test_commit_in_the_restarted_generation_before_the_replicator_sees_it(tmp_path,
@@ -488,53 +471,42 @@ def test_commit_in_the_restarted_generation_before_the_replicator_sees_it(tmp_pa
     """A writer restarts the WAL (its first frame after a checkpoint) and its transaction spills
     frames before COMMIT, so its WAL generation is one newer than the board's committed
     segment: the answer is the next round's TXID, and that round's file contains the commit."""
-    path = tmp_path / "db.sqlite"
-    writer = open_writer(path)
-    rec = Recorder()
     records = []
-    with DB(path) as db:
-        db.position_board = PositionBoard(tmp_path / "board")
-        try:
-            cp = CommitPositions(path, tmp_path / "board", fallback=lambda: "fallback",
-                                 wake=rec.wake)
-            cp.watch_connection(writer)
-            rng = random.Random(5)
-            for _ in range(5):
-                commit_rows(writer, cp, rng)
-            db.sync()
-            old = read_wal_header(db.wal_path).salts
-            committed_txid = db.pos().txid
-            real_bump = db._seq_bump
-            injected = []
+    with replicated(tmp_path) as (db, writer, cp, rec):
+        rng = random.Random(5)
+        for _ in range(5):
+            commit_rows(writer, cp, rng)
+        db.sync()
+        old = read_wal_header(db.wal_path).salts
+        committed_txid = db.pos().txid
+        real_bump = db._seq_bump
+        injected = []
 
-            def bump_after_a_writer():
-                # Between the checkpoint and the replicator's own first write of the new
-                # generation (its sequence bump): the writer gets in first.
-                if not injected:
-                    injected.append(True)
-                    writer.execute("PRAGMA cache_size=2")
-                    writer.execute("BEGIN IMMEDIATE")
-                    for _ in range(60):
-                        writer.execute("INSERT INTO t(x) VALUES (randomblob(3000))")
-                    cp.before_commit()
-                    writer.execute("COMMIT")
-                    records.append((cp(), writer.last_insert_rowid(),
-                                    read_wal_header(db.wal_path).salts))
-                real_bump()
+        def bump_after_a_writer():
+            # Between the checkpoint and the replicator's own first write of the new
+            # generation (its sequence bump): the writer gets in first.
+            if not injected:
+                injected.append(True)
+                writer.execute("PRAGMA cache_size=2")
+                writer.execute("BEGIN IMMEDIATE")
+                for _ in range(60):
+                    writer.execute("INSERT INTO t(x) VALUES (randomblob(3000))")
+                cp.before_commit()
+                writer.execute("COMMIT")
+                records.append((cp(), writer.last_insert_rowid(),
+                                read_wal_header(db.wal_path).salts))
+            real_bump()
 
-            monkeypatch.setattr(db, "_seq_bump", bump_after_a_writer)
-            db.checkpoint("PASSIVE")
-            assert injected
-            answer, last, salts = records[0]
-            assert salts[0] == (old[0] + 1) & 0xFFFFFFFF  # the writer restarted the WAL
-            assert answer == f"{committed_txid + 1:016x}", answer
-            assert rec.wakes == 1
-            while db.sync():
-                pass
-            check_answers(db, tmp_path, [(answer, last)], 1)
-        finally:
-            db.position_board.close()
-    writer.close()
+        monkeypatch.setattr(db, "_seq_bump", bump_after_a_writer)
+        db.checkpoint("PASSIVE")
+        assert injected
+        answer, last, salts = records[0]
+        assert salts[0] == (old[0] + 1) & 0xFFFFFFFF  # the writer restarted the WAL
+        assert answer == f"{committed_txid + 1:016x}", answer
+        assert rec.wakes == 1
+        while db.sync():
+            pass
+        check_answers(db, tmp_path, [(answer, last)], 1)
 
 
 def test_truncate_then_a_writer_first_gives_a_random_generation(tmp_path, monkeypatch):
@@ -546,48 +518,37 @@ def test_truncate_then_a_writer_first_gives_a_random_generation(tmp_path, monkey
     for trial in range(24):
         d = tmp_path / f"trial-{trial}"
         d.mkdir()
-        path = d / "db.sqlite"
-        writer = open_writer(path)
-        rec = Recorder()
         records = []
-        with DB(path) as db:
-            db.position_board = PositionBoard(d / "board")
-            try:
-                cp = CommitPositions(path, d / "board", fallback=lambda: "fallback",
-                                     wake=rec.wake)
-                cp.watch_connection(writer)
-                rng = random.Random(trial)
-                for _ in range(3):
-                    commit_rows(writer, cp, rng)
-                db.sync()
-                old = read_wal_header(db.wal_path).salts
-                real_bump = db._seq_bump
-                injected = []
+        with replicated(d) as (db, writer, cp, rec):
+            rng = random.Random(trial)
+            for _ in range(3):
+                commit_rows(writer, cp, rng)
+            db.sync()
+            old = read_wal_header(db.wal_path).salts
+            real_bump = db._seq_bump
+            injected = []
 
-                def bump_after_writers():
-                    if not injected:
-                        injected.append(True)
-                        for _ in range(2):
-                            records.append(commit_rows(writer, cp, rng))
-                    real_bump()
+            def bump_after_writers():
+                if not injected:
+                    injected.append(True)
+                    for _ in range(2):
+                        records.append(commit_rows(writer, cp, rng))
+                real_bump()
 
-                monkeypatch.setattr(db, "_seq_bump", bump_after_writers)
-                db.checkpoint("TRUNCATE")
-                monkeypatch.undo()
-                assert injected
-                new = read_wal_header(db.wal_path).salts
-                while db.sync():
-                    pass
-                older = ((new[0] - old[0]) & 0xFFFFFFFF) >= 0x80000000
-                if older:
-                    # The second commit: its generation is stable, the board's committed
-                    # segment is the old generation, and salt-1 compares as older.
-                    check_answers(db, d, records, len(records))
-                    return
+            monkeypatch.setattr(db, "_seq_bump", bump_after_writers)
+            db.checkpoint("TRUNCATE")
+            monkeypatch.undo()
+            assert injected
+            new = read_wal_header(db.wal_path).salts
+            while db.sync():
+                pass
+            older = ((new[0] - old[0]) & 0xFFFFFFFF) >= 0x80000000
+            if older:
+                # The second commit: its generation is stable, the board's committed
+                # segment is the old generation, and salt-1 compares as older.
                 check_answers(db, d, records, len(records))
-            finally:
-                db.position_board.close()
-        writer.close()
+                return
+            check_answers(db, d, records, len(records))
     raise AssertionError("no trial drew a salt-1 that compares older (probability 2**-24)")
 
 
