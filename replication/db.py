@@ -33,7 +33,7 @@ from .errors import ReplicationError
 from .replica_client import FileInfo
 from .position import PositionBoard, Segment, wal_frames
 from .wal import (WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, WALReader, WALSeedError,
-                  read_wal_index_end,
+                  read_wal_backfill, read_wal_index_end,
                   WALSegment, read_wal_header)
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,14 @@ WAL_POLL_INTERVAL = 0.005
 
 _SEQ_BUMP = "INSERT INTO _litestream_seq (id, seq) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET seq = seq + 1"
 _BARRIER = "INSERT INTO _litestream_lock (id) VALUES (1)"
+
 _DB_READ_CHUNK_PAGES = 256
+
+
+def _begin_read(conn: apsw.Connection) -> None:
+    """A read transaction that stays open: BEGIN alone takes no lock until the first read."""
+    conn.execute("BEGIN")
+    conn.execute("SELECT COUNT(1) FROM _litestream_seq").fetchall()
 
 
 def _seconds(value: Any, default: float) -> float:
@@ -134,6 +141,8 @@ class DB:
         self._lock = threading.RLock()  # Litestream's checkpoint mutex: sync/checkpoint/snapshot
         self._conn: apsw.Connection | None = None  # pragmas, seq bumps, checkpoints
         self._rconn: apsw.Connection | None = None  # holds the long-running read transaction
+        self._rconn_next: apsw.Connection | None = None  # takes it over (_move_read_lock_onto_wal)
+        self._read_lock_may_pin_db = False
         self._bconn: apsw.Connection | None = None  # holds the barrier write transaction
         self._db_fd: int | None = None
         self._page_size = 0
@@ -206,13 +215,13 @@ class DB:
     def close(self) -> None:
         """Release the read transaction and the connections (no final sync: the caller does it)."""
         with self._lock:
-            for conn in (self._bconn, self._rconn, self._conn):
+            for conn in (self._bconn, self._rconn, self._rconn_next, self._conn):
                 if conn is not None:
                     try:
                         conn.close()
                     except apsw.Error as exc:
                         log.warning("%s: closing connection: %s", self.path, exc)
-            self._conn = self._rconn = self._bconn = None
+            self._conn = self._rconn = self._rconn_next = self._bconn = None
             for fd in (self._db_fd, self._wake_r, self._wake_w, self._shm_fd):
                 if fd is not None:
                     os.close(fd)
@@ -253,14 +262,15 @@ class DB:
             self._page_size = int(conn.execute("PRAGMA page_size").fetchall()[0][0])
             self._conn = conn
             self._rconn = self._connect()
+            self._rconn_next = self._connect()
             self._bconn = self._connect()
             self._db_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             self._acquire_read_lock()
         except BaseException:
-            for c in (conn, self._rconn, self._bconn):
+            for c in (conn, self._rconn, self._rconn_next, self._bconn):
                 if c is not None:
                     c.close()
-            self._conn = self._rconn = self._bconn = None
+            self._conn = self._rconn = self._rconn_next = self._bconn = None
             raise
         os.makedirs(self.ltx_level_dir(0), exist_ok=True)
         self._ensure_wal_exists()
@@ -268,8 +278,36 @@ class DB:
 
     def _acquire_read_lock(self) -> None:
         """Start the long-running read transaction that keeps others from resetting the WAL."""
-        self._rconn.execute("BEGIN")
-        self._rconn.execute("SELECT COUNT(1) FROM _litestream_seq").fetchall()
+        _begin_read(self._rconn)
+        # Begun while the WAL was fully checkpointed (always so right after our own checkpoint),
+        # it reads the DB file under WAL read-lock 0: see _move_read_lock_onto_wal.
+        self._read_lock_may_pin_db = True
+
+    def _move_read_lock_onto_wal(self) -> None:
+        """Hand the read transaction to a fresh one that holds a WAL read mark.
+
+        Why: while any reader holds WAL read-lock 0, no checkpoint can copy a page into the DB
+        file, yet every other connection's auto-checkpoint past 1,000 frames first sorts the
+        whole WAL and only then finds that lock taken, on every commit: a tight-loop writer
+        ran at half speed (bench_sync, #5). A reader with a mark lets those checkpoints copy
+        up to it once and find nothing to do after. The new transaction starts before the
+        old one ends, so the WAL is never unguarded. It gets a mark when the WAL holds frames
+        not yet checkpointed; if a checkpoint races us to the end, the flag stays set and the
+        next round tries again.
+        """
+        backfill = self._wal_backfill()
+        if backfill is None or backfill[0] >= backfill[1]:
+            return  # nothing past the checkpointed end: a new reader would get lock 0 too
+        try:
+            _begin_read(self._rconn_next)
+        except apsw.BusyError:
+            if self._rconn_next.in_transaction:
+                self._rconn_next.execute("ROLLBACK")
+            return  # try again after the next round
+        self._release_read_lock()
+        self._rconn, self._rconn_next = self._rconn_next, self._rconn
+        after = self._wal_backfill()
+        self._read_lock_may_pin_db = after is None or after[0] >= after[1]
 
     def _release_read_lock(self) -> None:
         if self._rconn.in_transaction:
@@ -434,6 +472,8 @@ class DB:
             written, caught_up = self._sync_wal(info)
             self._caught_up = caught_up
             wrote |= written
+            if self._read_lock_may_pin_db:
+                self._move_read_lock_onto_wal()
             if not written or caught_up:
                 return wrote
             info = None
@@ -554,13 +594,22 @@ class DB:
             return 0
         return self.max_sync_wal_bytes // (WAL_FRAME_HEADER_SIZE + self._page_size)
 
-    def _wal_index_end(self, hdr: WALHeader) -> int | None:
-        """The WAL's last committed frame per the -shm wal-index, if it is ``hdr``'s generation."""
+    def _shm(self) -> int | None:
         if self._shm_fd is None:
             try:
                 self._shm_fd = os.open(self.path + "-shm", os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 return None
+        return self._shm_fd
+
+    def _wal_backfill(self) -> tuple[int, int] | None:
+        fd = self._shm()
+        return None if fd is None else read_wal_backfill(fd)
+
+    def _wal_index_end(self, hdr: WALHeader) -> int | None:
+        """The WAL's last committed frame per the -shm wal-index, if it is ``hdr``'s generation."""
+        if self._shm() is None:
+            return None
         end = read_wal_index_end(self._shm_fd)
         if end is None or end[0] != hdr.salts:
             return None

@@ -215,6 +215,16 @@ def read_wal_index_end(shm_fd: int, attempts: int = 8) -> tuple[tuple[int, int],
     return None
 
 
+def read_wal_backfill(shm_fd: int) -> tuple[int, int] | None:
+    """``(nBackfill, mxFrame)`` from the ``-shm``: how far checkpoints have copied the WAL into
+    the DB file, and its last committed frame. None if the wal-index header is not readable."""
+    end = read_wal_index_end(shm_fd)
+    data = os.pread(shm_fd, 4, 2 * WAL_INDEX_HEADER_SIZE)  # WalCkptInfo.nBackfill, native order
+    if end is None or len(data) < 4:
+        return None
+    return struct.unpack("=I", data)[0], end[1]
+
+
 @dataclass
 class WALSegment:
     """Committed frames read from one WAL starting at ``start``.

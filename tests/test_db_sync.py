@@ -345,6 +345,37 @@ def test_checkpoint_modes(tmp_path):
         assert_restores(db, tmp_path)
 
 
+@pytest.mark.parametrize("start", ["after our checkpoint", "on a checkpointed WAL"])
+def test_our_read_lock_lets_other_checkpoints_copy_up_to_it(tmp_path, start):
+    """Our long read transaction must hold a WAL read mark, not read-lock 0: while anyone holds
+    lock 0 no checkpoint can copy a page, and every writer's auto-checkpoint sorts the whole
+    WAL in vain on each commit (half the commit rate in bench_sync)."""
+    path = tmp_path / "db.sqlite"
+    writer = open_writer(path)
+    insert(writer, 5)
+    if start == "on a checkpointed WAL":
+        DB(path).open()  # creates our tables, so the next open writes nothing
+        writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # our reader starts on it
+    with DB(path) as db:
+        db.sync()
+        if start == "after our checkpoint":
+            db.checkpoint("PASSIVE")
+        insert(writer, 20)
+        db.sync()  # the round that moves our read lock onto the WAL
+        synced = db.pos().txid
+        insert(writer, 20)  # past our read mark: not yet synced
+        busy, log_frames, copied = writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+        assert log_frames > 0 and copied > 0, "our read transaction pins the WAL at read-lock 0"
+        assert copied < log_frames, "a checkpoint copied frames past our read mark"
+        writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        insert(writer, 1)  # the WAL must not restart under our read lock
+        db.sync()
+        hs = headers(db)
+        assert db.pos().txid == synced + 1 and not is_full_snapshot(*hs[-1])
+        assert_contiguous(db)
+        assert_restores(db, tmp_path)
+
+
 def test_truncate_threshold_is_the_emergency_brake(tmp_path):
     """Over truncate-page-n with a reader pinning the WAL, PASSIVE cannot restart it; TRUNCATE
     waits for the reader (busy-timeout) and the next L0 is a checkpoint boundary snapshot."""
