@@ -174,15 +174,21 @@ def decode_board(data: bytes) -> Optional[BoardState]:
         limit_frames=limit, rounds=rounds)
 
 
-def read_board(view) -> Optional[BoardState]:
+def read_board(view, known: Optional[tuple[bytes, BoardState]] = None
+               ) -> tuple[Optional[BoardState], Optional[tuple[bytes, BoardState]]]:
     """Read a board from a mapping of its file, retrying a torn record or a round that has
-    not published its target yet."""
+    not published its target yet. ``known`` is a ``(record, state)`` read before: the same
+    bytes again need no decode (every write reads the board; most find it unchanged).
+    Returns the state and what to pass as ``known`` next time."""
     state = None
     for _ in range(READ_ATTEMPTS):
-        state = decode_board(view[:BOARD_SIZE])
+        raw = view[:BOARD_SIZE]
+        if known is not None and raw == known[0]:
+            return known[1], known
+        state = decode_board(raw)
         if state is not None and not (state.busy and state.target is None):
-            return state
-    return state
+            return state, (raw, state)
+    return state, known
 
 
 class CommitPositions:
@@ -208,13 +214,14 @@ class CommitPositions:
         #: Called with "board" (known at commit) or "round" (waited) for every answer.
         self.on_answer = on_answer
         self._local = threading.local()
-        self._maps: dict[str, tuple[int, mmap.mmap]] = {}  # path -> (pid, map): new after fork
+        # path -> (fork generation, map): a forked child maps the files anew
+        self._maps: dict[str, tuple[int, mmap.mmap]] = {}
+        self._board_known: Optional[tuple[bytes, BoardState]] = None  # one tuple: thread-safe
         self._woken_at_round = -1
 
     def _map(self, path: str, size: int) -> Optional[mmap.mmap]:
-        pid = os.getpid()
         entry = self._maps.get(path)
-        if entry is not None and entry[0] == pid:
+        if entry is not None and entry[0] == _fork_generation:
             return entry[1]
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -226,7 +233,7 @@ class CommitPositions:
             view = mmap.mmap(fd, size, prot=mmap.PROT_READ)
         finally:
             os.close(fd)
-        self._maps[path] = (pid, view)
+        self._maps[path] = (_fork_generation, view)
         return view
 
     def _wal_salts(self) -> Optional[tuple[int, int]]:
@@ -268,7 +275,9 @@ class CommitPositions:
             view = self._map(self.board_path, BOARD_SIZE)
         except (OSError, ValueError):
             return None
-        state = read_board(view) if view is not None else None
+        if view is None:
+            return None
+        state, self._board_known = read_board(view, self._board_known)
         if state is None or state.committed is None:
             return None
         if frame is None:  # nothing written (e.g. a DELETE that matched no row)
@@ -295,6 +304,18 @@ class CommitPositions:
             self.on_answer("board")
         return f"{txid:016x}"
 
+
+# Counted up in every forked child: a mapping is kept per process (os.getpid() is a system call,
+# and it ran three times per write).
+_fork_generation = 0
+
+
+def _forked() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_forked)
 
 # The -shm file starts with two copies of SQLite's 48-byte WalIndexHdr; the salts (a copy of
 # the WAL header's, big-endian) are at byte 32 of each (replication.wal.read_wal_index_end).

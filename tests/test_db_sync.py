@@ -20,6 +20,7 @@ from replication.config import DBConfig
 from replication.db import DB
 from replication.file_replica_client import FileReplicaClient
 from replication.notify import COMMIT_SOCKET_ENV, CommitListener, CommitSignal
+from replication.wal import read_wal_backfill
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -372,6 +373,33 @@ def test_our_read_lock_lets_other_checkpoints_copy_up_to_it(tmp_path, start):
         db.sync()
         hs = headers(db)
         assert db.pos().txid == synced + 1 and not is_full_snapshot(*hs[-1])
+        assert_contiguous(db)
+        assert_restores(db, tmp_path)
+
+
+def test_passive_checkpoint_copies_before_it_seals_the_wal(tmp_path, monkeypatch):
+    """The bulk of a PASSIVE checkpoint runs while writers go on (bounded by our read mark);
+    the part under the write lock only copies what committed meanwhile (#4: writers waited
+    15-20 ms a second for it)."""
+    path = tmp_path / "db.sqlite"
+    writer = open_writer(path)
+    with DB(path) as db:
+        insert(writer, 100, size=2000)
+        db.sync()
+        insert(writer, 5)
+        real, seen = db._copy_up_to_now, {}
+
+        def copy_then_write():
+            real()
+            with open(str(path) + "-shm", "rb") as shm:
+                seen["backfill"] = read_wal_backfill(shm.fileno())
+            insert(writer, 3)  # not sealed yet: a writer gets in at once
+        monkeypatch.setattr(db, "_copy_up_to_now", copy_then_write)
+        db.checkpoint("PASSIVE")
+        backfill, mx_frame = seen["backfill"]
+        assert 0 < backfill == mx_frame  # everything committed before it, copied unsealed
+        hs = headers(db)  # the WAL restarted; the 3 rows came in the sealed sync before it
+        assert hs[-1][0].wal_offset == 32 and not is_full_snapshot(*hs[-1])
         assert_contiguous(db)
         assert_restores(db, tmp_path)
 

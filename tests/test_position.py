@@ -247,30 +247,30 @@ def test_position_board_rounds(tmp_path):
         finally:
             os.close(fd)
         # One mapping made before the updates sees every later pwrite.
-        assert read_board(view) == BoardState(None)
+        assert read_board(view)[0] == BoardState(None)
 
         board.round_started()
         st = decode_board(path.read_bytes())
         assert st == BoardState(None, busy=True, rounds=1)
-        assert read_board(view) == st  # busy without target: retried, then returned as is
+        assert read_board(view)[0] == st  # busy without target: retried, then returned as is
 
         board.round_target(Segment(S, 10, 1))
-        assert read_board(view) == BoardState(None, busy=True, target=Segment(S, 10, 1), rounds=1)
+        assert read_board(view)[0] == BoardState(None, busy=True, target=Segment(S, 10, 1), rounds=1)
 
         board.round_ended(Segment(S, 10, 1), 250)
-        assert read_board(view) == BoardState(Segment(S, 10, 1), limit_frames=250, rounds=1)
+        assert read_board(view)[0] == BoardState(Segment(S, 10, 1), limit_frames=250, rounds=1)
 
         board.round_started()  # keeps committed and limit, counts the round
-        assert read_board(view) == BoardState(Segment(S, 10, 1), busy=True, limit_frames=250,
+        assert read_board(view)[0] == BoardState(Segment(S, 10, 1), busy=True, limit_frames=250,
                                               rounds=2)
         board.round_target(Segment(S, 10, 1))  # nothing to read
-        assert read_board(view) == BoardState(Segment(S, 10, 1), busy=True,
+        assert read_board(view)[0] == BoardState(Segment(S, 10, 1), busy=True,
                                               target=Segment(S, 10, 1), limit_frames=250, rounds=2)
         board.round_ended(Segment(S, 10, 1), 250)
         board.round_started()
         board.round_target(Segment(S, 30, 2))
         board.round_ended(Segment(S, 30, 2), 300)
-        got = read_board(view)
+        got = read_board(view)[0]
         assert got == BoardState(Segment(S, 30, 2), limit_frames=300, rounds=3)
         assert got.txid_for_commit(S, 30) == (2, False)
         view.close()
@@ -287,9 +287,22 @@ def test_position_board_rounds(tmp_path):
 def test_read_board_gives_up_on_a_torn_record():
     data = bytearray(encode_board(STATES[1]))
     data[20] ^= 0x10
-    assert read_board(bytes(data)) is None
-    assert read_board(bytes(data[:10])) is None
-    assert read_board(encode_board(STATES[1])) == STATES[1]
+    assert read_board(bytes(data))[0] is None
+    assert read_board(bytes(data[:10]))[0] is None
+    assert read_board(encode_board(STATES[1]))[0] == STATES[1]
+
+
+def test_read_board_decodes_a_record_only_when_it_changed():
+    first = encode_board(STATES[1])
+    state, known = read_board(first)
+    assert read_board(first, known) == (state, known)  # same bytes: the same decoded state
+    changed, known2 = read_board(encode_board(STATES[3]), known)
+    assert changed == STATES[3] and known2 == (encode_board(STATES[3]), STATES[3])
+    busy = encode_board(STATES[2])  # a round with no target yet: returned, never kept
+    assert read_board(busy, known) == (STATES[2], known)
+    torn = bytearray(first)
+    torn[20] ^= 0x10
+    assert read_board(bytes(torn), known) == (None, known)  # never the stale state
 
 
 # -- 3. end to end: real SQLite, the real DB, L0 files applied in order ------------------------
