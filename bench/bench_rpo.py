@@ -31,7 +31,8 @@ import threading
 import time
 from pathlib import Path
 
-from replication.ltx import Decoder, parse_filename
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout, uninstalled
+from replication.ltx import Decoder, parse_filename  # noqa: E402
 
 MARKER = re.compile(rb"SEQ:(\d{12})")
 
@@ -244,7 +245,6 @@ def main() -> int:
             server = None
             if backend == "s3":
                 # The same loopback SeaweedFS the tests use.
-                sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
                 from tests.plugins.s3 import start_seaweedfs
                 server, weed = start_seaweedfs(Path(base) / "seaweedfs")
                 env = server.env(env)

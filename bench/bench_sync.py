@@ -22,6 +22,9 @@ import sys
 import tempfile
 import textwrap
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout, uninstalled
 
 WRITER_BULK = textwrap.dedent("""
     import apsw, sys, time
