@@ -107,8 +107,10 @@ def replica_url(dbc: DBConfig) -> str:
 
 
 #: Seconds between sync rounds under a commit storm in `serve` (the replication core's
-#: default is 10 ms; see replication/db.py DEFAULT_MIN_SYNC_GAP).
-SERVE_MIN_SYNC_GAP = 0.050
+#: default is 10 ms; see replication/db.py DEFAULT_MIN_SYNC_GAP). Each round is one upload:
+#: on S3 a PutObject cost ~3 ms of CPU in boto3 and ~4 ms in a local SeaweedFS, so 50 ms held
+#: a POST flood at 0.88x; 100 ms keeps RPO p99 far inside its targets (bench/README.md).
+SERVE_MIN_SYNC_GAP = 0.100
 
 class ServeReplication:
     """The replicator of one served database (see the module docstring)."""
@@ -399,7 +401,7 @@ class ServeReplication:
         if position_board:
             self.db.position_board = PositionBoard(position_board)
             # Writers no longer wait for rounds: coalesce more commits per round (CPU per
-            # POST 120 -> 18 us in the supervisor, bench/README.md; RPO p99 still ~55 ms).
+            # POST in the supervisor 120 us at 10 ms, 18 at 50 ms; bench/README.md).
             self.db.min_sync_gap = SERVE_MIN_SYNC_GAP
         self.replica = self.store.replicas[self.db.path]
         self.db.on_sync_round(self._answer_waiters)
