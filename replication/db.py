@@ -31,9 +31,9 @@ import numpy as np
 from . import ltx, metrics
 from .errors import ReplicationError
 from .replica_client import FileInfo
-from .position import PositionBoard, Segment, wal_frames
+from .position import PositionBoard, Segment
 from .wal import (WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, WALReader, WALSeedError,
-                  read_wal_backfill, read_wal_index_end,
+                  read_wal_backfill, read_wal_index_end, wal_frames,
                   WALSegment, read_wal_header)
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,8 @@ CHECKPOINT_TRUNCATE = "TRUNCATE"
 CHECKPOINT_MODES = (CHECKPOINT_PASSIVE, CHECKPOINT_TRUNCATE)  # never RESTART (Litestream #724)
 
 # Commit wake-ups within this many seconds of the previous sync are coalesced into one sync
-# (design/local-sync.md). `sqlite-rest serve` uses 50 ms: its writers read their TXID off the
-# position board, so rounds are no one's latency there, and fewer rounds cost less CPU.
+# (design/local-sync.md). `sqlite-rest serve` sets a longer gap (SERVE_MIN_SYNC_GAP): its writers
+# read their TXID off the position board, so rounds are no one's latency there.
 DEFAULT_MIN_SYNC_GAP = 0.010
 
 # How often the monitor stats the -wal when inotify is unavailable (seconds).
@@ -62,7 +62,6 @@ WAL_POLL_INTERVAL = 0.005
 
 _SEQ_BUMP = "INSERT INTO _litestream_seq (id, seq) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET seq = seq + 1"
 _BARRIER = "INSERT INTO _litestream_lock (id) VALUES (1)"
-
 _DB_READ_CHUNK_PAGES = 256
 
 
@@ -608,9 +607,8 @@ class DB:
 
     def _wal_index_end(self, hdr: WALHeader) -> int | None:
         """The WAL's last committed frame per the -shm wal-index, if it is ``hdr``'s generation."""
-        if self._shm() is None:
-            return None
-        end = read_wal_index_end(self._shm_fd)
+        fd = self._shm()
+        end = None if fd is None else read_wal_index_end(fd)
         if end is None or end[0] != hdr.salts:
             return None
         return end[1]
@@ -762,7 +760,7 @@ class DB:
         h = self._last_header
         if h is None or not self._page_size or h.wal_offset == 0:
             return 0
-        return max(0, (h.wal_offset + h.wal_size - WAL_HEADER_SIZE) // (WAL_FRAME_HEADER_SIZE + self._page_size))
+        return max(0, wal_frames(h.wal_offset + h.wal_size, self._page_size))
 
     def checkpoint_if_needed(self) -> bool:
         """Checkpoint by Litestream's three thresholds (§3.5). Returns whether a file was written."""

@@ -38,7 +38,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE
+from .wal import WAL_INDEX_HEADER_SIZE
 
 BOARD_MAGIC = b"SRPB"
 BOARD_VERSION = 1
@@ -244,7 +244,8 @@ class CommitPositions:
             view = self._map(self.shm_path, _SHM_HEADERS)
             if view is None:
                 return None
-            first, second = view[_SALT_AT:_SALT_AT + 8], view[_SALT_AT + 48:_SALT_AT + 56]
+            first = view[_SALT_AT:_SALT_AT + 8]
+            second = view[WAL_INDEX_HEADER_SIZE + _SALT_AT:WAL_INDEX_HEADER_SIZE + _SALT_AT + 8]
         except (OSError, ValueError):
             return None
         if first != second:
@@ -317,13 +318,8 @@ def _forked() -> None:
 
 os.register_at_fork(after_in_child=_forked)
 
-# The -shm file starts with two copies of SQLite's 48-byte WalIndexHdr; the salts (a copy of
-# the WAL header's, big-endian) are at byte 32 of each (replication.wal.read_wal_index_end).
-_SHM_HEADERS = 96
+# The -shm file starts with two copies of SQLite's WalIndexHdr; the salts (a copy of the WAL
+# header's, big-endian) are at byte 32 of each (replication.wal.read_wal_index_end).
+_SHM_HEADERS = 2 * WAL_INDEX_HEADER_SIZE
 _SALT_AT = 32
 _SALTS = struct.Struct(">II")
-
-
-def wal_frames(end_offset: int, page_size: int) -> int:
-    """Frames before byte ``end_offset`` of a WAL with ``page_size`` pages."""
-    return (end_offset - WAL_HEADER_SIZE) // (WAL_FRAME_HEADER_SIZE + page_size)

@@ -195,34 +195,45 @@ _WAL_INDEX_HEADER = struct.Struct("=IIIBBHII8s8sII")
 WAL_INDEX_HEADER_SIZE = _WAL_INDEX_HEADER.size  # 48
 
 
-def read_wal_index_end(shm_fd: int, attempts: int = 8) -> tuple[tuple[int, int], int] | None:
-    """``(salts, mxFrame)`` from the ``-shm`` wal-index header: the WAL generation and its last
-    committed frame, as SQLite's own readers see them. None if the header is not initialised
-    or stayed torn (a writer was updating it) for every attempt."""
+def _read_wal_index(shm_fd: int, attempts: int, extra: int = 0
+                    ) -> tuple[tuple[int, int], int, bytes] | None:
+    """``(salts, mxFrame, the extra bytes after the two headers)`` from one consistent read."""
     native_big = sys.byteorder == "big"
+    size = 2 * WAL_INDEX_HEADER_SIZE + extra
     for _ in range(attempts):
-        data = os.pread(shm_fd, 2 * WAL_INDEX_HEADER_SIZE, 0)
-        if len(data) < 2 * WAL_INDEX_HEADER_SIZE:
+        data = os.pread(shm_fd, size, 0)
+        if len(data) < size:
             return None
-        first, second = data[:WAL_INDEX_HEADER_SIZE], data[WAL_INDEX_HEADER_SIZE:]
+        first, second = data[:WAL_INDEX_HEADER_SIZE], data[WAL_INDEX_HEADER_SIZE:2 * WAL_INDEX_HEADER_SIZE]
         if first != second:
             continue
         (_version, _unused, _change, is_init, _big_cksum, _page, mx_frame, _n_page, _frame_cksum,
          salt_raw, c1, c2) = _WAL_INDEX_HEADER.unpack(first)
         if not is_init or wal_checksum(first[:40], native_big) != (c1, c2):
             continue
-        return struct.unpack(">II", salt_raw), mx_frame  # salts are a copy of the WAL header's
+        # salts are a copy of the WAL header's
+        return struct.unpack(">II", salt_raw), mx_frame, data[2 * WAL_INDEX_HEADER_SIZE:]
     return None
 
 
-def read_wal_backfill(shm_fd: int) -> tuple[int, int] | None:
+def read_wal_index_end(shm_fd: int, attempts: int = 8) -> tuple[tuple[int, int], int] | None:
+    """``(salts, mxFrame)`` from the ``-shm`` wal-index header: the WAL generation and its last
+    committed frame, as SQLite's own readers see them. None if the header is not initialised
+    or stayed torn (a writer was updating it) for every attempt."""
+    got = _read_wal_index(shm_fd, attempts)
+    return None if got is None else (got[0], got[1])
+
+
+def read_wal_backfill(shm_fd: int, attempts: int = 8) -> tuple[int, int] | None:
     """``(nBackfill, mxFrame)`` from the ``-shm``: how far checkpoints have copied the WAL into
     the DB file, and its last committed frame. None if the wal-index header is not readable."""
-    end = read_wal_index_end(shm_fd)
-    data = os.pread(shm_fd, 4, 2 * WAL_INDEX_HEADER_SIZE)  # WalCkptInfo.nBackfill, native order
-    if end is None or len(data) < 4:
-        return None
-    return struct.unpack("=I", data)[0], end[1]
+    got = _read_wal_index(shm_fd, attempts, extra=4)  # WalCkptInfo.nBackfill, native order
+    return None if got is None else (struct.unpack("=I", got[2])[0], got[1])
+
+
+def wal_frames(end_offset: int, page_size: int) -> int:
+    """Frames before byte ``end_offset`` of a WAL with ``page_size`` pages."""
+    return (end_offset - WAL_HEADER_SIZE) // (WAL_FRAME_HEADER_SIZE + page_size)
 
 
 @dataclass

@@ -105,12 +105,12 @@ def replica_url(dbc: DBConfig) -> str:
     return f"file://{r.path}"
 
 
-
 #: Seconds between sync rounds under a commit storm in `serve` (the replication core's
 #: default is 10 ms; see replication/db.py DEFAULT_MIN_SYNC_GAP). Each round is one upload:
 #: on S3 a PutObject cost ~3 ms of CPU in boto3 and ~4 ms in a local SeaweedFS, so 50 ms held
 #: a POST flood at 0.88x; 100 ms keeps RPO p99 far inside its targets (bench/README.md).
 SERVE_MIN_SYNC_GAP = 0.100
+
 
 class ServeReplication:
     """The replicator of one served database (see the module docstring)."""
