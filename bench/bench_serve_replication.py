@@ -170,8 +170,11 @@ def throughput(modes: list, tmp: Path, args) -> dict:
             for name, runs in results.items()}
 
 
-def rpo(mode: Mode, tmp: Path, args) -> dict:
-    db, extra, env = mode.prepare(tmp / f"rpo-{mode.name}")
+def rpo(mode: Mode, tmp: Path, args, rate: float, flood: bool = False) -> dict:
+    """RPO of writes POSTed at ``rate`` per second; with ``flood``, while wrk POSTs as fast as
+    the server takes them (the lag of the replica behind acknowledged writes, sampled at
+    ``rate``, under the heaviest load: issue #9's bound)."""
+    db, extra, env = mode.prepare(tmp / f"rpo-{mode.name}-{'flood' if flood else 'rate'}")
     server = start_server(db, "--security-allow-table", "items", "--workers", args.workers,
                           "--log-level", "-1", *threads_args(args), *extra, env=env)
     acks: list = []           # (time of the 201, txid)
@@ -194,7 +197,14 @@ def rpo(mode: Mode, tmp: Path, args) -> dict:
         wait_ready(server)
         detector = threading.Thread(target=detect, daemon=True)
         detector.start()
-        period = 1.0 / args.rpo_rate
+        if flood:
+            script = tmp / "post.lua"
+            script.write_text(POST_LUA)
+            wrk = threading.Thread(target=run_wrk, daemon=True, args=(
+                server.base_url + "/items", script, int(args.rpo_seconds) + 2, args))
+            wrk.start()
+            time.sleep(1)  # the flood is at full speed before the first probe
+        period = 1.0 / rate
         with httpx.Client(base_url=server.base_url, timeout=10) as http:
             start = time.monotonic()
             n = 0
@@ -209,6 +219,8 @@ def rpo(mode: Mode, tmp: Path, args) -> dict:
                 if r.status_code != 201 or TXID_HEADER not in r.headers:
                     raise RuntimeError(f"POST -> {r.status_code}, headers {dict(r.headers)}")
                 acks.append((t, int(r.headers[TXID_HEADER], 16)))
+        if flood:
+            wrk.join(30)
         deadline = time.monotonic() + 30
         while (not seen or seen[-1][1] < acks[-1][1]) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -230,6 +242,12 @@ def rpo(mode: Mode, tmp: Path, args) -> dict:
             "max": latencies[-1], "distinct_txids": len({tx for _, tx in acks})}
 
 
+def print_rpo(mode: Mode, r: dict) -> None:
+    print(f"  {mode.name:4s} n={r['n']}  p50 {r['p50']:6.1f} ms  p99 {r['p99']:6.1f} ms"
+          f"  max {r['max']:6.1f} ms  never seen {r['never']}  "
+          f"distinct TXIDs {r['distinct_txids']}", flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -244,6 +262,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rpo-rate", type=float, default=50, help="POSTs per second")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-rpo", action="store_true")
+    parser.add_argument("--flood-probe-rate", type=float, default=10,
+                        help="probe POSTs per second during the flood (0 skips the flood lag)")
     args = parser.parse_args(argv)
     names = args.modes.split(",")
     if not args.skip_throughput and shutil.which("wrk") is None:
@@ -273,10 +293,15 @@ def main(argv=None) -> int:
             for mode in modes:
                 if mode.name == "off":
                     continue
-                r = rpo(mode, tmp, args)
-                print(f"  {mode.name:4s} n={r['n']}  p50 {r['p50']:6.1f} ms  p99 {r['p99']:6.1f} ms"
-                      f"  max {r['max']:6.1f} ms  never seen {r['never']}  "
-                      f"distinct TXIDs {r['distinct_txids']}", flush=True)
+                r = rpo(mode, tmp, args, args.rpo_rate)
+                print_rpo(mode, r)
+        if not args.skip_rpo and args.flood_probe_rate:
+            print(f"\nLag under a full-speed POST flood (wrk -t{args.wrk_threads} "
+                  f"-c{args.connections}): RPO of a probe POST every "
+                  f"{1000 / args.flood_probe_rate:g} ms for {args.rpo_seconds:g} s:")
+            for mode in modes:
+                if mode.name != "off":
+                    print_rpo(mode, rpo(mode, tmp, args, args.flood_probe_rate, flood=True))
     finally:
         if weed is not None:
             stop_seaweedfs(weed)

@@ -32,6 +32,7 @@ from . import ltx, metrics
 from .errors import ReplicationError
 from .replica_client import FileInfo
 from .position import PositionBoard, Segment
+from .sqlite_fds import open_kept
 from .wal import (WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, WALReader, WALSeedError,
                   read_wal_backfill, read_wal_index_end, wal_frames,
                   WALSegment, read_wal_header)
@@ -221,7 +222,7 @@ class DB:
                     except apsw.Error as exc:
                         log.warning("%s: closing connection: %s", self.path, exc)
             self._conn = self._rconn = self._rconn_next = self._bconn = None
-            for fd in (self._db_fd, self._wake_r, self._wake_w, self._shm_fd):
+            for fd in (self._wake_r, self._wake_w):  # the DB's and -shm's are kept (sqlite_fds)
                 if fd is not None:
                     os.close(fd)
             self._db_fd = self._wake_r = self._wake_w = self._shm_fd = None
@@ -263,7 +264,7 @@ class DB:
             self._rconn = self._connect()
             self._rconn_next = self._connect()
             self._bconn = self._connect()
-            self._db_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            self._db_fd = open_kept(self.path)
             self._acquire_read_lock()
         except BaseException:
             for c in (conn, self._rconn, self._rconn_next, self._bconn):
@@ -596,7 +597,7 @@ class DB:
     def _shm(self) -> int | None:
         if self._shm_fd is None:
             try:
-                self._shm_fd = os.open(self.path + "-shm", os.O_RDONLY | os.O_CLOEXEC)
+                self._shm_fd = open_kept(self.path + "-shm")
             except FileNotFoundError:
                 return None
         return self._shm_fd

@@ -38,6 +38,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from .sqlite_fds import open_kept
 from .wal import WAL_INDEX_HEADER_SIZE
 
 BOARD_MAGIC = b"SRPB"
@@ -224,15 +225,14 @@ class CommitPositions:
         if entry is not None and entry[0] == _fork_generation:
             return entry[1]
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
-        try:
+            # Never closed: SQLite locks the -shm, and closing a descriptor of it here would
+            # drop the write lock of the transaction we are called in (sqlite_fds.py, #9).
+            fd = open_kept(path)
             if os.fstat(fd).st_size < size:
                 return None
             view = mmap.mmap(fd, size, prot=mmap.PROT_READ)
-        finally:
-            os.close(fd)
+        except FileNotFoundError:
+            return None
         self._maps[path] = (_fork_generation, view)
         return view
 

@@ -476,6 +476,7 @@ def _wire_replication(supervisor, replication) -> None:
     def start() -> None:
         try:
             replication.prepare()
+            supervisor.http_server_fds.append(replication.lock_fd)
             replication.attach_listener(supervisor.commit_listener)
             replication.start(position_board=supervisor.position_board_path)
         except ReplicationError as exc:

@@ -43,6 +43,9 @@ DEFAULT_SERVE_RETRY_BUDGET = 120.0
 _VOLATILE_HEADER_RANGES = ((18, 20), (24, 28), (40, 44), (92, 100))
 
 LOCK_FILE = "sqlite-rest.lock"
+#: How long a start waits for the lock before refusing (seconds): long enough for the HTTP
+#: processes of a killed server to die, short enough to refuse a live one promptly.
+LOCK_WAIT_S = 5.0
 IDENTITY_FILE = "sqlite-rest.identity"
 LINEAGE_XATTR = "user.sqlite-rest.lineage"
 
@@ -170,21 +173,40 @@ class ServeReplication:
         os.makedirs(self.meta_path, exist_ok=True)
         path = os.path.join(self.meta_path, LOCK_FILE)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
+        deadline = time.monotonic() + LOCK_WAIT_S
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    os.close(fd)
+                    raise
+            # The HTTP processes of a killed server hold the lock until they are gone, which
+            # their parent-death signal makes a matter of milliseconds.
+            if time.monotonic() >= deadline:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
                 raise ReplicationStartupError(
-                    f"{self.db_path} is already being replicated by process {holder} "
-                    f"(lock {path})",
+                    f"{self.db_path} is still used by another server or `replicate` (process "
+                    f"{holder} or the HTTP workers it started; lock {path}, waited "
+                    f"{LOCK_WAIT_S:g} s)",
                     hint="run one server (or `replicate`) per database; stop the other one "
-                         "first") from None
-            raise
+                         "first")
+            if not waited:
+                log.info("waiting for the processes of a previous server to release %s", path)
+                waited = True
+            time.sleep(0.05)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
+
+    @property
+    def lock_fd(self) -> Optional[int]:
+        """The lock's descriptor: every process that may write the database holds it (the
+        HTTP server and its workers inherit it), so no other start proceeds while one lives."""
+        return self._lock_fd
 
     def release_lock(self) -> None:
         if self._lock_fd is not None:

@@ -267,6 +267,9 @@ def build_worker_app(config_fields: dict, wait_for_txid: bool = False):
     from .app import create_app
     from .metrics import RequestMetrics, replication_position_counter
 
+    master = os.environ.get(PARENT_PID_ENV)
+    if master:  # a worker: never outlive the master (nor, through it, the supervisor)
+        die_with_parent(int(master))
     hooks = {}
     ready_file = os.environ.get(READY_FILE_ENV)
     if ready_file:
@@ -345,16 +348,33 @@ def _install_drain(app) -> None:
         return response
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM if the supervisor dies (even by SIGKILL), so an
-    HTTP server never outlives it; and leave the terminal's process group, so a Ctrl-C reaches
-    only the supervisor, which then stops the child with one SIGTERM (a SIGINT straight from
-    the terminal plus the master's SIGTERM could leave a granian worker hanging for the whole
-    kill timeout)."""
+#: Environment of the HTTP server child: the pid of the process that must outlive it (the
+#: supervisor for the granian master, the master for its workers).
+PARENT_PID_ENV = "SQLITEREST_PARENT_PID"
+
+
+def die_with_parent(expected_parent: int) -> None:
+    """SIGKILL this process the moment its parent dies, even by SIGKILL.
+
+    Why SIGKILL and not a graceful SIGTERM (#9): a supervisor killed with ``kill -9`` takes its
+    replicator with it, and an HTTP server that drained gracefully kept committing (and
+    acknowledging) writes that no replicator would ever ship; the next start then met it still
+    writing. A request cut off mid-way was never acknowledged, so nothing acknowledged is lost.
+    The parent may already be gone when this runs: then the process exits at once."""
     import ctypes
 
     PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != expected_parent:
+        os._exit(1)
+
+
+def _start_as_http_server(supervisor_pid: int) -> None:
+    """In the child, before exec: die with the supervisor (`die_with_parent`), and leave the
+    terminal's process group, so a Ctrl-C reaches only the supervisor, which then stops the
+    child with one SIGTERM (a SIGINT straight from the terminal plus the master's SIGTERM could
+    leave a granian worker hanging for the whole kill timeout)."""
+    die_with_parent(supervisor_pid)
     os.setpgid(0, 0)
 
 
@@ -379,6 +399,9 @@ class Supervisor:
         #: Return False (or raise) to make the exit code 1.
         self.after_http_stop: List[Callable[[], Optional[bool]]] = []
         self._child: Optional[subprocess.Popen] = None
+        #: Descriptors the HTTP server and its workers inherit and hold until they exit, e.g.
+        #: the replication lock: no new start proceeds while an old worker may still write.
+        self.http_server_fds: List[int] = []
         self._listening = False
         self._admin_servers: List[AdminServer] = []
         self._threads: List[threading.Thread] = []
@@ -567,8 +590,11 @@ class Supervisor:
         env[WORKER_READY_ENV] = self.worker_ready_dir
         env[READY_FILE_ENV] = self.ready_file
         env[POSITION_BOARD_ENV] = self.position_board_path
+        env[PARENT_PID_ENV] = str(os.getpid())
+        supervisor_pid = os.getpid()
         self._child = subprocess.Popen([sys.executable, "-m", "sqlite_rest.server"], env=env,
-                                       preexec_fn=_die_with_parent)
+                                       pass_fds=self.http_server_fds,
+                                       preexec_fn=lambda: _start_as_http_server(supervisor_pid))
 
     def _wait_listening(self) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -848,6 +874,7 @@ def _make_granian_server(spec: dict):
 def child_main() -> int:
     """Entry point of the HTTP server child (``python -m sqlite_rest.server``)."""
     spec = json.loads(os.environ[CHILD_SPEC_ENV])
+    os.environ[PARENT_PID_ENV] = str(os.getpid())  # what the workers forked from here die with
     logs.configure(spec["log_level"], spec["log_devel"])
     config_fields = spec["config"]
     server = _make_granian_server(spec)

@@ -18,22 +18,22 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import apsw
 import httpx
 import pytest
-import yaml
 from postgrest import SyncPostgrestClient
 
-from tests.plugins.s3 import S3Server, _ready as s3_answers, _stop as stop_weed, start_seaweedfs
+from tests.plugins.s3 import _ready as s3_answers, _stop as stop_weed, start_seaweedfs
+from tests.plugins.replicas import (Replica, db_rows, descendants, file_replica,
+                                    integrity, make_db, meta_dir, remove_db_files, s3_replica,
+                                    sigkill_tree, txid_of, wait_for, write_config)
 from tests.plugins.server import ServerProcess, _answers, start_server
 
 TXID_HEADER = "X-Replication-Txid"
 TXID = re.compile(r"^[0-9a-f]{16}$")
-SCHEMA = "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)"
 #: Start/refusal/exit deadlines, generous for a shared 2-core machine (seconds).
 READY_TIMEOUT = 30.0
 EXIT_TIMEOUT = 60.0
@@ -45,161 +45,6 @@ pytestmark = pytest.mark.timeout(240)
 
 
 # -- small helpers ---------------------------------------------------------------------------
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
-
-
-def make_db(path: Path, names=()) -> None:
-    con = apsw.Connection(str(path))
-    try:
-        con.execute("PRAGMA journal_mode=WAL").fetchall()
-        con.execute(SCHEMA)
-        for name in names:
-            con.execute("INSERT INTO items(name) VALUES (?)", (name,))
-    finally:
-        con.close()
-
-
-def db_rows(path: Path) -> list:
-    con = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        return [tuple(r) for r in con.execute("SELECT id, name FROM items ORDER BY id")]
-    finally:
-        con.close()
-
-
-def integrity(path: Path) -> str:
-    con = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        return con.execute("PRAGMA integrity_check").fetchall()[0][0]
-    finally:
-        con.close()
-
-
-def remove_db_files(db: Path) -> None:
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
-
-
-def meta_dir(db: Path) -> Path:
-    return db.parent / f".{db.name}-litestream"
-
-
-def txid_of(value) -> int:
-    return int(value, 16) if isinstance(value, str) else int(value)
-
-
-def descendants(pid: int) -> list:
-    out = []
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            children = [int(x) for x in f.read().split()]
-    except OSError:
-        return out
-    for child in children:
-        out.append(child)
-        out.extend(descendants(child))
-    return out
-
-
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
-def sigkill_tree(server: ServerProcess) -> None:
-    """A crash: the supervisor and every process under it die at once (SIGKILL, by PID)."""
-    pids = descendants(server.pid)
-    for pid in [server.pid, *pids]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    server.proc.wait(10)
-    wait_for(lambda: all(_gone(p) for p in pids), 10, "the killed server's processes to go")
-
-
-# -- replicas --------------------------------------------------------------------------------
-
-@dataclass
-class Replica:
-    """A replica location, seen from outside the server (what `litestream` would see)."""
-
-    url: str
-    litestream_env: dict                 # environment for the real litestream binary
-    server_env: dict = field(default_factory=dict)  # extra environment for sqlite-rest serve
-    root: Optional[Path] = None          # file replicas
-    s3: Optional[S3Server] = None        # s3 replicas
-    bucket: str = ""
-    prefix: str = ""
-
-    def spans(self, level: int = 0) -> list:
-        """(min_txid, max_txid) of the level's LTX files, sorted."""
-        names = []
-        if self.root is not None:
-            d = self.root / "ltx" / str(level)
-            names = os.listdir(d) if d.is_dir() else []
-        else:
-            client = self.s3.client()
-            try:
-                pages = client.get_paginator("list_objects_v2").paginate(
-                    Bucket=self.bucket, Prefix=f"{self.prefix}/{level:04x}/")
-                names = [o["Key"].rsplit("/", 1)[1] for p in pages for o in p.get("Contents", [])]
-            finally:
-                client.close()
-        out = []
-        for name in names:
-            m = re.fullmatch(r"([0-9a-f]{16})-([0-9a-f]{16})\.ltx", name)
-            if m:
-                out.append((int(m.group(1), 16), int(m.group(2), 16)))
-        return sorted(out)
-
-    def max_txid(self) -> int:
-        return max((mx for level in (0, 1, 2, 3, 9) for _, mx in self.spans(level)), default=0)
-
-    def restore(self, litestream: str, out: Path, *extra) -> subprocess.CompletedProcess:
-        """The real `litestream restore` (must succeed) into ``out``."""
-        proc = subprocess.run([litestream, "restore", *extra, "-o", str(out), self.url],
-                              env=self.litestream_env, capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 0, f"litestream restore {extra} failed: {proc.stderr}"
-        assert integrity(out) == "ok"
-        return proc
-
-
-def file_replica(tmp_path: Path, litestream_env: dict, name: str = "replica") -> Replica:
-    root = tmp_path / name
-    return Replica(url=f"file://{root}", litestream_env=litestream_env, root=root)
-
-
-def s3_replica(s3: S3Server, bucket: Optional[str] = None, prefix: Optional[str] = None) -> Replica:
-    bucket = bucket or s3.bucket
-    prefix = prefix or s3.new_path("serve")
-    keys = {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key,
-            "AWS_REGION": s3.region}
-    return Replica(url=s3.url(bucket, prefix), litestream_env=s3.env(), server_env=keys, s3=s3,
-                   bucket=bucket, prefix=prefix)
-
-
-def write_config(path: Path, db: Path, replica: Replica, top: Optional[dict] = None,
-                 **replica_keys) -> Path:
-    """A Litestream config for one DB; ``replica_keys`` (snake_case) go in its ``replica:``."""
-    replica_doc = {"url": replica.url, "retry-budget": "60s"}
-    replica_doc.update({k.replace("_", "-"): v for k, v in replica_keys.items()})
-    doc = {"dbs": [{"path": str(db), "replica": replica_doc}], **(top or {})}
-    path.write_text(yaml.safe_dump(doc))
-    return path
-
 
 @pytest.fixture
 def replica_for(request, tmp_path, litestream_env):
@@ -780,10 +625,27 @@ def test_second_server_on_the_same_database_is_refused(tmp_path, replica_for, se
     make_db(db)
     first = servers.start(db, config)
     wait_ready(first)
-    assert_refused(servers.start(db, config, wait=False), "already being replicated")
+    assert_refused(servers.start(db, config, wait=False), "is still used by another server")
     writer = Writer(first)
     writer.insert("still-served")
     assert [n for _, n in writer.rows()] == ["still-served"]
+
+
+def test_every_http_process_holds_the_replication_lock(tmp_path, replica_for, servers):
+    """#9: a start must not proceed while a process of an earlier server may still write the
+    database: the HTTP server and its workers inherit the lock, so it lives as long as any."""
+    db = tmp_path / "app.db"
+    config = write_config(tmp_path / "litestream.yml", db, replica_for("file"))
+    make_db(db)
+    server = servers.start(db, config)
+    wait_ready(server)
+    lock = str(meta_dir(db) / "sqlite-rest.lock")
+    processes = descendants(server.pid)
+    assert len(processes) == 3  # the granian master and two workers
+    for pid in [server.pid, *processes]:
+        fds = os.listdir(f"/proc/{pid}/fd")
+        assert any(os.readlink(f"/proc/{pid}/fd/{fd}") == lock for fd in fds
+                   if os.path.exists(f"/proc/{pid}/fd/{fd}")), f"process {pid} lacks the lock"
 
 
 def test_different_database_on_a_used_replica_is_refused(tmp_path, replica_for, servers):

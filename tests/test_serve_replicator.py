@@ -190,8 +190,28 @@ def test_one_replicator_per_database(env):
     first.prepare()
     with pytest.raises(ReplicationStartupError) as info:
         make(db, config).prepare()
-    assert "already being replicated" in str(info.value) and str(os.getpid()) in str(info.value)
+    assert "is still used by another server" in str(info.value) and str(os.getpid()) in str(info.value)
     first.release_lock()
+
+
+def test_a_start_waits_for_the_processes_of_a_killed_server(env):
+    """The lock outlives a killed supervisor in its HTTP processes for the milliseconds their
+    parent-death signal takes: a start waits for them instead of refusing."""
+    import subprocess
+    import sys
+
+    db, replica, config = env
+    write_rows(db, ["a"])
+    first = make(db, config)
+    first.prepare()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"],
+                              pass_fds=[first.lock_fd])
+    first.release_lock()  # only the "worker" holds it now
+    started = time.monotonic()
+    second = make(db, config)
+    second.prepare()
+    assert holder.poll() is not None and time.monotonic() - started >= 0.5
+    second.release_lock()
 
 
 def test_db_not_in_config_is_an_error_naming_the_key(env, tmp_path):

@@ -160,6 +160,57 @@ def test_supervisor_killed_takes_the_http_server_with_it(serve, db):
     assert wait_for(lambda: _port_free(srv.http_port), timeout=30)
 
 
+class _Flood:
+    """Writes in flight while a test kills something (a thread POSTing until stopped)."""
+
+    def __init__(self, base_url):
+        self.base_url, self.stop, self.acked = base_url, threading.Event(), 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        with httpx.Client(base_url=self.base_url, timeout=5) as http:
+            while not self.stop.is_set():
+                try:
+                    if http.post("/items", json={"name": "x"}).status_code == 201:
+                        self.acked += 1
+                except httpx.HTTPError:
+                    time.sleep(0.01)
+
+    def __enter__(self):
+        wait_for(lambda: self.acked > 20, timeout=30)
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(10)
+
+
+def test_killed_supervisor_takes_every_http_process_at_once(serve, db):
+    """#9: a drained, graceful stop kept answering (and committing) writes with no supervisor,
+    so no replicator; now every HTTP process is SIGKILLed with it, under load too."""
+    srv = serve(db, "--security-allow-table", "items")
+    with _Flood(srv.base_url):
+        http_processes = [p for child in _children(srv.pid) for p in (child, *_children(child))]
+        assert len(http_processes) == 3  # the granian master and two workers
+        os.kill(srv.pid, signal.SIGKILL)
+        srv.proc.wait(10)
+        assert wait_for(lambda: not any(_alive(p) for p in http_processes), timeout=5)
+    assert "Shutting down granian" not in srv.logs()  # killed, not drained
+
+
+def test_killed_http_server_takes_its_workers_and_fails_the_supervisor(serve, db):
+    srv = serve(db, "--security-allow-table", "items")
+    with _Flood(srv.base_url):
+        [master] = _children(srv.pid)
+        workers = _children(master)
+        assert len(workers) == 2
+        os.kill(master, signal.SIGKILL)
+        assert wait_for(lambda: not any(_alive(p) for p in workers), timeout=5)
+        assert srv.proc.wait(60) == 1
+    assert "HTTP server exited unexpectedly" in srv.logs()
+
+
 def test_busy_port_is_a_one_line_error(db):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -87,7 +87,10 @@ def _children(pid: int) -> list:
 
 
 def start_server(db_path, *extra_args, env: Optional[dict] = None,
-                 metrics: bool = True, pprof: bool = False, wait: bool = True) -> ServerProcess:
+                 metrics: bool = True, pprof: bool = False, wait: bool = True,
+                 new_session: bool = False) -> ServerProcess:
+    """``new_session``: the server leads a process group of its own (as under a process
+    manager), so a test can kill that whole group without killing itself."""
     http_port = free_port()
     metrics_port = free_port() if metrics else None
     pprof_port = free_port() if pprof else None
@@ -109,7 +112,8 @@ def start_server(db_path, *extra_args, env: Optional[dict] = None,
         if key.startswith("SQLITEREST_") or key == "PROMETHEUS_MULTIPROC_DIR":
             del full_env[key]
     full_env.update(env or {})
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=full_env)
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=full_env,
+                            start_new_session=new_session)
     log.close()
     server = ServerProcess(
         base_url=f"http://127.0.0.1:{http_port}",
