@@ -218,6 +218,7 @@ class ReplicaConfig:
     auto_recover: bool = False            # reset local state and re-snapshot on a broken chain
     validation_interval: float | None = None  # seconds; parsed, unused at replica level (as Litestream)
     retry_budget: float | None = None     # seconds (sqlite-rest extension); None = the command's default
+    ready_max_lag: float | None = None    # seconds (sqlite-rest extension); None = DEFAULT_READY_MAX_LAG
     # --- s3 -----------------------------------------------------------------------------------
     access_key_id: str | None = None      # default: AWS_ACCESS_KEY_ID / LITESTREAM_ACCESS_KEY_ID
     secret_access_key: str | None = None  # default: AWS_SECRET_ACCESS_KEY / LITESTREAM_SECRET_ACCESS_KEY
@@ -369,6 +370,8 @@ REPLICA_SETTINGS: dict[str, Callable] = {
     # sqlite-rest extension (Litestream ignores unknown keys): seconds of continuous replica
     # failure after which `sqlite-rest serve`/`replicate` stop with a non-zero exit.
     "retry-budget": _duration,
+    # sqlite-rest extension: a server whose replica lags more than this is not ready (/ready 503).
+    "ready-max-lag": _duration,
 }
 #: Keys only a ``replica:`` section has (not inherited from the top level).
 REPLICA_OWN_KEYS: dict[str, Callable] = {"type": _string, "url": _string, "path": _string}

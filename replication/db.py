@@ -29,6 +29,9 @@ import apsw
 import numpy as np
 
 from . import ltx, metrics
+from .defaults import (DEFAULT_BUSY_TIMEOUT, DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_MAX_SYNC_WAL_BYTES,
+                       DEFAULT_MIN_CHECKPOINT_PAGE_N, DEFAULT_MIN_SYNC_GAP,
+                       DEFAULT_MONITOR_INTERVAL, DEFAULT_TRUNCATE_PAGE_N)
 from .errors import ReplicationError
 from .replica_client import FileInfo
 from .position import PositionBoard, Segment
@@ -41,22 +44,9 @@ log = logging.getLogger(__name__)
 
 META_DIR_SUFFIX = "-litestream"
 
-# Defaults of litestream.yml `dbs[]` (§4.3); durations in seconds.
-DEFAULT_MONITOR_INTERVAL = 1.0
-DEFAULT_CHECKPOINT_INTERVAL = 60.0
-DEFAULT_BUSY_TIMEOUT = 1.0
-DEFAULT_MIN_CHECKPOINT_PAGE_N = 1000
-DEFAULT_TRUNCATE_PAGE_N = 121359  # about 500 MB of WAL at 4 KiB pages
-DEFAULT_MAX_SYNC_WAL_BYTES = 64 << 20
-
 CHECKPOINT_PASSIVE = "PASSIVE"
 CHECKPOINT_TRUNCATE = "TRUNCATE"
 CHECKPOINT_MODES = (CHECKPOINT_PASSIVE, CHECKPOINT_TRUNCATE)  # never RESTART (Litestream #724)
-
-# Commit wake-ups within this many seconds of the previous sync are coalesced into one sync
-# (design/local-sync.md). `sqlite-rest serve` sets a longer gap (SERVE_MIN_SYNC_GAP): its writers
-# read their TXID off the position board, so rounds are no one's latency there.
-DEFAULT_MIN_SYNC_GAP = 0.010
 
 # How often the monitor stats the -wal when inotify is unavailable (seconds).
 WAL_POLL_INTERVAL = 0.005
@@ -116,7 +106,9 @@ class DB:
     """
 
     def __init__(self, path: str | os.PathLike, config: Any = None, *,
-                 commit_socket: str | os.PathLike | None = None):
+                 commit_socket: str | os.PathLike | None = None,
+                 position_board: PositionBoard | None = None,
+                 min_sync_gap: float | None = None):
         self.path = os.path.abspath(os.path.expanduser(os.fspath(path)))
         self.config = config
         self.wal_path = self.path + "-wal"
@@ -134,7 +126,8 @@ class DB:
         #: Seconds: commit wake-ups sooner than this after the previous sync wait for it, so a
         #: commit storm costs at most 1/min_sync_gap syncs (and fsyncs) per second. Ours, not
         #: Litestream's (it syncs only every monitor-interval).
-        self.min_sync_gap = _seconds(_setting(config, "min_sync_gap", None), DEFAULT_MIN_SYNC_GAP)
+        self.min_sync_gap = (min_sync_gap if min_sync_gap is not None else
+                             _seconds(_setting(config, "min_sync_gap", None), DEFAULT_MIN_SYNC_GAP))
         commit_socket = commit_socket or _setting(config, "commit_socket", None)
         self.commit_socket = os.fspath(commit_socket) if commit_socket else None
 
@@ -169,7 +162,9 @@ class DB:
         self._change_seq = 0
         #: Where sync rounds publish what they cover, so writers know their commit's TXID
         #: without waiting (``replication.position``); None: not published.
-        self.position_board: PositionBoard | None = None
+        self.position_board = position_board
+        #: time.time() of the first commit wake-up no finished sync covers yet (None: none).
+        self._unsynced_since: float | None = None
         self._shm_fd: int | None = None
         # Self-pipe that wakes the monitor (notify_commit); exists between open() and close().
         self._wake_r: int | None = None
@@ -1044,6 +1039,13 @@ class DB:
 
         conn.set_wal_hook(hook)
 
+    def sync_lag(self) -> float:
+        """Seconds since the oldest commit wake-up that no finished sync covers (0 when none):
+        the local half of the replica's lag, which a stalled sync would hide from the
+        replica's own (oldest L0 file not uploaded)."""
+        since = self._unsynced_since
+        return max(0.0, time.time() - since) if since is not None else 0.0
+
     def monitor(self, stop: threading.Event) -> None:
         """The sync loop: every monitor-interval, and immediately (coalesced) on a commit seen by
         inotify on the ``-wal``, a commit signal (``commit_socket``) or :meth:`notify_commit`."""
@@ -1075,6 +1077,8 @@ class DB:
                     woke |= watcher.drain()
             if poll_timeout is not None and watcher.changed():
                 woke = True
+            if woke and self._unsynced_since is None:
+                self._unsynced_since = time.time()
             return woke
 
         next_tick = time.monotonic()
@@ -1102,10 +1106,14 @@ class DB:
                 self._urgent = False
                 self.sync_round += 1
                 round_no = self.sync_round
+                # This round covers every commit before it; wake-ups during it start anew.
+                unsynced_since, self._unsynced_since = self._unsynced_since, None
                 try:
                     if self._round_sync(round_no):
                         last_write = started
                 except Exception as exc:  # noqa: BLE001 - log and retry at the next tick
+                    if self._unsynced_since is None:  # still behind since then
+                        self._unsynced_since = unsynced_since
                     log.error("%s: sync error: %s", self.path, exc)
                     stop.wait(min(self.monitor_interval, 1.0))
                 else:

@@ -36,6 +36,15 @@ class CommitSignal:
     def enabled(self) -> bool:
         return self._sock is not None
 
+    # As a WriterHook (replication.primary): a commit signal alone, no position.
+    owns_checkpoints = False
+
+    def watch_connection(self, conn) -> None:
+        pass
+
+    def before_commit(self) -> None:
+        pass
+
     def send(self) -> None:
         """Signal one commit. Never blocks, never raises (a lost signal only costs latency)."""
         if self._sock is None:
@@ -45,7 +54,7 @@ class CommitSignal:
         except OSError:
             pass
 
-    __call__ = send
+    __call__ = send  # after COMMIT: signal, and no position to tell
 
     def close(self) -> None:
         if self._sock is not None:
@@ -76,6 +85,15 @@ class CommitWaiter:
     def from_env(cls) -> "CommitWaiter | None":
         path = os.environ.get(COMMIT_SOCKET_ENV)
         return cls(path) if path else None
+
+    # As a WriterHook (replication.primary): the replicator owns checkpoints.
+    owns_checkpoints = True
+
+    def watch_connection(self, conn) -> None:
+        pass
+
+    def before_commit(self) -> None:
+        pass
 
     def _socket(self) -> socket.socket:
         sock = getattr(self._local, "sock", None)

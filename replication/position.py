@@ -39,6 +39,9 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from .sqlite_fds import open_kept
+
+#: Environment variable naming the position board's file for writer processes.
+POSITION_BOARD_ENV = "SQLITEREST_POSITION_BOARD"
 from .wal import WAL_INDEX_HEADER_SIZE
 
 BOARD_MAGIC = b"SRPB"
@@ -218,6 +221,7 @@ class CommitPositions:
         # path -> (fork generation, map): a forked child maps the files anew
         self._maps: dict[str, tuple[int, mmap.mmap]] = {}
         self._board_known: Optional[tuple[bytes, BoardState]] = None  # one tuple: thread-safe
+        self.owns_checkpoints = True  # WriterHook: the replicator checkpoints
         self._woken_at_round = -1
 
     def _map(self, path: str, size: int) -> Optional[mmap.mmap]:

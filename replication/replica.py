@@ -28,6 +28,7 @@ from datetime import timedelta
 from typing import Any, Callable
 
 from . import compactor
+from .defaults import DEFAULT_RETRY_BUDGET
 from .errors import ReplicationError
 from .ltx import Decoder, Header
 from .replica_client import ConflictError
@@ -35,11 +36,6 @@ from .replica_client import ConflictError
 log = logging.getLogger(__name__)
 
 SNAPSHOT_LEVEL = 9
-
-#: Default seconds of *continuous* upload failure after which ``on_fatal`` fires. Long enough
-#: to ride out an S3 blip or a rolling restart of a MinIO cluster, short enough that an
-#: operator learns about a dead replica before the local disk fills with L0 files.
-DEFAULT_RETRY_BUDGET = 600.0
 
 #: Seconds between two retry-budget checks of the watchdog (Replica._watch_budget).
 BUDGET_CHECK_INTERVAL = 0.5

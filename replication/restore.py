@@ -221,7 +221,7 @@ def restore(client, output_path: str, *, txid: int = 0, timestamp: datetime | No
         for path in (tmp, *(tmp + s for s in SIDECAR_SUFFIXES)):
             try:
                 os.remove(path)
-            except FileNotFoundError:
+            except OSError:  # missing, or the directory's own fault: the cause above tells
                 pass
         raise
     return RestoreResult(path=out, txid=plan[-1].max_txid, page_size=page_size,
@@ -234,6 +234,10 @@ def _non_empty(path: str) -> bool:
         return os.stat(path).st_size > 0
     except FileNotFoundError:
         return False
+    except OSError as e:  # e.g. a file where a directory of the path should be
+        raise ReplicationError(f"cannot write {path}: {e.strerror or e}",
+                               hint="check that the output directory exists and is "
+                                    "writable") from None
 
 
 def replica_time_bounds(client) -> tuple[datetime | None, datetime | None]:

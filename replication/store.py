@@ -24,20 +24,16 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from . import compactor
+from .defaults import (DEFAULT_L0_RETENTION, DEFAULT_L0_RETENTION_CHECK_INTERVAL,
+                       DEFAULT_LEVEL_INTERVALS, DEFAULT_SHUTDOWN_SYNC_INTERVAL,
+                       DEFAULT_SHUTDOWN_SYNC_TIMEOUT, DEFAULT_SNAPSHOT_INTERVAL,
+                       DEFAULT_SNAPSHOT_RETENTION)
 from .errors import ReplicationError
 from .ltx import Decoder
-from .replica import (DEFAULT_RETRY_BUDGET, SNAPSHOT_LEVEL, SPOOL_IN_MEMORY, Replica, seconds)
+from .defaults import DEFAULT_RETRY_BUDGET
+from .replica import (SNAPSHOT_LEVEL, SPOOL_IN_MEMORY, Replica, seconds)
 
 log = logging.getLogger(__name__)
-
-#: Litestream's defaults (``DefaultConfig``), used for any field the config object lacks.
-DEFAULT_LEVEL_INTERVALS = (30.0, 300.0, 3600.0)
-DEFAULT_SNAPSHOT_INTERVAL = 24 * 3600.0
-DEFAULT_SNAPSHOT_RETENTION = 24 * 3600.0
-DEFAULT_L0_RETENTION = 300.0
-DEFAULT_L0_RETENTION_CHECK_INTERVAL = 15.0
-DEFAULT_SHUTDOWN_SYNC_TIMEOUT = 30.0
-DEFAULT_SHUTDOWN_SYNC_INTERVAL = 0.5
 
 #: Seconds from Go's zero time (0001-01-01 UTC) to the Unix epoch: ``Time.Truncate`` rounds
 #: relative to the zero time, so we do too (it only differs for intervals that do not divide

@@ -103,7 +103,8 @@ def create_app(config: ServerConfig) -> Flask:
     auth_module.warn_if_disabled(config)
     authenticator = auth_module.Authenticator(config)
     authenticator.check_keys()  # a missing/bad key file fails at startup, not per request
-    db = Database(config.dsn, on_commit=config.on_commit, replication_txid=config.replication_txid)
+    db = Database(config.dsn, writer_hook=config.writer_hook,
+                  create_missing=config.create_missing_database)
     state = AppState(
         config=config,
         db=db,

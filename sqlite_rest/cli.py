@@ -135,7 +135,8 @@ SERVE_FLAGS = (
     Flag("replication-config", "Litestream 0.5 YAML config file naming the replica of "
          "--db-dsn.", metavar="PATH"),
     Flag("replication-force-restore", "The local database and the replica diverged: replace "
-         "the local database by a restore of the replica (the local file is kept aside).",
+         "the local database by a restore of the replica (the local file is kept, checkpointed, "
+         "as DB.replaced-by-force-restore-<UTC time>).",
          default=False, boolean=True),
     Flag("replication-reset-replica", "The local database and the replica diverged: keep the "
          "local database and start the replica over from it.", default=False, boolean=True),
@@ -369,6 +370,7 @@ def _serve(common: dict, flags: dict) -> int:
                 or flags["replication_force_restore"] or flags["replication_reset_replica"]):
             replication = _replication_for(config, flags)
             options.wait_for_replication_txid = True
+            config.create_missing_database = False
         # with replication a missing database is restored, never created empty here
         _check_database(config, create=replication is None)
         _check_auth_keys(config)
@@ -434,7 +436,7 @@ def _check_auth_keys(config) -> None:
 
 
 def _replication_for(config, flags):
-    """Validate the replication flags and load the config: a `ServeReplication`, not started."""
+    """Validate the replication flags and load the config: a `Primary`, not started."""
     from .server import StartupError
 
     path = flags["replication_config"]
@@ -449,18 +451,13 @@ def _replication_for(config, flags):
                            hint="a Litestream 0.5 YAML file naming the replica of --db-dsn")
     if not os.access(path, os.R_OK):
         raise StartupError(f"--replication-config {path}: file is missing or unreadable")
-    try:
-        from replication.errors import ReplicationError
+    from replication.errors import ReplicationError
+    from replication.primary import Primary
 
-        from .replicator import ReplicationOptions, ServeReplication
-    except ImportError as exc:
-        raise StartupError(f"replication is not available in this build: {exc}",
-                           hint="run without --replication-enabled") from None
     try:
-        return ServeReplication(ReplicationOptions(
-            db_path=config.dsn.path, config_path=path,
-            force_restore=flags["replication_force_restore"],
-            reset_replica=flags["replication_reset_replica"]))
+        return Primary.from_config_file(
+            config.dsn.path, path, force_restore=flags["replication_force_restore"],
+            reset_replica=flags["replication_reset_replica"])
     except ReplicationError as exc:
         raise StartupError(exc.message, hint=exc.hint) from None
 
@@ -476,9 +473,10 @@ def _wire_replication(supervisor, replication) -> None:
     def start() -> None:
         try:
             replication.prepare()
+            # The HTTP processes hold the lock too: no start proceeds while one may write.
             supervisor.http_server_fds.append(replication.lock_fd)
-            replication.attach_listener(supervisor.commit_listener)
-            replication.start(position_board=supervisor.position_board_path)
+            replication.start(commit_listener=supervisor.commit_listener,
+                              position_board=supervisor.position_board_path)
         except ReplicationError as exc:
             raise StartupError(exc.message, hint=exc.hint) from None
 

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 from urllib.parse import parse_qsl
+
+if TYPE_CHECKING:
+    from replication.primary import WriterHook
 
 #: Default request body limit: 8 MiB (8,388,608 bytes). Big enough for bulk inserts of
 #: tens of thousands of small rows, small enough that a 10 MB body is refused with 413
@@ -149,12 +152,14 @@ class ServerConfig:
     primary_url: Optional[str] = None
     #: Serve the OpenAPI (Swagger 2.0) description at `/`.
     openapi_enabled: bool = True
-    #: Hook called after every successful write COMMIT (in the writing thread), e.g. to
-    #: notify the replicator. Its return value, if not None, is sent as X-Replication-Txid.
-    on_commit: Optional[Callable[[], object]] = None
-    #: Hook returning the current replication position (TXID) for X-Replication-Txid; when
-    #: set, it is asked after each write's COMMIT (and wins over on_commit's return value).
-    replication_txid: Optional[Callable[[], object]] = None
+    #: Create the database file when it is missing (DSN mode rwc). Off with replication: the
+    #: primary restores a missing database before the workers start, and a worker must never
+    #: make a new, empty one (#9: a dying worker of a killed server did, after the database was
+    #: lost, and the next start refused it as a diverged history).
+    create_missing_database: bool = True
+    #: Called around every write transaction (replication.primary.WriterHook): wakes the
+    #: replicator and returns the position sent as X-Replication-Txid.
+    writer_hook: Optional["WriterHook"] = None
     #: Hook answering "is the server ready?" (restore done, replication healthy) for /ready.
     ready: Optional[Callable[[], bool]] = None
     #: Hook returning a short replication status dict, included in the /ready body.

@@ -7,9 +7,9 @@
   connections are never shared across threads and never across `fork()`: a fork generation is
   recorded and a child process reopens instead of reusing an inherited handle.
 - Writes run in ``BEGIN IMMEDIATE`` transactions (take the write lock up front, so a
-  transaction never fails half-way with SQLITE_BUSY on lock upgrade); after each successful
-  COMMIT the `on_commit` hook runs (replication uses it to wake the replicator and learn the
-  TXID that contains the write).
+  transaction never fails half-way with SQLITE_BUSY on lock upgrade); a replication
+  `WriterHook` (replication.primary) is called around each COMMIT: it wakes the replicator and
+  returns the TXID that contains the write.
 - apsw caches prepared statements per connection, so reusing connections reuses plans.
 """
 from __future__ import annotations
@@ -20,13 +20,16 @@ import os
 import re
 import threading
 import time
-from typing import Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import apsw
 
 log = logging.getLogger("sqlite_rest.db")
 
 from .config import DatabaseDSN
+
+if TYPE_CHECKING:
+    from replication.primary import WriterHook
 
 #: Prepared statements apsw keeps per connection (its default is 16; our SQL has many
 #: shapes: one per table x filter columns x select list).
@@ -263,7 +266,7 @@ class Transaction:
         self.conn = conn
         #: Set to True to roll back instead of committing (Prefer: tx=rollback).
         self.rollback_only = False
-        #: What the on_commit/replication_txid hook returned after COMMIT (or None).
+        #: What the writer hook returned after COMMIT (the replica position, or None).
         self.commit_result: object = None
 
 
@@ -302,9 +305,8 @@ class WriteTransaction:
             if tx.rollback_only:
                 conn.execute("ROLLBACK")
                 return False
-            before_commit = db.before_commit
-            if before_commit is not None:
-                before_commit()
+            if db.writer_hook is not None:
+                db.writer_hook.before_commit()
             try:
                 conn.execute("COMMIT")
             except BaseException:
@@ -320,19 +322,12 @@ class WriteTransaction:
 class Database:
     """Per-thread, per-process apsw connections to one database file."""
 
-    def __init__(
-        self,
-        dsn: DatabaseDSN,
-        *,
-        on_commit: Optional[Callable[[], object]] = None,
-        replication_txid: Optional[Callable[[], object]] = None,
-    ):
+    def __init__(self, dsn: DatabaseDSN, *, writer_hook: Optional["WriterHook"] = None,
+                 create_missing: bool = True):
         self.dsn = dsn
-        self.on_commit = on_commit
-        self.replication_txid = replication_txid
-        #: Called inside the write transaction right before COMMIT (CommitPositions reads
-        #: the WAL generation there).
-        self.before_commit = getattr(replication_txid, "before_commit", None)
+        self.writer_hook = writer_hook
+        #: Create the file if it is missing (DSN mode rwc, and not replicated: see ServerConfig).
+        self.create = dsn.mode == "rwc" and create_missing
         self._local = threading.local()
         # Write transactions of this process's threads take turns here instead of polling
         # SQLite's write lock against each other (only other processes are polled).
@@ -361,7 +356,7 @@ class Database:
                 self.dsn.path,
                 read_only=self.dsn.read_only,
                 query_only=True,
-                create=self.dsn.mode == "rwc",
+                create=self.create,
                 busy_timeout_ms=self.dsn.busy_timeout_ms,
             )
         return conn
@@ -375,20 +370,20 @@ class Database:
             conn = local.writer = open_connection(
                 self.dsn.path,
                 read_only=self.dsn.read_only,
-                create=self.dsn.mode == "rwc",
+                create=self.create,
                 busy_timeout_ms=self.dsn.busy_timeout_ms,
                 synchronous=self.dsn.synchronous,
                 short_busy_waits=True,
             )
-            if self.replication_txid is not None:
+            hook = self.writer_hook
+            if hook is not None and hook.owns_checkpoints:
                 # Replication on: checkpoints belong to the replicator (PASSIVE at its
                 # thresholds, never RESTART; design/local-sync.md), so workers never run one.
                 conn.execute("PRAGMA wal_autocheckpoint=0").fetchall()
-                watch = getattr(self.replication_txid, "watch_connection", None)
-                if watch is not None:  # it learns each commit's WAL frame (CommitPositions)
-                    watch(conn)
             elif not self.dsn.read_only:
                 conn.set_wal_hook(self.checkpointer.wal_hook)
+            if hook is not None:
+                hook.watch_connection(conn)  # e.g. learns each commit's WAL frame
         return conn
 
     def close_thread_connections(self) -> None:
@@ -420,18 +415,15 @@ class Database:
         return WriteTransaction(self)
 
     def _after_commit(self) -> object:
-        """Run the commit hooks. The write is committed whatever they do, so a failing hook
-        is logged loudly instead of turning a durable write into an error response."""
-        result = None
+        """Run the writer hook. The write is committed whatever it does, so a failing hook is
+        logged loudly instead of turning a durable write into an error response."""
+        if self.writer_hook is None:
+            return None
         try:
-            if self.on_commit is not None:
-                result = self.on_commit()
-            if self.replication_txid is not None:
-                result = self.replication_txid()
+            return self.writer_hook()
         except Exception:  # noqa: BLE001
             log.exception("commit hook failed (the write itself is committed)")
             return None
-        return result
 
     def schema_version(self) -> int:
         return self.reader().execute("PRAGMA schema_version").fetchall()[0][0]

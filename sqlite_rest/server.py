@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
-from replication.notify import COMMIT_SOCKET_ENV
+from replication.primary import COMMIT_SOCKET_ENV, POSITION_BOARD_ENV, CommitListener
 
 from . import __version__, logs
 from .config import ServerConfig
@@ -56,8 +56,6 @@ WORKER_READY_ENV = "SQLITEREST_WORKER_READY_DIR"
 #: File that exists while the supervisor's own readiness checks (replication, ...) pass; the
 #: workers' /ready on the API port looks at it (one stat), so both ports agree.
 READY_FILE_ENV = "SQLITEREST_READY_FILE"
-#: Path of the replicator's position board (replication/position.py), for the workers.
-POSITION_BOARD_ENV = "SQLITEREST_POSITION_BOARD"
 #: How often the supervisor refreshes that file (seconds).
 READY_FILE_INTERVAL_S = 0.25
 #: prometheus_client's multiprocess directory, set for the child (and so its workers) only.
@@ -250,7 +248,7 @@ class ServeOptions:
 #: ServerConfig fields a worker can rebuild from JSON (the hooks are wired in the worker).
 _PLAIN_CONFIG_FIELDS = tuple(
     f.name for f in dataclasses.fields(ServerConfig)
-    if f.init and f.name not in ("on_commit", "replication_txid", "ready", "replication_status"))
+    if f.init and f.name not in ("writer_hook", "ready", "replication_status"))
 
 
 def config_to_json(config: ServerConfig) -> dict:
@@ -259,8 +257,7 @@ def config_to_json(config: ServerConfig) -> dict:
 
 def build_worker_app(config_fields: dict, wait_for_txid: bool = False):
     """The Flask app of one worker: create_app + the commit signal + metrics + request logs."""
-    from replication.notify import CommitSignal, CommitWaiter
-    from replication.position import CommitPositions
+    from replication.primary import writer_hook_from_env
 
     from .config import parse_dsn
 
@@ -274,20 +271,9 @@ def build_worker_app(config_fields: dict, wait_for_txid: bool = False):
     ready_file = os.environ.get(READY_FILE_ENV)
     if ready_file:
         hooks["ready"] = lambda: os.path.exists(ready_file)
-    waiter = CommitWaiter.from_env() if wait_for_txid else None
-    board = os.environ.get(POSITION_BOARD_ENV)
-    if waiter is not None and board:
-        # Known at commit from the replicator's position board; a round trip (the position
-        # request is itself the commit signal) only when the board cannot tell.
-        hooks["replication_txid"] = CommitPositions(
-            parse_dsn(config_fields["db_dsn"]).path, board, fallback=waiter,
-            wake=CommitSignal.from_env().send, on_answer=replication_position_counter())
-    elif waiter is not None:
-        hooks["replication_txid"] = waiter
-    else:
-        signal_ = CommitSignal.from_env()
-        if signal_.enabled:
-            hooks["on_commit"] = signal_.send
+    hooks["writer_hook"] = writer_hook_from_env(
+        parse_dsn(config_fields["db_dsn"]).path, wait_for_position=wait_for_txid,
+        on_answer=replication_position_counter())
     config = ServerConfig(**config_fields, **hooks)
     app = create_app(config)
     RequestMetrics().instrument(app)
@@ -536,8 +522,6 @@ class Supervisor:
         return self._child is not None and self._child.poll() is None
 
     def _start_parent_services(self) -> None:
-        from replication.notify import CommitListener
-
         from .metrics import DatabaseSizeGauge, MetricsExposition
 
         self._listener = CommitListener(self.commit_socket_path)

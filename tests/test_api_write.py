@@ -47,14 +47,29 @@ def commits():
     return []
 
 
+class RecordingHook:
+    """A WriterHook (replication.primary) that records which thread committed."""
+
+    owns_checkpoints = False
+
+    def __init__(self, commits, answer=lambda n: f"txid-{n}"):
+        self.commits, self.answer = commits, answer
+
+    def watch_connection(self, conn):
+        pass
+
+    def before_commit(self):
+        pass
+
+    def __call__(self):
+        self.commits.append(threading.get_ident())
+        return self.answer(len(self.commits))
+
+
 @pytest.fixture
 def client(db, commits):
-    def on_commit():
-        commits.append(threading.get_ident())
-        return f"txid-{len(commits)}"
-
     app = create_app(ServerConfig(db_dsn=str(db), allow_tables=("books", "authors", "pairs"),
-                                  auth_disabled=True, on_commit=on_commit))
+                                  auth_disabled=True, writer_hook=RecordingHook(commits)))
     with app.test_client() as c:
         yield c
 
@@ -295,19 +310,19 @@ def test_write_on_read_only_database(db):
     assert c.get("/books?id=eq.1").status_code == 200
 
 
-def test_replication_txid_hook_wins(db):
+def test_writer_hook_answer_is_the_replication_txid(db):
     app = create_app(ServerConfig(db_dsn=str(db), allow_tables=("books",), auth_disabled=True,
-                                  on_commit=lambda: None, replication_txid=lambda: 42))
+                                  writer_hook=RecordingHook([], answer=lambda n: "42")))
     r = app.test_client().post("/books", json={"title": "x"})
     assert r.headers["X-Replication-Txid"] == "42"
 
 
 def test_failing_commit_hook_does_not_fail_a_committed_write(db, caplog):
-    def broken():
+    def broken(_n):
         raise RuntimeError("replicator gone")
 
     app = create_app(ServerConfig(db_dsn=str(db), allow_tables=("books",), auth_disabled=True,
-                                  on_commit=broken))
+                                  writer_hook=RecordingHook([], answer=broken)))
     r = app.test_client().post("/books", json={"id": 90, "title": "kept"})
     assert r.status_code == 201
     assert "X-Replication-Txid" not in r.headers

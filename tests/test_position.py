@@ -355,8 +355,7 @@ def replicated(d, config=None):
     writer = open_writer(path)
     rec = Recorder()
     try:
-        with DB(path, config) as db:
-            db.position_board = PositionBoard(d / "board")
+        with DB(path, config, position_board=PositionBoard(d / "board")) as db:
             try:
                 cp = CommitPositions(path, d / "board", fallback=lambda: "fallback",
                                      wake=rec.wake, on_answer=rec.on_answer)

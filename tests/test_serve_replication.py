@@ -608,6 +608,13 @@ def test_diverged_database_is_refused_then_resolved(case, tmp_path, replica_for,
     if "force-restore" in resolution.lower().replace("_", "-"):
         # the replica wins: the server serves the replica's content
         assert writer.rows() == db_rows(replica_latest)
+        # ... and the replaced database is kept beside it, checkpointed, named when and why,
+        # with the rows only it had (#9: an operator must not lose the only copy of them)
+        [kept] = tmp_path.glob("app.db.replaced-by-force-restore-*")
+        assert re.fullmatch(r"app\.db\.replaced-by-force-restore-\d{8}T\d{6}Z", kept.name)
+        assert not Path(f"{kept}-wal").exists()  # (before a reader makes one)
+        assert db_rows(kept) == local_rows and integrity(kept) == "ok"
+        assert f"kept as {kept}" in server.logs()
     else:
         # the local database wins: the replica starts over from it
         assert writer.rows() == local_rows
@@ -616,6 +623,43 @@ def test_diverged_database_is_refused_then_resolved(case, tmp_path, replica_for,
         replica.restore(litestream_bin, tmp_path / "after-reset.db")
         assert db_rows(tmp_path / "after-reset.db") == writer.rows()
     assert integrity(db) == "ok"
+
+
+def test_ready_turns_503_while_the_replica_lags_past_its_bound(tmp_path, own_s3, servers):
+    """#9: under load a replica that stops keeping up makes /ready 503 (replica key
+    `ready-max-lag`), before any retry budget is spent; it turns 200 when it catches up."""
+    db = tmp_path / "app.db"
+    replica = s3_replica(own_s3.server)
+    config = write_config(tmp_path / "litestream.yml", db, replica, ready_max_lag="1s")
+    make_db(db)
+    server = servers.start(db, config, env=replica.server_env)
+    wait_ready(server)
+    writer = Writer(server)
+    os.kill(own_s3.proc.pid, signal.SIGSTOP)  # uploads hang (no error) while it is paused
+    try:
+        writer.insert("while-paused")
+        wait_for(lambda: admin_status(server, "/ready") == 503, 20, "/ready 503 while lagging")
+        assert replication_status(server)["lag_seconds"] > 1
+    finally:
+        os.kill(own_s3.proc.pid, signal.SIGCONT)
+    wait_for(lambda: admin_status(server, "/ready") == 200, 60, "/ready 200 once caught up")
+    assert replication_status(server)["lag_seconds"] <= 1
+
+
+def test_workers_never_create_a_lost_database(tmp_path, replica_for, servers):
+    """#9: with replication, a missing database is restored by the primary, never created by
+    a worker (a dying worker of a killed server made an empty one after the database was
+    lost, and the next start refused it as a diverged history)."""
+    db = tmp_path / "app.db"
+    config = write_config(tmp_path / "litestream.yml", db, replica_for("file"))
+    make_db(db)
+    server = servers.start(db, config, "--threads", "8")
+    wait_ready(server)
+    remove_db_files(db)
+    with httpx.Client(base_url=server.base_url, timeout=10) as http:
+        statuses = {http.get("/items").status_code for _ in range(64)}  # new threads, new conns
+    assert not db.exists(), f"a worker created {db} (answers {statuses})"
+    assert 500 not in statuses
 
 
 def test_second_server_on_the_same_database_is_refused(tmp_path, replica_for, servers):

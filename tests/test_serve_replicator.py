@@ -15,8 +15,7 @@ from replication.errors import ConfigError
 from replication.file_replica_client import FileReplicaClient
 from replication.notify import CommitListener, CommitWaiter
 from replication.restore import restore
-from sqlite_rest.replicator import (DivergedError, ReplicationOptions, ReplicationStartupError,
-                                    ServeReplication)
+from replication.primary import DivergedError, Primary, ReplicationStartupError
 
 
 @pytest.fixture
@@ -28,8 +27,8 @@ def env(tmp_path):
     return db, replica, config
 
 
-def make(db, config, **kw) -> ServeReplication:
-    return ServeReplication(ReplicationOptions(str(db), str(config), **kw))
+def make(db, config, **kw) -> Primary:
+    return Primary.from_config_file(str(db), str(config), **kw)
 
 
 def write_rows(db, values):
@@ -49,8 +48,8 @@ def rows(db):
         conn.close()
 
 
-def run_until_replicated(rep: ServeReplication, timeout=20.0):
-    rep.start()
+def run_until_replicated(rep: Primary, timeout=20.0, **start):
+    rep.start(**start)
     deadline = time.monotonic() + timeout
     while not rep.ready():
         assert time.monotonic() < deadline, rep.status()
@@ -183,6 +182,20 @@ def test_replica_ahead_of_local_history_is_refused_and_reset_replica_recovers(en
     assert rows(out) == ["a"]
 
 
+def test_a_meta_dir_that_cannot_be_made_is_a_one_line_error(env):
+    """(#10: it was a traceback.) A file where the meta dir must go fails as a read-only
+    directory does, for root too."""
+    db, replica, config = env
+    write_rows(db, ["a"])
+    rep = make(db, config)
+    with open(rep.meta_path, "w"):
+        pass
+    with pytest.raises(ReplicationStartupError) as info:
+        rep.prepare()
+    assert "cannot create the replication lock" in info.value.message
+    assert "writable" in info.value.hint
+
+
 def test_one_replicator_per_database(env):
     db, replica, config = env
     write_rows(db, ["a"])
@@ -227,8 +240,7 @@ def test_commit_position_is_the_txid_that_contains_it(env, tmp_path):
     rep = make(db, config)
     rep.prepare()
     listener = CommitListener(str(tmp_path / "commit.sock"))
-    rep.attach_listener(listener)
-    run_until_replicated(rep)
+    run_until_replicated(rep, commit_listener=listener)
     stop = threading.Event()
 
     def receive():  # what the supervisor's receive thread does

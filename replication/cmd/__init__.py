@@ -81,4 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: the {name!r} command is not available in this build ({module_name} is "
               f"missing)", file=sys.stderr)
         return EXIT_ERROR
-    return module.main(argv[1:])
+    try:
+        return module.main(argv[1:])
+    except OSError as e:  # the last resort: one line with the cause, never a traceback
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: {e.strerror or e}{where} (hint: check the path, its directory's "
+              f"permissions and free space)", file=sys.stderr)
+        return EXIT_ERROR

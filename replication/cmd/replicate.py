@@ -125,21 +125,29 @@ def serve_metrics(addr: str):
     return server
 
 
-def restore_missing(config) -> None:
-    """``-restore-if-db-not-exists``: restore each missing DB; no backup is fine."""
-    from replication import restore as restore_mod
-    from replication.errors import TxNotAvailableError
-    from replication.replica_client import client_from_config
+def take_primaries(config, *, restore_if_missing: bool) -> list:
+    """One Primary per DB (replication/primary.py): its lock, held until the command exits, so
+    no server or other ``replicate`` writes the DB meanwhile; then the restore of a missing DB
+    (``-restore-if-db-not-exists``), with the local L0 files the replica lacks uploaded first.
+    No divergence guard and no retry budget: Litestream's ``replicate`` has neither."""
+    from replication.primary import Primary
 
-    for dbc in config.dbs:
-        if os.path.exists(dbc.path):
-            continue
-        client = client_from_config(dbc.replica)
-        try:
-            restore_mod.restore(client, dbc.path)
-            log.info("restored %s from its replica", dbc.path)
-        except TxNotAvailableError:
-            log.info("%s: no backup on the replica, starting empty", dbc.path)
+    primaries: list = []
+    try:
+        for dbc in config.dbs:
+            primary = Primary(config, dbc, guard_divergence=False, retry_budget=None)
+            primary.prepare(restore_if_missing=restore_if_missing or bool(
+                getattr(dbc, "restore_if_db_not_exists", False)), create_if_no_backup=False)
+            primaries.append(primary)
+    except BaseException:
+        release(primaries)
+        raise
+    return primaries
+
+
+def release(primaries: list) -> None:
+    for primary in primaries:
+        primary.release_lock()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,14 +197,15 @@ def _main(opts, stopping: threading.Event) -> int:
         if not getattr(config, "dbs", None):
             raise ReplicationError("no databases specified in configuration",
                                    hint="add a `dbs:` list to the config file")
-        if opts.restore_if_db_not_exists or any(
-                getattr(d, "restore_if_db_not_exists", False) for d in config.dbs):
-            restore_missing(config)
-        if opts.once:
-            return run_once(config, force_snapshot=opts.force_snapshot,
-                            enforce_retention=opts.enforce_retention)
-        return run(config, exec_cmd=opts.exec or getattr(config, "exec", None) or None,
-                   done=stopping)
+        primaries = take_primaries(config, restore_if_missing=opts.restore_if_db_not_exists)
+        try:
+            if opts.once:
+                return run_once(config, force_snapshot=opts.force_snapshot,
+                                enforce_retention=opts.enforce_retention)
+            return run(config, exec_cmd=opts.exec or getattr(config, "exec", None) or None,
+                       done=stopping)
+        finally:
+            release(primaries)
     except ReplicationError as exc:
         print_error(exc)
         return EXIT_ERROR

@@ -1,19 +1,26 @@
-"""Replication inside ``sqlite-rest serve`` (design/replication.md, "the serve lifecycle").
+"""The primary: the one process that writes a replicated database, and the one facade of the
+local side (design/replication.md, "The primary"). ``sqlite-rest serve`` and ``replicate`` both
+use it; the web side needs nothing else of the core but its errors.
 
-The serve parent process owns exactly one replicator per database. In order:
+In order:
 
-1. **Config.** The Litestream config is loaded and validated; the served DB must be one of its
-   ``dbs`` (other DBs of the file are left to ``sqlite-rest replicate``).
-2. **Lock.** ``<meta dir>/sqlite-rest.lock`` is flock'ed: a second server (or ``replicate``) on
-   the same DB on this machine refuses to start instead of interleaving TXIDs.
+1. **Config.** The Litestream config is loaded and validated; the DB must be one of its ``dbs``.
+2. **Lock.** ``<meta dir>/sqlite-rest.lock`` is flock'ed for as long as any process that may
+   write the database lives (a server's HTTP processes inherit it): a second server or
+   ``replicate`` on the same DB waits for a killed one's processes, then refuses.
 3. **Restore before open.** A missing DB is restored from the replica's latest position. Local
    L0 files that the replica lacks (acknowledged writes of a run that died before uploading
    them) are uploaded first, so the restore includes them. No replica data: start empty.
+   ``force_restore`` keeps the replaced database beside it, checkpointed, named for when and why.
 4. **Divergence guard.** A present DB is checked against the replica; if the replica holds a
    history the DB does not contain, start is refused with the two ways out.
-5. **Run.** A :class:`replication.store.Store` for this DB runs in threads; the supervisor wakes
-   it on every worker commit signal. A failure past the retry budget stops the process.
+5. **Run.** A :class:`replication.store.Store` for this DB runs in threads, woken on every
+   writer's commit signal, publishing each round on the position board; a failure past the
+   retry budget calls ``on_fatal``. ``ready()`` is false while the replica lags more than
+   ``ready-max-lag``.
 6. **Stop.** A final sync within ``shutdown-sync-timeout``.
+
+Writers in other processes use :func:`writer_hook_from_env` (the :class:`WriterHook` protocol).
 """
 from __future__ import annotations
 
@@ -25,17 +32,17 @@ import logging
 import os
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol
 
-from replication import ltx
-from replication.config import Config, DBConfig, load_config, normalize_db_path
-from replication.errors import ConfigError, ReplicationError, TxNotAvailableError
+from . import ltx
+from .config import Config, DBConfig, load_config, normalize_db_path
+from .defaults import (DEFAULT_LOCK_WAIT, DEFAULT_PRIMARY_MIN_SYNC_GAP,
+                       DEFAULT_PRIMARY_RETRY_BUDGET, DEFAULT_READY_MAX_LAG)
+from .errors import ConfigError, ReplicationError, TxNotAvailableError
+from .notify import COMMIT_SOCKET_ENV, CommitListener, CommitSignal, CommitWaiter
+from .position import POSITION_BOARD_ENV, CommitPositions, PositionBoard
 
 log = logging.getLogger(__name__)
-
-#: Seconds of continuous replica failure after which serve stops (non-zero exit). Overridden
-#: by the sqlite-rest extension key ``retry-budget`` of the replica (Litestream ignores it).
-DEFAULT_SERVE_RETRY_BUDGET = 120.0
 
 #: Page-1 header bytes SQLite rewrites on its own (WAL/rollback mode bytes, change counter,
 #: schema cookie — the backup API bumps it in the copy —, version-valid-for, library version):
@@ -43,15 +50,12 @@ DEFAULT_SERVE_RETRY_BUDGET = 120.0
 _VOLATILE_HEADER_RANGES = ((18, 20), (24, 28), (40, 44), (92, 100))
 
 LOCK_FILE = "sqlite-rest.lock"
-#: How long a start waits for the lock before refusing (seconds): long enough for the HTTP
-#: processes of a killed server to die, short enough to refuse a live one promptly.
-LOCK_WAIT_S = 5.0
 IDENTITY_FILE = "sqlite-rest.identity"
 LINEAGE_XATTR = "user.sqlite-rest.lineage"
 
 
 class ReplicationStartupError(ReplicationError):
-    """Replication cannot start; serve exits non-zero with this one line (and its hint)."""
+    """Replication cannot start; the command exits non-zero with this one line (and its hint)."""
 
 
 class DivergedError(ReplicationStartupError):
@@ -66,34 +70,22 @@ def _ways_out(db_path: str, replica: str) -> str:
             f"--replication-reset-replica`")
 
 
-@dataclasses.dataclass
-class ReplicationOptions:
-    """What ``serve`` passes in (flags / SQLITEREST_* env)."""
-
-    db_path: str
-    config_path: str
-    #: --replication-force-restore: replace a present (e.g. diverged) DB by the replica's latest.
-    force_restore: bool = False
-    #: --replication-reset-replica: delete the replica's files and start a new history here.
-    reset_replica: bool = False
-
-
-def load_serve_config(options: ReplicationOptions) -> tuple[Config, DBConfig]:
-    """Load the config and find the served DB in it (errors name the file and the key)."""
-    if not os.path.exists(options.config_path):
-        raise ConfigError(f"--replication-config {options.config_path}: no such file",
+def load_db_config(db_path: str, config_path: str) -> tuple[Config, DBConfig]:
+    """Load the config and find ``db_path`` in it (errors name the file and the key)."""
+    if not os.path.exists(config_path):
+        raise ConfigError(f"--replication-config {config_path}: no such file",
                           hint="pass a Litestream config (litestream.yml) with a `dbs:` entry "
                                "for the database")
-    config = load_config(options.config_path)
-    path = normalize_db_path(options.db_path)
+    config = load_config(config_path)
+    path = normalize_db_path(db_path)
     dbc = config.db_for_path(path)
     if dbc is None:
         listed = ", ".join(d.path or "?" for d in config.dbs) or "none"
-        raise ConfigError(f"{options.config_path}: dbs: no entry has path {path} (listed: "
-                          f"{listed})", hint="add `- path: {path}` with a `replica:` under "
-                                             "`dbs:`, or serve one of the listed databases")
+        raise ConfigError(f"{config_path}: dbs: no entry has path {path} (listed: {listed})",
+                          hint=f"add `- path: {path}` with a `replica:` under `dbs:`, or serve "
+                               f"one of the listed databases")
     if dbc.replica is None:
-        raise ConfigError(f"{options.config_path}: dbs[path={path}].replica: missing",
+        raise ConfigError(f"{config_path}: dbs[path={path}].replica: missing",
                           hint="add a `replica:` with a `url:` (file:///… or s3://…) or "
                                "`type:` and `path:`")
     return config, dbc
@@ -108,72 +100,141 @@ def replica_url(dbc: DBConfig) -> str:
     return f"file://{r.path}"
 
 
-#: Seconds between sync rounds under a commit storm in `serve` (the replication core's
-#: default is 10 ms; see replication/db.py DEFAULT_MIN_SYNC_GAP). Each round is one upload:
-#: on S3 a PutObject cost ~3 ms of CPU in boto3 and ~4 ms in a local SeaweedFS, so 50 ms held
-#: a POST flood at 0.88x; 100 ms keeps RPO p99 far inside its targets (bench/README.md).
-SERVE_MIN_SYNC_GAP = 0.100
+class Primary:
+    """The local side of one replicated database (see the module docstring).
 
+    ``retry_budget``: seconds of replica failure before ``on_fatal`` (None: retry forever, as
+    Litestream's ``replicate``); the replica key ``retry-budget`` wins over it."""
 
-class ServeReplication:
-    """The replicator of one served database (see the module docstring)."""
+    def __init__(self, config: Config, dbc: DBConfig, *, force_restore: bool = False,
+                 reset_replica: bool = False, guard_divergence: bool = True,
+                 retry_budget: Optional[float] = DEFAULT_PRIMARY_RETRY_BUDGET,
+                 min_sync_gap: float = DEFAULT_PRIMARY_MIN_SYNC_GAP,
+                 lock_wait: float = DEFAULT_LOCK_WAIT):
+        from .replica_client import client_from_config
 
-    def __init__(self, options: ReplicationOptions):
-        from replication.replica_client import client_from_config
-
-        self.options = options
-        self.config, self.dbc = load_serve_config(options)
-        self.db_path = self.dbc.path
-        self.url = replica_url(self.dbc)
-        self.client = client_from_config(self.dbc.replica)
-        self.retry_budget = getattr(self.dbc.replica, "retry_budget", None) or \
-            DEFAULT_SERVE_RETRY_BUDGET
-        self.meta_path = self.dbc.meta_path or os.path.join(
+        if dbc.replica is None:
+            raise ConfigError(f"{dbc.path}: no replica configured",
+                              hint="add a `replica:` with a `url:` (file:///… or s3://…) or "
+                                   "`type:` and `path:`")
+        self.config, self.dbc = config, dbc
+        #: Replace a present (e.g. diverged) DB by the replica's latest; the old one is kept.
+        self.force_restore = force_restore
+        #: Delete the replica's files and start a new history from the local DB.
+        self.reset_replica = reset_replica
+        #: Refuse a present DB whose history differs from the replica's (serve; Litestream's
+        #: ``replicate`` has no such check and continues from whatever the DB holds).
+        self.guard_divergence = guard_divergence
+        self.db_path = dbc.path
+        self.url = replica_url(dbc)
+        self.client = client_from_config(dbc.replica)
+        self.retry_budget = dbc.replica.retry_budget or retry_budget
+        self.ready_max_lag = dbc.replica.ready_max_lag or DEFAULT_READY_MAX_LAG
+        self.min_sync_gap = min_sync_gap
+        self.lock_wait = lock_wait
+        self.meta_path = dbc.meta_path or os.path.join(
             os.path.dirname(self.db_path), f".{os.path.basename(self.db_path)}-litestream")
         self.store = None
+        self.db = None
         self.restored_txid: Optional[int] = None
+        #: Where ``force_restore`` moved the replaced database (None: nothing was replaced).
+        self.replaced_path: Optional[str] = None
         self.first_sync_done = threading.Event()
         self._lock_fd: Optional[int] = None
         self._fatal: Optional[BaseException] = None
+        #: Called with a one-line reason when replication gave up (the retry budget ran out).
         self.on_fatal: Optional[Callable[[str], None]] = None
-        self._listener = None  # the supervisor's CommitListener (position requests)
+        self._listener: Optional[CommitListener] = None  # writers' position requests
         self._pending_waiters: list[tuple[int, list]] = []
         self._waiters_lock = threading.Lock()
 
+    @classmethod
+    def from_config_file(cls, db_path: str, config_path: str, **kwargs) -> "Primary":
+        """The primary of ``db_path`` as ``config_path`` (a litestream.yml) describes it."""
+        config, dbc = load_db_config(db_path, config_path)
+        return cls(config, dbc, **kwargs)
+
     # -- before the DB is opened --------------------------------------------------------
 
-    def prepare(self) -> None:
-        """Steps 2–4: lock, restore or divergence check. Raises ReplicationStartupError."""
+    def prepare(self, *, restore_if_missing: bool = True, create_if_no_backup: bool = True) -> None:
+        """Steps 2–4: lock, restore or divergence check. Raises ReplicationStartupError.
+        ``restore_if_missing=False`` (``replicate`` without ``-restore-if-db-not-exists``): a
+        missing DB is left alone, for whoever creates it; ``create_if_no_backup``: a missing
+        DB with nothing to restore is created empty (serve), or left missing (``replicate``,
+        as Litestream)."""
         self._take_lock()
         try:
-            self._prepare_locked()
+            self._prepare_locked(restore_if_missing, create_if_no_backup)
         except BaseException:
             self.release_lock()
             raise
 
-    def _prepare_locked(self) -> None:
+    def _prepare_locked(self, restore_if_missing: bool, create_if_no_backup: bool) -> None:
         self.client.init()
-        if self.options.reset_replica:
+        if self.reset_replica:
             log.warning("--replication-reset-replica: deleting every file of %s", self.url)
             self.client.delete_all()
             self._reset_meta()
         exists = os.path.exists(self.db_path)
-        if exists and self.options.force_restore:
-            log.warning("--replication-force-restore: replacing %s by the replica's latest",
-                        self.db_path)
+        if exists and self.force_restore:
+            if self._remote_max_txid() == 0:
+                raise ReplicationStartupError(
+                    f"--replication-force-restore: the replica {self.url} has no data",
+                    hint="drop the flag to keep the local database")
+            self._move_aside("force-restore")
             self._restore(force=True)
-        elif not exists:
+        elif not exists and restore_if_missing:
             self._upload_pending_local_files()
-            self._restore(force=False)
-        else:
+            self._restore(force=False, create_if_no_backup=create_if_no_backup)
+        elif exists and self.guard_divergence:
             self._check_divergence()
         self._write_identity()
 
+    def _move_aside(self, why: str) -> None:
+        """Keep the database a force-restore replaces: checkpointed (its WAL copied in), then
+        renamed ``<db>.replaced-by-<why>-<UTC time>``, so whatever the replica lacks can still
+        be recovered by hand."""
+        import apsw
+
+        when = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = f"{self.db_path}.replaced-by-{why}-{when}"
+        conn = apsw.Connection(self.db_path)
+        try:
+            conn.set_busy_timeout(int(self.lock_wait * 1000))
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0]
+        finally:
+            conn.close()
+        try:
+            os.rename(self.db_path, target)
+            wal = self.db_path + "-wal"
+            if busy and os.path.exists(wal):  # not fully copied in: keep it beside the copy
+                os.rename(wal, target + "-wal")
+        except OSError as exc:
+            raise ReplicationStartupError(
+                f"--replication-{why}: cannot move {self.db_path} aside to {target}: "
+                f"{exc.strerror or exc}", hint="check the directory's permissions and free space"
+            ) from None
+        for suffix in ("-wal", "-shm"):
+            try:
+                os.remove(self.db_path + suffix)
+            except FileNotFoundError:
+                pass
+        self.replaced_path = target
+        log.warning("--replication-%s: the replaced database is kept as %s; restoring %s "
+                    "from %s", why, target, self.db_path, self.url)
+
     def _take_lock(self) -> None:
-        os.makedirs(self.meta_path, exist_ok=True)
         path = os.path.join(self.meta_path, LOCK_FILE)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        deadline = time.monotonic() + LOCK_WAIT_S
+        try:
+            os.makedirs(self.meta_path, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise ReplicationStartupError(
+                f"cannot create the replication lock {path}: {exc.strerror or exc}",
+                hint=f"the directory of {self.db_path} must be writable (the meta dir "
+                     f"{self.meta_path} lives there; or set `meta-path:` in the config)"
+            ) from None
+        deadline = time.monotonic() + self.lock_wait
         waited = False
         while True:
             try:
@@ -191,7 +252,7 @@ class ServeReplication:
                 raise ReplicationStartupError(
                     f"{self.db_path} is still used by another server or `replicate` (process "
                     f"{holder} or the HTTP workers it started; lock {path}, waited "
-                    f"{LOCK_WAIT_S:g} s)",
+                    f"{self.lock_wait:g} s)",
                     hint="run one server (or `replicate`) per database; stop the other one "
                          "first")
             if not waited:
@@ -204,8 +265,8 @@ class ServeReplication:
 
     @property
     def lock_fd(self) -> Optional[int]:
-        """The lock's descriptor: every process that may write the database holds it (the
-        HTTP server and its workers inherit it), so no other start proceeds while one lives."""
+        """The lock's descriptor: every process that may write the database must inherit it
+        (``pass_fds``) and keep it, so no other start proceeds while one lives."""
         return self._lock_fd
 
     def release_lock(self) -> None:
@@ -274,7 +335,7 @@ class ServeReplication:
             log.warning("uploaded %d local LTX file(s) the replica lacked (TXIDs %016x..%016x) "
                         "before restoring", uploaded, remote_max + 1, expected - 1)
 
-    def _restore(self, *, force: bool) -> None:
+    def _restore(self, *, force: bool, create_if_no_backup: bool = True) -> None:
         from replication.restore import restore
 
         started = time.monotonic()
@@ -287,9 +348,12 @@ class ServeReplication:
                 raise ReplicationStartupError(
                     f"--replication-force-restore: the replica {self.url} has no data",
                     hint="drop the flag to keep the local database") from None
-            log.info("no replica data at %s: starting with an empty database", self.url)
             self._reset_meta()
-            _create_empty_wal_database(self.db_path)
+            if create_if_no_backup:
+                log.info("no replica data at %s: starting with an empty database", self.url)
+                _create_empty_wal_database(self.db_path)
+            else:
+                log.info("%s: no backup on the replica, starting empty", self.db_path)
             return
         self._continue_replica_history()
         self.restored_txid = result.txid
@@ -409,22 +473,25 @@ class ServeReplication:
 
     # -- running ------------------------------------------------------------------------
 
-    def start(self, *, commit_socket: Optional[str] = None,
+    def start(self, *, commit_listener: Optional[CommitListener] = None,
               position_board: Optional[str] = None) -> None:
-        """Start the replicator. ``position_board``: a file to publish sync rounds on, so
-        workers know their commit's TXID without a round trip (replication/position.py)."""
-        from replication.position import PositionBoard
-        from replication.store import Store
+        """Start the replicator. ``commit_listener``: where writers' position requests arrive
+        (answered at the end of the round that covers them); ``position_board``: a file to
+        publish sync rounds on, so writers know their commit's TXID without a round trip."""
+        from .db import DB
+        from .store import Store
+
+        board = PositionBoard(position_board) if position_board else None
+        self._listener = commit_listener
+
+        def make_db(path, dbc):
+            return DB(path, dbc, position_board=board, min_sync_gap=self.min_sync_gap)
 
         config = dataclasses.replace(self.config, dbs=[self.dbc])
-        self.store = Store(config, retry_budget=self.retry_budget, on_fatal=self._on_fatal)
+        self.store = Store(config, retry_budget=self.retry_budget, on_fatal=self._on_fatal,
+                           db_factory=make_db)
         self.store.open(monitor=True)
         self.db = self.store.dbs[0]
-        if position_board:
-            self.db.position_board = PositionBoard(position_board)
-            # Writers no longer wait for rounds: coalesce more commits per round (CPU per
-            # POST in the supervisor 120 us at 10 ms, 18 at 50 ms; bench/README.md).
-            self.db.min_sync_gap = SERVE_MIN_SYNC_GAP
         self.replica = self.store.replicas[self.db.path]
         self.db.on_sync_round(self._answer_waiters)
         self.db.on_txid_assigned(self._answer_waiters)
@@ -439,10 +506,6 @@ class ServeReplication:
                 log.info("replication ready: replica at TXID %016x", h.replica_txid)
                 return
             time.sleep(0.05)
-
-    def attach_listener(self, listener) -> None:
-        """The CommitListener workers signal; its position requests are answered here."""
-        self._listener = listener
 
     def notify_commit(self, _n: int = 1) -> None:
         """Workers committed (called on the listener's thread, right after it drained)."""
@@ -479,10 +542,16 @@ class ServeReplication:
         if self.on_fatal is not None:
             self.on_fatal(f"replication of {path} to {self.url} failed: {exc}")
 
+    def lag_seconds(self) -> float:
+        """How far the replica is behind the newest commit (seconds; 0 when caught up)."""
+        if self.store is None:
+            return 0.0
+        return max(self.replica.health.lag_seconds, self.db.sync_lag())
+
     def ready(self) -> bool:
         if self.store is None or self._fatal is not None or not self.first_sync_done.is_set():
             return False
-        return self.replica.health.healthy
+        return self.replica.health.healthy and self.lag_seconds() <= self.ready_max_lag
 
     def status(self) -> dict:
         if self.store is None:
@@ -491,10 +560,12 @@ class ServeReplication:
         return {
             "db": s.path, "replica": self.url, "replica_type": self.client.type,
             "local_txid": f"{s.local_txid:016x}", "replica_txid": f"{s.replica_txid:016x}",
-            "lag_txids": s.lag_txids, "lag_seconds": round(s.lag_seconds, 3),
+            "lag_txids": s.lag_txids, "lag_seconds": round(self.lag_seconds(), 3),
+            "ready_max_lag_seconds": self.ready_max_lag,
             "last_sync_at": s.last_sync_at, "consecutive_failures": s.consecutive_failures,
             "last_error": s.last_error, "healthy": s.healthy and self._fatal is None,
             "ready": self.ready(), "restored_txid": self.restored_txid,
+            "replaced_path": self.replaced_path,
             "retry_budget_seconds": self.retry_budget,
         }
 
@@ -509,6 +580,47 @@ class ServeReplication:
             self.store = None
         self.release_lock()
         return ok and self._fatal is None
+
+
+# -- the writers' side -----------------------------------------------------------------------
+
+class WriterHook(Protocol):
+    """What a process that writes a replicated database calls around each write transaction
+    (sqlite_rest/db.py), so the replicator hears of the commit at once and the writer learns
+    the replica position that holds it (``X-Replication-Txid``)."""
+
+    #: True when the replicator owns checkpoints (the writer must never run one: it would race
+    #: the replicator's own, and PASSIVE at its thresholds is all the WAL needs).
+    owns_checkpoints: bool
+
+    def watch_connection(self, conn) -> None:
+        """Once per write connection, before its first transaction."""
+
+    def before_commit(self) -> None:
+        """Inside the write transaction, right before COMMIT."""
+
+    def __call__(self) -> Optional[str]:
+        """After COMMIT: the position (16 hex digits) that holds the commit, or None."""
+
+
+def writer_hook_from_env(db_path: str, *, wait_for_position: bool,
+                         on_answer: Optional[Callable[[str], object]] = None
+                         ) -> Optional[WriterHook]:
+    """The hook of a writer process a primary started (its environment names the commit socket
+    and the position board): the position read off the board, with a round trip to the
+    primary when the board cannot tell; without ``wait_for_position``, the commit signal
+    alone. None when no primary listens. ``on_answer("board" | "round")`` counts the two."""
+    socket_path = os.environ.get(COMMIT_SOCKET_ENV)
+    if not socket_path:
+        return None
+    if not wait_for_position:
+        return CommitSignal(socket_path)
+    waiter = CommitWaiter(socket_path)
+    board = os.environ.get(POSITION_BOARD_ENV)
+    if not board:
+        return waiter
+    return CommitPositions(db_path, board, fallback=waiter, wake=CommitSignal(socket_path).send,
+                           on_answer=on_answer)
 
 
 def _create_empty_wal_database(path: str) -> None:
