@@ -415,9 +415,10 @@ def _field(key: str) -> str:
 # --- parsing -----------------------------------------------------------------------------------
 
 class _Parser:
-    def __init__(self, filename: str, lines: dict[str, int]):
+    def __init__(self, filename: str, lines: dict[str, int], raw_text: str = ""):
         self.filename = filename
         self.lines = lines
+        self.raw_lines = raw_text.splitlines()  # before env expansion, for unset variables
 
     def where(self, dotted: str) -> str:
         line = self.lines.get(dotted)
@@ -431,7 +432,28 @@ class _Parser:
             return parser(raw)
         except (ValueError, TypeError, ReplicationError) as e:
             reason = getattr(e, "message", None) or str(e)
+            unset = self.unset_variables(dotted) if raw in (None, "") else []
+            if unset:  # `${AWS_ACCESS_KEY_ID}` expanded to nothing: say so, not "None"
+                names = ", ".join(f"${{{n}}}" for n in unset)
+                raise self.error(dotted, f"{names} is not set in the environment",
+                                 hint=f"export {unset[0]}=… before starting, or put the value "
+                                      f"in the file") from None
             raise self.error(dotted, f"invalid value {raw!r}: {reason}") from None
+
+    def unset_variables(self, dotted: str) -> list[str]:
+        """Environment variables named on ``dotted``'s line that are unset (or empty)."""
+        line = self.lines.get(dotted)
+        if not line or line > len(self.raw_lines):
+            return []
+        unset: list[str] = []
+
+        def note(name: str) -> str:
+            if name != "PID" and not os.environ.get(name):
+                unset.append(name)
+            return ""
+
+        expand(self.raw_lines[line - 1], note)
+        return unset
 
     def unknown(self, dotted: str, note: str = "unknown key, ignored") -> None:
         log.warning("%s: %s: %s", self.where(dotted), dotted, note)
@@ -467,6 +489,7 @@ def _compose_lines(node, prefix: str = "", lines: dict[str, int] | None = None) 
 
 def parse_config(text: str, *, filename: str = "<config>", expand_env: bool = True) -> Config:
     """Parse the text of a litestream.yml (see the module doc)."""
+    raw_text = text if expand_env else ""
     if expand_env:
         text = _expand_env_text(text)
     try:
@@ -482,7 +505,7 @@ def parse_config(text: str, *, filename: str = "<config>", expand_env: bool = Tr
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError(f"{where}: malformed YAML: {problem}",
                           hint="check indentation and quoting (quote values containing ': ' or '#')") from None
-    p = _Parser(filename, _compose_lines(node) if node is not None else {})
+    p = _Parser(filename, _compose_lines(node) if node is not None else {}, raw_text)
     data = p.mapping("", data) if data is not None else {}
     cfg = Config(filename=filename)
 

@@ -204,7 +204,7 @@ def _reason(exc: Exception) -> str:
 
 
 def warn_if_disabled(config: ServerConfig) -> None:
-    if config.auth_disabled:
+    if config.auth_disabled and config.warn_auth_disabled:
         log.warning(
             "AUTHENTICATION IS DISABLED (--auth-disabled): every client can read and write "
             "every allow-listed table. Never expose this server beyond localhost."

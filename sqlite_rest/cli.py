@@ -45,15 +45,22 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"{text!r} is not a boolean (use true/false)")
 
 
+def _whole_number(text: str) -> int:
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+
+
 def _int8(text: str) -> int:
-    value = int(text)
+    value = _whole_number(text)
     if not -128 <= value <= 127:
         raise ValueError(f"{value} is out of range -128..127")
     return value
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _whole_number(text)
     if value < 1:
         raise ValueError(f"{value} must be at least 1")
     return value
@@ -281,12 +288,42 @@ def _demo(argv: Sequence[str]) -> int:
     return main(demo.serve_argv(args.dir, args.http_addr, args.metrics_addr))
 
 
+def _passthrough_at(argv: list) -> Optional[int]:
+    """Where Litestream's command (restore, ltx, replicate) starts, after any common logging
+    flags (``sqlite-rest --log-level 8 replicate …``); None for our own commands."""
+    i = 0
+    while i < len(argv) and argv[i] not in PASSTHROUGH:
+        if argv[i] == "--log-level":
+            i += 2
+        elif argv[i].startswith("--log-level=") or argv[i] in ("--log-devel",) \
+                or argv[i].startswith("--log-devel="):
+            i += 1
+        else:
+            return None
+    return i if i < len(argv) else None
+
+
+def _run_passthrough(argv: list) -> int:
+    """Litestream's commands, logging as `serve` does (--log-level/--log-devel or their
+    SQLITEREST_* mirrors): one log format for every command of the tool."""
+    from replication.cmd import main as replication_main
+
+    at = _passthrough_at(argv)
+    parser = _Parser(prog="sqlite-rest", add_help=False)
+    _add_flags(parser, [f for f in COMMON_FLAGS if f.name.startswith("log-")])
+    try:
+        ns = parser.parse_args(_normalize_bool_flags(argv[:at], COMMON_FLAGS))
+        common = _resolve(ns, COMMON_FLAGS, os.environ)
+    except UsageError as exc:
+        return _fail(f"{exc}")
+    logs.configure(common["log_level"], common["log_devel"])
+    return replication_main(argv[at:])
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in PASSTHROUGH:
-        from replication.cmd import main as replication_main
-
-        return replication_main(argv)
+    if _passthrough_at(argv) is not None:
+        return _run_passthrough(argv)
     if argv and argv[0] == "demo":
         return _demo(argv[1:])
     try:

@@ -152,6 +152,9 @@ class ServerConfig:
     primary_url: Optional[str] = None
     #: Serve the OpenAPI (Swagger 2.0) description at `/`.
     openapi_enabled: bool = True
+    #: Log the --auth-disabled warning when the app is built (off in `serve`'s workers: the
+    #: supervisor says it once).
+    warn_auth_disabled: bool = True
     #: Create the database file when it is missing (DSN mode rwc). Off with replication: the
     #: primary restores a missing database before the workers start, and a worker must never
     #: make a new, empty one (#9: a dying worker of a killed server did, after the database was

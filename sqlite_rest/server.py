@@ -274,7 +274,8 @@ def build_worker_app(config_fields: dict, wait_for_txid: bool = False):
     hooks["writer_hook"] = writer_hook_from_env(
         parse_dsn(config_fields["db_dsn"]).path, wait_for_position=wait_for_txid,
         on_answer=replication_position_counter())
-    config = ServerConfig(**config_fields, **hooks)
+    # The supervisor already warned about --auth-disabled, once for the whole server.
+    config = ServerConfig(**{**config_fields, "warn_auth_disabled": False}, **hooks)
     app = create_app(config)
     RequestMetrics().instrument(app)
     logs.instrument(app)
@@ -508,12 +509,26 @@ class Supervisor:
                     "metrics_addr": self.options.metrics_addr,
                     "pprof_addr": self.options.pprof_addr,
                     "pid": os.getpid(), "http_server_pid": self._child.pid})
+                print(self.banner(), flush=True)  # for people; the log line is for machines
                 self._watch()
         finally:
             code = self._shutdown()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return code
+
+    def banner(self) -> str:
+        """One line saying where the server answers (stdout; the logs go to stderr)."""
+        if self.options.http_socket:
+            where = f"unix socket {self.options.http_socket}"
+        else:
+            host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(self.http_host, self.http_host)
+            host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+            where = f"http://{host}:{self.http_port}/"
+        extra = f"{self.options.workers} worker{'s' if self.options.workers != 1 else ''}"
+        if self.metrics_bind:
+            extra += f"; /metrics, /ready on port {self.metrics_bind[1]}"
+        return f"sqlite-rest {__version__} serving {where} ({extra}; Ctrl-C stops)"
 
     def _on_signal(self, signum, frame) -> None:
         self.request_stop(f"received {signal.Signals(signum).name}")

@@ -108,11 +108,11 @@ def test_help_lists_every_flag_with_its_env_mirror():
 
 # -- startup errors: one line on stderr, non-zero exit -------------------------------------
 
-def run_cli(args, env=None, timeout=60):
+def run_cli(args, env=None, timeout=60, cwd=None):
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SQLITEREST_")}
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "sqlite_rest.cli", *args], capture_output=True,
-                          text=True, env=full_env, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "sqlite_rest.cli", *map(str, args)],
+                          capture_output=True, text=True, env=full_env, timeout=timeout, cwd=cwd)
 
 
 def assert_one_line_error(result, *needles):

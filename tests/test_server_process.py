@@ -211,6 +211,16 @@ def test_killed_http_server_takes_its_workers_and_fails_the_supervisor(serve, db
     assert "HTTP server exited unexpectedly" in srv.logs()
 
 
+def test_a_banner_says_where_it_serves_and_auth_warns_once(serve, db):
+    """#10: the URL was buried in JSON on stderr, and the --auth-disabled warning came once
+    per process."""
+    srv = serve(db, "--security-allow-table", "items")
+    wait_for(lambda: "serving http://" in srv.logs(), timeout=30)
+    logs = srv.logs()
+    assert f"serving http://127.0.0.1:{srv.http_port}/ (2 workers;" in logs
+    assert logs.count("AUTHENTICATION IS DISABLED") == 1
+
+
 def test_busy_port_is_a_one_line_error(db):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

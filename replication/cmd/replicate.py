@@ -100,9 +100,15 @@ def setup_logging(opts, config) -> None:
     if level is None:
         raise ReplicationError(f"unknown log level {name!r}",
                                hint="one of " + ", ".join(LOG_LEVELS))
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger().setLevel(level)
+    root = logging.getLogger()
+    if not root.handlers:  # on its own: Litestream-like text lines
+        logging.basicConfig(level=level, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        root.setLevel(level)
+    elif opts.log_level or os.environ.get("LOG_LEVEL"):
+        # Run by `sqlite-rest`, which set the format and level (--log-level, as for serve,
+        # whose config's `logging:` is not used either): only an explicit -log-level wins.
+        root.setLevel(level)
     if str(name).lower() != "trace":
         # The AWS SDK's debug output (every header of every request) is Litestream's
         # LITESTREAM_S3_DEBUG, i.e. trace-level; at debug it would swamp our own lines.
