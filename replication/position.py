@@ -39,10 +39,10 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from .sqlite_fds import open_kept
+from .wal import WAL_INDEX_HEADER_SIZE
 
 #: Environment variable naming the position board's file for writer processes.
 POSITION_BOARD_ENV = "SQLITEREST_POSITION_BOARD"
-from .wal import WAL_INDEX_HEADER_SIZE
 
 BOARD_MAGIC = b"SRPB"
 BOARD_VERSION = 1

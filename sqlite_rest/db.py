@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Iterator, Optional
 
 import apsw
 
-log = logging.getLogger("sqlite_rest.db")
-
 from .config import DatabaseDSN
 
 if TYPE_CHECKING:
     from replication.primary import WriterHook
+
+log = logging.getLogger("sqlite_rest.db")
 
 #: Prepared statements apsw keeps per connection (its default is 16; our SQL has many
 #: shapes: one per table x filter columns x select list).

@@ -254,7 +254,7 @@ def test_parse_select_errors(value, message):
 # --------------------------------------------------------------------------
 # order
 
-O = OrderTerm
+O = OrderTerm  # noqa: E741 - short names keep the table of cases readable
 ORDERS = [
     ("id", (O(C("id")),)),
     ("id.asc", (O(C("id")),)),
