@@ -112,19 +112,15 @@ def main() -> None:
             headers["Authorization"] = "Bearer " + jwt.encode({"sub": "bench"}, secret, "HS256")
         app = create_app(ServerConfig(db_dsn=path, allow_tables=("items",), **options))
 
-        # The same app as a server worker runs it: plus S3's metrics and request-log hooks,
-        # with the production log set-up (JSON lines on fd 2, here pointed at /dev/null).
-        from prometheus_client import CollectorRegistry
-
+        # The same app as a server worker runs it: create_app wires the metrics always, and
+        # the request log once logging is set up as in production (JSON lines on fd 2, here
+        # pointed at /dev/null).
         from sqlite_rest import logs
-        from sqlite_rest.metrics import RequestMetrics
 
         logs.configure(logs.DEFAULT_LOG_LEVEL)
         stderr_fd = os.dup(2)
         devnull = os.open(os.devnull, os.O_WRONLY)
         worker = create_app(ServerConfig(db_dsn=path, allow_tables=("items",), **options))
-        RequestMetrics(CollectorRegistry()).instrument(worker)
-        logs.instrument(worker)
 
         floor = Flask("floor")
         floor.add_url_rule("/<t>", "t", lambda t: Response(b"[]", content_type="application/json"),
@@ -132,7 +128,7 @@ def main() -> None:
 
         print(f"{args.rows} rows, {args.requests} requests per figure (best of {args.batches} "
               f"slices), auth={'HS256' if args.auth else 'off'}, CPU time per request")
-        print(f"  {'scenario':8s} {'app (WSGI)':>12s} {'+metrics+log':>13s} {'Flask floor':>12s}"
+        print(f"  {'scenario':8s} {'app (WSGI)':>12s} {'+request log':>13s} {'Flask floor':>12s}"
               f" {'app share':>10s}")
         for scenario in scenarios:
             environs = _environs(scenario, args.rows, args.requests, headers)

@@ -91,7 +91,11 @@ def state_of(app: Flask) -> AppState:
     return app.extensions[EXTENSION]
 
 
-def create_app(config: ServerConfig) -> Flask:
+def create_app(config: ServerConfig, *, metrics_registry=None) -> Flask:
+    """The app, with every extension wired here (the test app is the production app):
+    request metrics into ``metrics_registry`` (a private registry when None; `serve`'s
+    workers pass prometheus_client's, in multiprocess mode) and the request log.
+    """
     # No static route: one rule less to match per request, and /static/... is a 404 like
     # any other unknown path.
     app = Flask("sqlite_rest", static_folder=None)
@@ -123,6 +127,16 @@ def create_app(config: ServerConfig) -> Flask:
                      provide_automatic_options=False)
     app.register_blueprint(make_blueprint(app, state))
     app.register_error_handler(Exception, _handle_exception)
+    from prometheus_client import CollectorRegistry
+
+    from . import logs
+    from .metrics import RequestMetrics
+
+    metrics = RequestMetrics(metrics_registry if metrics_registry is not None
+                             else CollectorRegistry())
+    metrics.instrument(app)
+    app.extensions["sqlite_rest.metrics"] = metrics
+    logs.instrument(app)
     return app
 
 

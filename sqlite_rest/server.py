@@ -262,7 +262,9 @@ def build_worker_app(config_fields: dict, wait_for_txid: bool = False):
     from .config import parse_dsn
 
     from .app import create_app
-    from .metrics import RequestMetrics, replication_position_counter
+    from prometheus_client import REGISTRY
+
+    from .metrics import replication_position_counter
 
     master = os.environ.get(PARENT_PID_ENV)
     if master:  # a worker: never outlive the master (nor, through it, the supervisor)
@@ -276,9 +278,7 @@ def build_worker_app(config_fields: dict, wait_for_txid: bool = False):
         on_answer=replication_position_counter())
     # The supervisor already warned about --auth-disabled, once for the whole server.
     config = ServerConfig(**{**config_fields, "warn_auth_disabled": False}, **hooks)
-    app = create_app(config)
-    RequestMetrics().instrument(app)
-    logs.instrument(app)
+    app = create_app(config, metrics_registry=REGISTRY)
     _install_drain(app)
     relay_signals_from_any_thread((signal.SIGTERM, signal.SIGINT, DRAIN_SIGNAL))
     ready_dir = os.environ.get(WORKER_READY_ENV)

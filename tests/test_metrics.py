@@ -57,11 +57,9 @@ def app_and_metrics(tmp_path):
     conn.close()
     key = tmp_path / "key"
     key.write_bytes(SECRET)
-    app = create_app(ServerConfig(db_dsn=str(db), allow_tables=("items",),
-                                  auth_token_file=str(key)))
     registry = CollectorRegistry()
-    metrics = RequestMetrics(registry)
-    metrics.instrument(app)
+    app = create_app(ServerConfig(db_dsn=str(db), allow_tables=("items",),
+                                  auth_token_file=str(key)), metrics_registry=registry)
     token = jwt.encode({"sub": "t", "exp": int(time.time()) + 600}, SECRET, algorithm="HS256")
     return app.test_client(), registry, {"Authorization": f"Bearer {token}"}
 
