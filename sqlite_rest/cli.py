@@ -120,8 +120,9 @@ SERVE_FLAGS = (
          repeatable=True, metavar="TABLES"),
     Flag("metrics-addr", "Prometheus /metrics plus /live, /ready, /status listen address; "
          "'' disables.", default=":8081", metavar="ADDR"),
-    Flag("pprof-addr", "Profiling server (/debug/pprof/: thread stacks, CPU profile, heap) of "
-         "the supervisor process; '' (default) disables.", default="", metavar="ADDR"),
+    Flag("pprof-addr", "Profiling server (/debug/pprof/): CPU profiles of the workers and the "
+         "supervisor as folded stacks or speedscope JSON, thread stacks, heap; '' (default) "
+         "disables.", default="", metavar="ADDR"),
     Flag("max-rows", "Most rows a read returns when the client asks for no limit "
          "(PostgREST's db-max-rows). Default: unlimited.", default=None, kind=_positive_int,
          metavar="N"),

@@ -56,6 +56,8 @@ WORKER_READY_ENV = "SQLITEREST_WORKER_READY_DIR"
 #: File that exists while the supervisor's own readiness checks (replication, ...) pass; the
 #: workers' /ready on the API port looks at it (one stat), so both ports agree.
 READY_FILE_ENV = "SQLITEREST_READY_FILE"
+#: Where a worker drops its CPU profile when the supervisor asks (only with --pprof-addr).
+PPROF_DIR_ENV = "SQLITEREST_PPROF_DIR"
 #: How often the supervisor refreshes that file (seconds).
 READY_FILE_INTERVAL_S = 0.25
 #: prometheus_client's multiprocess directory, set for the child (and so its workers) only.
@@ -280,7 +282,13 @@ def build_worker_app(config_fields: dict, wait_for_txid: bool = False):
     config = ServerConfig(**{**config_fields, "warn_auth_disabled": False}, **hooks)
     app = create_app(config, metrics_registry=REGISTRY)
     _install_drain(app)
-    relay_signals_from_any_thread((signal.SIGTERM, signal.SIGINT, DRAIN_SIGNAL))
+    relayed = [signal.SIGTERM, signal.SIGINT, DRAIN_SIGNAL]
+    if os.environ.get(PPROF_DIR_ENV):
+        from . import pprof
+
+        pprof.install_worker_profiler(os.environ[PPROF_DIR_ENV])
+        relayed.append(pprof.PROFILE_SIGNAL)
+    relay_signals_from_any_thread(relayed)
     ready_dir = os.environ.get(WORKER_READY_ENV)
     if ready_dir:
         with open(os.path.join(ready_dir, str(os.getpid())), "w"):
@@ -454,6 +462,11 @@ class Supervisor:
         return self._listener
 
     @property
+    def pprof_dir(self) -> Optional[str]:
+        """Where workers drop their CPU profiles (pprof.profile_workers)."""
+        return os.path.join(self._tmpdir, "pprof") if self._tmpdir else None
+
+    @property
     def ready_file(self) -> Optional[str]:
         return os.path.join(self._tmpdir, "ready") if self._tmpdir else None
 
@@ -552,7 +565,9 @@ class Supervisor:
         if self.pprof_bind is not None:
             from . import pprof
 
-            self._start_admin(self.pprof_bind, pprof.routes(), "pprof")
+            os.mkdir(self.pprof_dir)
+            self._start_admin(self.pprof_bind, pprof.routes(self.worker_pids, self.pprof_dir),
+                              "pprof")
 
     def _start_admin(self, bind, routes, name) -> None:
         try:
@@ -589,6 +604,10 @@ class Supervisor:
         env[WORKER_READY_ENV] = self.worker_ready_dir
         env[READY_FILE_ENV] = self.ready_file
         env[POSITION_BOARD_ENV] = self.position_board_path
+        if self.pprof_bind is not None:
+            env[PPROF_DIR_ENV] = self.pprof_dir
+        else:
+            env.pop(PPROF_DIR_ENV, None)
         env[PARENT_PID_ENV] = str(os.getpid())
         supervisor_pid = os.getpid()
         self._child = subprocess.Popen([sys.executable, "-m", "sqlite_rest.server"], env=env,
@@ -667,19 +686,32 @@ class Supervisor:
         log.info("sqlite-rest stopped")
         return 1 if failed else 0
 
+    def worker_pids(self) -> List[int]:
+        """The HTTP server's ready workers (their pid files, checked against /proc: pids get
+        reused)."""
+        child = self._child
+        if child is None or not self._tmpdir:
+            return []
+        pids = []
+        for name in os.listdir(self.worker_ready_dir):
+            try:
+                pid = int(name)
+                with open(f"/proc/{pid}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (ValueError, OSError, IndexError):
+                continue
+            if ppid == child.pid:
+                pids.append(pid)
+        return pids
+
     def _drain_workers(self, child_pid: int) -> None:
         """Tell every ready worker to drain, then give clients DRAIN_S to move off."""
         signalled = 0
-        for name in (os.listdir(self.worker_ready_dir) if self._tmpdir else ()):
+        for pid in self.worker_pids():
             try:
-                pid = int(name)
-                with open(f"/proc/{pid}/stat") as f:  # only our own workers (pids get reused)
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                if ppid != child_pid:
-                    continue
                 os.kill(pid, DRAIN_SIGNAL)
                 signalled += 1
-            except (ValueError, OSError, IndexError):
+            except OSError:
                 continue
         if signalled:
             log.info("draining: answering with Connection: close for %.1f s", DRAIN_S)

@@ -21,6 +21,7 @@ from replication.db import DB
 from replication.file_replica_client import FileReplicaClient
 from replication.notify import COMMIT_SOCKET_ENV, CommitListener, CommitSignal
 from replication.wal import read_wal_backfill
+from tests.plugins.background import Background
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -121,21 +122,12 @@ def run_writer(db_path, n, per_tx=1, size=500, pause=0.0):
                              str(size), str(pause)])
 
 
-class Monitor:
+class Monitor(Background):
     """Runs ``db.monitor`` in a thread for the duration of a ``with`` block."""
 
     def __init__(self, db):
-        self.db, self.stop = db, threading.Event()
-        self.thread = threading.Thread(target=db.monitor, args=(self.stop,), daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(10)
-        assert not self.thread.is_alive()
+        super().__init__(db.monitor)
+        self.db = db
 
 
 # -- tests --------------------------------------------------------------------------------------

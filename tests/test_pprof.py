@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from sqlite_rest import pprof
+from tests.plugins.background import Background
 from tests.plugins.server import start_server
 
 
@@ -25,7 +26,7 @@ def server(tmp_path_factory):
 def test_index(server):
     r = httpx.get(server.pprof_url + "/debug/pprof/")
     assert r.status_code == 200
-    for link in ("goroutine", "profile?seconds=", "heap", "py-spy dump --pid"):
+    for link in ("goroutine", "profile?seconds=", "heap", "target=supervisor|all"):
         assert link in r.text
 
 
@@ -37,12 +38,57 @@ def test_thread_stacks_show_the_supervisor_threads(server):
     assert httpx.get(server.pprof_url + "/debug/pprof/threads").text.startswith("threads: ")
 
 
-def test_cpu_profile(server):
-    r = httpx.get(server.pprof_url + "/debug/pprof/profile", params={"seconds": 1}, timeout=30)
+def test_cpu_profile_of_the_supervisor_as_text(server):
+    r = httpx.get(server.pprof_url + "/debug/pprof/profile",
+                  params={"seconds": 1, "target": "supervisor", "format": "text"}, timeout=30)
     assert r.status_code == 200
-    assert r.text.startswith("CPU profile of the sqlite-rest supervisor")
+    assert r.text.startswith(f"CPU profile of supervisor pid {server.pid}")
     assert "flat%" in r.text and "top stacks" in r.text
-    assert httpx.get(server.pprof_url + "/debug/pprof/profile?seconds=abc").status_code == 400
+    for bad in ("seconds=abc", "target=nobody", "format=svg"):
+        assert httpx.get(server.pprof_url + "/debug/pprof/profile?" + bad).status_code == 400
+
+
+def load(server):
+    """GET requests in a loop, so the workers have something to show."""
+    def run(stop):
+        with httpx.Client(base_url=server.base_url) as http:
+            while not stop.is_set():
+                http.get("/t?id=eq.1")
+    return Background(run)
+
+
+def test_workers_profile_as_folded_stacks(server):
+    """#10: the profile covered only the supervisor, in text no profiler reads. The workers
+    (where requests run) answer now, in the format speedscope/flamegraph.pl/inferno open."""
+    with load(server):
+        r = httpx.get(server.pprof_url + "/debug/pprof/profile", params={"seconds": 2},
+                      timeout=30)
+    assert r.status_code == 200
+    workers = set(server.worker_pids())
+    seen = set()
+    for line in r.text.splitlines():
+        stack, count = line.rsplit(" ", 1)
+        assert int(count) > 0
+        root = stack.split(";")[0]
+        assert root.startswith("worker pid "), line
+        seen.add(int(root.split()[-1]))
+    assert seen == workers
+    assert "sqlite_rest/api.py" in r.text  # the request path, sampled in a worker
+
+
+def test_a_speedscope_profile_of_everything(server):
+    with load(server):
+        r = httpx.get(server.pprof_url + "/debug/pprof/profile",
+                      params={"seconds": 1, "target": "all", "format": "speedscope"}, timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    doc = r.json()
+    assert doc["$schema"] == "https://www.speedscope.app/file-format-schema.json"
+    names = {p["name"].split(" ", 3)[0] + " " + p["name"].split(" ", 3)[1] for p in doc["profiles"]}
+    assert {"supervisor pid", "worker pid"} <= names
+    frames = len(doc["shared"]["frames"])
+    for profile in doc["profiles"]:
+        assert profile["type"] == "sampled" and len(profile["samples"]) == len(profile["weights"])
+        assert all(0 <= i < frames for sample in profile["samples"] for i in sample)
 
 
 def test_heap(server):
@@ -75,11 +121,14 @@ def test_cpu_profile_finds_a_busy_thread():
     worker = threading.Thread(target=burn_cpu_in_a_named_function)
     worker.start()
     try:
-        report = pprof.cpu_profile(0.5, hz=200)
+        stacks = pprof.sample_stacks(0.5, hz=200)
     finally:
         stop.set()
         worker.join()
-    assert "burn_cpu_in_a_named_function" in report
+    assert "burn_cpu_in_a_named_function" in pprof.text_report(stacks, 0.5, 200)
+    folded = pprof.collapsed(stacks)
+    assert any(line.split(";")[1].startswith(worker.name) and "burn_cpu_in_a_named_function"
+               in line for line in folded.splitlines())
 
 
 def test_unknown_path_is_404(server):
