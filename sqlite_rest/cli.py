@@ -367,7 +367,8 @@ def _serve(common: dict, flags: dict) -> int:
     if os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None) is not None:
         log.warning("PROMETHEUS_MULTIPROC_DIR is ignored: `serve` manages its own")
     from .config import DSNError, ServerConfig
-    from .server import ServeOptions, StartupError, Supervisor
+    from .process import StartupError
+    from .process.supervisor import ServeOptions, Supervisor
 
     if not common["db_dsn"]:
         return _fail("--db-dsn is required", hint="e.g. --db-dsn data.db or SQLITEREST_DB_DSN")
@@ -431,7 +432,7 @@ def _check_database(config, create: bool = True) -> None:
     `create=False` (replication on): a missing database is left for the restore."""
     import apsw
 
-    from .server import StartupError
+    from .process import StartupError
 
     path = config.dsn.path
     directory = os.path.dirname(os.path.abspath(path))
@@ -461,7 +462,7 @@ def _check_database(config, create: bool = True) -> None:
 
 def _check_auth_keys(config) -> None:
     from .auth import Authenticator
-    from .server import StartupError
+    from .process import StartupError
 
     for flag, path in (("--auth-token-file", config.auth_token_file),
                        ("--auth-rsa-public-key", config.auth_rsa_public_key)):
@@ -475,7 +476,7 @@ def _check_auth_keys(config) -> None:
 
 def _replication_for(config, flags):
     """Validate the replication flags and load the config: a `Primary`, not started."""
-    from .server import StartupError
+    from .process import StartupError
 
     path = flags["replication_config"]
     if flags["replication_force_restore"] and flags["replication_reset_replica"]:
@@ -506,7 +507,7 @@ def _wire_replication(supervisor, replication) -> None:
     sync after the workers stopped (design/process-model.md, "Wiring the replicator")."""
     from replication.errors import ReplicationError
 
-    from .server import StartupError
+    from .process import StartupError
 
     def start() -> None:
         try:

@@ -1,4 +1,4 @@
-"""The granian internals sqlite_rest/server.py relies on are still there (setup.cfg pins the
+"""The granian internals sqlite_rest/process/http_server.py relies on are still there (setup.cfg pins the
 range; a new release that moves them fails here, by name, instead of hanging a shutdown)."""
 from __future__ import annotations
 

@@ -103,7 +103,7 @@ def test_heap(server):
 def test_pprof_is_off_by_default(tmp_path):
     from sqlite_rest.cli import parse
     from sqlite_rest.config import ServerConfig
-    from sqlite_rest.server import ServeOptions, Supervisor
+    from sqlite_rest.process.supervisor import ServeOptions, Supervisor
 
     assert parse(["serve"], {})[2]["pprof_addr"] == ""
     supervisor = Supervisor(ServerConfig(db_dsn=str(tmp_path / "x.db"), auth_disabled=True),

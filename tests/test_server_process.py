@@ -14,7 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sqlite_rest.server import DRAIN_SIGNAL
+from sqlite_rest.process.http_server import DRAIN_SIGNAL
 
 
 SLOW_ROWS = 3_000_000  # a recursive CTE this long takes ~1 s: an "in-flight" request
@@ -298,7 +298,7 @@ def _port_free(port):
 def test_supervisor_hooks_in_process(db, tmp_path):
     """The seams the replicator will use: before/after hooks, commit callbacks, request_stop."""
     from sqlite_rest.config import ServerConfig
-    from sqlite_rest.server import ServeOptions, Supervisor
+    from sqlite_rest.process.supervisor import ServeOptions, Supervisor
 
     port = _free_port()
     supervisor = Supervisor(
@@ -423,7 +423,7 @@ def test_worker_given_drain_and_sigterm_together_stops(serve, db):
 
 _RELAY_CHILD = """
 import signal, threading, sys
-from sqlite_rest.server import relay_signals_from_any_thread
+from sqlite_rest.process.http_server import relay_signals_from_any_thread
 handled = threading.Event()
 signal.signal(signal.SIGUSR2, lambda signum, frame: handled.set())
 relay_signals_from_any_thread([signal.SIGUSR2])
@@ -485,7 +485,7 @@ def test_workers_wait_for_the_replication_txid(db):
     """With replication on, a write's response names the position that contains it. The
     replicator's side of the seam is played by a thread answering on the real listener."""
     from sqlite_rest.config import ServerConfig
-    from sqlite_rest.server import ServeOptions, Supervisor
+    from sqlite_rest.process.supervisor import ServeOptions, Supervisor
 
     port = _free_port()
     supervisor = Supervisor(
@@ -553,7 +553,7 @@ def test_keep_alive_clients_never_see_a_dropped_connection_on_sigterm(serve, db)
     (A connection opened in the last milliseconds before the workers stop can still be closed
     unanswered: it was still in the listener's backlog when the listener shut. Each client
     loses at most that one request, and it was never served.)"""
-    from sqlite_rest.server import DRAIN_S
+    from sqlite_rest.process.supervisor import DRAIN_S
 
     srv = serve(db, "--security-allow-table", "items")
     outcomes = []
@@ -598,7 +598,7 @@ def test_keep_alive_clients_never_see_a_dropped_connection_on_sigterm(serve, db)
 def test_api_ready_follows_the_supervisor_checks(db):
     """/ready on the API port agrees with the supervisor (e.g. replication unhealthy -> 503)."""
     from sqlite_rest.config import ServerConfig
-    from sqlite_rest.server import ServeOptions, Supervisor
+    from sqlite_rest.process.supervisor import ServeOptions, Supervisor
 
     port = _free_port()
     supervisor = Supervisor(
