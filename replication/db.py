@@ -157,9 +157,6 @@ class DB:
         self._round_observers: list[Callable[[int], None]] = []
         self._txid_observers: list[Callable[[int, int], None]] = []
         self._round: int | None = None  # the monitor round whose sync is running (under _lock)
-        #: Notified (``notify_all``) after every sync that wrote a file; see :meth:`wait_for_change`.
-        self.notify = threading.Condition()
-        self._change_seq = 0
         #: Where sync rounds publish what they cover, so writers know their commit's TXID
         #: without waiting (``replication.position``); None: not published.
         self.position_board = position_board
@@ -391,24 +388,7 @@ class DB:
         """Call ``callback()`` after every sync that wrote an L0 file (must not block)."""
         self._listeners.append(callback)
 
-    def unsubscribe(self, callback: Callable[[], None]) -> None:
-        self._listeners.remove(callback)
-
-    def wait_for_change(self, seen: int, timeout: float | None = None) -> int:
-        """Block until a sync after change number ``seen`` wrote a file; returns the newest
-        change number (compare it with ``seen`` to tell a change from a timeout)."""
-        with self.notify:
-            self.notify.wait_for(lambda: self._change_seq != seen, timeout)
-            return self._change_seq
-
-    @property
-    def change_seq(self) -> int:
-        return self._change_seq
-
     def _fire(self) -> None:
-        with self.notify:
-            self._change_seq += 1
-            self.notify.notify_all()
         for cb in list(self._listeners):
             try:
                 cb()

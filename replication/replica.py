@@ -148,8 +148,6 @@ class Replica:
         self._fatal_reported = False
         self._health = ReplicaHealth(replica_type=getattr(client, "type", ""))
         self._health_lock = threading.Lock()
-        #: Called with the new replica TXID after every round that uploaded something.
-        self.on_uploaded: Callable[[int], None] | None = None
 
     # -- position ----------------------------------------------------------------------
 
@@ -267,8 +265,6 @@ class Replica:
             pos = self._pos = max_txid
             uploaded += 1
             self._set_health(replica_txid=pos)
-        if uploaded and self.on_uploaded is not None:
-            self.on_uploaded(pos)
         return uploaded
 
     def _next_local(self, pos: int) -> tuple[int, int, bytes] | None:

@@ -228,15 +228,16 @@ def test_wal_hook_wakes_monitor(tmp_path):
     db.open()
     db.install_wal_hook(writer)
     db.sync()
+    wrote = threading.Event()
+    db.subscribe(wrote.set)
     with Monitor(db):
         time.sleep(0.2)  # the monitor's start-up sync finds nothing new
         for _ in range(3):
-            seen, before = db.change_seq, db.pos().txid
+            before = db.pos().txid
+            wrote.clear()
             t0 = time.monotonic()
             insert(writer, 2)
-            # Woken by the hook, not by the 30 s tick.
-            while db.pos().txid == before and time.monotonic() - t0 < 5:
-                db.wait_for_change(seen, timeout=5)
+            assert wrote.wait(5)  # woken by the hook, not by the 30 s tick
             assert db.pos().txid == before + 1 and time.monotonic() - t0 < 5
     assert_restores(db, tmp_path)
     db.close()
