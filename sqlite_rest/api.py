@@ -18,7 +18,7 @@ import re
 
 from flask import Blueprint, request
 
-from .app import CORS_HEADERS, ApiResponse
+from .responses import CORS_HEADERS, ApiResponse
 from .auth import access_denied
 from .errors import api_error
 from .prefer import DEFAULT as DEFAULT_PREFERENCES, parse_prefer

@@ -6,7 +6,8 @@ from __future__ import annotations
 from flask import current_app, request
 
 from . import __version__
-from .app import CORS_HEADERS, EXTENSION, ApiResponse
+from .responses import CORS_HEADERS, ApiResponse
+from .state import EXTENSION
 from .errors import api_error
 from .representation import CONTENT_TYPES, OPENAPI, dumps, negotiate
 

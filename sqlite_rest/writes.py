@@ -15,7 +15,7 @@ import orjson
 from flask import request
 from werkzeug.exceptions import ClientDisconnected
 
-from .app import CORS_HEADERS, ApiResponse
+from .responses import CORS_HEADERS, ApiResponse
 from .errors import api_error
 from .query import ColumnRef, Filter, SelectItem
 from .representation import CONTENT_TYPES, OBJECT, negotiate, render, shape_of

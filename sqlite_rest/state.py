@@ -1,0 +1,31 @@
+"""Per-app state: ``app.extensions["sqlite_rest"]`` holds an `AppState`, so several apps (one
+per test) can live in one process. A leaf module: views read it without importing the factory."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from flask import Flask
+
+from . import auth as auth_module
+from .config import ServerConfig
+from .db import Database
+from .schema import SchemaCache
+
+EXTENSION = "sqlite_rest"
+
+
+@dataclass
+class AppState:
+    config: ServerConfig
+    db: Database
+    schema_cache: SchemaCache
+    authenticator: auth_module.Authenticator
+    #: --security-allow-table as a set (deny by default).
+    allowed_tables: frozenset
+    #: Set once SQLite reported CORRUPT/NOTADB: /ready answers 503 from then on.
+    database_corrupt: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def state_of(app: Flask) -> AppState:
+    return app.extensions[EXTENSION]
