@@ -29,6 +29,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
+from .errors import ERRORS
 from .operators import OPERATOR_BY_NAME, QUANTIFIERS, Operator, ValueKind
 
 # --------------------------------------------------------------------------
@@ -36,16 +37,25 @@ from .operators import OPERATOR_BY_NAME, QUANTIFIERS, Operator, ValueKind
 
 
 class RequestError(Exception):
-    """A client error found while reading the request; never a server bug."""
+    """A client error found while reading the request; never a server bug. Its code and
+    status come from its row of errors.ERROR_TABLE (``key``), the one vocabulary of errors;
+    the message says what exactly was wrong."""
 
-    code = "PGRST100"
-    status = 400
+    key = "query_parse"
 
     def __init__(self, message: str, details: str | None = None, hint: str | None = None):
         super().__init__(message)
         self.message = message
         self.details = details
         self.hint = hint
+
+    @property
+    def code(self) -> str | None:
+        return ERRORS[self.key].code
+
+    @property
+    def status(self) -> int:
+        return ERRORS[self.key].status
 
     def to_dict(self) -> dict:
         return {"code": self.code, "message": self.message,
@@ -55,15 +65,13 @@ class RequestError(Exception):
 class QueryError(RequestError):
     """Unparsable query string, unknown operator, bad select/order/limit."""
 
-    code = "PGRST100"
-    status = 400
+    key = "query_parse"
 
 
 class UnknownColumnError(RequestError):
     """A filter/select/order names a column the table does not have."""
 
-    code = "42703"
-    status = 400
+    key = "unknown_column"
 
 
 # --------------------------------------------------------------------------

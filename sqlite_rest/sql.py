@@ -40,22 +40,19 @@ from .schema import Column, Table, quote_identifier
 class BodyColumnError(RequestError):
     """A key of the request body (or of `columns`) is not a writable column."""
 
-    code = "PGRST204"
-    status = 400
+    key = "unknown_body_column"
 
 
 class PayloadError(RequestError):
     """The body's shape cannot be inserted (mixed keys, out-of-range integer)."""
 
-    code = "PGRST102"
-    status = 400
+    key = "invalid_body"
 
 
 class ConflictTargetError(RequestError):
     """on_conflict does not name a primary key or unique constraint."""
 
-    code = "42P10"
-    status = 400
+    key = "conflict_target"
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,9 +305,8 @@ def _filter_sql(table: Table, f: Filter, params: list) -> str:
             values.append(value)
             if alternative is not None:
                 values.append(alternative)
-        params.extend(col_params)
-        params.extend(values)
-        sql = col_sql + " IN (" + ", ".join("?" * len(values)) + ")"
+        sql = _render(op.sql.replace("{list}", ", ".join("?" * len(values))), col_sql,
+                      col_params, values, params)
     elif f.quantifier is not None:
         terms = [_scalar_sql(op, kind, col_sql, col_params, affinity, column, v, params)
                  for v in f.value]
