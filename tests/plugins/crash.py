@@ -202,10 +202,17 @@ class Torture:
         return rows.text.splitlines()[1:]
 
     def finish(self, litestream: str) -> tuple[set, set]:
-        """Stop the server gracefully; (what it served, what the real litestream restores)."""
+        """Stop the server gracefully; (what it served, what the real litestream restores).
+        Also checks that the replica's TXIDs are contiguous from 1 over all its levels."""
         served = set(self.served())
         assert self.server.stop(60) == 0, self.server.logs()[-3000:]
         os.unlink(self.server.log_path)
+        covered = 0
+        for low, high in sorted(span for level in (0, 1, 2, 3, 9)
+                                for span in self.replica.spans(level)):
+            assert low <= covered + 1, f"TXIDs {covered + 1:016x}..{low - 1:016x} are missing"
+            covered = max(covered, high)
+        assert covered == self.replica.max_txid() > 0
         out = self.workdir / "litestream-restored.db"
         self.replica.restore(litestream, out)
         return served, {name for _id, name in db_rows(out)}
