@@ -1086,17 +1086,16 @@ class DB:
                 self._urgent = False
                 self.sync_round += 1
                 round_no = self.sync_round
-                # This round covers every commit before it; wake-ups during it start anew.
-                unsynced_since, self._unsynced_since = self._unsynced_since, None
                 try:
                     if self._round_sync(round_no):
                         last_write = started
                 except Exception as exc:  # noqa: BLE001 - log and retry at the next tick
-                    if self._unsynced_since is None:  # still behind since then
-                        self._unsynced_since = unsynced_since
                     log.error("%s: sync error: %s", self.path, exc)
                     stop.wait(min(self.monitor_interval, 1.0))
                 else:
+                    # Wake-ups are noted only between rounds (by this thread), so every one
+                    # noted so far came before this round read the WAL: all are covered.
+                    self._unsynced_since = None
                     for observer in list(self._round_observers):
                         try:
                             observer(round_no)

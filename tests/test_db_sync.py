@@ -243,6 +243,31 @@ def test_wal_hook_wakes_monitor(tmp_path):
     db.close()
 
 
+def test_sync_lag_counts_commits_no_sync_has_covered(tmp_path):
+    """#9: the replica's lag must show a stalled local sync too (the replica's own lag only
+    sees L0 files already written). A sync held up (here: its lock held, as by a long
+    checkpoint) lets the lag grow from the first commit it has not covered; the next sync
+    takes it back to 0."""
+    path = tmp_path / "db.sqlite"
+    writer = open_writer(path)
+    db = DB(path, SimpleNamespace(monitor_interval=30.0))
+    db.open()
+    db.install_wal_hook(writer)
+    db.sync()
+    with Monitor(db):
+        time.sleep(0.2)
+        assert db.sync_lag() == 0.0
+        with db._lock:  # no sync can run
+            insert(writer, 1)
+            time.sleep(0.5)
+            assert db.sync_lag() >= 0.4
+        deadline = time.monotonic() + 5
+        while db.sync_lag() > 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert db.sync_lag() == 0.0
+    db.close()
+
+
 def test_monitor_without_inotify_polls_the_wal(tmp_path, monkeypatch):
     import inotify_simple
 
