@@ -120,7 +120,8 @@ def main(argv=None) -> int:
                       f"{r['restore_equals_served']} ({r['rows']} rows), {r['seconds']:.0f} s",
                       flush=True)
                 for key, t in sorted(r["by_target"].items()):
-                    print(f"      {key:24s} {t['failed']}/{t['trials']} failed")
+                    if t["trials"]:
+                        print(f"      {key:24s} {t['failed']}/{t['trials']} failed")
     finally:
         if weed is not None:
             stop_seaweedfs(weed)
