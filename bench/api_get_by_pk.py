@@ -115,7 +115,7 @@ def main() -> None:
         # The same app as a server worker runs it: create_app wires the metrics always, and
         # the request log once logging is set up as in production (JSON lines on fd 2, here
         # pointed at /dev/null).
-        from sqlite_rest import logs
+        from sqlite_rest.observability import logs
 
         logs.configure(logs.DEFAULT_LOG_LEVEL)
         stderr_fd = os.dup(2)

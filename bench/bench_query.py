@@ -11,10 +11,10 @@ import time
 
 import apsw
 
-from sqlite_rest import query as query_module
-from sqlite_rest.query import parse_read_query
-from sqlite_rest.schema import SchemaCache
-from sqlite_rest.sql import build_select, register_functions
+from sqlite_rest.api import query as query_module
+from sqlite_rest.api.query import parse_read_query
+from sqlite_rest.api.schema import SchemaCache
+from sqlite_rest.api.sql import build_select, register_functions
 
 COMPLEX = [("select", "id,name,score,city:data->addr->>city"),
            ("or", "(age.lt.18,and(age.gte.65,name.ilike.a*))"),

@@ -14,13 +14,13 @@ import orjson
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from . import auth as auth_module
+from .auth import authenticator as auth_module
 from .config import ServerConfig
 from .db import Database
 from .errors import (JSON_MIMETYPE, ApiError, api_error, from_http_exception, from_sqlite,
                      render_error)
 from .responses import CORS_HEADERS, ApiResponse
-from .schema import SchemaCache
+from .api.schema import SchemaCache
 from .state import EXTENSION, AppState, state_of
 
 log = logging.getLogger("sqlite_rest.app")
@@ -52,8 +52,8 @@ def create_app(config: ServerConfig, *, metrics_registry=None) -> Flask:
     )
     app.extensions[EXTENSION] = state
 
-    from .api import make_blueprint
-    from .openapi import openapi_view
+    from .api.routes import make_blueprint
+    from .api.openapi import openapi_view
 
     app.add_url_rule("/live", "live", _live, methods=["GET", "HEAD"])
     app.add_url_rule("/ready", "ready", _ready, methods=["GET", "HEAD"])
@@ -63,8 +63,8 @@ def create_app(config: ServerConfig, *, metrics_registry=None) -> Flask:
     app.register_error_handler(Exception, _handle_exception)
     from prometheus_client import CollectorRegistry
 
-    from . import logs
-    from .metrics import RequestMetrics
+    from .observability import logs
+    from .observability.metrics import RequestMetrics
 
     metrics = RequestMetrics(metrics_registry if metrics_registry is not None
                              else CollectorRegistry())
@@ -115,7 +115,7 @@ def _handle_exception(exc: Exception):
             exc, method=request.method,
             max_body_bytes=state.config.max_body_bytes if state else 0)
     else:
-        from .query import RequestError
+        from .api.query import RequestError
 
         error = None
         if isinstance(exc, RequestError):

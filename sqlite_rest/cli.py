@@ -18,7 +18,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
-from . import __version__, logs
+from .observability import logs
+from . import __version__
 
 log = logging.getLogger("sqlite_rest.cli")
 
@@ -461,7 +462,7 @@ def _check_database(config, create: bool = True) -> None:
 
 
 def _check_auth_keys(config) -> None:
-    from .auth import Authenticator
+    from .auth.authenticator import Authenticator
     from .process import StartupError
 
     for flag, path in (("--auth-token-file", config.auth_token_file),

@@ -212,7 +212,7 @@ def _regexp(pattern, value):
 def register_functions(conn: apsw.Connection) -> None:
     """SQL functions the query builder relies on (REGEXP for match/imatch)."""
     try:
-        from . import sql as sql_builder
+        from .api import sql as sql_builder
     except ImportError:  # pragma: no cover - only while sql.py is absent
         sql_builder = None
     if sql_builder is not None and hasattr(sql_builder, "register_functions"):

@@ -28,8 +28,8 @@ def flags_markdown(flags) -> str:
 def sections() -> dict[str, str]:
     from .cli import COMMON_FLAGS, MIGRATE_FLAGS, SERVE_FLAGS
     from .errors import errors_markdown
-    from .operators import operators_markdown
-    from .prefer import preferences_markdown
+    from .api.operators import operators_markdown
+    from .api.prefer import preferences_markdown
 
     return {
         "operators": operators_markdown(),

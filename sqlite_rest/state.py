@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 
 from flask import Flask
 
-from . import auth as auth_module
+from .auth import authenticator as auth_module
 from .config import ServerConfig
 from .db import Database
-from .schema import SchemaCache
+from .api.schema import SchemaCache
 
 EXTENSION = "sqlite_rest"
 

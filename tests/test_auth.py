@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sqlite_rest.app import create_app
-from sqlite_rest.auth import access_denied, auth_failed
+from sqlite_rest.auth.authenticator import access_denied, auth_failed
 from sqlite_rest.config import ServerConfig
 
 SECRET = b"a-long-enough-hmac-secret-for-tests-0123456789-0123456789abcdefgh"

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sqlite_rest.app import create_app
 from sqlite_rest.config import ServerConfig
-from sqlite_rest.metrics import MetricsExposition, RequestMetrics, mark_worker_dead
+from sqlite_rest.observability.metrics import MetricsExposition, RequestMetrics, mark_worker_dead
 
 SECRET = b"metrics-test-secret-0123456789abcdef"
 
@@ -97,7 +97,7 @@ def test_counting_rules(app_and_metrics):
 WORKER = textwrap.dedent("""
     import os, sys
     from prometheus_client import Counter
-    from sqlite_rest.metrics import RequestMetrics
+    from sqlite_rest.observability.metrics import RequestMetrics
     m = RequestMetrics()
     for _ in range(int(sys.argv[1])):
         m.observe("items", "queryTableOrView", 200, 2.0)

@@ -7,7 +7,7 @@ import apsw
 import httpx
 import pytest
 
-from sqlite_rest import pprof
+from sqlite_rest.observability import pprof
 from tests.plugins.background import Background
 from tests.plugins.server import start_server
 
@@ -73,7 +73,7 @@ def test_workers_profile_as_folded_stacks(server):
         assert root.startswith("worker pid "), line
         seen.add(int(root.split()[-1]))
     assert seen == workers
-    assert "sqlite_rest/api.py" in r.text  # the request path, sampled in a worker
+    assert "sqlite_rest/api/routes.py" in r.text  # the request path, sampled in a worker
 
 
 def test_a_speedscope_profile_of_everything(server):

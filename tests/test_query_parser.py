@@ -1,8 +1,8 @@
 """The query-string grammar: valid inputs -> AST, invalid inputs -> QueryError."""
 import pytest
 
-from sqlite_rest.operators import OPERATORS, operators_markdown
-from sqlite_rest.query import (STAR, And, ColumnRef, Filter, JsonStep, Not, Or, OrderTerm,
+from sqlite_rest.api.operators import OPERATORS, operators_markdown
+from sqlite_rest.api.query import (STAR, And, ColumnRef, Filter, JsonStep, Not, Or, OrderTerm,
                                QueryError, ReadQuery, SelectItem, parse_columns, parse_filter,
                                parse_logic, parse_on_conflict, parse_order, parse_read_query,
                                parse_select)

@@ -2,7 +2,7 @@
 import apsw
 import pytest
 
-from sqlite_rest.schema import SchemaCache, affinity_of, load_schema, quote_identifier
+from sqlite_rest.api.schema import SchemaCache, affinity_of, load_schema, quote_identifier
 
 SCHEMA = '''
 CREATE TABLE authors(id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT UNIQUE);

@@ -455,7 +455,7 @@ def test_signal_taken_by_another_thread_still_runs_its_handler():
 def test_health_ready_names_the_failing_checks():
     import json as json_module
 
-    from sqlite_rest.health import Health
+    from sqlite_rest.observability.health import Health
 
     health = Health()
     assert health.ready_route({})[0] == 200  # nothing registered: ready

@@ -4,9 +4,9 @@ from urllib.parse import parse_qsl
 import apsw
 import pytest
 
-from sqlite_rest.query import QueryError, UnknownColumnError, parse_read_query
-from sqlite_rest.schema import SchemaCache
-from sqlite_rest.sql import (BodyColumnError, ConflictTargetError, OutputColumn, PayloadError,
+from sqlite_rest.api.query import QueryError, UnknownColumnError, parse_read_query
+from sqlite_rest.api.schema import SchemaCache
+from sqlite_rest.api.sql import (BodyColumnError, ConflictTargetError, OutputColumn, PayloadError,
                              build_count, build_delete, build_insert, build_select, build_update,
                              ilike_to_like, like_to_glob, primary_key_values, register_functions)
 

@@ -10,9 +10,9 @@ from urllib.parse import quote
 import apsw
 import pytest
 
-from sqlite_rest.query import RequestError, parse_read_query
-from sqlite_rest.schema import SchemaCache
-from sqlite_rest.sql import (build_count, build_delete, build_insert, build_select, build_update,
+from sqlite_rest.api.query import RequestError, parse_read_query
+from sqlite_rest.api.schema import SchemaCache
+from sqlite_rest.api.sql import (build_count, build_delete, build_insert, build_select, build_update,
                              register_functions)
 
 SECRET = "TOP-SECRET-VALUE"

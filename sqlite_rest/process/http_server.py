@@ -14,7 +14,7 @@ import socket
 import sys
 import threading
 
-from .. import logs
+from ..observability import logs
 from ..config import ServerConfig
 
 log = logging.getLogger("sqlite_rest.server")  # the name operators filter on, kept
@@ -60,7 +60,7 @@ def build_worker_app(config_fields: dict, wait_for_txid: bool = False):
     from ..app import create_app
     from prometheus_client import REGISTRY
 
-    from ..metrics import replication_position_counter
+    from ..observability.metrics import replication_position_counter
 
     master = os.environ.get(PARENT_PID_ENV)
     if master:  # a worker: never outlive the master (nor, through it, the supervisor)
@@ -78,7 +78,7 @@ def build_worker_app(config_fields: dict, wait_for_txid: bool = False):
     _install_drain(app)
     relayed = [signal.SIGTERM, signal.SIGINT, DRAIN_SIGNAL]
     if os.environ.get(PPROF_DIR_ENV):
-        from .. import pprof
+        from ..observability import pprof
 
         pprof.install_worker_profiler(os.environ[PPROF_DIR_ENV])
         relayed.append(pprof.PROFILE_SIGNAL)
@@ -233,7 +233,7 @@ def _make_granian_server(spec: dict):
     from granian.constants import Interfaces
     from granian.server import Server
 
-    from ..metrics import mark_worker_dead
+    from ..observability.metrics import mark_worker_dead
 
     multiproc_dir = os.environ.get(MULTIPROC_ENV)
 

@@ -20,9 +20,10 @@ from typing import Callable, List, Optional
 
 from replication.primary import COMMIT_SOCKET_ENV, POSITION_BOARD_ENV, CommitListener
 
-from .. import __version__, logs
+from ..observability import logs
+from .. import __version__
 from ..config import ServerConfig
-from ..health import Health
+from ..observability.health import Health
 from . import StartupError
 from .addresses import (_connectable, _socket_connectable, check_port_free, check_socket_path,
                         parse_addr)
@@ -251,7 +252,7 @@ class Supervisor:
         return self._child is not None and self._child.poll() is None
 
     def _start_parent_services(self) -> None:
-        from ..metrics import DatabaseSizeGauge, MetricsExposition
+        from ..observability.metrics import DatabaseSizeGauge, MetricsExposition
 
         self._listener = CommitListener(self.commit_socket_path)
         self._spawn_thread("commit-listener", self._receive_commits)
@@ -264,7 +265,7 @@ class Supervisor:
             routes.update(self.health.routes())
             self._start_admin(self.metrics_bind, routes, "metrics")
         if self.pprof_bind is not None:
-            from .. import pprof
+            from ..observability import pprof
 
             os.mkdir(self.pprof_dir)
             self._start_admin(self.pprof_bind, pprof.routes(self.worker_pids, self.pprof_dir),

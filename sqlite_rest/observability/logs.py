@@ -92,13 +92,14 @@ class QuietGranianFilter(logging.Filter):
 
 def dict_config(go_level: int = DEFAULT_LOG_LEVEL, devel: bool = False) -> dict:
     """The same set-up as a `logging.config.dictConfig` dict (granian takes one)."""
-    formatter = "sqlite_rest.logs.DevelFormatter" if devel else "sqlite_rest.logs.JSONFormatter"
+    formatter = ("sqlite_rest.observability.logs.DevelFormatter" if devel else
+                 "sqlite_rest.observability.logs.JSONFormatter")
     level = logging.getLevelName(python_level(go_level))
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"default": {"()": formatter}},
-        "filters": {"quiet_granian": {"()": "sqlite_rest.logs.QuietGranianFilter"}},
+        "filters": {"quiet_granian": {"()": "sqlite_rest.observability.logs.QuietGranianFilter"}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "default",
                                 "stream": "ext://sys.stderr", "filters": ["quiet_granian"]}},
         "root": {"handlers": ["stderr"], "level": level},

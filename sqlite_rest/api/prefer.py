@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-from .errors import api_error
+from ..errors import api_error
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ import orjson
 from flask import request
 from werkzeug.exceptions import ClientDisconnected
 
-from .responses import CORS_HEADERS, ApiResponse
-from .errors import api_error
+from ..responses import CORS_HEADERS, ApiResponse
+from ..errors import api_error
 from .query import ColumnRef, Filter, SelectItem
 from .representation import CONTENT_TYPES, OBJECT, negotiate, render, shape_of
 from .sql import build_delete, build_insert, build_update

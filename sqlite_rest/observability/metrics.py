@@ -98,7 +98,7 @@ class RequestMetrics:
         """Record every table request of `app` (cheap before/after_request hooks), and the
         auth failures / access check failures auth.py signals (a table outside the allow-list
         answers 404 like a missing one, so the status code alone cannot tell)."""
-        from .auth import access_denied, auth_failed
+        from ..auth.authenticator import access_denied, auth_failed
 
         auth_failed.connect(lambda sender, **kw: self.auth_failed.inc(), sender=app, weak=False)
         access_denied.connect(lambda sender, **kw: self.access_check_failed.inc(), sender=app,

@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
-from .errors import ERRORS
+from ..errors import ERRORS
 from .operators import OPERATOR_BY_NAME, QUANTIFIERS, Operator, ValueKind
 
 # --------------------------------------------------------------------------

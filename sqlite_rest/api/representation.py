@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import orjson
 
-from .errors import api_error
+from ..errors import api_error
 
 JSON = "application/json"
 CSV = "text/csv"

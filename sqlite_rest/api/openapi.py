@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from flask import current_app, request
 
-from . import __version__
-from .responses import CORS_HEADERS, ApiResponse
-from .state import EXTENSION
-from .errors import api_error
+from .. import __version__
+from ..responses import CORS_HEADERS, ApiResponse
+from ..state import EXTENSION
+from ..errors import api_error
 from .representation import CONTENT_TYPES, OPENAPI, dumps, negotiate
 
 #: SQLite affinity -> (Swagger type, format).
@@ -156,7 +156,7 @@ def openapi_view():
     app = current_app._get_current_object()
     state = app.extensions[EXTENSION]
     if request.method == "OPTIONS":
-        from .api import _preflight
+        from .routes import _preflight
 
         return _preflight()
     if not state.config.openapi_enabled:

@@ -24,8 +24,8 @@ from blinker import Namespace
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-from .config import ServerConfig
-from .errors import ApiError, api_error
+from ..config import ServerConfig
+from ..errors import ApiError, api_error
 
 log = logging.getLogger("sqlite_rest.auth")
 

@@ -18,9 +18,9 @@ import re
 
 from flask import Blueprint, request
 
-from .responses import CORS_HEADERS, ApiResponse
-from .auth import access_denied
-from .errors import api_error
+from ..responses import CORS_HEADERS, ApiResponse
+from ..auth.authenticator import access_denied
+from ..errors import api_error
 from .prefer import DEFAULT as DEFAULT_PREFERENCES, parse_prefer
 from .query import (lifted_columns, parse_read_query, query_pairs, query_shape,
                     shape_pairs)

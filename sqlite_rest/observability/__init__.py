@@ -1,0 +1,2 @@
+"""What an operator sees: Prometheus metrics (``metrics.py``), logs (``logs.py``), profiles
+(``pprof.py``) and the health routes (``health.py``)."""
