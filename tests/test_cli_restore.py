@@ -13,8 +13,7 @@ import pytest
 
 from replication import ltx
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-FIXTURE = SHARED / "fixtures" / "litestream-0.5.17"
+from tests.plugins.litestream import FIXTURE_0517 as FIXTURE
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text())
 LATEST_SHA = EXPECTED["restore_latest"]["file_sha256"]
 

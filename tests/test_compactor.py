@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import pytest
 
@@ -11,9 +10,8 @@ from replication import ltx
 from replication.compactor import compact
 from replication.errors import LTXError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-GOLDEN = SHARED / "fixtures" / "ltx-golden"
-FIXTURE = SHARED / "fixtures" / "litestream-0.5.17"
+from tests.plugins.litestream import FIXTURE_0517 as FIXTURE
+
 REPLICA = FIXTURE / "replica" / "ltx"
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text())
 PS = 4096
@@ -44,16 +42,20 @@ def make(min_txid, max_txid, commit, pages, ts=0) -> bytes:
     return out.getvalue()
 
 
-@pytest.mark.parametrize("tool", ["go-head", "go-051"])
+@pytest.mark.parametrize("source", ["block", "frame"])
 @pytest.mark.parametrize("encoding", ltx.ENCODINGS)
-def test_golden_snapshot_plus_incremental_compacts_to_b_db(tool, encoding):
-    inputs = [decoder((GOLDEN / f"{tool}-{kind}-nochk.ltx").read_bytes()) for kind in ("snap", "incr")]
+def test_litestream_snapshot_plus_incremental_compacts_to_the_database(source, encoding,
+                                                                      litestream_vectors):
+    vectors = litestream_vectors[source]
+    inputs = [decoder(vectors.snapshot), decoder(vectors.incremental)]
     out = io.BytesIO()
     header, trailer = compact(inputs, out, encoding=encoding)
     got_header, pages, got_trailer = decode_all(out.getvalue())
-    assert got_header == header == ltx.Header(NOCHK, PS, 12, 1, 2, 1700000001123)
+    incremental = decoder(vectors.incremental).header
+    assert got_header == header == ltx.Header(NOCHK, PS, incremental.commit, 1, 2,
+                                              incremental.timestamp)
     assert got_trailer == trailer and trailer.post_apply_checksum == 0
-    assert b"".join(p for _, p in pages) == (GOLDEN / "b.db").read_bytes()
+    assert b"".join(p for _, p in pages) == vectors.db_at_2
 
 
 def _real_compactions():

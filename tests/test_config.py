@@ -433,8 +433,9 @@ def test_error_names_the_real_file(tmp_path):
 
 
 def test_fixture_config_parses(tmp_path):
-    text = (__import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-            / "litestream-0.5.17" / "litestream.yml").read_text()
+    from tests.plugins.litestream import FIXTURE_0517
+
+    text = (FIXTURE_0517 / "litestream.yml").read_text()
     cfg = parse_config(text, filename="fixture.yml")
     assert cfg.levels == [3.0, 9.0] and cfg.snapshot_interval == 12.0 and cfg.l0_retention == 3600.0
     db = cfg.dbs[0]

@@ -53,3 +53,21 @@ def test_views_never_import_the_app_factory():
         if path.name in factory_users:
             continue
         assert "sqlite_rest.app" not in imports(path), f"{path.relative_to(REPO)} imports the factory"
+
+
+def test_a_test_that_reads_beside_the_repository_fails_the_session(tmp_path):
+    """tests/plugins/inside.py: a user's clone has nothing beside it (no ../shared)."""
+    import subprocess
+    import sys
+
+    probe = tmp_path / "test_probe.py"
+    probe.write_text(
+        "def test_reads_beside():\n"
+        f"    try:\n        open({str(REPO.parent / 'not-in-this-repository.txt')!r})\n"
+        "    except OSError:\n        pass\n")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "-p", "tests.plugins.inside", str(probe)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "read outside the repository" in proc.stderr
+    assert "not-in-this-repository.txt" in proc.stderr

@@ -1,11 +1,12 @@
-"""LTX v3 codec: the Go golden files, round trips in both encodings, and bad input."""
+"""LTX v3 codec: files the real Litestream wrote (both page encodings), round trips in both
+encodings, checksums checked by the real Litestream, and bad input."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import random
-from pathlib import Path
+import re
+import subprocess
 
 import lz4.frame
 import pytest
@@ -13,17 +14,13 @@ import pytest
 from replication import ltx
 from replication.errors import LTXError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-GOLDEN = SHARED / "fixtures" / "ltx-golden"
-MANIFEST = json.loads((GOLDEN / "manifest.json").read_text())
-GOLDEN_FILES = sorted(k for k in MANIFEST if k.endswith(".ltx"))
 PAGE_SIZE = 4096
-A_CHECKSUM = 0xCEAC5BAE94009E94
-B_CHECKSUM = 0x81C1FF0F6A50CBED
+NOCHK = ltx.HEADER_FLAG_NO_CHECKSUM
+#: (page encoding, file) of every real Litestream file the suite makes (litestream_vectors).
+REAL_FILES = [(e, k) for e in ("block", "frame") for k in ("snapshot", "incremental")]
 
 
-def db_pages(path: Path) -> list[tuple[int, bytes]]:
-    data = path.read_bytes()
+def db_pages(data: bytes) -> list[tuple[int, bytes]]:
     return [(i // PAGE_SIZE + 1, data[i:i + PAGE_SIZE]) for i in range(0, len(data), PAGE_SIZE)]
 
 
@@ -69,8 +66,7 @@ class TrickleReader:
 # --- checksums -----------------------------------------------------------------------------
 
 def test_crc64_check_value_matches_go_iso():
-    assert ltx.crc64(b"123456789") == int(MANIFEST["_db"]["crc64_iso_check_value_123456789"], 16)
-    assert ltx.crc64(b"123456789") == 0xB90956C775A41001
+    assert ltx.crc64(b"123456789") == 0xB90956C775A41001  # CRC-64/GO-ISO's check value
 
 
 def test_crc64_incremental_equals_one_shot():
@@ -86,74 +82,87 @@ def test_crc64_incremental_equals_one_shot():
     assert ltx.crc64(memoryview(data)[10:20]) == ltx.crc64(data[10:20])
 
 
-def test_rolling_checksums_of_golden_databases():
-    assert ltx.db_checksum(db_pages(GOLDEN / "a.db")) == A_CHECKSUM
-    assert ltx.db_checksum(db_pages(GOLDEN / "b.db")) == B_CHECKSUM
+def test_rolling_checksum_agrees_with_litestream(litestream_bin, litestream_env,
+                                                 litestream_vectors, tmp_path):
+    """The real Litestream is the oracle: it restores a file whose post-apply checksum is ours
+    off by one bit, and its refusal names the checksum it calculated."""
+    db = litestream_vectors["block"].db_at_2
+    ours = ltx.db_checksum(db_pages(db))
+    header = ltx.Header(0, PAGE_SIZE, len(db) // PAGE_SIZE, 1, 1, 1700000000123)
+    level0 = tmp_path / "replica" / "ltx" / "0"
+    level0.mkdir(parents=True)
+    (level0 / "0000000000000001-0000000000000001.ltx").write_bytes(
+        encode(header, db_pages(db), encoding="block", post=ours ^ 1))
+    proc = subprocess.run([litestream_bin, "restore", "-o", str(tmp_path / "out.db"),
+                           f"file://{tmp_path}/replica"], env=litestream_env,
+                          capture_output=True, text=True, timeout=60)
+    calculated = re.search(r"does not match calculated checksum \(([0-9a-f]{16})\)", proc.stderr)
+    assert proc.returncode != 0 and calculated, proc.stderr
+    assert int(calculated.group(1), 16) == ours
 
 
-# --- the Go golden files -------------------------------------------------------------------
+# --- files the real Litestream wrote ------------------------------------------------------
 
-@pytest.mark.parametrize("name", GOLDEN_FILES)
-def test_golden_file_decodes_and_verifies(name):
-    want = MANIFEST[name]
-    data = (GOLDEN / name).read_bytes()
-    assert len(data) == want["size"]
-    header, pages, trailer = decode(data, name)
-    wh = want["header"]
+@pytest.mark.parametrize("encoding,kind", REAL_FILES)
+def test_litestream_file_decodes_and_verifies(encoding, kind, litestream_vectors):
+    vectors = litestream_vectors[encoding]
+    data = getattr(vectors, kind)
+    txid, db = (1, vectors.db_at_1) if kind == "snapshot" else (2, vectors.db_at_2)
+    header, pages, trailer = decode(data, "real.ltx")
     assert (header.flags, header.page_size, header.commit, header.min_txid, header.max_txid,
-            header.timestamp, header.pre_apply_checksum, header.wal_offset, header.wal_size,
-            header.wal_salt1, header.wal_salt2, header.node_id) == (
-        wh["flags"], wh["page_size"], wh["commit"], wh["min"], wh["max"], wh["ts"],
-        int(wh["pre"], 16), wh["wal_off"], wh["wal_size"], wh["salt1"], wh["salt2"], wh["node"])
-    assert [p for p, _ in pages] == want["pgnos"]
-    assert trailer.post_apply_checksum == int(want["post_apply_checksum"], 16)
-    assert trailer.file_checksum == int(want["file_checksum"], 16)
-
-    index = ltx.decode_page_index(data[-2000:], name)
-    assert {str(k): list(v) for k, v in index.items()} == want["index"]
+            header.pre_apply_checksum, header.node_id) == (
+        NOCHK, PAGE_SIZE, len(db) // PAGE_SIZE, txid, txid, 0, 0)
+    assert trailer.post_apply_checksum == 0 and trailer.file_checksum & ltx.CHECKSUM_FLAG
+    pgnos = [p for p, _ in pages]
+    if kind == "snapshot":
+        assert pgnos == list(range(1, header.commit + 1))
+    else:
+        assert pgnos == sorted(pgnos) and len(pgnos) < header.commit
+    for pgno, page in pages:
+        assert page == db[(pgno - 1) * PAGE_SIZE:pgno * PAGE_SIZE]
+    index = ltx.decode_page_index(data, "real.ltx")
+    assert sorted(index) == pgnos
     by_pgno = dict(pages)
     for pgno, (offset, size) in index.items():
-        got_pgno, page = ltx.decode_page_frame(data[offset:offset + size], PAGE_SIZE, name)
+        got_pgno, page = ltx.decode_page_frame(data[offset:offset + size], PAGE_SIZE, "real.ltx")
         assert got_pgno == pgno and page == by_pgno[pgno]
-    flag = 0 if "frame" in want["page_encoding"] else ltx.PAGE_FLAG_SIZE
+    flag = 0 if encoding == "frame" else ltx.PAGE_FLAG_SIZE
     assert data[104:106] == flag.to_bytes(2, "big")
 
 
-@pytest.mark.parametrize("name", GOLDEN_FILES)
-def test_golden_file_decodes_from_a_trickling_stream(name):
-    data = (GOLDEN / name).read_bytes()
-    dec = ltx.Decoder(TrickleReader(data, 7), name=name)
-    assert [p for p, _ in dec.pages()] == MANIFEST[name]["pgnos"]
-    assert dec.close().file_checksum == int(MANIFEST[name]["file_checksum"], 16)
+@pytest.mark.parametrize("encoding,kind", REAL_FILES)
+def test_litestream_file_decodes_from_a_trickling_stream(encoding, kind, litestream_vectors):
+    data = getattr(litestream_vectors[encoding], kind)
+    _, pages, trailer = decode(data)
+    dec = ltx.Decoder(TrickleReader(data, 7), name="real.ltx")
+    assert list(dec.pages()) == pages
+    assert dec.close().file_checksum == trailer.file_checksum
 
 
-@pytest.mark.parametrize("tool", ["go-head", "go-051"])
-@pytest.mark.parametrize("chk", ["chk", "nochk"])
-def test_golden_snapshot_then_incremental_rebuilds_b_db(tool, chk):
-    snap = decode((GOLDEN / f"{tool}-snap-{chk}.ltx").read_bytes())
-    incr = decode((GOLDEN / f"{tool}-incr-{chk}.ltx").read_bytes())
+@pytest.mark.parametrize("encoding", ["block", "frame"])
+def test_litestream_snapshot_then_incremental_rebuilds_the_database(encoding, litestream_vectors):
+    vectors = litestream_vectors[encoding]
+    snap, incr = decode(vectors.snapshot), decode(vectors.incremental)
     db = apply(bytearray(), snap[1], snap[0].commit)
-    assert bytes(db) == (GOLDEN / "a.db").read_bytes()
+    assert bytes(db) == vectors.db_at_1
     db = apply(db, incr[1], incr[0].commit)
-    assert bytes(db) == (GOLDEN / "b.db").read_bytes()
-    if chk == "chk":
-        assert snap[2].post_apply_checksum == A_CHECKSUM
-        assert incr[0].pre_apply_checksum == A_CHECKSUM
-        assert incr[2].post_apply_checksum == B_CHECKSUM
+    assert bytes(db) == vectors.db_at_2
 
 
 # --- our encoder ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("encoding", ltx.ENCODINGS)
 @pytest.mark.parametrize("chk", [True, False])
-def test_reencoded_golden_pages_round_trip(encoding, chk):
-    flags = 0 if chk else ltx.HEADER_FLAG_NO_CHECKSUM
-    a, b = db_pages(GOLDEN / "a.db"), db_pages(GOLDEN / "b.db")
+def test_reencoded_pages_round_trip(encoding, chk, litestream_vectors):
+    flags = 0 if chk else NOCHK
+    vectors = litestream_vectors["block"]
+    a, b = db_pages(vectors.db_at_1), db_pages(vectors.db_at_2)
+    a_sum, b_sum = ltx.db_checksum(a), ltx.db_checksum(b)
     snap_h = ltx.Header(flags, PAGE_SIZE, len(a), 1, 1, 1700000000123)
     incr_h = ltx.Header(flags, PAGE_SIZE, len(b), 2, 2, 1700000001123,
-                        pre_apply_checksum=A_CHECKSUM if chk else 0)
-    snap = encode(snap_h, a, encoding=encoding, post=A_CHECKSUM if chk else 0)
-    incr = encode(incr_h, b, encoding=encoding, post=B_CHECKSUM if chk else 0)
+                        pre_apply_checksum=a_sum if chk else 0)
+    snap = encode(snap_h, a, encoding=encoding, post=a_sum if chk else 0)
+    incr = encode(incr_h, b, encoding=encoding, post=b_sum if chk else 0)
     for data, header, pages in ((snap, snap_h, a), (incr, incr_h, b)):
         got_h, got_pages, trailer = decode(data)
         assert got_h == header and got_pages == pages
@@ -168,7 +177,7 @@ def test_reencoded_golden_pages_round_trip(encoding, chk):
         for pgno, (off, size) in index.items():
             assert ltx.decode_page_frame(data[off:off + size], PAGE_SIZE)[1] == dict(pages)[pgno]
     db = apply(apply(bytearray(), decode(snap)[1], len(a)), decode(incr)[1], len(b))
-    assert bytes(db) == (GOLDEN / "b.db").read_bytes()
+    assert bytes(db) == vectors.db_at_2
 
 
 def test_frame_page_stored_uncompressed_is_read():
@@ -257,8 +266,15 @@ def test_header_validation(header, match):
 
 # --- decoder refusals ----------------------------------------------------------------------
 
-GOOD = (GOLDEN / "go-head-incr-nochk.ltx").read_bytes()
-GOOD_FRAME = (GOLDEN / "go-051-incr-nochk.ltx").read_bytes()
+@pytest.fixture
+def good(litestream_vectors) -> bytes:
+    """A real, valid file (Litestream 0.5.17's incremental, block encoding)."""
+    return litestream_vectors["block"].incremental
+
+
+@pytest.fixture(params=["block", "frame"])
+def real_file(request, litestream_vectors) -> bytes:
+    return litestream_vectors[request.param].incremental
 
 
 def _decode_all(data: bytes, name="bad.ltx"):
@@ -268,15 +284,15 @@ def _decode_all(data: bytes, name="bad.ltx"):
     return dec.close()
 
 
-@pytest.mark.parametrize("source", [GOOD, GOOD_FRAME], ids=["block", "frame"])
-def test_every_truncation_is_an_error_naming_the_file(source):
+def test_every_truncation_is_an_error_naming_the_file(real_file):
+    source = real_file
     for cut in list(range(0, len(source), 97)) + [len(source) - 1, len(source) - 17]:
         with pytest.raises(LTXError, match="bad.ltx"):
             _decode_all(source[:cut])
 
 
-@pytest.mark.parametrize("source", [GOOD, GOOD_FRAME], ids=["block", "frame"])
-def test_no_flipped_byte_yields_wrong_pages(source):
+def test_no_flipped_byte_yields_wrong_pages(real_file):
+    source = real_file
     # The FileChecksum covers the *uncompressed* pages (as in Go), so a flip inside compressed
     # bytes that still decompresses to the same page is harmless; any other flip must raise.
     _, want, _ = decode(source)
@@ -294,28 +310,28 @@ def test_no_flipped_byte_yields_wrong_pages(source):
     assert raised > len(source) * 0.95
 
 
-def test_flipped_page_byte_reports_checksum_mismatch():
-    bad = bytearray(GOOD)
+def test_flipped_page_byte_reports_checksum_mismatch(good):
+    bad = bytearray(good)
     # a byte inside page 2's compressed payload that keeps the LZ4 block valid: the literal run
-    index = ltx.decode_page_index(GOOD)
+    index = ltx.decode_page_index(good)
     off, size = index[2]
     bad[off + size - 3] ^= 0x01
     with pytest.raises(LTXError, match=r"bad\.ltx.*(checksum mismatch|corrupt)"):
         _decode_all(bytes(bad))
 
 
-def test_wrong_magic():
+def test_wrong_magic(good):
     with pytest.raises(LTXError, match="bad.ltx.*magic"):
-        _decode_all(b"LTX2" + GOOD[4:])
+        _decode_all(b"LTX2" + good[4:])
 
 
-def test_unknown_page_flag_is_rejected():
-    bad = bytearray(GOOD)
+def test_unknown_page_flag_is_rejected(good):
+    bad = bytearray(good)
     bad[104:106] = b"\0\x02"
     with pytest.raises(LTXError, match="invalid page flags"):
         _decode_all(bytes(bad))
 
 
-def test_trailing_garbage_is_rejected():
+def test_trailing_garbage_is_rejected(good):
     with pytest.raises(LTXError, match="bad.ltx"):
-        _decode_all(GOOD + b"\0" * 8)
+        _decode_all(good + b"\0" * 8)

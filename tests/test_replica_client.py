@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import socket
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
+from replication import ltx
 from replication.config import parse_config
 from replication.errors import ReplicaClientError, ReplicationError
 from replication.file_replica_client import FileReplicaClient
@@ -22,8 +22,7 @@ from replication.replica_client import (
 )
 from replication.s3_replica_client import S3ReplicaClient, normalize_endpoint, parse_s3_url
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-GOLDEN = SHARED / "fixtures" / "ltx-golden"
+from tests.plugins.litestream import FIXTURE_0517
 
 TS1 = 1700000000123       # 2023-11-14T22:13:20.123Z
 TS2 = 1700000001100       # …21.1Z
@@ -198,23 +197,25 @@ def test_operations_are_counted_in_litestream_metrics(client):
     assert sample("litestream_replica_operation_duration_seconds_count", {**labels, "operation": "PUT"}) >= 1
 
 
-def test_page_level_reads_match_the_golden_files(client):
-    manifest = json.loads((GOLDEN / "manifest.json").read_text())
-    b_db = (GOLDEN / "b.db").read_bytes()
-    for level, name in ((0, "go-head-incr-nochk.ltx"), (1, "go-051-incr-nochk.ltx")):
-        meta = manifest[name]
-        data = (GOLDEN / name).read_bytes()
-        h = meta["header"]
-        info = client.write_ltx_file(level, h["min"], h["max"], data, h["ts"])
-        header = fetch_ltx_header(client, level, h["min"], h["max"])
-        assert (header.page_size, header.commit, header.timestamp) == (h["page_size"], h["commit"], h["ts"])
+def test_page_level_reads_match_litestreams_files(client, litestream_vectors):
+    for level, encoding in ((0, "block"), (1, "frame")):
+        vectors = litestream_vectors[encoding]
+        data = vectors.incremental
+        dec = ltx.Decoder(io.BytesIO(data), name="real.ltx")
+        want_pages = dict(dec.pages())
+        h = dec.header
+        dec.close()
+        info = client.write_ltx_file(level, h.min_txid, h.max_txid, data, h.timestamp)
+        header = fetch_ltx_header(client, level, h.min_txid, h.max_txid)
+        assert (header.page_size, header.commit, header.timestamp) == (h.page_size, h.commit,
+                                                                       h.timestamp)
         index = fetch_page_index(client, info)
-        assert {str(k): list(v) for k, v in index.items()} == meta["index"]
-        for pgno in (1, 7, 12):
-            offset, size = index[pgno]
-            got_pgno, page = fetch_page(client, level, h["min"], h["max"], offset, size, h["page_size"])
-            assert got_pgno == pgno
-            assert page == b_db[(pgno - 1) * 4096:pgno * 4096]
+        assert index == ltx.decode_page_index(data)
+        for pgno, (offset, size) in index.items():
+            got_pgno, page = fetch_page(client, level, h.min_txid, h.max_txid, offset, size,
+                                        h.page_size)
+            assert got_pgno == pgno and page == want_pages[pgno]
+            assert page == vectors.db_at_2[(pgno - 1) * h.page_size:pgno * h.page_size]
 
 
 # --- layouts ------------------------------------------------------------------------------------
@@ -232,7 +233,7 @@ def test_file_layout_is_litestreams(tmp_path):
 
 def test_file_lists_litestreams_own_replica_with_mtimes(tmp_path):
     """The fixture written by Litestream lists with the expected shape (levels 0, 1, 2, 9)."""
-    root = SHARED / "fixtures" / "litestream-0.5.17" / "replica"
+    root = FIXTURE_0517 / "replica"
     c = client_from_url(f"file://{root}")
     levels = {level: list(c.ltx_files(level)) for level in (0, 1, 2, 9)}
     assert len(levels[0]) == 25 and levels[0][0].min_txid == 1 and levels[0][-1].max_txid == 0x19

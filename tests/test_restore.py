@@ -20,8 +20,7 @@ from replication.errors import LTXError, ReplicationError, TxNotAvailableError
 from replication.file_replica_client import FileReplicaClient
 from replication.restore import calc_restore_plan, restore
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-FIXTURE = SHARED / "fixtures" / "litestream-0.5.17"
+from tests.plugins.litestream import FIXTURE_0517 as FIXTURE
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text())
 PS = 4096
 NOCHK = ltx.HEADER_FLAG_NO_CHECKSUM

@@ -7,7 +7,10 @@
   (``.tools/`` is git-ignored) and reused afterwards.
 - ``litestream_env``: the environment for a child ``litestream`` (without ``AWS_CA_BUNDLE``,
   which makes its S3 client fail).
-- ``shared_dir``: the project's ``shared/`` references (spec and fixtures), beside the repo.
+- ``litestream_vectors``: LTX files the real binaries wrote (both page encodings), with the
+  databases they describe, made at test time (see `make_vectors`).
+- ``FIXTURE_0517``: a replica the real Litestream 0.5.17 wrote, with what its restores gave
+  (tests/fixtures/litestream-0.5.17/README.md). Copy it before writing or touching mtimes.
 """
 from __future__ import annotations
 
@@ -15,11 +18,13 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+FIXTURE_0517 = REPO / "tests" / "fixtures" / "litestream-0.5.17"
 CURRENT_VERSION = "0.5.17"
 OLD_VERSION = "0.5.15"
 
@@ -27,13 +32,6 @@ OLD_VERSION = "0.5.15"
 def _version(binary: str, env: dict) -> str:
     out = subprocess.run([binary, "version"], capture_output=True, text=True, env=env, timeout=30)
     return out.stdout.strip()
-
-
-@pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    path = REPO.parent / "shared"
-    assert path.is_dir(), f"expected the shared references at {path} (beside the repository)"
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -68,3 +66,67 @@ def litestream_old_bin(litestream_env) -> str:
     version = _version(str(binary), litestream_env)
     assert version == OLD_VERSION, f"expected litestream {OLD_VERSION}, found {version!r}"
     return str(binary)
+
+
+@dataclass
+class Vectors:
+    """Two L0 files a real Litestream wrote for one database: a snapshot (TXID 1) and an
+    incremental (TXID 2), with the database as it was at each."""
+
+    version: str
+    snapshot: bytes   # ltx/0/0000000000000001-0000000000000001.ltx
+    incremental: bytes  # ltx/0/0000000000000002-0000000000000002.ltx
+    db_at_1: bytes
+    db_at_2: bytes
+
+
+def make_vectors(binary: str, env: dict, workdir: Path) -> Vectors:
+    """Replicate a database twice with ``litestream replicate -once`` (a write in between)
+    and keep the two L0 files and the database at each TXID (a checkpointed copy of the DB
+    and its WAL: the pages the L0 file carries). Real Litestream 0.5 writes every file
+    NoChecksum (header flag 0x2, zero checksums), so there are no checksummed real files."""
+    import apsw
+
+    workdir.mkdir(parents=True)
+    db = workdir / "v.db"
+    conn = apsw.Connection(str(db))
+    conn.execute("PRAGMA journal_mode=wal").fetchall()
+    conn.execute("PRAGMA wal_autocheckpoint=0").fetchall()
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, x TEXT)")
+
+    def write(tag: str, n: int, width: int) -> None:
+        with conn:
+            for i in range(n):
+                conn.execute("INSERT INTO t(x) VALUES (?)", (f"{tag}{i}" * width,))
+
+    def replicate_and_capture(name: str) -> bytes:
+        subprocess.run([binary, "replicate", "-once", str(db), f"file://{workdir}/replica"],
+                       env=env, check=True, capture_output=True, timeout=120)
+        copy = workdir / name
+        for suffix in ("", "-wal"):
+            if Path(f"{db}{suffix}").exists():
+                shutil.copyfile(f"{db}{suffix}", f"{copy}{suffix}")
+        c = apsw.Connection(str(copy))
+        c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        c.close()
+        return copy.read_bytes()
+
+    write("a", 20, 40)
+    at_1 = replicate_and_capture("at-1.db")
+    write("b", 60, 60)
+    at_2 = replicate_and_capture("at-2.db")
+    conn.close()
+    level0 = workdir / "replica" / "ltx" / "0"
+    return Vectors(_version(binary, env),
+                   (level0 / "0000000000000001-0000000000000001.ltx").read_bytes(),
+                   (level0 / "0000000000000002-0000000000000002.ltx").read_bytes(), at_1, at_2)
+
+
+@pytest.fixture(scope="session")
+def litestream_vectors(litestream_bin, litestream_old_bin, litestream_env,
+                       tmp_path_factory) -> dict:
+    """``{"block": Vectors, "frame": Vectors}``: LTX files from Litestream 0.5.17 (block page
+    encoding) and 0.5.15 (frame encoding), made once per session."""
+    root = tmp_path_factory.mktemp("litestream-vectors")
+    return {"block": make_vectors(litestream_bin, litestream_env, root / "block"),
+            "frame": make_vectors(litestream_old_bin, litestream_env, root / "frame")}
