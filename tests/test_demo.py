@@ -3,11 +3,15 @@ directory; delete the DB and it is restored from the replica on the next start."
 from __future__ import annotations
 
 import os
+import re
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
@@ -65,5 +69,88 @@ def test_demo_serves_replicates_and_restores(tmp_path):
     try:
         titles = [b["title"] for b in httpx.get(f"{url}/books?author_id=eq.1").json()]
         assert "The Dispossessed" in titles and len(titles) == 3
+    finally:
+        assert stop(proc) == 0
+
+
+# -- the README's curl examples, run as written against the demo ---------------------------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+README_URL = "localhost:8080"
+#: A status at the start of a trailing comment (`# 206, …`) and headers in it (`Name: value`).
+_STATUS = re.compile(r"#\s*([1-5][0-9]{2})\b")
+_HEADER = re.compile(r"\b([A-Z][A-Za-z]*(?:-[A-Z][A-Za-z]*)*): (\S+)")
+
+
+def readme_curl_commands() -> list[tuple[str, str]]:
+    """(command, its trailing comment) for every curl command in the README's ``sh`` blocks,
+    in README order; a command continues over lines ending in a backslash."""
+    commands = []
+    for block in re.findall(r"^```(?:sh|bash|shell|console)\n(.*?)^```", README.read_text(),
+                            re.S | re.M):
+        lines = iter(block.splitlines())
+        for line in lines:
+            command = line
+            while command.endswith("\\"):
+                command += "\n" + next(lines)
+            if not command.lstrip().startswith("curl "):
+                continue
+            last = command.rsplit("\n", 1)[-1]
+            comment = last[last.index(" #"):].strip() if " #" in last else ""
+            commands.append((command, comment))
+    return commands
+
+
+def expectations(comment: str) -> tuple[int | None, dict[str, str]]:
+    status = _STATUS.match(comment)
+    return (int(status.group(1)) if status else None,
+            {name.lower(): value for name, value in _HEADER.findall(comment)})
+
+
+def test_readme_comment_expectations_are_read():
+    assert expectations("# 206, Content-Range: 0-1/5") == (206, {"content-range": "0-1/5"})
+    assert expectations("# 201, Location: /books?id=eq.8") == (201, {"location": "/books?id=eq.8"})
+    assert expectations("# OpenAPI (Swagger 2.0)") == (None, {})
+
+
+def test_every_readme_curl_example_runs_against_the_demo(tmp_path):
+    """Each example, as written, with the real curl (bash -c) against one demo DB in README
+    order: exit 0, a 2xx, and the status and headers its comment states."""
+    curl = shutil.which("curl")
+    assert curl, "the README's examples need curl on PATH (.ci/run installs it)"
+    commands = readme_curl_commands()
+    assert len(commands) >= 13, commands
+    proc, url = start_demo(tmp_path / "demo")
+    host = url.removeprefix("http://")
+    headers_file, body_file = tmp_path / "headers", tmp_path / "body"
+    # The README's own command line, unchanged but for the port; the function adds what the
+    # test reads (status, headers, body) to the real curl's arguments.
+    prelude = (f"curl() {{ command {shlex.quote(curl)} -sS -D {shlex.quote(str(headers_file))} "
+               f"-o {shlex.quote(str(body_file))} -w '%{{http_code}}' \"$@\"; }}\n")
+    try:
+        for command, comment in commands:
+            assert README_URL in command, command
+            run = subprocess.run(["bash", "-c", prelude + command.replace(README_URL, host)],
+                                 capture_output=True, text=True, timeout=60)
+            body = body_file.read_bytes() if body_file.exists() else b""
+            where = f"{command}\n-> exit {run.returncode}, {run.stdout!r} {run.stderr!r} {body[:300]!r}"
+            assert run.returncode == 0, where
+            status = int(run.stdout)
+            assert 200 <= status < 300, where
+            # -D holds every response's headers; the last block is the final response's.
+            block = headers_file.read_text().strip().split("\r\n\r\n")[-1]
+            got = {}
+            for line in block.splitlines()[1:]:
+                name, _, value = line.partition(":")
+                got[name.strip().lower()] = value.strip()
+            want_status, want_headers = expectations(comment)
+            if want_status is not None:
+                assert status == want_status, where
+            for name, value in want_headers.items():
+                assert got.get(name) == value, (name, got, where)
+            if " -d " in command or " -X " in command:  # "Every write response carries …"
+                assert len(got.get("x-replication-txid", "")) == 16, (got, where)
+            headers_file.unlink()
+            body_file.unlink(missing_ok=True)
     finally:
         assert stop(proc) == 0

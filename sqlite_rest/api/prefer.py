@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 
 from ..errors import api_error
+from .query import int64
 
 
 @dataclass(frozen=True)
@@ -99,10 +100,12 @@ def parse_prefer(headers: list[str]) -> Preferences:
                 if key == "timezone":
                     given.append(f"{key}={value}")
                     continue
-                if not (value.isascii() and value.isdigit()):  # int('²') would raise
+                # No sign; at most 64 bits (also keeps int() off texts past 4300 digits).
+                number = int64(value) if value.isdigit() else None
+                if number is None:
                     invalid.append(item)
                     continue
-                setattr(prefs, _ATTRIBUTES.get(key, key), int(value))
+                setattr(prefs, _ATTRIBUTES.get(key, key), number)
             else:
                 if value not in pref.values:
                     invalid.append(item)

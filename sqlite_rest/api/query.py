@@ -183,7 +183,6 @@ _NAME = re.compile(r'(?:[^.,:()"{}!\-]|-(?!>))+')
 _SIMPLE_NAME = re.compile(r'[A-Za-z_][A-Za-z0-9_$]*\Z')
 _INT_KEY = re.compile(r'-?[0-9]+\Z')
 _NON_NEGATIVE_INT = re.compile(r'[0-9]+\Z')
-_INT64_MAX = (1 << 63) - 1
 # An unquoted list item / logic-tree value runs to the next ',' or closer.
 _UNQUOTED_ITEM = {")": re.compile(r"[^,)]*"), "}": re.compile(r"[^,}]*")}
 _OPERATOR_WORD = re.compile(r"[A-Za-z_]*")
@@ -195,6 +194,36 @@ _CAST_WORD = re.compile(r"[A-Za-z0-9_ ]*")
 def shown_text(text: str, limit: int = 100) -> str:
     """Request text quoted in an error message, cut to a readable length."""
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+# --------------------------------------------------------------------------
+# Numbers: every integer the request spells (limit, offset, Range, Prefer, filter values, JSON
+# indexes) becomes a Python int here and nowhere else, so none can reach SQLite beyond its
+# 64 bits (apsw raises OverflowError) and int() never sees a text past Python's 4300-digit
+# limit (ValueError). Both would otherwise be a 500.
+
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+_DECIMAL = re.compile(r"[+-]?[0-9]+\Z")  # ASCII digits only: int() also reads '١٢' and '1_0'
+_INT64_DIGITS = len(str(INT64_MAX))      # 19
+
+
+def is_decimal(text: str) -> bool:
+    """Whether `text` spells an integer in ASCII decimal (sign allowed), of any size."""
+    return _DECIMAL.match(text) is not None
+
+
+def int64(text: str) -> int | None:
+    """The integer `text` spells in ASCII decimal, or None when it spells none or one that
+    SQLite's 64-bit signed INTEGER cannot hold (then `is_decimal` tells the two apart)."""
+    if _DECIMAL.match(text) is None:
+        return None
+    digits = text.lstrip("+-").lstrip("0")  # int() counts leading zeros towards its limit
+    if len(digits) > _INT64_DIGITS:
+        return None
+    value = int(digits) if digits else 0
+    if text[0] == "-":
+        value = -value
+    return value if INT64_MIN <= value <= INT64_MAX else None
 
 
 class _Reader:
@@ -310,9 +339,13 @@ class _Reader:
                     self.fail("expected a JSON key after '->'")
                 self.pos = m.end()
                 raw = m.group()
-                key = int(raw) if _INT_KEY.match(raw) else raw
-                if type(key) is int and abs(key) > _INT64_MAX:
-                    self.fail("JSON array index out of range")
+                key = raw
+                if _INT_KEY.match(raw):
+                    key = int64(raw)
+                    if key is None:
+                        self.pos = m.start()
+                        self.fail("JSON array index out of range",
+                                  hint=f"an array index fits in 64 bits (at most {INT64_MAX})")
             if type(key) is str and "\x00" in key:
                 self.fail("NUL character in a JSON key")
             steps.append(JsonStep(key, as_text))
@@ -587,11 +620,12 @@ def parse_on_conflict(value: str) -> tuple[str, ...]:
 
 
 def _non_negative(key: str, value: str) -> int:
-    if not _NON_NEGATIVE_INT.match(value) or int(value) > _INT64_MAX:
+    number = int64(value) if _NON_NEGATIVE_INT.match(value) else None
+    if number is None:
         raise QueryError(f"failed to parse {key} parameter ({shown_text(value)})",
-                         details=f"{key} must be a non-negative integer",
+                         details=f"{key} must be a non-negative integer of at most {INT64_MAX}",
                          hint=f"write {key}=10")
-    return int(value)
+    return number
 
 
 # --------------------------------------------------------------------------

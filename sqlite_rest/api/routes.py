@@ -22,8 +22,8 @@ from ..responses import CORS_HEADERS, ApiResponse
 from ..auth.authenticator import access_denied
 from ..errors import api_error
 from .prefer import DEFAULT as DEFAULT_PREFERENCES, parse_prefer
-from .query import (lifted_columns, parse_read_query, query_pairs, query_shape,
-                    shape_pairs)
+from .query import (INT64_MAX, int64, lifted_columns, parse_read_query, query_pairs,
+                    query_shape, shape_pairs, shown_text)
 from .representation import CONTENT_TYPES, negotiate, render, shape_of
 from .sql import build_count, build_select, shape_statement, slot_text
 from .writes import write
@@ -96,8 +96,13 @@ def page_bounds(query, range_header: str | None) -> tuple[int, int | None]:
                         details=f"Range header {range_header[:100]!r} is not 'first-last' or "
                                 "'first-'",
                         hint="send e.g. Range: 0-9 with Range-Unit: items")
-    first = int(m.group(1))
-    last = int(m.group(2)) if m.group(2) else None
+    first = int64(m.group(1))
+    last = int64(m.group(2)) if m.group(2) else None
+    if first is None or (m.group(2) and last is None):
+        raise api_error("invalid_range",
+                        details=f"Range header {shown_text(range_header)!r}: a row index is at "
+                                f"most {INT64_MAX}",
+                        hint="send e.g. Range: 0-9 with Range-Unit: items")
     if last is not None and last < first:
         raise api_error("invalid_range",
                         details=f"the range end {last} is before its start {first}")
@@ -107,7 +112,8 @@ def page_bounds(query, range_header: str | None) -> tuple[int, int | None]:
     if not upper_candidates:
         return lower, None
     upper = min(upper_candidates)
-    return lower, max(upper - lower + 1, 0)
+    # 0-9223372036854775807 is 2**63 rows: more than SQLite's LIMIT can say, and all there are.
+    return lower, min(max(upper - lower + 1, 0), INT64_MAX)
 
 
 def content_range(offset: int, returned: int, total: int | None, limit: int | None) -> str:

@@ -32,8 +32,8 @@ import orjson
 import regex
 
 from .operators import OPERATOR_BY_NAME, QUANTIFIERS, ValueKind
-from .query import (CASTS, And, ColumnRef, Filter, Not, QueryError, RequestError, Star,
-                    UnknownColumnError, shown_text)
+from .query import (CASTS, INT64_MAX, INT64_MIN, And, ColumnRef, Filter, Not, QueryError,
+                    RequestError, Star, UnknownColumnError, int64, is_decimal, shown_text)
 from .schema import Column, Table, quote_identifier
 
 
@@ -104,9 +104,7 @@ class BatchStatement:
 # --------------------------------------------------------------------------
 # Columns and values
 
-_INTEGER = re.compile(r"[+-]?[0-9]+\Z")
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
-_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _NUMERIC_AFFINITIES = frozenset({"INTEGER", "REAL", "NUMERIC"})
 _BOOLEAN_WORDS = {"true": 1, "false": 0, "t": 1, "f": 0}
 
@@ -118,11 +116,10 @@ MAX_PATTERN_BYTES = 50000
 
 def _number(text: str):
     """The number a text spells (int exactly, else float), or None."""
-    if _INTEGER.match(text):
-        value = int(text)
-        if _INT64_MIN <= value <= _INT64_MAX:
-            return value
-        return None  # beyond 64 bits: left as text, SQLite's affinity decides
+    if is_decimal(text):
+        # Beyond 64 bits: None, so it is bound as text and SQLite's affinity decides (a
+        # numeric column compares it as the REAL it spells: it equals no 64-bit INTEGER).
+        return int64(text)
     if _NUMBER.match(text):
         return float(text)
     return None
@@ -547,7 +544,7 @@ def _to_sql_value(value, column_name: str):
     if t is str or t is float or value is None:
         return value
     if t is int:
-        if _INT64_MIN <= value <= _INT64_MAX:
+        if INT64_MIN <= value <= INT64_MAX:
             return value
         raise PayloadError(f"integer out of range for column {column_name!r}",
                            details=str(value), hint="integers must fit in 64 bits")
