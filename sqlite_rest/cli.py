@@ -46,11 +46,33 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"{text!r} is not a boolean (use true/false)")
 
 
-def _whole_number(text: str) -> int:
-    try:
-        return int(str(text).strip())
-    except ValueError:
-        raise ValueError(f"{text!r} is not a whole number") from None
+def _shown(text) -> str:
+    text = str(text)
+    return repr(text if len(text) <= 40 else text[:40] + "…")
+
+
+def _whole_number(text: str, largest: int = (1 << 63) - 1) -> int:
+    """A flag's integer: ASCII decimal, at most ``largest`` (the message shows at most 40
+    characters of what was typed)."""
+    digits = str(text).strip()
+    if not digits.lstrip("+-").isdigit() or not digits.isascii():
+        raise ValueError(f"{_shown(text)} is not a whole number")
+    if len(digits.lstrip("+-").lstrip("0")) > len(str(largest)) or int(digits) > largest:
+        raise ValueError(f"{_shown(text)} is more than {largest}")
+    return int(digits)
+
+
+def _process_count(text: str) -> int:
+    """--workers / --threads: each one is an OS process or thread."""
+    value = _whole_number(text, largest=MAX_PROCESS_COUNT)
+    if value < 1:
+        raise ValueError(f"{value} must be at least 1")
+    return value
+
+
+#: Most workers (processes) or threads per worker a flag accepts: far past any machine's
+#: sensible count, short of the OS limits (a huge value crashed granian with OverflowError).
+MAX_PROCESS_COUNT = 1024
 
 
 def _int8(text: str) -> int:
@@ -134,9 +156,10 @@ SERVE_FLAGS = (
     Flag("primary-url", "Where the primary is: named in the hint of writes refused by a "
          "read-only database (405, 25006).", metavar="URL"),
     Flag("workers", "HTTP worker processes (default: one per CPU core, here "
-         f"{os.cpu_count() or 1}).", default=None, kind=_positive_int, metavar="N"),
+         f"{os.cpu_count() or 1}; at most {MAX_PROCESS_COUNT}).", default=None,
+         kind=_process_count, metavar="N"),
     Flag("threads", "Request threads per worker process; each thread holds its own SQLite "
-         "connections.", default=None, kind=_positive_int, metavar="N"),
+         "connections.", default=None, kind=_process_count, metavar="N"),
     Flag("server", "Production HTTP server running the workers (granian: measured fastest, "
          "see design/process-model.md).", default="granian", metavar="NAME"),
     Flag("replication-enabled", "Replicate the database with the built-in Litestream 0.5 "
@@ -214,7 +237,7 @@ def _resolve(ns: argparse.Namespace, flags: Sequence[Flag], environ) -> dict:
             try:
                 value = parse_bool(raw) if flag.boolean else flag.kind(raw)
             except ValueError as exc:
-                raise UsageError(f"{flag.env}={raw!r}: {exc}") from None
+                raise UsageError(f"{flag.env}={_shown(raw)}: {exc}") from None
         else:
             value = flag.default
         values[flag.dest] = value

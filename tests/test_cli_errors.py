@@ -120,3 +120,13 @@ def test_litestream_commands_log_like_serve(tmp_path):
     proc = run_cli(["replicate", "-once", fresh_db("3.db"), f"file://{tmp_path}/r3"],
                    env={"SQLITEREST_LOG_LEVEL": "-2"})
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+def test_process_counts_are_bounded_and_long_values_are_not_echoed_whole():
+    """A huge --workers crashed the granian child with OverflowError (a traceback); a
+    5000-digit one was echoed twice in a 10 KB line."""
+    for value in ("99999999999999999999999", "5000", "9" * 5000):
+        for args, env in ((["--workers", value], {}), ([], {"SQLITEREST_WORKERS": value})):
+            proc = run_cli(["serve", "--db-dsn", "x.db", "--auth-disabled", *args], env=env)
+            last = assert_fails_in_one_line(proc, "is more than 1024")
+            assert len(last) < 300, last
