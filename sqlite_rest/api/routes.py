@@ -5,10 +5,11 @@ Order of checks on every request: auth -> allow-list -> schema cache -> query ->
 that is not allow-listed answers exactly like a missing one (404 PGRST205), so the API never
 reveals which tables exist.
 
-Hot-path notes: one view function per route (no before/after_request hooks). A GET is served
-from a `ReadPlan` cached per query *shape* (the query string with its filter values lifted out,
-query.query_shape), so `id=eq.1` and `id=eq.2` share the parsed query, the SQL text and the
-output shape and only bind their values; statements are cached per connection by apsw; JSON is
+Hot-path notes: one view function per route (no before/after_request hooks). Every GET is
+served by one path from a `ReadPlan`, cached per query *shape* (the query string with its filter
+values lifted out, query.query_shape), so `id=eq.1` and `id=eq.2` share the parsed query, the SQL
+text and the output shape and only bind their values (a query without a shareable shape, or with
+`Prefer: count`, has a plan of its own); statements are cached per connection by apsw; JSON is
 written by orjson.
 """
 from __future__ import annotations
@@ -22,8 +23,8 @@ from ..responses import CORS_HEADERS, ApiResponse
 from ..auth.authenticator import access_denied
 from ..errors import api_error
 from .prefer import DEFAULT as DEFAULT_PREFERENCES, parse_prefer
-from .query import (INT64_MAX, int64, lifted_columns, parse_read_query, query_pairs,
-                    query_shape, shape_pairs, shown_text)
+from .query import (INT64_MAX, RequestError, int64, lifted_columns, parse_read_query,
+                    query_pairs, query_shape, shape_pairs, shown_text)
 from .representation import CONTENT_TYPES, negotiate, render, shape_of
 from .sql import build_count, build_select, shape_statement, slot_text
 from .writes import write
@@ -144,69 +145,85 @@ def _limited(query, range_header: str | None, max_rows: int | None) -> tuple[int
 
 
 class ReadPlan:
-    """Everything a GET needs that depends only on the query *shape* (the query string with
-    filter values lifted out), the Range header and max-rows: built once, then each request
-    binds its values (see query.query_shape and sql.shape_statement)."""
+    """Everything a GET needs but the values it binds: the SELECT (and the count, with
+    ``Prefer: count``), the page bounds and the output shape. Plans are cached: per query
+    *shape* (the query string with its filter values lifted out, query.query_shape), so
+    ``id=eq.1`` and ``id=eq.2`` share one and only bind their values; a query that has no
+    shareable shape gets a plan of its own, per query string."""
 
-    __slots__ = ("statement", "offset", "limit", "output")
+    __slots__ = ("statement", "count", "offset", "limit", "output", "binds_values")
 
-    def __init__(self, statement, offset: int, limit: int | None, output):
+    def __init__(self, statement, count, offset: int, limit: int | None, binds_values: bool):
         self.statement = statement
+        self.count = count
         self.offset = offset
         self.limit = limit
-        self.output = output
+        self.output = shape_of(statement.columns)
+        self.binds_values = binds_values  # a ShapeStatement: params(values) of the request
+
+    def params(self, values) -> list:
+        return self.statement.params(values) if self.binds_values else self.statement.params
+
+
+def read_plan(table, query_string: str, range_header: str | None, max_rows: int | None,
+              counted: bool) -> tuple[ReadPlan, tuple]:
+    """The plan of a GET and the values it binds."""
+    if not counted:
+        shape, values = query_shape(query_pairs(query_string))
+        plan = _shape_plan(table, shape, range_header, max_rows)
+        if plan is not None:
+            return plan, values
+    return _query_plan(table, query_string, range_header, max_rows, counted), ()
 
 
 @functools.lru_cache(maxsize=4096)
-def read_plan(table, shape: tuple, range_header: str | None,
-              max_rows: int | None) -> ReadPlan | None:
-    """The ReadPlan of a shape, or None when it cannot be prepared (then the request takes
-    the general path, which also reports any error in the query with its real values)."""
+def _shape_plan(table, shape: tuple, range_header: str | None,
+                max_rows: int | None) -> ReadPlan | None:
+    """The plan of a shape, or None when the shape cannot stand for its queries: its
+    placeholders do not parse where the values did, or a value is not one bound parameter
+    (sql.shape_statement). The query then gets a plan of its own, which reports any error
+    in it with its real values."""
     slot_columns = lifted_columns(shape)
     try:
         query = parse_read_query(shape_pairs(shape, map(slot_text, range(len(slot_columns)))))
-        offset, limit = _limited(query, range_header, max_rows)
-        statement = shape_statement(
-            table, build_select(table, query, limit=limit, offset=offset), slot_columns)
-    except Exception:  # noqa: BLE001 - the general path raises the same error, precisely
+    except RequestError:
         return None
+    offset, limit = _limited(query, range_header, max_rows)
+    statement = shape_statement(
+        table, build_select(table, query, limit=limit, offset=offset), slot_columns)
     if statement is None:
         return None
-    return ReadPlan(statement, offset, limit, shape_of(statement.columns))
+    return ReadPlan(statement, None, offset, limit, binds_values=True)
+
+
+@functools.lru_cache(maxsize=4096)
+def _query_plan(table, query_string: str, range_header: str | None, max_rows: int | None,
+                counted: bool) -> ReadPlan:
+    query = query_of(query_string)
+    offset, limit = _limited(query, range_header, max_rows)
+    statement = build_select(table, query, limit=limit, offset=offset)
+    count = build_count(table, query) if counted else None
+    return ReadPlan(statement, count, offset, limit, binds_values=False)
 
 
 def _read(state, environ, table, prefs, head: bool) -> ApiResponse:
-    query_string = environ.get("QUERY_STRING", "")
     media = negotiate(environ.get("HTTP_ACCEPT"))
-    range_header = environ.get("HTTP_RANGE")
-    max_rows = state.config.max_rows
+    plan, values = read_plan(table, environ.get("QUERY_STRING", ""), environ.get("HTTP_RANGE"),
+                             state.config.max_rows, prefs.count is not None)
+    offset, limit, statement = plan.offset, plan.limit, plan.statement
     total = None
-    plan = None
-    if prefs.count is None:
-        shape, values = query_shape(query_pairs(query_string))
-        plan = read_plan(table, shape, range_header, max_rows)
-    if plan is not None:
-        offset, limit, output = plan.offset, plan.limit, plan.output
-        statement = plan.statement
-        rows = state.db.reader().execute(statement.sql, statement.params(values)).fetchall()
+    if plan.count is None:
+        rows = state.db.reader().execute(statement.sql, plan.params(values)).fetchall()
     else:
-        query = query_of(query_string)
-        offset, limit = _limited(query, range_header, max_rows)
-        statement = build_select(table, query, limit=limit, offset=offset)
-        output = shape_of(statement.columns)
-        if prefs.count is None:
-            rows = state.db.reader().execute(statement.sql, statement.params).fetchall()
-        else:
-            count = build_count(table, query)
-            with state.db.read() as conn:
-                rows = conn.execute(statement.sql, statement.params).fetchall()
-                total = conn.execute(count.sql, count.params).fetchall()[0][0]
-            if offset > 0 and offset >= total:
-                raise api_error(
-                    "invalid_range",
-                    details=f"An offset of {offset} was requested, but there are only "
-                            f"{total} rows.",
-                    headers={"Content-Range": f"*/{total}"})
+        with state.db.read() as conn:  # one snapshot for the page and its count
+            rows = conn.execute(statement.sql, plan.params(values)).fetchall()
+            total = conn.execute(plan.count.sql, plan.count.params).fetchall()[0][0]
+        if offset > 0 and offset >= total:
+            raise api_error(
+                "invalid_range",
+                details=f"An offset of {offset} was requested, but there are only "
+                        f"{total} rows.",
+                headers={"Content-Range": f"*/{total}"})
     returned = len(rows)
     status = 200
     if total is not None and (offset > 0 or offset + returned < total):
@@ -219,7 +236,7 @@ def _read(state, environ, table, prefs, head: bool) -> ApiResponse:
     applied = prefs.applied("HEAD" if head else "GET") if prefs.given else None
     if applied:
         response_headers.append(("Preference-Applied", applied))
-    body = render(media, output, rows)  # also checks singular on HEAD
+    body = render(media, plan.output, rows)  # also checks singular on HEAD
     if head:
         body = b""
     return ApiResponse(body, status, response_headers, CONTENT_TYPES[media])
