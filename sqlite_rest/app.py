@@ -46,7 +46,8 @@ def create_app(config: ServerConfig, *, metrics_registry=None) -> Flask:
     state = AppState(
         config=config,
         db=db,
-        schema_cache=SchemaCache(),
+        schema_cache=SchemaCache(on_reload=_warn_when_allowed_tables_go_missing(
+            frozenset(config.allow_tables))),
         authenticator=authenticator,
         allowed_tables=frozenset(config.allow_tables),
     )
@@ -72,6 +73,22 @@ def create_app(config: ServerConfig, *, metrics_registry=None) -> Flask:
     app.extensions["sqlite_rest.metrics"] = metrics
     logs.instrument(app)
     return app
+
+
+def _warn_when_allowed_tables_go_missing(allowed: frozenset):
+    """A schema change that removes an allow-listed table is logged (the start-up check is
+    the supervisor's: cli._warn_about_unknown_tables); a first load is not, so N workers do
+    not repeat the start-up warning."""
+    from .api.schema import missing_tables
+
+    def on_reload(previous, schema) -> None:
+        if previous is None:
+            return
+        gone = sorted(set(missing_tables(schema, allowed)) - set(missing_tables(previous, allowed)))
+        if gone:
+            log.warning("--security-allow-table names tables the schema no longer has: %s "
+                        "(they answer 404 until they exist again)", ", ".join(gone))
+    return on_reload
 
 
 def _json(payload, status: int = 200) -> Response:

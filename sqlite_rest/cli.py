@@ -139,7 +139,8 @@ SERVE_FLAGS = (
          "of --auth-token-file / --auth-rsa-public-key is required otherwise.",
          default=False, boolean=True),
     Flag("security-allow-table", "Table or view to expose; repeatable and comma-separated. "
-         "Deny by default: without it no table is served.", default=(), kind=_tables,
+         "Deny by default: without it no table is served. A name the database lacks is "
+         "warned about.", default=(), kind=_tables,
          repeatable=True, metavar="TABLES"),
     Flag("metrics-addr", "Prometheus /metrics plus /live, /ready, /status listen address; "
          "'' disables.", default=":8081", metavar="ADDR"),
@@ -446,6 +447,8 @@ def _serve(common: dict, flags: dict) -> int:
                         "write every allow-listed table. Never expose this server beyond localhost.")
         if not config.allow_tables:
             log.warning("no --security-allow-table given: every table is denied (deny by default)")
+        # Last before the HTTP server starts: after a restore, the database is there to look at.
+        supervisor.before_http_start.append(lambda: _warn_about_unknown_tables(config))
         return supervisor.run()
     except StartupError as exc:
         return _fail(str(exc), exc.hint)
@@ -482,6 +485,26 @@ def _check_database(config, create: bool = True) -> None:
             conn.close()
     except apsw.Error as exc:
         raise StartupError(f"--db-dsn: cannot open database {path}: {exc}") from None
+
+
+def _warn_about_unknown_tables(config) -> None:
+    """An allow-list entry that names no table or view is most likely a typo: say so once."""
+    import apsw
+
+    from .api.schema import load_schema, missing_tables
+
+    if not config.allow_tables or not os.path.exists(config.dsn.path):
+        return
+    conn = apsw.Connection(config.dsn.path, flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        missing = missing_tables(load_schema(conn), config.allow_tables)
+    except apsw.Error:
+        return  # the workers report an unreadable database
+    finally:
+        conn.close()
+    if missing:
+        log.warning("--security-allow-table names tables the database does not have: %s (they "
+                    "answer 404 until they exist)", ", ".join(missing))
 
 
 def _check_auth_keys(config) -> None:

@@ -221,6 +221,21 @@ def test_a_banner_says_where_it_serves_and_auth_warns_once(serve, db):
     assert logs.count("AUTHENTICATION IS DISABLED") == 1
 
 
+def test_an_allow_list_entry_naming_no_table_is_warned_about(serve, db):
+    """#10: accepted silently before. Warned once at start, and when a schema change makes an
+    allow-listed table go away."""
+    srv = serve(db, "--security-allow-table", "items,itmes")
+    wait_for(lambda: "serving http://" in srv.logs(), timeout=30)
+    logs = srv.logs()
+    assert logs.count("names tables the database does not have: itmes") == 1
+    conn = apsw.Connection(str(db))
+    conn.execute("DROP TABLE items")
+    conn.close()
+    for _ in range(4):  # every worker notices the change on its next request
+        httpx.get(srv.base_url + "/items")
+    wait_for(lambda: "schema no longer has: items" in srv.logs(), timeout=10)
+
+
 def test_busy_port_is_a_one_line_error(db):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Callable
 
 import apsw
 
@@ -95,6 +96,11 @@ class Schema:
         return self.tables.get(name)
 
 
+def missing_tables(schema: Schema, names) -> list[str]:
+    """The names (e.g. of --security-allow-table) that name no table or view of `schema`."""
+    return sorted(name for name in names if schema.table(name) is None)
+
+
 def is_exposable(name: str) -> bool:
     return not name.lower().startswith("sqlite_") and name not in INTERNAL_TABLES
 
@@ -163,9 +169,11 @@ class SchemaCache:
     connection to the same database may be passed: the version is per file.
     """
 
-    def __init__(self):
+    def __init__(self, on_reload: Callable[[Schema | None, Schema], None] | None = None):
         self._schema: Schema | None = None
         self._lock = threading.Lock()
+        #: Called with (previous schema or None, new schema) after every (re)load.
+        self.on_reload = on_reload
 
     def get(self, conn: apsw.Connection) -> Schema:
         version = conn.execute("PRAGMA schema_version").get  # one row, one column
@@ -175,8 +183,10 @@ class SchemaCache:
         with self._lock:
             schema = self._schema
             if schema is None or schema.version != version:
-                schema = load_schema(conn)
+                previous, schema = schema, load_schema(conn)
                 self._schema = schema
+                if self.on_reload is not None:
+                    self.on_reload(previous, schema)
             return schema
 
     def invalidate(self) -> None:
