@@ -76,8 +76,11 @@ def test_fuzzed_command_lines_never_show_a_traceback(tmp_path):
     rng = random.Random(10)
     (tmp_path / "a-dir").mkdir()
     (tmp_path / "a-file").write_text("not yaml: [")
+    (tmp_path / "broken-link").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "binary").write_bytes(bytes(range(256)) * 4)  # not UTF-8, not SQLite, not YAML
     paths = (tmp_path / "a-dir", tmp_path / "a-file", tmp_path / "missing.db",
-             tmp_path / "a-file" / "below-a-file.db")
+             tmp_path / "a-file" / "below-a-file.db", tmp_path / "broken-link",
+             tmp_path / "binary")
     with socket.socket() as busy:  # serve must never get as far as listening
         busy.bind(("127.0.0.1", 0))
         busy.listen()
