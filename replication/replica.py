@@ -52,8 +52,9 @@ LOCAL_POLL_INTERVAL = 0.05
 MAX_MERGE_FILES = 256
 MAX_MERGE_BYTES = 64 << 20
 
-#: Snapshots up to this size are built in memory, larger ones in a temp file.
-SPOOL_IN_MEMORY = 64 << 20
+#: Snapshots and compactions up to this size are built in memory, larger ones in a temp file
+#: (bounded memory whatever the database's size: the replicator's peak RSS, #12).
+SPOOL_IN_MEMORY = 4 << 20
 
 
 def _name(level: int, info) -> str:
@@ -251,15 +252,23 @@ class Replica:
                 continue
             if nxt is None:
                 break
-            if self.merge_backlog and nxt[0] == nxt[1] > 1:
-                nxt = self._merge_backlog(*nxt, limit=limit - uploaded)
-            min_txid, max_txid, data = nxt
-            ts = Header.unmarshal(data[:100], name=f"L0/{min_txid:016x}-{max_txid:016x}").timestamp
-            # Exclusive: a TXID already on the replica with other bytes means another writer
-            # (ConflictError, not retryable) — never overwrite or interleave its history.
-            if max_txid > min_txid:
-                self._check_no_overlap(min_txid, max_txid)
-            self.client.write_ltx_file(0, min_txid, max_txid, data, ts, exclusive=True)
+            min_txid, max_txid = nxt
+            # The file is streamed, not read whole: an L0 file of a bulk load is up to
+            # max-sync-wal-bytes (64 MB), and holding it in memory was most of our peak RSS.
+            with self.db.open_local_ltx(0, min_txid, max_txid) as source:
+                if self.merge_backlog and min_txid == max_txid > 1:
+                    min_txid, max_txid, source = self._merge_backlog(
+                        min_txid, source.read(), limit=limit - uploaded)
+                    ts = Header.unmarshal(source[:100]).timestamp
+                else:
+                    ts = Header.unmarshal(source.read(100), name=source.name).timestamp
+                    source.seek(0)
+                # Exclusive: a TXID already on the replica with other bytes means another
+                # writer (ConflictError, not retryable): never overwrite or interleave its
+                # history.
+                if max_txid > min_txid:
+                    self._check_no_overlap(min_txid, max_txid)
+                self.client.write_ltx_file(0, min_txid, max_txid, source, ts, exclusive=True)
             log.debug("uploaded L0/%016x-%016x, %d ms after it was written", min_txid,
                       max_txid, time.time() * 1000 - ts, extra={"db": self.db.path})
             pos = self._pos = max_txid
@@ -267,19 +276,18 @@ class Replica:
             self._set_health(replica_txid=pos)
         return uploaded
 
-    def _next_local(self, pos: int) -> tuple[int, int, bytes] | None:
-        """The local L0 file that starts at ``pos + 1`` as ``(min, max, bytes)``, or ``None``
-        when the replica has caught up with the DB.
+    def _next_local(self, pos: int) -> tuple[int, int] | None:
+        """The local L0 file that starts at ``pos + 1`` as ``(min, max)``, or ``None`` when
+        the replica has caught up with the DB.
 
-        L0 files hold one TXID each and appear by an atomic rename, so this is one open by
+        L0 files hold one TXID each and appear by an atomic rename, so this is one stat by
         name: no directory listing (the meta dir can hold thousands of files) and no DB lock
-        (which a sync or checkpoint may hold for a while) on the hot path.
+        (which a sync or checkpoint may hold for a while) on the hot path. (Retention removes
+        only uploaded files, so the file is still there when it is opened.)
         """
         txid = pos + 1
-        try:
-            return txid, txid, self._read_local(txid, txid)
-        except FileNotFoundError:
-            pass
+        if os.path.exists(self.db.ltx_path(0, txid, txid)):
+            return txid, txid
         local = self._local_txid()
         self._set_health(local_txid=local)
         if local <= pos:
@@ -287,7 +295,7 @@ class Replica:
             return None
         later = [f for f in self.db.local_ltx_files(0) if f.max_txid > pos]
         if later and later[0].min_txid == txid:
-            return txid, later[0].max_txid, self._read_local(txid, later[0].max_txid)
+            return txid, later[0].max_txid
         found = (f"the next local L0 file is {later[0].min_txid:016x}-{later[0].max_txid:016x}"
                  if later else "no local L0 file follows it")
         raise ChainError(
@@ -310,7 +318,7 @@ class Replica:
                     hint="run one replicator per replica path; stop the other server, or point "
                          "this one at its own path")
 
-    def _merge_backlog(self, txid: int, _max: int, data: bytes, *,
+    def _merge_backlog(self, txid: int, data: bytes, *,
                        limit: float) -> tuple[int, int, bytes]:
         """When more local L0 files follow ``txid``, merge the run into one L0 file.
 

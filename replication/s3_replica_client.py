@@ -482,14 +482,16 @@ class S3ReplicaClient(ReplicaClient):
                        exclusive: bool = False) -> FileInfo:
         key = self.key(level, min_txid, max_txid)
         if exclusive:
-            # A conditional create (If-None-Match: *) needs the bytes in hand to compare on a
-            # conflict; L0 files are small, so read a stream source into memory.
-            if not isinstance(data, (bytes, bytearray, memoryview)):
-                data = data.read()
-            if len(data) > self.part_size:
+            if not isinstance(data, (bytes, bytearray, memoryview)) and \
+                    _remaining(data) <= self.part_size:
+                data = data.read()  # one conditional PutObject, compared in memory on conflict
+            size = len(data) if isinstance(data, (bytes, bytearray, memoryview)) else \
+                _remaining(data)
+            if size > self.part_size:
                 # Multipart uploads take no precondition here: check, then write (a narrow
-                # race, still caught by the next upload's conditional create).
-                self._check_absent_or_same(key, bytes(data), level, min_txid, max_txid)
+                # race, still caught by the next upload's conditional create). A stream is
+                # compared chunk by chunk and then uploaded from where it started.
+                self._check_absent_or_same(key, data, level, min_txid, max_txid)
                 exclusive = False
         created = ms_to_datetime(timestamp_ms)
         extra = {"Metadata": {METADATA_TIMESTAMP: format_rfc3339_nano(created)}, **self._sse_args}
@@ -522,16 +524,30 @@ class S3ReplicaClient(ReplicaClient):
             moved[0] = size
         return FileInfo(level, min_txid, max_txid, size, created)
 
-    def _check_absent_or_same(self, key: str, data: bytes, level: int, min_txid: int,
+    def _check_absent_or_same(self, key: str, data, level: int, min_txid: int,
                               max_txid: int) -> None:
-        """Raise ConflictError if ``key`` exists with bytes other than ``data``."""
+        """Raise ConflictError if ``key`` exists with bytes other than ``data`` (bytes, or a
+        seekable stream, compared in chunks and left where it was)."""
         try:
-            existing = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"]
         except botocore.exceptions.ClientError as e:
             if e.response.get("Error", {}).get("Code") in _NOT_FOUND_CODES:
                 return
             raise
-        if existing != data:
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            same = body.read() == bytes(data)
+        else:
+            start = data.tell()
+            try:
+                same = True
+                while same:
+                    mine = data.read(_COMPARE_CHUNK)
+                    same = body.read(len(mine) or 1) == mine
+                    if not mine:
+                        break
+            finally:
+                data.seek(start)
+        if not same:
             raise ConflictError(
                 f"s3: L{level}/{ltx.format_filename(min_txid, max_txid)} already exists in "
                 f"{self._where()} with other content: another writer uses this replica path",
@@ -591,6 +607,18 @@ def _add_content_md5(request=None, **_):
         body = body.encode()
     if "Content-MD5" not in request.headers:
         request.headers["Content-MD5"] = base64.b64encode(hashlib.md5(body).digest()).decode()
+
+
+#: Bytes per read when comparing a local stream with an existing object.
+_COMPARE_CHUNK = 1 << 20
+
+
+def _remaining(stream) -> int:
+    """Bytes from a seekable stream's position to its end (the position is kept)."""
+    here = stream.tell()
+    end = stream.seek(0, io.SEEK_END)
+    stream.seek(here)
+    return end - here
 
 
 def _is_precondition_failure(e: botocore.exceptions.ClientError) -> bool:

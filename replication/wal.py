@@ -38,7 +38,7 @@ _HEADER = struct.Struct(">8I")
 _FRAME_HEADER = struct.Struct(">6I")
 
 # Largest read (bytes): keeps numpy's per-call overhead negligible and memory small.
-READ_CHUNK_BYTES = 4 << 20
+READ_CHUNK_BYTES = 1 << 20  # 4 MiB read no faster and cost ~8 MB more peak RSS (#12)
 # Frames in the first read of a call; later reads double up to READ_CHUNK_BYTES.
 FIRST_CHUNK_FRAMES = 32
 

@@ -42,6 +42,22 @@ def test_exclusive_write_refuses_other_bytes_and_keeps_the_original(client):
     assert [(f.min_txid, f.max_txid) for f in client.ltx_files(0)] == [(2, 2)]
 
 
+def test_a_large_file_is_streamed_and_still_exclusive(client):
+    """#12: uploads stream the local file instead of holding it in memory (an L0 file of a
+    bulk load is up to 64 MB). Past S3's part size that is a multipart upload, checked first."""
+    import io
+
+    size = getattr(client, "part_size", 0) + (1 << 20) or (6 << 20)
+    first, second = os.urandom(size), os.urandom(size)
+    source = io.BytesIO(first)
+    client.write_ltx_file(0, 4, 4, source, TS, exclusive=True)
+    assert read(client, 0, 4, 4) == first
+    client.write_ltx_file(0, 4, 4, io.BytesIO(first), TS, exclusive=True)  # our own retry
+    with pytest.raises(ConflictError):
+        client.write_ltx_file(0, 4, 4, io.BytesIO(second), TS, exclusive=True)
+    assert read(client, 0, 4, 4) == first
+
+
 def test_non_exclusive_write_still_replaces(client):
     client.write_ltx_file(1, 1, 5, b"old compaction", TS)
     client.write_ltx_file(1, 1, 5, b"new compaction", TS)
