@@ -221,13 +221,19 @@ def test_database_shrinks_and_grows_again(tmp_path):
         assert_restores(db, tmp_path, name="again.db")
 
 
-def test_wal_hook_wakes_monitor(tmp_path):
+def hooked(tmp_path):
+    """A synced DB whose monitor ticks only every 30 s, woken by its writer's WAL hook."""
     path = tmp_path / "db.sqlite"
     writer = open_writer(path)
     db = DB(path, SimpleNamespace(monitor_interval=30.0))
     db.open()
     db.install_wal_hook(writer)
     db.sync()
+    return db, writer
+
+
+def test_wal_hook_wakes_monitor(tmp_path):
+    db, writer = hooked(tmp_path)
     wrote = threading.Event()
     db.subscribe(wrote.set)
     with Monitor(db):
@@ -248,12 +254,7 @@ def test_sync_lag_counts_commits_no_sync_has_covered(tmp_path):
     sees L0 files already written). A sync held up (here: its lock held, as by a long
     checkpoint) lets the lag grow from the first commit it has not covered; the next sync
     takes it back to 0."""
-    path = tmp_path / "db.sqlite"
-    writer = open_writer(path)
-    db = DB(path, SimpleNamespace(monitor_interval=30.0))
-    db.open()
-    db.install_wal_hook(writer)
-    db.sync()
+    db, writer = hooked(tmp_path)
     with Monitor(db):
         time.sleep(0.2)
         assert db.sync_lag() == 0.0
