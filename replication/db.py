@@ -33,7 +33,7 @@ from .defaults import (DEFAULT_BUSY_TIMEOUT, DEFAULT_CHECKPOINT_INTERVAL, DEFAUL
                        DEFAULT_MIN_CHECKPOINT_PAGE_N, DEFAULT_MIN_SYNC_GAP,
                        DEFAULT_MONITOR_INTERVAL, DEFAULT_TRUNCATE_PAGE_N)
 from .errors import ReplicationError
-from .replica_client import FileInfo
+from .replica_client import FileInfo, read_whole_ltx_file
 from .position import PositionBoard, Segment
 from .sqlite_fds import open_kept
 from .wal import (WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, WALReader, WALSeedError,
@@ -966,8 +966,7 @@ class DB:
             files = list(source.ltx_files(level))
             if files:
                 newest = max(files, key=lambda f: f.max_txid)
-                with source.open_ltx_file(level, newest.min_txid, newest.max_txid) as f:
-                    return f.read()
+                return read_whole_ltx_file(source, newest)
         raise ReplicationError("replica has no L0 or snapshot file to continue from")
 
     # -- monitor -------------------------------------------------------------------------

@@ -56,3 +56,9 @@ DEFAULT_LOCK_WAIT = 5.0
 #: Seconds (ours) of replica lag (oldest write not yet on the replica) above which a server
 #: is not ready. Measured under a full-speed POST flood: p99 0.11 s (file), 0.19 s (S3).
 DEFAULT_READY_MAX_LAG = 5.0
+
+#: Reads of one whole replica file that came back short, before it counts as truncated, and
+#: the pause before the first re-read (seconds, doubled each time). A GET from an S3 store came
+#: back short once in CI (SeaweedFS, under the crash torture) and failed a server's start.
+SHORT_READ_ATTEMPTS = 4
+SHORT_READ_BACKOFF = 0.2

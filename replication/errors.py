@@ -22,6 +22,11 @@ class LTXError(ReplicationError):
     """An LTX file is malformed, truncated or fails its checksum; the message names the file."""
 
 
+class TruncatedLTXError(LTXError):
+    """An LTX file ended early: the file is short, or the read of it was (whole-file readers
+    compare with the listed size and read again; design/ltx-and-restore.md)."""
+
+
 class TxNotAvailableError(ReplicationError):
     """No restore plan reaches the requested position ("no matching backup files available")."""
 

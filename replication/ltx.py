@@ -13,6 +13,7 @@ memory does not grow with the file. Every error is an :class:`LTXError` naming t
 """
 from __future__ import annotations
 
+import io
 import re
 import struct
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import lz4.block
 import lz4.frame
 from fastcrc import crc64 as _fastcrc64
 
-from replication.errors import LTXError
+from replication.errors import LTXError, TruncatedLTXError
 
 MAGIC = b"LTX1"
 HEADER_SIZE = 100
@@ -127,8 +128,9 @@ class Header:
     @classmethod
     def unmarshal(cls, b: bytes, name: str = "") -> "Header":
         if len(b) < HEADER_SIZE:
-            raise LTXError(f"{_label(name)}: truncated header ({len(b)} of {HEADER_SIZE} bytes)",
-                           hint="the file is incomplete; it was cut short in transit or on disk")
+            raise TruncatedLTXError(
+                f"{_label(name)}: truncated header ({len(b)} of {HEADER_SIZE} bytes)",
+                hint="the file is incomplete; it was cut short in transit or on disk")
         (magic, flags, page_size, commit, min_txid, max_txid, timestamp, pre, wal_offset,
          wal_size, salt1, salt2, node_id) = _HEADER.unpack_from(b, 0)
         if magic != MAGIC:
@@ -205,7 +207,7 @@ def decode_page_index(tail, name: str = "") -> dict[int, tuple[int, int]]:
     """
     tail = memoryview(tail)
     if len(tail) < TRAILER_SIZE + 8:
-        raise LTXError(f"{_label(name)}: too short for a page index")
+        raise TruncatedLTXError(f"{_label(name)}: too short for a page index")
     (index_len,) = _U64.unpack_from(tail, len(tail) - TRAILER_SIZE - 8)
     start = len(tail) - TRAILER_SIZE - 8 - index_len
     if index_len < 1 or start < 0:
@@ -232,7 +234,7 @@ def decode_page_frame(buf, page_size: int, name: str = "") -> tuple[int, bytes]:
     """Decode one page frame (header + payload, either encoding) read by its index entry."""
     buf = memoryview(buf)
     if len(buf) < PAGE_HEADER_SIZE:
-        raise LTXError(f"{_label(name)}: truncated page frame")
+        raise TruncatedLTXError(f"{_label(name)}: truncated page frame")
     pgno, flags = _PAGE_HEADER.unpack_from(buf, 0)
     if pgno == 0:
         raise LTXError(f"{_label(name)}: page frame has page number zero")
@@ -240,15 +242,15 @@ def decode_page_frame(buf, page_size: int, name: str = "") -> tuple[int, bytes]:
         raise LTXError(f"{_label(name)}: page {pgno}: invalid page flags 0x{flags:04x}")
     if flags & PAGE_FLAG_SIZE:
         if len(buf) < PAGE_HEADER_SIZE + SIZE_PREFIX_SIZE:
-            raise LTXError(f"{_label(name)}: page {pgno}: truncated size prefix")
+            raise TruncatedLTXError(f"{_label(name)}: page {pgno}: truncated size prefix")
         (size,) = struct.unpack_from(">I", buf, PAGE_HEADER_SIZE)
         payload = buf[PAGE_HEADER_SIZE + SIZE_PREFIX_SIZE:PAGE_HEADER_SIZE + SIZE_PREFIX_SIZE + size]
         if len(payload) != size:
-            raise LTXError(f"{_label(name)}: page {pgno}: truncated block")
+            raise TruncatedLTXError(f"{_label(name)}: page {pgno}: truncated block")
         return pgno, _decompress_block(payload, page_size, pgno, name)
     frame_len, data = _decode_lz4_frame(buf, PAGE_HEADER_SIZE, page_size, pgno, name)
     if frame_len is None:
-        raise LTXError(f"{_label(name)}: page {pgno}: truncated LZ4 frame")
+        raise TruncatedLTXError(f"{_label(name)}: page {pgno}: truncated LZ4 frame")
     return pgno, data
 
 
@@ -495,8 +497,7 @@ class Decoder:
 
     def _take(self, n: int, what: str) -> bytes:
         if not self._fill(n):
-            raise LTXError(f"{_label(self.name)}: unexpected end of file reading {what}",
-                           hint="the file is truncated; it was cut short in transit or on disk")
+            raise self._truncated(what)
         b = self._buf[self._pos:self._pos + n]
         self._pos += n
         return b
@@ -514,8 +515,9 @@ class Decoder:
         return rest
 
     def _truncated(self, what: str):
-        return LTXError(f"{_label(self.name)}: unexpected end of file reading {what}",
-                        hint="the file is truncated; it was cut short in transit or on disk")
+        return TruncatedLTXError(
+            f"{_label(self.name)}: unexpected end of file reading {what}",
+            hint="the file is truncated; it was cut short in transit or on disk")
 
     def pages(self) -> Iterator[tuple[int, bytes]]:
         """Yield ``(pgno, page bytes)`` in file order, decoding either encoding per frame."""
@@ -668,8 +670,9 @@ class Decoder:
             chunk = b""
         where = _label(self.name)
         if len(hold) < 24:
-            raise LTXError(f"{where}: unexpected end of file reading page index/trailer",
-                           hint="the file is truncated; it was cut short in transit or on disk")
+            raise TruncatedLTXError(
+                f"{where}: unexpected end of file reading page index/trailer",
+                hint="the file is truncated; it was cut short in transit or on disk")
         index_len, post, file_checksum = struct.unpack(">QQQ", hold)
         if index_len + 24 != total:
             raise LTXError(f"{where}: page index length {index_len} does not match the "
@@ -690,6 +693,14 @@ class Decoder:
                            f"{self._db_checksum:016x}, trailer says {post:016x})")
         self._trailer = Trailer(post, file_checksum)
         return self._trailer
+
+
+def verify(data: bytes, name: str = "") -> Trailer:
+    """Decode a whole LTX file held in memory, checking every page and both checksums."""
+    dec = Decoder(io.BytesIO(data), name=name)
+    for _ in dec.pages():
+        pass
+    return dec.close()
 
 
 def db_checksum(pages) -> int:

@@ -41,6 +41,7 @@ from .defaults import (DEFAULT_LOCK_WAIT, DEFAULT_PRIMARY_MIN_SYNC_GAP,
 from .errors import ConfigError, ReplicationError, TxNotAvailableError
 from .notify import COMMIT_SOCKET_ENV, CommitListener, CommitSignal, CommitWaiter
 from .position import POSITION_BOARD_ENV, CommitPositions, PositionBoard
+from .replica_client import read_whole_ltx_file
 
 log = logging.getLogger(__name__)
 
@@ -426,14 +427,14 @@ class Primary:
 
     def _compare_common_l0(self, local) -> None:
         """The newest L0 file both sides hold must be byte-identical (it is the same upload)."""
-        remote = {(i.min_txid, i.max_txid) for i in self.client.ltx_files(0)}
+        remote = {(i.min_txid, i.max_txid): i for i in self.client.ltx_files(0)}
         for min_txid, max_txid, path in reversed(local):
-            if (min_txid, max_txid) not in remote:
+            info = remote.get((min_txid, max_txid))
+            if info is None:
                 continue
             with open(path, "rb") as f:
                 mine = f.read()
-            with self.client.open_ltx_file(0, min_txid, max_txid) as f:
-                theirs = f.read()
+            theirs = read_whole_ltx_file(self.client, info)
             if mine != theirs:
                 raise DivergedError(
                     f"the replica's L0 file {min_txid:016x}-{max_txid:016x} differs from the "

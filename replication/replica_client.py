@@ -312,6 +312,34 @@ def client_from_config(replica_config: "ReplicaConfig") -> ReplicaClient:
     return client_class(kind).from_config(replica_config)
 
 
+# --- whole-file reads ----------------------------------------------------------------------
+
+def read_whole_ltx_file(client: ReplicaClient, info: FileInfo) -> bytes:
+    """One replica file's bytes, checked before they are used: as long as the listing says,
+    and a whole LTX file (decoded, checksummed).
+
+    A read shorter than the listing is read again (``SHORT_READ_ATTEMPTS``): a store can
+    answer a GET with a cut body, and comparing or copying it as it came would call a good
+    replica diverged or plant a truncated file in the meta dir. A file as long as its listing
+    that does not decode is damaged: that fails at once.
+    """
+    from .defaults import SHORT_READ_ATTEMPTS, SHORT_READ_BACKOFF
+
+    name = f"L{info.level}/{info.filename}"
+    for attempt in range(1, SHORT_READ_ATTEMPTS + 1):
+        try:
+            data = _read_all(client.open_ltx_file(info.level, info.min_txid, info.max_txid))
+        except ReplicaClientError:
+            if attempt == SHORT_READ_ATTEMPTS:
+                raise
+        else:
+            if len(data) >= info.size or attempt == SHORT_READ_ATTEMPTS:
+                ltx.verify(data, name)
+                return data
+        time.sleep(SHORT_READ_BACKOFF * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
 # --- page-level reads (§2.7, used by the VFS-style readers) ----------------------------------
 
 def _read_all(f: BinaryIO) -> bytes:

@@ -12,14 +12,18 @@ A bitmap of written pages proves the result is complete before it is renamed int
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Iterator
 
-from replication.errors import LTXError, ReplicationError, TxNotAvailableError
+from replication.defaults import SHORT_READ_ATTEMPTS, SHORT_READ_BACKOFF
+from replication.errors import LTXError, ReplicaClientError, ReplicationError, TxNotAvailableError
 from replication.ltx import Decoder, format_filename, lock_pgno
+
+log = logging.getLogger(__name__)
 
 SNAPSHOT_LEVEL = 9
 MAX_COMPACTION_LEVEL = SNAPSHOT_LEVEL - 1
@@ -279,33 +283,32 @@ def _write_database(client, plan: list, path: str, progress: ProgressFn | None) 
     try:
         for info in plan:
             name = _file_label(info)
-            f = client.open_ltx_file(info.level, info.min_txid, info.max_txid)
-            try:
-                dec = Decoder(f, name=name)
-                h = dec.header
-                if (h.min_txid, h.max_txid) != (info.min_txid, info.max_txid):
-                    raise LTXError(f"ltx file {name}: header TXID range "
-                                   f"{format_filename(h.min_txid, h.max_txid)} does not match "
-                                   f"its name")
-                if prev is None:
-                    if not h.is_snapshot:
-                        raise LTXError(
-                            f"ltx file {name}: cannot restore from a non-snapshot: the chain "
-                            f"starts at TXID {h.min_txid:016x}, not 1",
-                            hint="the replica has no snapshot (level 9) or TXID-1 file")
-                    page_size = h.page_size
-                elif h.page_size != page_size:
-                    raise LTXError(f"ltx file {name}: page size {h.page_size} differs from "
-                                   f"{page_size} in the rest of the chain")
-                elif h.min_txid > prev.max_txid + 1 or h.max_txid <= prev.max_txid:
-                    raise LTXError(f"non-contiguous ltx files: {_file_label(prev_info)} then "
-                                   f"{name}")
-                report = (lambda d=dec, base=done: progress(base + d.bytes_read, total)) \
-                    if progress else None
-                written = _apply_pages(fd, dec, page_size, written, report)
-                dec.close()
-            finally:
-                f.close()
+            for attempt in range(1, SHORT_READ_ATTEMPTS + 1):
+                f = _Counted(client.open_ltx_file(info.level, info.min_txid, info.max_txid))
+                try:
+                    dec = Decoder(f, name=name)
+                    h = dec.header
+                    _check_link(h, info, name, prev, prev_info, page_size)
+                    page_size = page_size or h.page_size
+                    report = (lambda d=dec, base=done: progress(base + d.bytes_read, total)) \
+                        if progress else None
+                    written = _apply_pages(fd, dec, page_size, written, report)
+                    dec.close()
+                    break
+                except (LTXError, ReplicaClientError) as exc:
+                    # Read again only what came short of the listing (a store's cut body, or
+                    # a broken transfer): the pages already written came from the file's own
+                    # prefix, and the re-read writes them again. A file as long as its listing
+                    # that does not decode is damaged: that fails at once.
+                    short = isinstance(exc, ReplicaClientError) or f.ended_short_of(info.size)
+                    if not short or attempt == SHORT_READ_ATTEMPTS:
+                        raise
+                    log.warning("%s (%d of its %d bytes came); reading it again (attempt %d "
+                                "of %d)", exc, f.count, info.size, attempt + 1,
+                                SHORT_READ_ATTEMPTS)
+                    time.sleep(SHORT_READ_BACKOFF * 2 ** (attempt - 1))
+                finally:
+                    f.close()
             prev, prev_info = h, info
             commit = h.commit
             done += info.size
@@ -331,6 +334,46 @@ def _write_database(client, plan: list, path: str, progress: ProgressFn | None) 
     finally:
         os.close(fd)
     return page_size, commit
+
+
+class _Counted:
+    """A replica file's stream that remembers how many bytes came before it ended."""
+
+    __slots__ = ("_f", "count", "ended")
+
+    def __init__(self, f):
+        self._f, self.count, self.ended = f, 0, False
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self.count += len(data)
+        self.ended = self.ended or not data
+        return data
+
+    def ended_short_of(self, size: int) -> bool:
+        return self.ended and self.count < size
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _check_link(h, info, name: str, prev, prev_info, page_size: int) -> None:
+    """The file's header continues the chain: its name's TXIDs, a snapshot first, then one
+    page size and contiguous TXIDs."""
+    if (h.min_txid, h.max_txid) != (info.min_txid, info.max_txid):
+        raise LTXError(f"ltx file {name}: header TXID range "
+                       f"{format_filename(h.min_txid, h.max_txid)} does not match its name")
+    if prev is None:
+        if not h.is_snapshot:
+            raise LTXError(
+                f"ltx file {name}: cannot restore from a non-snapshot: the chain "
+                f"starts at TXID {h.min_txid:016x}, not 1",
+                hint="the replica has no snapshot (level 9) or TXID-1 file")
+    elif h.page_size != page_size:
+        raise LTXError(f"ltx file {name}: page size {h.page_size} differs from "
+                       f"{page_size} in the rest of the chain")
+    elif h.min_txid > prev.max_txid + 1 or h.max_txid <= prev.max_txid:
+        raise LTXError(f"non-contiguous ltx files: {_file_label(prev_info)} then {name}")
 
 
 def _apply_pages(fd: int, dec: Decoder, page_size: int, written: bytearray,

@@ -227,6 +227,31 @@ class _CountingReader:
         return data
 
 
+class _Body:
+    """A GET's body whose transfer errors are ReplicaClientError, as every other failure of
+    this client is (a reader of a whole file may then read it again)."""
+
+    def __init__(self, body, where: str):
+        self._body = body
+        self._where = where
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._body.read() if n is None or n < 0 else self._body.read(n)
+        except (botocore.exceptions.BotoCoreError, OSError) as e:
+            raise ReplicaClientError(f"s3: reading {self._where}: {e}",
+                                     hint="the transfer broke off; it is read again") from e
+
+    def close(self) -> None:
+        self._body.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 @register_client("s3")
 class S3ReplicaClient(ReplicaClient):
     type = "s3"
@@ -475,7 +500,7 @@ class S3ReplicaClient(ReplicaClient):
             except Exception as e:
                 raise self._error(e, f"open L{level}/{ltx.format_filename(min_txid, max_txid)}") from e
             moved[0] = out.get("ContentLength") or 0
-            return out["Body"]
+            return _Body(out["Body"], f"L{level}/{ltx.format_filename(min_txid, max_txid)}")
 
     def write_ltx_file(self, level: int, min_txid: int, max_txid: int,
                        data: bytes | BinaryIO, timestamp_ms: int, *,

@@ -569,3 +569,17 @@ def test_s3_silent_server_times_out_naming_the_endpoint():
         with pytest.raises(UnreachableError, match=f"127.0.0.1:{port}"):
             c.open_ltx_file(0, 1, 1)
         assert time.monotonic() - started < 6
+
+
+def test_a_broken_s3_transfer_is_a_replica_client_error():
+    """A GET body that ends before its Content-Length (botocore's IncompleteReadError) reaches
+    readers as ReplicaClientError, which whole-file readers read again."""
+    from botocore.response import StreamingBody
+
+    from replication.s3_replica_client import _Body
+
+    body = _Body(StreamingBody(io.BytesIO(b"abc"), 10), "L0/0000000000000001-0000000000000001.ltx")
+    assert body.read(2) == b"ab" and body.read(5) == b"c"
+    with pytest.raises(ReplicaClientError, match=r"reading L0/0+1-0+1\.ltx.*\b3\b.*\b10\b"):
+        body.read(5)
+    body.close()

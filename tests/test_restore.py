@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -16,8 +17,10 @@ import pytest
 
 from replication import ltx
 from replication.compactor import compact
-from replication.errors import LTXError, ReplicationError, TxNotAvailableError
+from replication.defaults import SHORT_READ_ATTEMPTS
+from replication.errors import LTXError, ReplicationError, TruncatedLTXError, TxNotAvailableError
 from replication.file_replica_client import FileReplicaClient
+from replication.replica_client import read_whole_ltx_file
 from replication.restore import calc_restore_plan, restore
 
 from tests.plugins.litestream import FIXTURE_0517 as FIXTURE
@@ -437,3 +440,87 @@ def test_progress_reports_reach_the_total(fixture_replica, tmp_path):
     restore(FileReplicaClient(str(fixture_replica)), str(tmp_path / "o.db"), txid=0x0c,
             progress=lambda done, total: seen.append((done, total)))
     assert seen and seen[-1][0] == seen[-1][1] and all(a <= b for a, b in seen)
+
+
+# --- short reads: a store's cut body is read again, a short file still fails ---------------
+
+class ShortReads(FileReplicaClient):
+    """Cuts the first ``cuts`` whole-file reads of one file to ``keep`` bytes (what a GET
+    answered with a cut body looks like to the reader)."""
+
+    def __init__(self, root: str, victim: tuple[int, int, int], keep: int, cuts: int):
+        super().__init__(root)
+        self.victim, self.keep, self.cuts, self.reads = victim, keep, cuts, 0
+
+    def open_ltx_file(self, level, min_txid, max_txid, offset=0, size=0):
+        f = super().open_ltx_file(level, min_txid, max_txid, offset, size)
+        if (level, min_txid, max_txid) != self.victim or offset or size:
+            return f
+        self.reads += 1
+        if self.reads > self.cuts:
+            return f
+        with f:
+            return io.BytesIO(f.read()[:self.keep])
+
+
+@pytest.fixture
+def instant_rereads(monkeypatch):
+    import replication.replica_client
+    import replication.restore
+    for module in (replication.restore, replication.replica_client):
+        monkeypatch.setattr(module, "SHORT_READ_BACKOFF", 0.0, raising=False)
+    import replication.defaults
+    monkeypatch.setattr(replication.defaults, "SHORT_READ_BACKOFF", 0.0)
+
+
+@pytest.mark.parametrize("keep", [0, 60, 4000])  # empty, inside the header, inside the pages
+def test_a_short_read_is_read_again(fixture_replica, tmp_path, keep, instant_rereads, caplog):
+    plan = calc_restore_plan(FileReplicaClient(str(fixture_replica)))
+    victim = max(plan, key=lambda info: info.size)
+    client = ShortReads(str(fixture_replica), (victim.level, victim.min_txid, victim.max_txid),
+                        keep, cuts=SHORT_READ_ATTEMPTS - 1)
+    restore(client, str(tmp_path / "o.db"))
+    assert sha256(tmp_path / "o.db") == EXPECTED["restore_latest"]["file_sha256"]
+    assert client.reads == SHORT_READ_ATTEMPTS
+    assert "reading it again" in caplog.text
+
+
+def test_a_file_short_on_every_read_fails_the_restore(fixture_replica, tmp_path,
+                                                     instant_rereads):
+    plan = calc_restore_plan(FileReplicaClient(str(fixture_replica)))
+    victim = plan[-1]
+    client = ShortReads(str(fixture_replica), (victim.level, victim.min_txid, victim.max_txid),
+                        victim.size // 2, cuts=10**6)
+    out = tmp_path / "o.db"
+    with pytest.raises(TruncatedLTXError, match="unexpected end of file"):
+        restore(client, str(out))
+    assert client.reads == SHORT_READ_ATTEMPTS
+    assert leftovers(out) == []
+
+
+def test_a_whole_file_read_is_checked_and_read_again(fixture_replica, instant_rereads):
+    info = calc_restore_plan(FileReplicaClient(str(fixture_replica)))[-1]
+    key = (info.level, info.min_txid, info.max_txid)
+    expected = FileReplicaClient(str(fixture_replica)).open_ltx_file(*key).read()
+    client = ShortReads(str(fixture_replica), key, 30, cuts=2)
+    assert read_whole_ltx_file(client, info) == expected and client.reads == 3
+    never = ShortReads(str(fixture_replica), key, len(expected) - 1, cuts=10**6)
+    with pytest.raises(LTXError, match="page index"):
+        read_whole_ltx_file(never, info)
+    assert never.reads == SHORT_READ_ATTEMPTS
+
+
+def test_a_damaged_file_as_long_as_its_listing_fails_at_once(tmp_path, workload_states,
+                                                              instant_rereads):
+    client = write_our_replica(tmp_path / "replica", workload_states, extra_levels=False)
+    victim = tmp_path / "replica" / "ltx" / "0" / ltx.format_filename(3, 3)
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0x01
+    victim.write_bytes(bytes(data))
+    counting = ShortReads(str(tmp_path / "replica"), (0, 3, 3), len(data), cuts=0)
+    with pytest.raises(LTXError, match="checksum mismatch"):
+        restore(counting, str(tmp_path / "out.db"))
+    info = next(i for i in counting.ltx_files(0) if i.min_txid == 3)
+    with pytest.raises(LTXError, match="checksum mismatch"):
+        read_whole_ltx_file(counting, info)
+    assert counting.reads == 2  # once each: never read again
