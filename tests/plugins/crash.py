@@ -171,7 +171,12 @@ class Torture:
             if lost_db:
                 remove_db_files(self.db)
             started = time.monotonic()
-            self.server = self._start()
+            try:
+                self.server = self._start()
+            except RuntimeError as exc:
+                raise RuntimeError(f"trial {number} ({target}, lost db: {lost_db}): {exc}\n"
+                                   f"the replica's newest files:\n{self.replica.describe()}"
+                                   ) from None
             restart_s = time.monotonic() - started
             time.sleep(self.rng.uniform(0.2, 0.5))
         finally:

@@ -141,6 +141,27 @@ class Replica:
                 out.append((int(m.group(1), 16), int(m.group(2), 16)))
         return sorted(out)
 
+    def describe(self, last: int = 4) -> str:
+        """The newest files of each level, with their listed size and the bytes a read gets
+        (for the message of a failed restart)."""
+        lines = []
+        for level in (0, 1, 2, 3, 9):
+            for low, high in self.spans(level)[-last:]:
+                name = f"{low:016x}-{high:016x}.ltx"
+                if self.root is not None:
+                    path = self.root / "ltx" / str(level) / name
+                    listed, got = path.stat().st_size, len(path.read_bytes())
+                else:
+                    client = self.s3.client()
+                    try:
+                        key = f"{self.prefix}/{level:04x}/{name}"
+                        listed = client.head_object(Bucket=self.bucket, Key=key)["ContentLength"]
+                        got = len(client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+                    finally:
+                        client.close()
+                lines.append(f"L{level}/{name}: listed {listed} B, read {got} B")
+        return "\n".join(lines)
+
     def max_txid(self) -> int:
         return max((mx for level in (0, 1, 2, 3, 9) for _, mx in self.spans(level)), default=0)
 
