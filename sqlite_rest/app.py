@@ -64,14 +64,15 @@ def create_app(config: ServerConfig, *, metrics_registry=None) -> Flask:
     app.register_error_handler(Exception, _handle_exception)
     from prometheus_client import CollectorRegistry
 
-    from .observability import logs
+    from .observability.logs import RequestLog
     from .observability.metrics import RequestMetrics
+    from .observability.middleware import RequestObserver
 
     metrics = RequestMetrics(metrics_registry if metrics_registry is not None
                              else CollectorRegistry())
-    metrics.instrument(app)
+    metrics.connect_signals(app)
     app.extensions["sqlite_rest.metrics"] = metrics
-    logs.instrument(app)
+    app.wsgi_app = RequestObserver(app.wsgi_app, metrics=metrics, request_log=RequestLog())
     return app
 
 

@@ -436,6 +436,19 @@ def test_worker_given_drain_and_sigterm_together_stops(serve, db):
     assert time.monotonic() - started < 10, srv.logs()
 
 
+def test_a_draining_worker_asks_clients_to_close(serve, db):
+    srv = serve(db, "--security-allow-table", "items", "--workers", "2")
+    assert wait_for(lambda: len(srv.worker_pids()) == 2)
+    before = httpx.get(srv.base_url + "/items?limit=1")
+    assert before.status_code == 200 and before.headers.get("connection") != "close"
+    for pid in srv.worker_pids():
+        os.kill(pid, DRAIN_SIGNAL)
+    time.sleep(0.5)
+    for _ in range(4):  # whichever worker answers
+        r = httpx.get(srv.base_url + "/items?limit=1")
+        assert r.status_code == 200 and r.headers["connection"] == "close", r.headers
+
+
 _RELAY_CHILD = """
 import signal, threading, sys
 from sqlite_rest.process.http_server import relay_signals_from_any_thread

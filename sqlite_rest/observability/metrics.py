@@ -20,10 +20,9 @@ import time, so importing this module in the parent does not register worker met
 """
 from __future__ import annotations
 
-import time
 from typing import Iterable, Optional
 
-from flask import Flask, g, request
+from flask import Flask
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -94,31 +93,23 @@ class RequestMetrics:
         elif error_code in ACCESS_CHECK_FAILED_CODES:
             self.access_check_failed.inc()
 
-    def instrument(self, app: Flask) -> None:
-        """Record every table request of `app` (cheap before/after_request hooks), and the
-        auth failures / access check failures auth.py signals (a table outside the allow-list
-        answers 404 like a missing one, so the status code alone cannot tell)."""
+    def record(self, method: str, path: str, status: int, duration_ms: float) -> None:
+        """One finished request, as the WSGI middleware (observability/middleware.py) saw it:
+        only table requests count, as in the Go server."""
+        operation = OPERATIONS.get(method)
+        if operation is None or path in _SKIP_PATHS:
+            return
+        target = UNKNOWN_TARGET if status == 404 else path.strip("/").split("/", 1)[0]
+        self.observe(target, operation, status, duration_ms)
+
+    def connect_signals(self, app: Flask) -> None:
+        """Count the auth failures and failed access checks auth.py signals (a table outside
+        the allow-list answers 404 like a missing one, so the status code alone cannot tell)."""
         from ..auth.authenticator import access_denied, auth_failed
 
         auth_failed.connect(lambda sender, **kw: self.auth_failed.inc(), sender=app, weak=False)
         access_denied.connect(lambda sender, **kw: self.access_check_failed.inc(), sender=app,
                               weak=False)
-
-        @app.before_request
-        def _start_timer():
-            g._sqlite_rest_t0 = time.perf_counter()
-
-        @app.after_request
-        def _record(response):
-            t0 = g.get("_sqlite_rest_t0")
-            path = request.path
-            operation = OPERATIONS.get(request.method)
-            if t0 is None or operation is None or path in _SKIP_PATHS:
-                return response
-            status = response.status_code
-            target = UNKNOWN_TARGET if status == 404 else path.strip("/").split("/", 1)[0]
-            self.observe(target, operation, status, (time.perf_counter() - t0) * 1000.0)
-            return response
 
 
 def replication_position_counter(registry: Optional[CollectorRegistry] = REGISTRY):

@@ -129,12 +129,18 @@ def _install_drain(app) -> None:
     the worker announces itself ready, so the supervisor never signals a worker without it."""
     draining = threading.Event()
     signal.signal(DRAIN_SIGNAL, lambda signum, frame: draining.set())
+    inner = app.wsgi_app
 
-    @app.after_request
-    def _connection_close_while_draining(response):
-        if draining.is_set():
-            response.headers["Connection"] = "close"
-        return response
+    def connection_close_while_draining(environ, start_response):
+        if not draining.is_set():
+            return inner(environ, start_response)
+
+        def closing(status, headers, exc_info=None):
+            return start_response(status, [*headers, ("Connection", "close")], exc_info)
+        return inner(environ, closing)
+
+    # A WSGI wrapper, not an after_request hook: Flask's response hooks cost every request.
+    app.wsgi_app = connection_close_while_draining
 
 
 #: Environment of the HTTP server child: the pid of the process that must outlive it (the
