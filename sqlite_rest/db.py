@@ -7,20 +7,22 @@
   connections are never shared across threads and never across `fork()`: a fork generation is
   recorded and a child process reopens instead of reusing an inherited handle.
 - Writes run in ``BEGIN IMMEDIATE`` transactions (take the write lock up front, so a
-  transaction never fails half-way with SQLITE_BUSY on lock upgrade); a replication
-  `WriterHook` (replication.primary) is called around each COMMIT: it wakes the replicator and
-  returns the TXID that contains the write.
+  transaction never fails half-way with SQLITE_BUSY on lock upgrade), committed in groups:
+  the writes that queue up behind a transaction share the next one, each in its own SAVEPOINT
+  (`Database.write`). A replication `WriterHook` (replication.primary) is called around each
+  COMMIT: it wakes the replicator and returns the TXID that contains the writes.
 - apsw caches prepared statements per connection, so reusing connections reuses plans.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
 import re
 import threading
 import time
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, TypeVar
 
 import apsw
 
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
     from replication.primary import WriterHook
 
 log = logging.getLogger("sqlite_rest.db")
+
+T = TypeVar("T")
 
 #: Prepared statements apsw keeps per connection (its default is 16; our SQL has many
 #: shapes: one per table x filter columns x select list).
@@ -257,66 +261,22 @@ def open_connection(
     return conn
 
 
-class Transaction:
-    """Handle given to the body of `Database.write()`."""
+#: Most requests one group commit takes (the rest wait for the next one): bounds the time a
+#: request waits behind others in one transaction.
+MAX_GROUP_COMMIT = 64
 
-    __slots__ = ("conn", "rollback_only", "commit_result")
 
-    def __init__(self, conn: apsw.Connection):
-        self.conn = conn
-        #: Set to True to roll back instead of committing (Prefer: tx=rollback).
-        self.rollback_only = False
-        #: What the writer hook returned after COMMIT (the replica position, or None).
+class _PendingWrite:
+    """One request's part of a group commit: its work, and what came of it."""
+
+    __slots__ = ("work", "value", "error", "commit_result", "done")
+
+    def __init__(self, work):
+        self.work = work
+        self.value = None
+        self.error: Optional[BaseException] = None
         self.commit_result: object = None
-
-
-class WriteTransaction:
-    """The context manager of `Database.write()` (a class: cheaper than a generator-based
-    one on every write request)."""
-
-    __slots__ = ("db", "tx")
-
-    def __init__(self, db: "Database"):
-        self.db = db
-        self.tx = None
-
-    def __enter__(self) -> Transaction:
-        db = self.db
-        conn = db.writer()
-        db._write_turn.acquire()
-        try:
-            if conn.in_transaction:  # a previous request died mid-way; never inherit it
-                conn.execute("ROLLBACK")
-            conn.execute("BEGIN IMMEDIATE")
-        except BaseException:
-            db._write_turn.release()
-            raise
-        self.tx = Transaction(conn)
-        return self.tx
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        db, tx = self.db, self.tx
-        conn = tx.conn
-        try:
-            if exc_type is not None:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                return False
-            if tx.rollback_only:
-                conn.execute("ROLLBACK")
-                return False
-            if db.writer_hook is not None:
-                db.writer_hook.before_commit()
-            try:
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        finally:
-            db._write_turn.release()
-        tx.commit_result = db._after_commit()
-        return False
+        self.done = False
 
 
 class Database:
@@ -330,8 +290,10 @@ class Database:
         self.create = dsn.mode == "rwc" and create_missing
         self._local = threading.local()
         # Write transactions of this process's threads take turns here instead of polling
-        # SQLite's write lock against each other (only other processes are polled).
+        # SQLite's write lock against each other (only other processes are polled); the
+        # writes waiting for their turn queue in _pending, for the next group commit.
         self._write_turn = threading.Lock()
+        self._pending: collections.deque = collections.deque()
         self.checkpointer = BackgroundCheckpointer(dsn.path, dsn.busy_timeout_ms,
                                                    dsn.synchronous, self._write_turn)
 
@@ -408,11 +370,104 @@ class Database:
             if conn.in_transaction:
                 conn.execute("COMMIT")  # read-only: COMMIT just releases the snapshot
 
-    def write(self) -> "WriteTransaction":
-        """One write transaction: ``with db.write() as tx:`` runs BEGIN IMMEDIATE ... COMMIT,
-        rolled back on any error. Threads of one process run their write transactions one
-        at a time."""
-        return WriteTransaction(self)
+    def write(self, work: Callable[[apsw.Connection], T], *,
+              rollback: bool = False) -> tuple[T, object]:
+        """Run ``work(conn)`` in a write transaction: ``(what it returned, the writer hook's
+        commit result)``, after COMMIT. An exception from ``work`` rolls back its writes, and
+        only its own, and is raised here.
+
+        Group commit: the writes of this process's threads that arrive while another
+        transaction runs are taken together by the next thread to get the write turn. They
+        run one after another in one ``BEGIN IMMEDIATE`` transaction, each in a SAVEPOINT of
+        its own, and one COMMIT (and one replicator wake-up) answers them all. Nobody waits
+        for a batch to fill: a write that finds the turn free runs at once, alone.
+
+        ``rollback=True`` (``Prefer: tx=rollback``) runs ``work`` alone in a transaction of
+        its own and rolls it back. ``work`` runs on whichever thread leads the batch, so it
+        must not use Flask's request context.
+        """
+        if rollback:
+            with self._write_turn:
+                return self._run_alone_rolled_back(work), None
+        pending = _PendingWrite(work)
+        self._pending.append(pending)
+        with self._write_turn:
+            if not pending.done:  # nobody took it into their batch: lead one
+                self._run_batch()
+        if pending.error is not None:
+            raise pending.error
+        return pending.value, pending.commit_result
+
+    def _begin(self) -> apsw.Connection:
+        conn = self.writer()
+        if conn.in_transaction:  # a previous request died mid-way; never inherit it
+            conn.execute("ROLLBACK")
+        conn.execute("BEGIN IMMEDIATE")
+        return conn
+
+    def _run_alone_rolled_back(self, work):
+        conn = self._begin()
+        try:
+            return work(conn)
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+
+    def _run_batch(self) -> None:
+        """Under the write turn: every pending write (up to MAX_GROUP_COMMIT), one COMMIT."""
+        pending, batch = self._pending, []
+        while pending and len(batch) < MAX_GROUP_COMMIT:
+            batch.append(pending.popleft())
+        try:
+            conn = self._begin()
+        except BaseException as exc:  # e.g. SQLITE_BUSY past the busy timeout: all fail
+            self._finish(batch, exc)
+            return
+        alone = len(batch) == 1
+        committed = []
+        for write in batch:
+            if not alone:
+                conn.execute("SAVEPOINT request")
+            try:
+                write.value = write.work(conn)
+            except BaseException as exc:  # noqa: BLE001 - handed to the request's thread
+                write.error = exc
+                if not conn.in_transaction:
+                    # SQLite rolled the whole transaction back (disk full, I/O error): the
+                    # writes before this one are gone too, and were never acknowledged.
+                    self._finish(batch, exc)
+                    return
+                conn.execute("ROLLBACK" if alone else "ROLLBACK TO request")
+            else:
+                committed.append(write)
+            if not alone and conn.in_transaction:
+                conn.execute("RELEASE request")
+        if not committed:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._finish(batch, None)
+            return
+        try:
+            if self.writer_hook is not None:
+                self.writer_hook.before_commit()
+            conn.execute("COMMIT")
+        except BaseException as exc:  # nothing of the batch is written, nor acknowledged
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._finish(committed, exc)
+            self._finish(batch, None)
+            return
+        result = self._after_commit()
+        for write in committed:
+            write.commit_result = result
+        self._finish(batch, None)
+
+    @staticmethod
+    def _finish(batch: list, error: Optional[BaseException]) -> None:
+        for write in batch:
+            if error is not None and not write.done and write.error is None:
+                write.error = error
+            write.done = True
 
     def _after_commit(self) -> object:
         """Run the writer hook. The write is committed whatever it does, so a failing hook is

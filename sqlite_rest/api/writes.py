@@ -1,8 +1,9 @@
 """POST, PATCH, PUT and DELETE on `/<table>`.
 
-Every write runs in one ``BEGIN IMMEDIATE`` transaction (db.py) and the response is built only
-after COMMIT. Checks that can fail after the SQL ran (max-affected, a singular Accept) raise
-inside the transaction, so the write is rolled back.
+Every write runs inside a ``BEGIN IMMEDIATE`` transaction, in a SAVEPOINT of its own when a
+group commit takes several (db.py: `Database.write`), and the response is sent only after
+COMMIT. Checks that can fail after the SQL ran (max-affected, a singular Accept) raise inside
+the transaction, so the request's writes are rolled back.
 """
 from __future__ import annotations
 
@@ -251,10 +252,13 @@ def write(state, table, prefs, method: str, query) -> ApiResponse:
 
     strict = prefs.handling == "strict"
     max_affected = prefs.max_affected if strict else None
-    rows: list = []
-    affected = 0
-    with state.db.write() as tx:
-        conn = tx.conn
+    columns = statements[0].columns if representation and statements else ()
+
+    def work(conn) -> tuple[list, int, bytes]:
+        """The request's statements and checks, inside the write transaction (group commit
+        may run it on another request's thread: nothing here may touch Flask's request)."""
+        rows: list = []
+        affected = 0
         for statement in statements:
             params_seq = getattr(statement, "params_seq", None)
             for params in (params_seq if params_seq is not None else (statement.params,)):
@@ -269,15 +273,14 @@ def write(state, table, prefs, method: str, query) -> ApiResponse:
                             hint=f"Prefer: max-affected={max_affected}")
         if media == OBJECT and len(rows) != 1:
             raise api_error("singular_not_one", details=f"The result contains {len(rows)} rows")
-        if prefs.tx == "rollback":
-            tx.rollback_only = True
-        body_bytes = b""
-        if representation:
-            columns = statements[0].columns if statements else ()
-            body_bytes = render(media, shape_of(columns), rows)
+        body = render(media, shape_of(columns), rows) if representation else b""
+        return rows, affected, body
+
+    (rows, affected, body_bytes), commit_result = state.db.write(
+        work, rollback=prefs.tx == "rollback")
     headers = list(CORS_HEADERS)
-    if tx.commit_result is not None:
-        headers.append(("X-Replication-Txid", str(tx.commit_result)))
+    if commit_result is not None:
+        headers.append(("X-Replication-Txid", str(commit_result)))
     if location_columns and rows:
         headers.append(("Location", _location(table, rows[0], location_columns)))
     if prefs.count is not None:

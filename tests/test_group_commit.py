@@ -1,0 +1,240 @@
+"""Group commit (db.py `Database.write`): writes that queue up behind a transaction share the
+next one, each in its own SAVEPOINT, answered after one COMMIT."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import apsw
+import pytest
+
+from sqlite_rest.app import create_app
+from sqlite_rest.config import ServerConfig, parse_dsn
+from sqlite_rest.db import Database
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class CountingHook:
+    """A writer hook that counts COMMITs and answers each with its number as the position."""
+
+    owns_checkpoints = False
+
+    def __init__(self):
+        self.commits = 0
+
+    def watch_connection(self, conn) -> None:
+        pass
+
+    def before_commit(self) -> None:
+        self.commits += 1
+
+    def __call__(self) -> str:
+        return f"{self.commits:016x}"
+
+
+@pytest.fixture
+def db_path(tmp_path) -> Path:
+    path = tmp_path / "g.db"
+    conn = apsw.Connection(str(path))
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)")
+    conn.close()
+    return path
+
+
+def rows(path: Path) -> list:
+    conn = apsw.Connection(str(path))
+    try:
+        return conn.execute("SELECT id, name FROM items ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def queued_together(db: Database, calls: list) -> list:
+    """Run each call on its own thread while the write turn is held, so they all queue up,
+    then let them go: the first to get the turn takes them all into one batch. Returns what
+    each returned or raised, in order."""
+    results: list = [None] * len(calls)
+
+    def run(i, call):
+        try:
+            results[i] = call()
+        except Exception as exc:  # noqa: BLE001
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
+    with db._write_turn:
+        queued = 0
+        for t, call in zip(threads, calls):
+            t.start()  # one at a time, so they queue in this order
+            if getattr(call, "alone", False):
+                time.sleep(0.05)  # it waits for the turn itself, outside the queue
+                continue
+            queued += 1
+            deadline = time.monotonic() + 10
+            while len(db._pending) < queued:
+                assert time.monotonic() < deadline, "the writes never queued up"
+                time.sleep(0.002)
+    for t in threads:
+        t.join(30)
+    return results
+
+
+def insert(db: Database, row_id: int, name):
+    return lambda: db.write(lambda conn: conn.execute(
+        "INSERT INTO items VALUES (?, ?)", (row_id, name)) and row_id)
+
+
+def test_queued_writes_share_one_commit_and_its_position(db_path):
+    hook = CountingHook()
+    db = Database(parse_dsn(str(db_path)), writer_hook=hook)
+    results = queued_together(db, [insert(db, i, f"n{i}") for i in range(1, 9)])
+    assert [value for value, _ in results] == list(range(1, 9))
+    assert hook.commits == 1
+    assert {position for _, position in results} == {f"{1:016x}"}
+    assert rows(db_path) == [(i, f"n{i}") for i in range(1, 9)]
+
+
+def test_one_failing_write_rolls_back_only_its_own(db_path):
+    hook = CountingHook()
+    db = Database(parse_dsn(str(db_path)), writer_hook=hook)
+
+    def two_rows_then_fail(conn):
+        conn.execute("INSERT INTO items VALUES (100, 'partial')")
+        conn.execute("INSERT INTO items VALUES (101, NULL)")  # NOT NULL: fails
+
+    results = queued_together(db, [insert(db, 1, "a"), lambda: db.write(two_rows_then_fail),
+                                   insert(db, 2, "a"), insert(db, 3, "c")])
+    assert results[0] == (1, f"{1:016x}") and results[3] == (3, f"{1:016x}")
+    assert isinstance(results[1], apsw.ConstraintError) and "NOT NULL" in str(results[1])
+    assert isinstance(results[2], apsw.ConstraintError) and "UNIQUE" in str(results[2])
+    assert hook.commits == 1
+    assert rows(db_path) == [(1, "a"), (3, "c")]
+
+
+def test_a_lone_write_commits_at_once(db_path):
+    hook = CountingHook()
+    db = Database(parse_dsn(str(db_path)), writer_hook=hook)
+    for i in range(1, 6):
+        assert db.write(lambda conn, i=i: conn.execute(
+            "INSERT INTO items VALUES (?, 'x' || ?)", (i, i)) and i) == (i, f"{i:016x}")
+    assert hook.commits == 5
+
+
+def test_a_rolled_back_write_runs_alone(db_path):
+    hook = CountingHook()
+    db = Database(parse_dsn(str(db_path)), writer_hook=hook)
+    seen = []
+
+    def rolled_back():
+        return db.write(lambda conn: seen.append(conn.execute(
+            "INSERT INTO items VALUES (50, 'gone') RETURNING id").fetchall()), rollback=True)
+    rolled_back.alone = True
+
+    results = queued_together(db, [insert(db, 1, "a"), rolled_back, insert(db, 2, "b")])
+    assert results[1] == (None, None) and seen == [[(50,)]]
+    assert rows(db_path) == [(1, "a"), (2, "b")]
+    assert hook.commits == 1
+
+
+def test_a_transaction_lost_under_a_batch_fails_every_write_of_it(db_path):
+    """SQLite rolls a whole transaction back on some errors (disk full, I/O): the writes that
+    ran before it in the batch are gone too, so none of them may be answered as done."""
+    hook = CountingHook()
+    db = Database(parse_dsn(str(db_path)), writer_hook=hook)
+
+    def lose_the_transaction(conn):
+        conn.execute("ROLLBACK")
+        raise apsw.IOError("simulated: the transaction was rolled back")
+
+    results = queued_together(db, [insert(db, 1, "a"), lambda: db.write(lose_the_transaction),
+                                   insert(db, 2, "b")])
+    assert all(isinstance(r, apsw.IOError) for r in results), results
+    assert rows(db_path) == [] and hook.commits == 0
+    assert db.write(lambda conn: conn.execute("INSERT INTO items VALUES (9, 'after')") and 9)[0] == 9
+
+
+def test_a_failing_commit_fails_the_batch(db_path):
+    class FailingHook(CountingHook):
+        def before_commit(self) -> None:
+            raise apsw.IOError("simulated: COMMIT cannot happen")
+
+    db = Database(parse_dsn(str(db_path)), writer_hook=FailingHook())
+    results = queued_together(db, [insert(db, i, f"n{i}") for i in range(1, 4)])
+    assert all(isinstance(r, apsw.IOError) for r in results), results
+    assert rows(db_path) == []
+
+
+def test_the_api_answers_each_request_of_a_batch(db_path):
+    """Through the app: a duplicate in a batch gets its 409, the others their 201 and the one
+    position that holds them."""
+    hook = CountingHook()
+    app = create_app(ServerConfig(db_dsn=str(db_path), allow_tables=("items",),
+                                  auth_disabled=True, writer_hook=hook))
+    db = app.extensions["sqlite_rest"].db
+    bodies = [{"id": 1, "name": "a"}, {"id": 2, "name": "a"}, {"id": 3, "name": "c"},
+              {"name": None}]
+
+    def post(body):
+        return lambda: app.test_client().post("/items", json=body)
+
+    responses = queued_together(db, [post(b) for b in bodies])
+    assert [r.status_code for r in responses] == [201, 409, 201, 400]
+    assert responses[1].get_json()["code"] == "23505"
+    assert {r.headers["X-Replication-Txid"] for r in responses if r.status_code == 201} == \
+        {f"{1:016x}"}
+    assert hook.commits == 1
+    assert rows(db_path) == [(1, "a"), (3, "c")]
+
+
+CRASH_CHILD = textwrap.dedent("""
+    import os, signal, sys, threading, time
+    from sqlite_rest.config import parse_dsn
+    from sqlite_rest.db import Database
+
+    db_path, acks_path = sys.argv[1], sys.argv[2]
+    acks = open(acks_path, "a")
+
+    class KillAtSecondCommit:
+        owns_checkpoints = False
+        commits = 0
+        def watch_connection(self, conn): pass
+        def before_commit(self):
+            self.commits += 1
+            if self.commits == 2:  # the batch: between its writes and its COMMIT
+                os.kill(os.getpid(), signal.SIGKILL)
+        def __call__(self): return None
+
+    db = Database(parse_dsn(db_path), writer_hook=KillAtSecondCommit())
+
+    def write(i):
+        db.write(lambda conn: conn.execute("INSERT INTO items VALUES (?, ?)", (i, f"n{i}")))
+        acks.write(f"{i}\\n"); acks.flush(); os.fsync(acks.fileno())
+
+    write(1)
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(2, 10)]
+    with db._write_turn:
+        for t in threads:
+            t.start()
+        while len(db._pending) < 8:
+            time.sleep(0.005)
+    for t in threads:
+        t.join()
+    print("never reached")
+""")
+
+
+def test_a_crash_before_the_batch_commits_loses_only_unanswered_writes(db_path, tmp_path):
+    acks = tmp_path / "acks"
+    proc = subprocess.run([sys.executable, "-c", CRASH_CHILD, str(db_path), str(acks)],
+                          capture_output=True, text=True, timeout=60, cwd=str(tmp_path),
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == -9, proc.stderr
+    assert acks.read_text().split() == ["1"]
+    assert rows(db_path) == [(1, "n1")]
