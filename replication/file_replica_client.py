@@ -126,6 +126,40 @@ class FileReplicaClient(ReplicaClient):
                     infos.append(FileInfo(level, txids[0], txids[1], st.st_size, created))
             return iter(self._filter_sorted(infos, seek))
 
+    # -- v0.3 replicas (read only; replication/v3.py) --------------------------------
+
+    def list_v3(self, subdir: str) -> list:
+        """The entries of ``<path>/<subdir>`` (none when it is missing)."""
+        from .v3 import V3Object
+
+        out = []
+        with self._operation(LIST):
+            try:
+                entries = os.scandir(os.path.join(self.path, subdir))
+            except (FileNotFoundError, NotADirectoryError):
+                return out
+            except OSError as e:
+                raise _os_error(e, f"list {subdir}") from e
+            with entries:
+                for entry in entries:
+                    try:
+                        st = entry.stat()
+                    except FileNotFoundError:
+                        continue
+                    created = EPOCH + timedelta(microseconds=st.st_mtime_ns // 1000)
+                    out.append(V3Object(entry.name, st.st_size, created, entry.is_dir()))
+        return out
+
+    def open_v3(self, relpath: str) -> BinaryIO:
+        path = os.path.join(self.path, relpath)
+        with self._operation(GET):
+            try:
+                return open(path, "rb")
+            except FileNotFoundError:
+                raise ReplicaClientError(f"file: {relpath} not found in {self.path}") from None
+            except OSError as e:
+                raise _os_error(e, f"open {relpath}") from e
+
     def open_ltx_file(self, level: int, min_txid: int, max_txid: int,
                       offset: int = 0, size: int = 0) -> BinaryIO:
         path = self.file_path(level, min_txid, max_txid)

@@ -356,6 +356,16 @@ class Primary:
             else:
                 log.info("%s: no backup on the replica, starting empty", self.db_path)
             return
+        if result.v3 is not None and self._remote_max_txid() == 0:
+            # From Litestream v0.3 data, with no LTX file on the replica yet: the local
+            # history starts afresh, so the first sync writes a full snapshot at TXID 1 beside
+            # the v0.3 generations (the migration to the 0.5 format; later restores pick it,
+            # being newer).
+            self._reset_meta()
+            log.info("restored %s from the replica's v0.3 backup (generation %s) in %.2f s; "
+                     "replication continues in the LTX format", self.db_path,
+                     result.v3.snapshot.generation, time.monotonic() - started)
+            return
         self._continue_replica_history()
         self.restored_txid = result.txid
         log.info("restored %s at TXID %s in %.2f s", self.db_path,

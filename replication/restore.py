@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Iterator
 
 from replication.defaults import SHORT_READ_ATTEMPTS, SHORT_READ_BACKOFF
 from replication.errors import LTXError, ReplicaClientError, ReplicationError, TxNotAvailableError
+from replication import v3
 from replication.ltx import Decoder, format_filename, lock_pgno
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class RestoreResult:
     page_count: int             # pages in the restored file (its last Commit)
     files: list = field(default_factory=list)  # the plan: replica_client.FileInfo, in order
     duration: float = 0.0       # seconds, wall clock
+    v3: object = None           # the v3.PlanV3 applied, when the restore came from v0.3 data
 
     @property
     def size(self) -> int:
@@ -173,6 +175,26 @@ def calc_restore_plan(client, txid: int = 0, timestamp: datetime | None = None) 
     return plan
 
 
+def choose_plan(client, txid: int = 0, timestamp: datetime | None = None):
+    """What a restore applies: the LTX plan (a list of ``FileInfo``), or a ``v3.PlanV3`` when
+    the replica also holds Litestream v0.3 backups and they are the better ones (Litestream
+    0.5's choice: the newest backup, or the newest snapshot before ``timestamp``; never for a
+    ``txid``, which only LTX has)."""
+    if not txid and v3.supports_v3(client):
+        ts = _as_utc(timestamp) if timestamp is not None else None
+        _, ltx_latest = replica_time_bounds(client)
+
+        def ltx_snapshot_before():
+            return max((i.created_at for i in client.ltx_files(SNAPSHOT_LEVEL, 0,
+                                                                use_metadata=True)
+                        if i.created_at < ts), default=None)
+
+        plan = v3.choose(client, ts, ltx_latest, ltx_snapshot_before)
+        if plan is not None:
+            return plan
+    return calc_restore_plan(client, txid=txid, timestamp=timestamp)
+
+
 def _as_utc(ts: datetime) -> datetime:
     if ts.tzinfo is None:
         raise ValueError("restore timestamp must be timezone-aware")
@@ -202,12 +224,14 @@ def restore(client, output_path: str, *, txid: int = 0, timestamp: datetime | No
                     f"cannot restore, output path already exists and is not empty: {path}",
                     hint="use -force to overwrite (it also removes the -wal/-shm/-journal files)")
     if plan is None:
-        plan = calc_restore_plan(client, txid=txid, timestamp=timestamp)
+        plan = choose_plan(client, txid=txid, timestamp=timestamp)
+    from_v3 = isinstance(plan, v3.PlanV3)
 
     tmp = out + ".tmp"
     try:
         try:
-            page_size, commit = _write_database(client, plan, tmp, progress)
+            write = v3.write_database if from_v3 else _write_database
+            page_size, commit = write(client, plan, tmp, progress)
         except OSError as e:
             raise ReplicationError(f"cannot write {tmp}: {e.strerror or e}",
                                    hint="check that the output directory exists, is writable "
@@ -228,9 +252,10 @@ def restore(client, output_path: str, *, txid: int = 0, timestamp: datetime | No
             except OSError:  # missing, or the directory's own fault: the cause above tells
                 pass
         raise
-    return RestoreResult(path=out, txid=plan[-1].max_txid, page_size=page_size,
-                         page_count=commit, files=list(plan),
-                         duration=time.monotonic() - started)
+    return RestoreResult(path=out, txid=0 if from_v3 else plan[-1].max_txid,
+                         page_size=page_size, page_count=commit,
+                         files=plan.files if from_v3 else list(plan),
+                         duration=time.monotonic() - started, v3=plan if from_v3 else None)
 
 
 def _non_empty(path: str) -> bool:
@@ -257,8 +282,11 @@ def replica_time_bounds(client) -> tuple[datetime | None, datetime | None]:
 
 
 def check_timestamp_in_bounds(client, timestamp: datetime) -> None:
-    """Litestream's URL-form check before a point-in-time restore (``CalcRestoreTarget``)."""
-    earliest, latest = replica_time_bounds(client)
+    """Litestream's URL-form check before a point-in-time restore (``CalcRestoreTarget``):
+    within the LTX files' and the v0.3 backups' times together."""
+    bounds = [b for pair in (replica_time_bounds(client), v3.time_bounds(client))
+              for b in pair if b is not None]
+    earliest, latest = (min(bounds), max(bounds)) if bounds else (None, None)
     if earliest is None:
         raise ReplicationError("no backups found", hint="check the replica URL")
     timestamp = _as_utc(timestamp)

