@@ -6,6 +6,13 @@ wrk (2 threads x 32 connections, 10 s by default) for each scenario several time
 req/s and p50/p99 latency per run and the medians.
 
     python bench/bench_http.py [--runs 3] [--duration 10] [--workers 2] [--scenario get_pk ...]
+                               [--compare-with DIR]
+
+``--compare-with DIR`` runs the code in DIR (e.g. ``git worktree add /tmp/before <commit>``)
+side by side with this checkout: in each round and scenario both servers run, in alternating
+order, each on a fresh copy of the 100k-row table; medians of the rounds, p99, and the server's
+CPU per request (its whole process tree, from /proc). Run it from outside the repository (the
+servers' code comes from PYTHONPATH).
 
 Targets on a 2-core machine: >= 5,000 req/s GET by PK, >= 2,500 GET 100 rows, >= 3,300 POST,
 p99 <= 40 ms. Needs `wrk` on PATH (Debian: apt-get install wrk).
@@ -20,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import apsw
@@ -84,9 +92,47 @@ def run_wrk(url: str, script: Path, args) -> dict:
     return parse_wrk(out)
 
 
+def _tree_cpu_s(pid: int) -> float:
+    """utime + stime of ``pid`` and all its descendants (seconds), from /proc."""
+    children: dict = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append((int(entry), fields))
+    total, todo = 0, [pid]
+    try:
+        own = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        total += int(own[11]) + int(own[12])
+    except OSError:
+        pass
+    while todo:
+        for child, fields in children.get(todo.pop(), ()):
+            total += int(fields[11]) + int(fields[12])
+            todo.append(child)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def run_measured(server, script: Path, args) -> dict:
+    """One wrk run against ``server``, with the server's CPU per request (its process tree)."""
+    url = server.base_url + "/items"  # request() overrides the path for GETs
+    run_wrk(url, script, argparse.Namespace(**{**vars(args), "duration": 2}))  # warm-up
+    before = _tree_cpu_s(server.pid)
+    cmd = ["wrk", f"-t{args.wrk_threads}", f"-c{args.connections}", f"-d{args.duration}s",
+           "--latency", "-s", str(script), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    used = _tree_cpu_s(server.pid) - before
+    result = parse_wrk(out)
+    m = re.search(r"(\d+) requests in", out)
+    result["cpu_us"] = used / int(m.group(1)) * 1e6 if m and int(m.group(1)) else float("nan")
+    return result
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=3, help="rounds (each server once per round)")
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--wrk-threads", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
@@ -94,46 +140,64 @@ def main(argv=None) -> int:
     parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
     parser.add_argument("--server-arg", action="append", default=[],
                         help="extra `serve` argument (repeatable), e.g. --server-arg=--log-level=-1")
+    parser.add_argument("--compare-with", type=Path, default=None,
+                        help="the sqlite-rest code in DIR (e.g. `git worktree add /tmp/before "
+                             "<commit>`), run side by side with this checkout")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("error: wrk not found (hint: apt-get install wrk)", file=sys.stderr)
         return 1
     scenarios = args.scenario or list(SCENARIOS)
+    codes = {"this": REPO}
+    if args.compare_with is not None:
+        codes["other"] = args.compare_with.resolve()
     tmp = Path(tempfile.mkdtemp(prefix="bench-http-"))
     server = None
     try:
-        db = tmp / "items.db"
-        make_db(db)
-        server = start_server(db, "--security-allow-table", "items", "--workers", args.workers,
-                              *args.server_arg, metrics=False)
+        pristine = tmp / "pristine.db"
+        make_db(pristine)
         print(f"sqlite-rest serve: {args.workers} workers, wrk -t{args.wrk_threads} "
-              f"-c{args.connections} -d{args.duration}s, {args.runs} runs, cpus={os.cpu_count()}")
-        summary = []
+              f"-c{args.connections} -d{args.duration}s, {args.runs} rounds, "
+              f"cpus={os.cpu_count()} ({os.uname().machine}), "
+              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load {os.getloadavg()[0]:.1f}")
+        for label, code in codes.items():
+            print(f"  {label}: {code}")
+        results = {(name, label): [] for name in scenarios for label in codes}
+        for round_ in range(args.runs):
+            order = list(codes) if round_ % 2 == 0 else list(reversed(codes))
+            for name in scenarios:
+                script = tmp / f"{name}.lua"
+                script.write_text(SCENARIOS[name][0] % {"rows": ROWS})
+                for label in order:
+                    db = tmp / f"{label}.db"  # a fresh copy per run: POST grows the table
+                    for suffix in ("", "-wal", "-shm"):
+                        Path(f"{db}{suffix}").unlink(missing_ok=True)
+                    shutil.copyfile(pristine, db)
+                    server = start_server(db, "--security-allow-table", "items", "--workers",
+                                          args.workers, *args.server_arg, metrics=False,
+                                          env={"PYTHONPATH": str(codes[label])})
+                    try:
+                        r = run_measured(server, script, args)
+                    finally:
+                        server.stop()
+                        os.unlink(server.log_path)
+                        server = None
+                    results[(name, label)].append(r)
+                    print(f"  round {round_ + 1} {name:8s} {label:5s} {r['rps']:9.0f} req/s  "
+                          f"p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  "
+                          f"CPU {r['cpu_us']:5.0f} us/req  non-2xx {r['non2xx']}"
+                          + (f"  socket errors: {r['socket_errors']}" if r["socket_errors"]
+                             else ""))
+        print(f"\nmedians (load {os.getloadavg()[0]:.1f}):")
         for name in scenarios:
-            template, description = SCENARIOS[name]
-            script = tmp / f"{name}.lua"
-            script.write_text(template % {"rows": ROWS})
-            # warm-up: every worker thread opens its connections, statement caches fill
-            warm = argparse.Namespace(**{**vars(args), "duration": 2})
-            url = server.base_url + "/items"  # request() overrides the path for GETs
-            run_wrk(url, script, warm)
-            runs = []
-            for i in range(args.runs):
-                r = run_wrk(url, script, args)
-                runs.append(r)
-                print(f"  {name:8s} run {i + 1}: {r['rps']:9.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
-                      f"p99 {r['p99_ms']:6.2f} ms  non-2xx {r['non2xx']}"
-                      + (f"  socket errors: {r['socket_errors']}" if r["socket_errors"] else ""))
-            med = {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50_ms", "p99_ms")}
-            summary.append((name, description, med, sum(r["non2xx"] for r in runs)))
-        print("\nmedians:")
-        for name, description, med, non2xx in summary:
-            print(f"  {name:8s} {med['rps']:9.0f} req/s  p50 {med['p50_ms']:6.2f} ms  "
-                  f"p99 {med['p99_ms']:6.2f} ms  non-2xx {non2xx}  ({description})")
-        if server is not None:
-            server.stop()
-            rows = apsw.Connection(str(db)).execute("SELECT count(*) FROM items").fetchall()[0][0]
-            print(f"\nrows after the run: {rows}")
+            med = {label: {k: statistics.median(r[k] for r in results[(name, label)])
+                           for k in ("rps", "p50_ms", "p99_ms", "cpu_us")} for label in codes}
+            for label in codes:
+                m = med[label]
+                ratio = (f"  {m['rps'] / med['other']['rps']:.2f}x other"
+                         if label == "this" and "other" in med else "")
+                print(f"  {name:8s} {label:5s} {m['rps']:9.0f} req/s  p50 {m['p50_ms']:6.2f} ms  "
+                      f"p99 {m['p99_ms']:6.2f} ms  CPU {m['cpu_us']:5.0f} us/req{ratio}")
     finally:
         if server is not None:
             server.stop()
