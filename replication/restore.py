@@ -317,7 +317,9 @@ def _write_database(client, plan: list, path: str, progress: ProgressFn | None) 
                     dec = Decoder(f, name=name)
                     h = dec.header
                     _check_link(h, info, name, prev, prev_info, page_size)
-                    page_size = page_size or h.page_size
+                    if not page_size:
+                        page_size = h.page_size
+                        _reserve(fd, h.commit * page_size)
                     report = (lambda d=dec, base=done: progress(base + d.bytes_read, total)) \
                         if progress else None
                     written = _apply_pages(fd, dec, page_size, written, report)
@@ -435,6 +437,15 @@ def _apply_pages(fd: int, dec: Decoder, page_size: int, written: bytearray,
     if run:
         flush()
     return written
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Allocate the snapshot's size up front: ext4 then writes the pages into reserved
+    extents (bench_restore: pwritev of 1 GiB 0.25-2.6 s without, 0.17 s with)."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError:  # not supported by the file system (e.g. some FUSE mounts): write as is
+        pass
 
 
 def _pwritev_all(fd: int, bufs: list, offset: int) -> None:
