@@ -199,6 +199,40 @@ def test_a_missing_segment_or_a_damaged_snapshot_fails_with_nothing_left(v3, req
             os.utime(Path(replica.url[len("file://"):]) / latest.path, (stamp, stamp))
 
 
+def test_replicate_restores_a_v3_replica_then_continues_in_ltx(v3, request, litestream_v3_bin,
+                                                               litestream_bin, tmp_path):
+    """`replicate -once -restore-if-db-not-exists` on a fresh v0.3 replica of the same backend
+    (the module's replica must stay v0.3-only for the tests above)."""
+    replica, env = v3
+    work = tmp_path / "made"
+    if replica.url.startswith("file://"):
+        root = tmp_path / "replica"
+        fresh = make_v3_replica(litestream_v3_bin, env, work, _file_yaml(root), f"file://{root}")
+    else:
+        s3 = request.getfixturevalue("s3_server")
+        path = s3.new_path("v3-replicate")
+        yaml = (f"      - type: s3\n        bucket: {s3.bucket}\n        path: {path}\n"
+                f"        endpoint: {s3.endpoint}\n        region: {s3.region}\n"
+                "        force-path-style: true\n"
+                f"        access-key-id: {s3.access_key}\n"
+                f"        secret-access-key: {s3.secret_key}\n"
+                "        sync-interval: 100ms\n        snapshot-interval: 3s\n")
+        fresh = make_v3_replica(litestream_v3_bin, env, work, yaml, s3.url(s3.bucket, path))
+    db = tmp_path / "app.db"
+    proc = subprocess.run([sys.executable, "-m", "replication", "replicate", "-once",
+                           "-restore-if-db-not-exists", str(db), fresh.url],
+                          env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                          timeout=120, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "v0.3 backup" in proc.stderr
+    assert db_rows(db) == db_rows(fresh.db)
+    client = client_for(fresh.url, env)
+    assert not isinstance(choose_plan(client), PlanV3)  # the LTX snapshot is the newer backup
+    out = tmp_path / "restored.db"
+    real_restore(litestream_bin, env, fresh.url, out)
+    assert db_rows(out) == db_rows(fresh.db)
+
+
 def test_serve_restores_a_v3_replica_then_replicates_in_ltx(v3, serve, litestream_bin,
                                                             tmp_path):
     """The migration path: `serve` on a lost database restores the v0.3 backup, serves it, and
