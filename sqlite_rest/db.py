@@ -396,6 +396,8 @@ class Database:
                 self._run_batch()
         if pending.error is not None:
             raise pending.error
+        if not pending.done:  # never answer a write that no batch ran as done
+            raise RuntimeError("internal error: a write was left out of every group commit")
         return pending.value, pending.commit_result
 
     def _begin(self) -> apsw.Connection:
@@ -418,6 +420,19 @@ class Database:
         pending, batch = self._pending, []
         while pending and len(batch) < MAX_GROUP_COMMIT:
             batch.append(pending.popleft())
+        try:
+            self._commit_batch(batch)
+        except BaseException as exc:  # noqa: BLE001 - e.g. a failing ROLLBACK TO: never
+            # leave a taken write unanswered (its thread would find it neither done nor queued)
+            conn = self._connections().writer
+            if conn is not None and conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except apsw.Error:
+                    pass
+            self._finish(batch, exc)  # the writes not yet answered get the error
+
+    def _commit_batch(self, batch: list) -> None:
         try:
             conn = self._begin()
         except BaseException as exc:  # e.g. SQLITE_BUSY past the busy timeout: all fail

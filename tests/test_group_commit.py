@@ -238,3 +238,36 @@ def test_a_crash_before_the_batch_commits_loses_only_unanswered_writes(db_path, 
     assert proc.returncode == -9, proc.stderr
     assert acks.read_text().split() == ["1"]
     assert rows(db_path) == [(1, "n1")]
+
+
+def test_an_unexpected_failure_inside_a_batch_answers_every_write_of_it(db_path, monkeypatch):
+    """A ROLLBACK TO that fails (it should not) must not leave writes of the batch unanswered
+    or answered as done: they were never committed."""
+    hook = CountingHook()
+    db = Database(parse_dsn(str(db_path)), writer_hook=hook)
+
+    def fail(conn):
+        raise apsw.ConstraintError("simulated: this write fails")
+
+    real_writer = db.writer
+
+    class Tripwire:
+        """The writer connection, whose ROLLBACK TO raises."""
+
+        def __init__(self, conn):
+            self._conn = conn
+
+        def execute(self, sql, *args):
+            if sql.startswith("ROLLBACK TO"):
+                raise apsw.IOError("simulated: ROLLBACK TO failed")
+            return self._conn.execute(sql, *args)
+
+        def __getattr__(self, name):
+            return getattr(self._conn, name)
+
+    monkeypatch.setattr(db, "writer", lambda: Tripwire(real_writer()))
+    results = queued_together(db, [insert(db, 1, "a"), lambda: db.write(fail),
+                                   insert(db, 2, "b")])
+    assert isinstance(results[1], apsw.ConstraintError)
+    assert isinstance(results[0], apsw.IOError) and isinstance(results[2], apsw.IOError)
+    assert hook.commits == 0 and rows(db_path) == []
