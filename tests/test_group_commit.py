@@ -271,3 +271,44 @@ def test_an_unexpected_failure_inside_a_batch_answers_every_write_of_it(db_path,
     assert isinstance(results[1], apsw.ConstraintError)
     assert isinstance(results[0], apsw.IOError) and isinstance(results[2], apsw.IOError)
     assert hook.commits == 0 and rows(db_path) == []
+
+
+def test_a_write_is_seen_by_the_next_request_in_any_worker(tmp_path):
+    """Through the real server (2 workers × 8 threads) under concurrent writers: every 201 is
+    followed by a GET, on a new connection (so either worker may answer), that sees the row."""
+    import httpx
+
+    from tests.plugins.server import start_server
+
+    db = tmp_path / "rw.db"
+    conn = apsw.Connection(str(db))
+    conn.execute("PRAGMA journal_mode=WAL").fetchall()
+    conn.execute("CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL)")
+    conn.close()
+    server = start_server(db, "--security-allow-table", "items", metrics=False)
+    misses: list = []
+
+    def client(k: int) -> None:
+        for i in range(40):
+            name = f"c{k}-{i}"
+            created = httpx.post(server.base_url + "/items", json={"name": name},
+                                 headers={"Prefer": "return=representation",
+                                          "Connection": "close"})
+            assert created.status_code == 201, created.text
+            row_id = created.json()[0]["id"]
+            seen = httpx.get(server.base_url + "/items", params={"id": f"eq.{row_id}"},
+                             headers={"Connection": "close"}).json()
+            if seen != [{"id": row_id, "name": name}]:
+                misses.append((row_id, name, seen))
+
+    try:
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        server.stop()
+        os.unlink(server.log_path)
+    assert misses == []
+    assert len(rows(db)) == 240
