@@ -599,8 +599,17 @@ class Decoder:
                                 raise LTXError(f"{_label(name)}: page {pgno}: stored block of "
                                                f"{length} bytes, expected {page_size}")
                             data = bytes(mv[pos + 17:end - 8])
-                        else:
-                            data = _decompress_block(mv[pos + 17:end - 8], page_size, pgno, name)
+                        else:  # inline, not _decompress_block: this runs once per page
+                            try:
+                                data = decompress(mv[pos + 17:end - 8],
+                                                  uncompressed_size=page_size)
+                            except lz4.block.LZ4BlockError as e:
+                                raise LTXError(f"{_label(name)}: page {pgno}: corrupt LZ4 "
+                                               f"block: {e}") from None
+                            if len(data) != page_size:
+                                raise LTXError(f"{_label(name)}: page {pgno}: decompressed to "
+                                               f"{len(data)} bytes, expected page size "
+                                               f"{page_size}")
                 if data is None:  # general case (or not yet buffered): walk the frame
                     need = PAGE_HEADER_SIZE + 16
                     while True:

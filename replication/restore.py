@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 SNAPSHOT_LEVEL = 9
 MAX_COMPACTION_LEVEL = SNAPSHOT_LEVEL - 1
 
+EARLY_WRITEBACK_S = 0.1  # seconds between fdatasync calls while a restore writes pages
 WRITE_RUN_PAGES = 256  # consecutive pages gathered into one pwritev (1 MiB at 4 KiB pages)
 
 # -integrity-check values → the PRAGMA that implements them (None: no check)
@@ -308,6 +310,7 @@ def _write_database(client, plan: list, path: str, progress: ProgressFn | None) 
     page_size = commit = 0
     prev = prev_info = None
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    writeback = _EarlyWriteback(fd)
     try:
         for info in plan:
             name = _file_label(info)
@@ -360,10 +363,36 @@ def _write_database(client, plan: list, path: str, progress: ProgressFn | None) 
                            f"the plan (first missing: page {first})",
                            hint="the first file of the chain is not a complete snapshot")
         os.ftruncate(fd, commit * page_size)
+        writeback.stop()
         os.fsync(fd)
     finally:
+        writeback.stop()
         os.close(fd)
     return page_size, commit
+
+
+class _EarlyWriteback:
+    """Flushes the output to disk every ``EARLY_WRITEBACK_S`` while pages are still being
+    decoded, so the final fsync only waits for the last moments' pages (the disk works while
+    the CPU decodes; bench_restore: a 1 GiB restore spent ~0.3 s in its final fsync)."""
+
+    def __init__(self, fd: int):
+        self._fd = fd
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="restore-writeback",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(EARLY_WRITEBACK_S):
+            try:
+                os.fdatasync(self._fd)
+            except OSError:
+                return  # the final fsync reports what matters
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
 
 
 class _Counted:
