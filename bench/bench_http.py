@@ -1,18 +1,30 @@
-"""HTTP benchmark of the real `sqlite-rest serve` with wrk.
+"""HTTP benchmark of the real `sqlite-rest serve` with wrk, optionally side by side with others.
 
 Creates ``items(id INTEGER PRIMARY KEY, name TEXT, price REAL, qty INTEGER)`` with 100,000 rows,
 starts the real server (CLI subprocess, 127.0.0.1, default flags + --auth-disabled), and runs
-wrk (2 threads x 32 connections, 10 s by default) for each scenario several times, printing
-req/s and p50/p99 latency per run and the medians.
+wrk (2 threads x 32 connections, 10 s by default) for each scenario in several rounds, printing
+req/s, p50/p99 latency and the server's CPU per request per run, then the medians.
 
-    python bench/bench_http.py [--runs 3] [--duration 10] [--workers 2] [--scenario get_pk ...]
-                               [--compare-with DIR]
+    python bench/bench_http.py [--rounds 3] [--duration 10] [--warmup 2] [--workers N]
+                               [--scenario get_pk ...] [--server-arg=--flag ...]
+                               [--compare-with DIR] [--compare-command 'CMD {db} {port}']
 
-``--compare-with DIR`` runs the code in DIR (e.g. ``git worktree add /tmp/before <commit>``)
-side by side with this checkout: in each round and scenario both servers run, in alternating
-order, each on a fresh copy of the 100k-row table; medians of the rounds, p99, and the server's
-CPU per request (its whole process tree, from /proc). Run it from outside the repository (the
-servers' code comes from PYTHONPATH).
+``--compare-with DIR`` also runs the sqlite-rest code in DIR (e.g. an earlier commit:
+``git worktree add /tmp/before <commit>``) with the same flags; each server's code comes from
+its PYTHONPATH, and the servers run with a temporary directory as cwd so that ``python -m``
+cannot pick up the repository the script was started from (the script prints where each
+server's ``sqlite_rest`` is imported from). ``--compare-command`` also runs any other server
+(e.g. the Go b4fun/sqlite-rest), ``{db}`` and ``{port}`` substituted, in the caller's cwd;
+it is ready once its port answers HTTP.
+
+How the comparison is kept fair: every measured run starts its server afresh on its own fresh
+copy of the pristine 100k-row file (no -wal/-shm), so neither POST's growth nor a warm cache
+carries over from one run to the next; each run is preceded by a ``--warmup`` wrk run on the
+same server. Within a round, for each scenario, every server runs once, one after the other
+(never at the same time); the order rotates every round (two servers: alternates). Reported:
+the median over the rounds of req/s, p50, p99 and CPU per request, and this ÷ other for req/s.
+CPU per request is utime+stime of the server's whole process tree (its PID and every
+descendant, from /proc) during the measured run, divided by the requests wrk completed.
 
 Targets on a 2-core machine: >= 5,000 req/s GET by PK, >= 2,500 GET 100 rows, >= 3,300 POST,
 p99 <= 40 ms. Needs `wrk` on PATH (Debian: apt-get install wrk).
@@ -20,8 +32,10 @@ p99 <= 40 ms. Needs `wrk` on PATH (Debian: apt-get install wrk).
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -35,7 +49,7 @@ import apsw
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.plugins.server import start_server  # noqa: E402
+from tests.plugins.server import START_TIMEOUT, ServerProcess, free_port, start_server  # noqa: E402
 
 ROWS = 100_000
 
@@ -61,6 +75,7 @@ wrk.headers["Content-Type"] = "application/json"
 }
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+NAN = float("nan")
 
 
 def make_db(path: Path) -> None:
@@ -70,14 +85,23 @@ def make_db(path: Path) -> None:
     with conn:
         conn.executemany("INSERT INTO items VALUES(?,?,?,?)",
                          ((i, f"item-{i}", i * 0.25, i % 100) for i in range(1, ROWS + 1)))
-    conn.close()
+    conn.close()  # the last connection checkpoints and removes -wal/-shm
+
+
+def fresh_copy(pristine: Path, db: Path) -> None:
+    """``db`` = the pristine file, without a -wal/-shm left by an earlier run."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    shutil.copyfile(pristine, db)
 
 
 def parse_wrk(output: str) -> dict:
     result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))}
     for pct in ("50", "99"):
         m = re.search(rf"^\s+{pct}(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
-        result[f"p{pct}_ms"] = float(m.group(1)) * _UNITS[m.group(2)] if m else float("nan")
+        result[f"p{pct}_ms"] = float(m.group(1)) * _UNITS[m.group(2)] if m else NAN
+    m = re.search(r"(\d+) requests in", output)
+    result["requests"] = int(m.group(1)) if m else 0
     m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     result["non2xx"] = int(m.group(1)) if m else 0
     m = re.search(r"Socket errors: (.*)", output)
@@ -85,123 +109,239 @@ def parse_wrk(output: str) -> dict:
     return result
 
 
-def run_wrk(url: str, script: Path, args) -> dict:
-    cmd = ["wrk", f"-t{args.wrk_threads}", f"-c{args.connections}", f"-d{args.duration}s",
+def run_wrk(url: str, script: Path, args, duration: int) -> str:
+    cmd = ["wrk", f"-t{args.wrk_threads}", f"-c{args.connections}", f"-d{duration}s",
            "--latency", "-s", str(script), url]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return parse_wrk(out)
+    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
 
-def _tree_cpu_s(pid: int) -> float:
-    """utime + stime of ``pid`` and all its descendants (seconds), from /proc."""
+def _proc_tree(pid: int) -> dict:
+    """{pid: utime+stime in ticks} for ``pid`` and all its descendants, from /proc."""
+    stats: dict = {}
     children: dict = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+                with open(f"/proc/{entry}/stat") as f:
+                    # after the last ")" (the command name may hold spaces and parens):
+                    # [0] state, [1] ppid, ... [11] utime, [12] stime
+                    fields = f.read().rsplit(")", 1)[1].split()
             except OSError:
-                continue
-            children.setdefault(int(fields[1]), []).append((int(entry), fields))
-    total, todo = 0, [pid]
-    try:
-        own = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        total += int(own[11]) + int(own[12])
-    except OSError:
-        pass
+                continue  # exited meanwhile
+            stats[int(entry)] = int(fields[11]) + int(fields[12])
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    tree, todo = {}, [pid]
     while todo:
-        for child, fields in children.get(todo.pop(), ()):
-            total += int(fields[11]) + int(fields[12])
-            todo.append(child)
-    return total / os.sysconf("SC_CLK_TCK")
+        p = todo.pop()
+        if p in stats:
+            tree[p] = stats[p]
+            todo.extend(children.get(p, ()))
+    return tree
 
 
-def run_measured(server, script: Path, args) -> dict:
-    """One wrk run against ``server``, with the server's CPU per request (its process tree)."""
+def tree_cpu_s(pid: int) -> float:
+    return sum(_proc_tree(pid).values()) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(server: ServerProcess, script: Path, args) -> dict:
+    """A warm-up then one measured wrk run, with the server tree's CPU per request."""
     url = server.base_url + "/items"  # request() overrides the path for GETs
-    run_wrk(url, script, argparse.Namespace(**{**vars(args), "duration": 2}))  # warm-up
-    before = _tree_cpu_s(server.pid)
-    cmd = ["wrk", f"-t{args.wrk_threads}", f"-c{args.connections}", f"-d{args.duration}s",
-           "--latency", "-s", str(script), url]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    used = _tree_cpu_s(server.pid) - before
+    if args.warmup > 0:
+        run_wrk(url, script, args, args.warmup)
+    before = tree_cpu_s(server.pid)
+    out = run_wrk(url, script, args, args.duration)
+    used = tree_cpu_s(server.pid) - before
     result = parse_wrk(out)
-    m = re.search(r"(\d+) requests in", out)
-    result["cpu_us"] = used / int(m.group(1)) * 1e6 if m and int(m.group(1)) else float("nan")
+    result["cpu_us"] = used / result["requests"] * 1e6 if result["requests"] else NAN
     return result
+
+
+def _answers_http(port: int) -> bool:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+    try:
+        conn.request("GET", "/")
+        conn.getresponse()  # any status: the server is up
+        return True
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+def start(kind: str, what, db: Path, args, caller_cwd: str) -> ServerProcess:
+    """Start one server without waiting (the caller holds it, so a failure or ^C while it
+    starts still stops it)."""
+    if kind == "code":
+        return start_server(db, "--security-allow-table", "items", "--workers", args.workers,
+                            *args.server_arg, metrics=False, wait=False,
+                            env={"PYTHONPATH": str(what)})
+    port = free_port()
+    argv = shlex.split(what.replace("{db}", shlex.quote(str(db))).replace("{port}", str(port)))
+    log = tempfile.NamedTemporaryFile(prefix="bench-http-cmd-", suffix=".log", delete=False)
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=caller_cwd)
+    log.close()
+    return ServerProcess(base_url=f"http://127.0.0.1:{port}", metrics_url=None, pid=proc.pid,
+                         proc=proc, log_path=log.name, http_port=port, args=argv)
+
+
+def wait_ready(server: ServerProcess, kind: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while not _answers_http(server.http_port):
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{server.args} exited with {server.proc.returncode}:\n"
+                               f"{server.logs()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{server.args} did not answer HTTP in {START_TIMEOUT} s:\n"
+                               f"{server.logs()}")
+        time.sleep(0.05)
+    # sqlite-rest's supervisor logs this once every worker is up (absent with --log-level -1,
+    # and in code that predates it: then the warm-up covers the workers' start).
+    while kind == "code" and "sqlite-rest serving" not in server.logs():
+        if server.proc.poll() is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+
+
+def stop(server: ServerProcess) -> None:
+    """Stop by PID (SIGTERM, then SIGKILL), and say if any of its processes outlived it."""
+    tree = _proc_tree(server.pid)
+    try:
+        server.stop()
+    finally:
+        os.unlink(server.log_path)
+    time.sleep(0.1)
+    left = [p for p in tree if p != server.pid and os.path.exists(f"/proc/{p}")]
+    if left:
+        print(f"  warning: processes still alive after stopping {server.pid}: {left}",
+              file=sys.stderr)
+
+
+def code_origin(code: Path) -> str:
+    """Where a server with PYTHONPATH=code imports sqlite_rest from (it runs in the same cwd
+    and environment as the server), and the checkout's commit."""
+    probe = subprocess.run([sys.executable, "-c", "import sqlite_rest; print(sqlite_rest.__file__)"],
+                           env={**os.environ, "PYTHONPATH": str(code)},
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        raise SystemExit(f"error: cannot import sqlite_rest from {code}:\n{probe.stderr}")
+    module = Path(probe.stdout.strip()).resolve().parent
+    if not module.is_relative_to(code):
+        raise SystemExit(f"error: with PYTHONPATH={code}, sqlite_rest comes from {module}")
+    git = ["git", "-C", str(code)]
+    head = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        return f"sqlite_rest from {module} (not a git checkout)"
+    # only the server's packages: an edit to this script does not change what is measured
+    dirty = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no", "--",
+                                  "sqlite_rest", "replication"],
+                           capture_output=True, text=True).stdout.strip()
+    return (f"sqlite_rest from {module}, commit {head.stdout.strip()}"
+            + (" + uncommitted changes to the server's code" if dirty else ""))
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3, help="rounds (each server once per round)")
-    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--rounds", "--runs", type=int, default=3,
+                        help="rounds (every server once per round and scenario)")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measured wrk run")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="seconds of wrk before each measured run (0: none)")
     parser.add_argument("--wrk-threads", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
     parser.add_argument("--server-arg", action="append", default=[],
-                        help="extra `serve` argument (repeatable), e.g. --server-arg=--log-level=-1")
-    parser.add_argument("--compare-with", type=Path, default=None,
-                        help="the sqlite-rest code in DIR (e.g. `git worktree add /tmp/before "
-                             "<commit>`), run side by side with this checkout")
+                        help="extra `serve` argument for every sqlite-rest server (repeatable), "
+                             "e.g. --server-arg=--log-level=-1")
+    parser.add_argument("--compare-with", type=Path, metavar="DIR",
+                        help="also run the sqlite-rest code in DIR (e.g. `git worktree add "
+                             "/tmp/before <commit>`), same flags")
+    parser.add_argument("--compare-command", metavar="'CMD {db} {port}'",
+                        help="also run this server command line, {db} and {port} substituted "
+                             "(no shell; run in the current directory)")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("error: wrk not found (hint: apt-get install wrk)", file=sys.stderr)
         return 1
     scenarios = args.scenario or list(SCENARIOS)
-    codes = {"this": REPO}
+    # label: (kind, code dir | command line); "this" first: ratios are this ÷ each other
+    servers = {"this": ("code", REPO)}
     if args.compare_with is not None:
-        codes["other"] = args.compare_with.resolve()
+        servers["other"] = ("code", args.compare_with.resolve())
+    if args.compare_command is not None:
+        if "{port}" not in args.compare_command:
+            parser.error("--compare-command needs {port} (and usually {db})")
+        servers["cmd"] = ("command", args.compare_command)
+    labels = list(servers)
+
+    caller_cwd = os.getcwd()
     tmp = Path(tempfile.mkdtemp(prefix="bench-http-"))
+    # The sqlite-rest servers inherit this cwd: `python -m` puts the cwd first on sys.path, so
+    # started from inside a checkout they would all run that checkout's code.
+    os.chdir(tmp)
     server = None
     try:
+        origins = {label: code_origin(what) if kind == "code" else f"run in {caller_cwd}"
+                   for label, (kind, what) in servers.items()}
         pristine = tmp / "pristine.db"
         make_db(pristine)
-        print(f"sqlite-rest serve: {args.workers} workers, wrk -t{args.wrk_threads} "
-              f"-c{args.connections} -d{args.duration}s, {args.runs} rounds, "
-              f"cpus={os.cpu_count()} ({os.uname().machine}), "
-              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load {os.getloadavg()[0]:.1f}")
-        for label, code in codes.items():
-            print(f"  {label}: {code}")
-        results = {(name, label): [] for name in scenarios for label in codes}
-        for round_ in range(args.runs):
-            order = list(codes) if round_ % 2 == 0 else list(reversed(codes))
+        print(f"bench_http.py: sqlite-rest --workers {args.workers} {' '.join(args.server_arg)}; "
+              f"wrk -t{args.wrk_threads} -c{args.connections} -d{args.duration}s after a "
+              f"{args.warmup} s warm-up; {args.rounds} rounds; {ROWS:,} rows")
+        print(f"machine: {os.cpu_count()} CPUs, {os.uname().machine}, {os.uname().sysname} "
+              f"{os.uname().release}; {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}; "
+              f"load average at start {load()}")
+        for label in labels:
+            print(f"  {label:5s}: {servers[label][1]}  ({origins[label]})")
+        results = {(name, label): [] for name in scenarios for label in labels}
+        for round_ in range(args.rounds):
+            shift = round_ % len(labels)
+            order = labels[shift:] + labels[:shift]
             for name in scenarios:
                 script = tmp / f"{name}.lua"
                 script.write_text(SCENARIOS[name][0] % {"rows": ROWS})
                 for label in order:
-                    db = tmp / f"{label}.db"  # a fresh copy per run: POST grows the table
-                    for suffix in ("", "-wal", "-shm"):
-                        Path(f"{db}{suffix}").unlink(missing_ok=True)
-                    shutil.copyfile(pristine, db)
-                    server = start_server(db, "--security-allow-table", "items", "--workers",
-                                          args.workers, *args.server_arg, metrics=False,
-                                          env={"PYTHONPATH": str(codes[label])})
+                    kind, what = servers[label]
+                    db = tmp / f"{label}.db"
+                    fresh_copy(pristine, db)
+                    server = start(kind, what, db, args, caller_cwd)
                     try:
-                        r = run_measured(server, script, args)
+                        wait_ready(server, kind)
+                        r = measure(server, script, args)
                     finally:
-                        server.stop()
-                        os.unlink(server.log_path)
-                        server = None
+                        running, server = server, None
+                        stop(running)
                     results[(name, label)].append(r)
                     print(f"  round {round_ + 1} {name:8s} {label:5s} {r['rps']:9.0f} req/s  "
                           f"p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  "
-                          f"CPU {r['cpu_us']:5.0f} us/req  non-2xx {r['non2xx']}"
+                          f"CPU {r['cpu_us']:5.0f} us/req  {r['requests']} requests  "
+                          f"non-2xx {r['non2xx']}"
                           + (f"  socket errors: {r['socket_errors']}" if r["socket_errors"]
-                             else ""))
-        print(f"\nmedians (load {os.getloadavg()[0]:.1f}):")
+                             else ""), flush=True)
+
+        print(f"\n{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}; "
+              f"load average at end {load()}")
+        print(f"medians of {args.rounds} rounds:\n")
+        print("| scenario | server | req/s | this ÷ server | p50 ms | p99 ms | CPU µs/req | non-2xx |")
+        print("|---|---|---|---|---|---|---|---|")
         for name in scenarios:
             med = {label: {k: statistics.median(r[k] for r in results[(name, label)])
-                           for k in ("rps", "p50_ms", "p99_ms", "cpu_us")} for label in codes}
-            for label in codes:
+                           for k in ("rps", "p50_ms", "p99_ms", "cpu_us")} for label in labels}
+            for label in labels:
                 m = med[label]
-                ratio = (f"  {m['rps'] / med['other']['rps']:.2f}x other"
-                         if label == "this" and "other" in med else "")
-                print(f"  {name:8s} {label:5s} {m['rps']:9.0f} req/s  p50 {m['p50_ms']:6.2f} ms  "
-                      f"p99 {m['p99_ms']:6.2f} ms  CPU {m['cpu_us']:5.0f} us/req{ratio}")
+                ratio = ("" if label == "this" or not m["rps"]
+                         else f"{med['this']['rps'] / m['rps']:.2f}×")
+                non2xx = sum(r["non2xx"] for r in results[(name, label)])
+                print(f"| {name} | {label} | {m['rps']:,.0f} | {ratio} | {m['p50_ms']:.2f} | "
+                      f"{m['p99_ms']:.2f} | {m['cpu_us']:.0f} | {non2xx} |")
     finally:
         if server is not None:
-            server.stop()
-            os.unlink(server.log_path)
+            stop(server)
+        os.chdir(caller_cwd)
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
