@@ -587,7 +587,7 @@ class Decoder:
                 crc = crc_of(data, initial=crc_of(mv[pos:pos + block_head], initial=crc))
             else:  # frame encoding: one LZ4 frame per page
                 data = None
-                if buf[pos + 6:pos + 12] == _GO_FRAME_PREFIX and len(buf) - pos >= 17:
+                if buf.startswith(_GO_FRAME_PREFIX, pos + 6) and len(buf) - pos >= 17:
                     # The layout every Go writer (and ours) emits: descriptor 64 40 xx, one data
                     # block, EndMark, content checksum. Decoded inline when fully buffered.
                     bsize = unpack_u32le(buf, pos + 13)[0]

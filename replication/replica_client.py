@@ -157,6 +157,9 @@ class ReplicaClient(abc.ABC):
 
     #: Replica type, as in ``type:`` of litestream.yml and the ``replica_type`` metric label.
     type: ClassVar[str] = ""
+    #: Ranges of one file a restore reads at once (:class:`RangeReader`); 1 reads it whole.
+    #: Only backends where one stream is slower than several set more.
+    restore_parallelism: ClassVar[int] = 1
 
     def init(self) -> None:
         """Prepare the client (connect, create directories). Idempotent; optional to call."""

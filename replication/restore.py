@@ -24,6 +24,7 @@ from replication.defaults import SHORT_READ_ATTEMPTS, SHORT_READ_BACKOFF
 from replication.errors import LTXError, ReplicaClientError, ReplicationError, TxNotAvailableError
 from replication import v3
 from replication.ltx import Decoder, format_filename, lock_pgno
+from replication.range_reader import open_for_restore
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +316,7 @@ def _write_database(client, plan: list, path: str, progress: ProgressFn | None) 
         for info in plan:
             name = _file_label(info)
             for attempt in range(1, SHORT_READ_ATTEMPTS + 1):
-                f = _Counted(client.open_ltx_file(info.level, info.min_txid, info.max_txid))
+                f = _Counted(open_for_restore(client, info))
                 try:
                     dec = Decoder(f, name=name)
                     h = dec.header

@@ -36,6 +36,7 @@ from botocore.config import Config as BotoConfig
 
 from . import ltx, metrics
 from .config import parse_bool, parse_byte_size
+from .defaults import DEFAULT_RESTORE_PARALLELISM
 from .errors import ReplicaClientError, ReplicationError
 from .replica_client import (
     DELETE, EPOCH, GET, LIST, PUT, AccessDeniedError, BucketNotFoundError, ConflictError,
@@ -256,6 +257,8 @@ class _Body:
 @register_client("s3")
 class S3ReplicaClient(ReplicaClient):
     type = "s3"
+    # One GET stream of a big object is bound by one connection (bench_restore, SeaweedFS).
+    restore_parallelism = DEFAULT_RESTORE_PARALLELISM
 
     def __init__(self, settings: S3Settings):
         s = settings
