@@ -83,6 +83,8 @@ ERROR_TABLE: tuple[ErrorCase, ...] = (
               "Only tables and views named by --security-allow-table are exposed"),
     ErrorCase("unknown_column", "unknown column in a filter, select, order or on_conflict",
               400, "42703", "column {column} does not exist"),
+    ErrorCase("unknown_cast", "a cast (`::type`) to a type the API does not know",
+              400, "42704", "type {type} does not exist"),
     ErrorCase("conflict_target", "on_conflict names no primary key or UNIQUE constraint",
               400, "42P10", "there is no unique or exclusion constraint matching the ON CONFLICT "
               "specification"),

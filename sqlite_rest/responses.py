@@ -43,6 +43,14 @@ class ApiResponse(Response):
         self.direct_passthrough = False
         self._on_close = []
 
+    @classmethod
+    def without_body(cls, status: int, headers) -> "ApiResponse":
+        """A write's answer with no representation (201, 204): no Content-Type, as PostgREST
+        sends none (there is no body of any type), and no Content-Length on a 204."""
+        self = cls(b"", status, headers)
+        del self.headers._list[:2 if status == 204 else 1]
+        return self
+
     def get_wsgi_response(self, environ):
         code = self._status_code
         if (200 <= code < 300 and code != 204 and type(self.response) is list

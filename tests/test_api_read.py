@@ -75,8 +75,9 @@ def test_filters_and_select_rename_cast_json_path(client):
     r = client.get("/books?select=id,name:title,year::text,pages:data->meta->>pages"
                    "&id=in.(1,3)&order=id.desc")
     assert r.status_code == 200
-    assert r.get_json() == [{"id": 3, "name": "Gamma", "year": None, "pages": 300},
-                            {"id": 1, "name": "Alpha", "year": "2001", "pages": 100}]
+    # ->> is text, as PostgreSQL's (-> keeps the JSON number)
+    assert r.get_json() == [{"id": 3, "name": "Gamma", "year": None, "pages": "300"},
+                            {"id": 1, "name": "Alpha", "year": "2001", "pages": "100"}]
     r = client.get("/books?select=id,data->tags&id=eq.1")
     assert r.get_json() == [{"id": 1, "tags": ["a", "b"]}]
 
@@ -137,7 +138,7 @@ def test_empty_result_content_range(client):
     r = client.get("/books?id=eq.999")
     assert r.status_code == 200
     assert r.get_json() == []
-    assert r.headers["Content-Range"] == "*/0"
+    assert r.headers["Content-Range"] == "*/*"  # PostgREST: no count asked, no total given
     r = client.get("/books?id=eq.999", headers={"Prefer": "count=exact"})
     assert r.headers["Content-Range"] == "*/0"
     assert r.status_code == 200

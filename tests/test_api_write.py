@@ -390,3 +390,91 @@ def test_concurrent_writers_in_threads_all_commit(db):
         t.join()
     assert statuses == [201] * 100
     assert rows(db, "SELECT count(*) FROM books WHERE id >= 1000") == [(100,)]
+
+
+# --- PostgREST's finer points (#14 item 8), as its own test suite states them ---------------
+
+def test_bodyless_write_answers_carry_no_content_type_and_a_range(client):
+    for response, status in ((client.post("/books", json={"id": 30, "title": "T"}), 201),
+                             (client.patch("/books?id=eq.30", json={"year": 1}), 204),
+                             (client.delete("/books?id=eq.30"), 204)):
+        assert response.status_code == status and response.data == b""
+        assert "Content-Type" not in response.headers
+        assert response.headers["Content-Range"] == "*/*"
+    r = client.delete("/books?id=gt.0", headers={"Prefer": "count=exact, tx=rollback"})
+    assert r.headers["Content-Range"] == "*/2"
+    r = client.post("/books?select=id", json={"id": 31, "title": "U"},
+                    headers={"Prefer": "return=representation"})
+    assert r.headers["Content-Range"] == "*/*" and r.get_json() == [{"id": 31}]
+
+
+def test_object_accept_on_a_minimal_write_needs_exactly_one_row(client, db):
+    r = client.delete("/books?id=gt.0", headers={"Accept": "application/vnd.pgrst.object+json"})
+    assert r.status_code == 406
+    assert r.get_json()["code"] == "PGRST116"
+    assert r.get_json()["details"] == "The result contains 2 rows"
+    assert rows(db, "SELECT count(*) FROM books") == [(2,)]  # rolled back
+    r = client.patch("/books?id=eq.1", json={"year": 1999},
+                     headers={"Accept": "application/vnd.pgrst.object+json"})
+    assert r.status_code == 204
+    assert rows(db, "SELECT year FROM books WHERE id = 1") == [(1999,)]
+
+
+@pytest.mark.parametrize("body", [{}, [], [{}]])
+def test_an_empty_patch_changes_nothing(client, db, body, commits):
+    before = rows(db, "SELECT * FROM books ORDER BY id")
+    r = client.patch("/books", json=body)
+    assert (r.status_code, r.data, r.headers["Content-Range"]) == (204, b"", "*/*")
+    r = client.patch("/books?select=id", json=body, headers={"Prefer": "return=representation"})
+    assert (r.status_code, r.get_json(), r.headers["Content-Range"]) == (200, [], "*/*")
+    assert rows(db, "SELECT * FROM books ORDER BY id") == before and commits == []
+
+
+def test_order_sorts_the_rows_a_write_returns(client):
+    r = client.post("/books?select=id,title&order=year.desc.nullsfirst,title",
+                    json=[{"id": 40, "title": "b", "year": 1}, {"id": 41, "title": "a", "year": 1},
+                          {"id": 42, "title": "z", "year": None}, {"id": 43, "title": "q", "year": 7}],
+                    headers={"Prefer": "return=representation"})
+    assert [row["id"] for row in r.get_json()] == [42, 43, 41, 40]
+    assert list(r.get_json()[0]) == ["id", "title"]  # the order keys are not shown
+    r = client.delete("/books?id=gte.40&order=id.desc&select=id",
+                      headers={"Prefer": "return=representation"})
+    assert r.get_json() == [{"id": 43}, {"id": 42}, {"id": 41}, {"id": 40}]
+
+
+def test_missing_default_applies_to_patch(client, db):
+    r = client.patch("/books?id=eq.1&columns=status,year", json={"year": 2020},
+                     headers={"Prefer": "return=representation, missing=default"})
+    assert r.get_json()[0]["status"] == "draft" and r.get_json()[0]["year"] == 2020
+    r = client.patch("/books?id=eq.1&columns=title,year", json={"title": "New"},
+                     headers={"Prefer": "return=representation"})
+    assert r.get_json()[0]["year"] is None  # without it, a named column the body lacks is NULL
+
+
+def test_upsert_status_says_whether_a_row_was_inserted(client):
+    rep = "return=representation"
+    assert client.put("/books?id=eq.50", json={"id": 50, "title": "P", "year": None, "status": "s",
+                                               "author_id": None},
+                      headers={"Prefer": rep}).status_code == 201
+    r = client.put("/books?id=eq.50", json=[{"id": 50, "title": "Q", "year": None, "status": "s",
+                                              "author_id": None}, {"id": 51}],
+                   headers={"Prefer": rep, "Accept": "application/vnd.pgrst.object+json"})
+    assert r.status_code == 200 and r.get_json()["title"] == "Q"  # the first element is put
+    merge = rep + ", resolution=merge-duplicates"
+    assert client.post("/books", json=[{"id": 50, "title": "R"}],
+                       headers={"Prefer": merge}).status_code == 200
+    assert client.post("/books", json=[{"id": 50, "title": "R"}, {"id": 52, "title": "S"}],
+                       headers={"Prefer": merge}).status_code == 201
+    r = client.post("/books", json=[], headers={"Prefer": merge})
+    assert (r.status_code, r.get_json()) == (200, [])
+    assert client.post("/books", json=[{"id": 52, "title": "S"}],
+                       headers={"Prefer": rep + ", resolution=ignore-duplicates"}).status_code == 200
+
+
+def test_csv_null_in_and_no_trailing_newline_out(client, db):
+    r = client.post("/books?select=id,year", data="id,title,year\n60,C,NULL\n61,D,1999",
+                    headers={"Content-Type": "text/csv", "Accept": "text/csv",
+                             "Prefer": "return=representation"})
+    assert r.status_code == 201
+    assert r.data == b"id,year\n60,\n61,1999"
+    assert rows(db, "SELECT year IS NULL FROM books WHERE id = 60") == [(1,)]

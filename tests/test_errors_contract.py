@@ -135,6 +135,7 @@ TRIGGERS = {
     "unknown_body_column": lambda e: e.client().post("/books", json={"title": "t", "nope": 1}),
     "unknown_table": lambda e: e.client().get("/nope"),
     "unknown_column": lambda e: e.client().get("/books?nope=eq.1"),
+    "unknown_cast": lambda e: e.client().get("/books?select=id::regclass"),
     "conflict_target": lambda e: e.client().post(
         "/books?on_conflict=title", json={"title": "Alpha"},
         headers={"Prefer": "resolution=merge-duplicates"}),

@@ -68,6 +68,18 @@ class QueryError(RequestError):
     key = "query_parse"
 
 
+class RangeError(RequestError):
+    """A limit no range can satisfy (negative)."""
+
+    key = "invalid_range"
+
+
+class UnknownCastError(RequestError):
+    """A cast to a type the API does not know (PostgreSQL's undefined_object)."""
+
+    key = "unknown_cast"
+
+
 class UnknownColumnError(RequestError):
     """A filter/select/order names a column the table does not have."""
 
@@ -93,9 +105,11 @@ class ColumnRef:
 
     @property
     def output_name(self) -> str:
-        """The key PostgREST gives a selected field: the last JSON key, else the column."""
-        if self.json_path:
-            return str(self.json_path[-1].key)
+        """The key PostgREST gives a selected field: the last JSON key that is not an array
+        index (``data->tags->0`` is "tags"), else the column."""
+        for step in reversed(self.json_path):
+            if type(step.key) is str:
+                return step.key
         return self.name
 
 
@@ -183,6 +197,8 @@ _NAME = re.compile(r'(?:[^.,:()"{}!\-]|-(?!>))+')
 _SIMPLE_NAME = re.compile(r'[A-Za-z_][A-Za-z0-9_$]*\Z')
 _INT_KEY = re.compile(r'-?[0-9]+\Z')
 _NON_NEGATIVE_INT = re.compile(r'[0-9]+\Z')
+_NEGATIVE_INT = re.compile(r"-[0-9]+\Z")
+_NESTED_GROUP = re.compile(r"(not\.)?(or|and) *(?=\()")
 # An unquoted list item / logic-tree value runs to the next ',' or closer.
 _UNQUOTED_ITEM = {")": re.compile(r"[^,)]*"), "}": re.compile(r"[^,}]*")}
 _OPERATOR_WORD = re.compile(r"[A-Za-z_]*")
@@ -340,6 +356,10 @@ class _Reader:
                 self.pos = m.end()
                 raw = m.group()
                 key = raw
+                if raw.startswith("-") and not _INT_KEY.match(raw):
+                    self.pos = m.start()
+                    self.fail("expected a JSON key or an array index after '->'",
+                              hint='double-quote a key that starts with "-"')
                 if _INT_KEY.match(raw):
                     key = int64(raw)
                     if key is None:
@@ -351,21 +371,38 @@ class _Reader:
             steps.append(JsonStep(key, as_text))
         return ColumnRef(name, tuple(steps))
 
-    def list_items(self, opener: str, closer: str) -> tuple[str, ...]:
-        """`(a,"b,c",d)` or `{…}`; unquoted items run to the next ',' or closer."""
+    def list_items(self, opener: str, closer: str, spaced: bool = False) -> tuple[str, ...]:
+        """`(a,"b,c",d)` or `{…}`; unquoted items run to the next ',' or closer. ``spaced``
+        (inside a logic tree): spaces around items are not part of them."""
         self.expect(opener, f"expected {opener!r} to open a list",
                     hint=f'write a list as {opener}a,b,"c,d"{closer}')
         items: list[str] = []
+        if spaced:
+            self.skip_spaces()
         if self.accept(closer):
             return ()
         text = self.text
         while True:
+            if spaced:
+                self.skip_spaces()
+            item = None
             if self.peek('"'):
-                items.append(self.quoted())
-            else:
+                start = self.pos
+                try:
+                    item = self.quoted()
+                except QueryError:
+                    # PostgREST reads a quote that is never closed as a plain character:
+                    # in.(") is the one-character value ".
+                    item, self.pos = None, start
+            if item is None:
                 end = _UNQUOTED_ITEM[closer].match(text, self.pos).end()
-                items.append(text[self.pos:end])
+                item = text[self.pos:end]
+                if spaced:
+                    item = item.rstrip(" ")
                 self.pos = end
+            elif spaced:
+                self.skip_spaces()
+            items.append(item)
             if self.accept(","):
                 continue
             self.expect(closer, f"expected ',' or {closer!r} in list",
@@ -412,13 +449,14 @@ def _filter_value(reader: _Reader, op: Operator, quantifier, in_group: bool):
     if quantifier is not None:
         return reader.list_items("{", "}")
     if op.value is ValueKind.LIST:
-        return reader.list_items("(", ")")
-    if in_group:
+        return reader.list_items("(", ")", spaced=in_group)
+    if in_group:  # PostgREST's logic trees allow spaces around values
+        reader.skip_spaces()
         if reader.peek('"'):
             value = reader.quoted()
         else:
             end = _UNQUOTED_ITEM[")"].match(reader.text, reader.pos).end()
-            value = reader.text[reader.pos:end]
+            value = reader.text[reader.pos:end].rstrip(" ")
             reader.pos = end
     else:
         value = reader.text[reader.pos:]
@@ -472,6 +510,7 @@ def _group(reader: _Reader, depth: int) -> tuple:
     items = []
     while True:
         items.append(_term(reader, depth))
+        reader.skip_spaces()  # PostgREST allows spaces around a group's items
         if reader.accept(","):
             continue
         reader.expect(")", "expected ',' or ')' in logic group",
@@ -481,18 +520,13 @@ def _group(reader: _Reader, depth: int) -> tuple:
 
 def _term(reader: _Reader, depth: int):
     reader.skip_spaces()
-    negate = reader.peek("not.or(") or reader.peek("not.and(")
-    if negate:
-        reader.pos += 4
-    node = None
-    if reader.peek("or("):
-        reader.pos += 2
-        node = Or(_group(reader, depth + 1))
-    elif reader.peek("and("):
-        reader.pos += 3
-        node = And(_group(reader, depth + 1))
-    if node is not None:
-        return Not(node) if negate else node
+    m = _NESTED_GROUP.match(reader.text, reader.pos)
+    if m:  # [not.]or( / [not.]and(, with spaces before the '(' as PostgREST allows
+        reader.pos = m.end(2)
+        reader.skip_spaces()
+        items = _group(reader, depth + 1)
+        node = Or(items) if m.group(2).endswith("or") else And(items)
+        return Not(node) if m.group(1) else node
     column = reader.field()
     reader.expect(".", "expected '.' after the column in a logic term",
                   hint="a logic term is written column.op.value, e.g. id.eq.5")
@@ -524,9 +558,12 @@ def _cast(reader: _Reader) -> str:
     text = reader.text
     end = _CAST_WORD.match(text, start).end()
     name = text[start:end].strip().lower()
+    if not name:
+        reader.fail("expected a type after '::'", hint=f"casts: {', '.join(CASTS)}")
     if name not in CASTS:
-        reader.fail(f"unsupported cast {shown_text(text[start:end], 40)!r}",
-                    hint=f"casts: {', '.join(CASTS)}")
+        raise UnknownCastError(f"type \"{shown_text(name, 40)}\" does not exist",
+                               details=f"in {shown_text(text, 80)!r}",
+                               hint=f"casts: {', '.join(CASTS)}")
     reader.pos = end
     return name
 
@@ -621,6 +658,12 @@ def parse_on_conflict(value: str) -> tuple[str, ...]:
 
 def _non_negative(key: str, value: str) -> int:
     number = int64(value) if _NON_NEGATIVE_INT.match(value) else None
+    if number is None and _NEGATIVE_INT.match(value):
+        # PostgREST: a negative offset is a no-op, a negative limit an unsatisfiable range.
+        if key == "offset":
+            return 0
+        raise RangeError("Requested range not satisfiable",
+                         details="Limit should be greater than or equal to zero.")
     if number is None:
         raise QueryError(f"failed to parse {key} parameter ({shown_text(value)})",
                          details=f"{key} must be a non-negative integer of at most {INT64_MAX}",

@@ -150,7 +150,7 @@ def render_csv(shape: Shape, rows) -> bytes:
     writer.writerow(shape.names)
     for row in rows:
         writer.writerow([_csv_cell(v) for v in row])
-    return out.getvalue().encode("utf-8")
+    return out.getvalue()[:-1].encode("utf-8")  # PostgREST ends on the last row, no newline
 
 
 def render(media: str, shape: Shape, rows) -> bytes:

@@ -117,14 +117,9 @@ def page_bounds(query, range_header: str | None) -> tuple[int, int | None]:
     return lower, min(max(upper - lower + 1, 0), INT64_MAX)
 
 
-def content_range(offset: int, returned: int, total: int | None, limit: int | None) -> str:
+def content_range(offset: int, returned: int, total: int | None) -> str:
     """`first-last/total`, computed from the rows actually returned."""
-    if total is not None:
-        total_text = str(total)
-    elif returned == 0 and offset == 0 and limit != 0:
-        total_text = "0"  # nothing from the first row on: the total is known to be 0
-    else:
-        total_text = "*"
+    total_text = "*" if total is None else str(total)  # PostgREST: no count, no total
     if returned == 0:
         return "*/" + total_text
     return f"{offset}-{offset + returned - 1}/{total_text}"
@@ -210,7 +205,7 @@ def _read(state, environ, table, prefs, head: bool) -> ApiResponse:
     media = negotiate(environ.get("HTTP_ACCEPT"))
     plan, values = read_plan(table, environ.get("QUERY_STRING", ""), environ.get("HTTP_RANGE"),
                              state.config.max_rows, prefs.count is not None)
-    offset, limit, statement = plan.offset, plan.limit, plan.statement
+    offset, statement = plan.offset, plan.statement
     total = None
     if plan.count is None:
         rows = state.db.reader().execute(statement.sql, plan.params(values)).fetchall()
@@ -229,7 +224,7 @@ def _read(state, environ, table, prefs, head: bool) -> ApiResponse:
     if total is not None and (offset > 0 or offset + returned < total):
         status = 206
     response_headers = [
-        ("Content-Range", content_range(offset, returned, total, limit)),
+        ("Content-Range", content_range(offset, returned, total)),
         ("Range-Unit", "items"),
         *CORS_HEADERS,
     ]

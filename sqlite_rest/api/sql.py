@@ -32,7 +32,8 @@ import orjson
 import regex
 
 from .operators import OPERATOR_BY_NAME, QUANTIFIERS, ValueKind
-from .query import (CASTS, INT64_MAX, INT64_MIN, And, ColumnRef, Filter, Not, QueryError,
+from .query import (CASTS, INT64_MAX, INT64_MIN, And, ColumnRef, Filter, JsonStep, Not,
+                    QueryError,
                     RequestError, Star, UnknownColumnError, int64, is_decimal, shown_text)
 from .schema import Column, Table, quote_identifier
 
@@ -377,6 +378,17 @@ def build_where(table: Table, filters, params: list) -> str:
 # other than JSON path keys, which are part of the shape)
 
 
+def _json_as_text(table: Table, ref: ColumnRef) -> tuple[str, tuple]:
+    """A selected ``->>`` as PostgreSQL gives it: text for every JSON value (``5`` is "5",
+    ``true`` is "true"), the string itself for a string, NULL for null. SQLite's own ``->>``
+    gives numbers and 1/0 instead."""
+    as_json = ColumnRef(ref.name, ref.json_path[:-1] + (JsonStep(ref.json_path[-1].key, False),))
+    expr, params, _affinity, _column = _column_expr(table, as_json)
+    sql = (f"(CASE json_type({expr}) WHEN 'text' THEN {expr} ->> '$' "
+           f"WHEN 'null' THEN NULL ELSE {expr} END)")
+    return sql, params * 3
+
+
 @functools.lru_cache(maxsize=2048)
 def compile_select(table: Table, select: tuple) -> tuple[str, tuple, tuple[OutputColumn, ...]]:
     """select items -> (SQL list, params, output columns)."""
@@ -389,10 +401,13 @@ def compile_select(table: Table, select: tuple) -> tuple[str, tuple, tuple[Outpu
                 parts.append(column.quoted)
                 outputs.append(OutputColumn(column.name))
             continue
-        expr, expr_params, _affinity, _column_ = _column_expr(table, item.column)
+        path = item.column.json_path
+        if path and path[-1].as_text:
+            expr, expr_params = _json_as_text(table, item.column)
+        else:
+            expr, expr_params, _affinity, _column_ = _column_expr(table, item.column)
         params.extend(expr_params)
-        kind = "json" if item.column.json_path and not item.column.json_path[-1].as_text \
-            else "value"
+        kind = "json" if path and not path[-1].as_text else "value"
         if item.cast is not None:
             cast_type, kind = CASTS[item.cast]
             if cast_type is not None:
@@ -680,17 +695,26 @@ def _insert_sql(table: Table, present: tuple[Column, ...], on_conflict, resoluti
 
 
 def build_update(table: Table, values: dict, filters, *, returning=None,
-                 columns: tuple[str, ...] | None = None) -> Statement:
-    """UPDATE … SET … WHERE <filters> [RETURNING …] (columns restricts the keys)."""
+                 columns: tuple[str, ...] | None = None,
+                 missing_default: bool = False) -> Statement:
+    """UPDATE … SET … WHERE <filters> [RETURNING …] (columns restricts the keys; a column it
+    names that the body lacks is NULL, or its DEFAULT with missing_default)."""
     if type(values) is not dict:
         raise PayloadError("expected a JSON object")
     names = columns if columns is not None else tuple(values)
     targets = [_writable_column(table, name) for name in names]
     if not targets:
         raise PayloadError("nothing to update", hint="send at least one column")
-    params: list = [_to_sql_value(values.get(c.name), c.name) for c in targets]
-    sql = ("UPDATE " + table.quoted + " SET " +
-           ", ".join(c.quoted + " = ?" for c in targets))
+    params: list = []
+    assignments = []
+    for c in targets:
+        if missing_default and c.name not in values:
+            # The schema's own DEFAULT expression (trusted SQL text); UPDATE has no DEFAULT.
+            assignments.append(f"{c.quoted} = {c.default if c.default is not None else 'NULL'}")
+        else:
+            assignments.append(c.quoted + " = ?")
+            params.append(_to_sql_value(values.get(c.name), c.name))
+    sql = "UPDATE " + table.quoted + " SET " + ", ".join(assignments)
     sql += build_where(table, filters, params)
     returning_sql, returning_params, outputs = _returning(table, returning)
     params.extend(returning_params)

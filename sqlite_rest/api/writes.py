@@ -35,6 +35,8 @@ WRITE_STATUS = {
 SQL_VERB = {"POST": "INSERT", "PATCH": "UPDATE", "PUT": "INSERT", "DELETE": "DELETE"}
 
 _RESOLUTION = {"merge-duplicates": "merge", "ignore-duplicates": "ignore"}
+#: last_insert_rowid while no row has been inserted (a rowid no table uses in practice).
+_NO_INSERT = INT64_MIN
 
 
 # -- request bodies --------------------------------------------------------------------
@@ -129,8 +131,9 @@ def _read_body(environ, max_bytes: int) -> object:
                 raise api_error("invalid_body",
                                 details=f"CSV line {reader.line_num} has {len(line)} fields, "
                                         f"the header has {len(header)}")
-            # An empty CSV field is NULL (CSV cannot tell NULL from '').
-            rows.append({k: (v if v != "" else None) for k, v in zip(header, line)})
+            # NULL is SQL NULL (PostgREST), and so is an empty field (CSV cannot tell NULL
+            # from '').
+            rows.append({k: (None if v == "" or v == "NULL" else v) for k, v in zip(header, line)})
     except csv.Error as exc:
         raise api_error("invalid_body", details=f"CSV: {exc}") from None
     return rows
@@ -184,10 +187,10 @@ def _same_key_value(body_value, url_text: str) -> bool:
 def _put_row(table, query, body) -> dict:
     key = _put_key(table, query)
     if type(body) is list:
-        if len(body) != 1:
-            raise api_error("invalid_body", message="PUT takes exactly one object",
-                            details=f"got an array of {len(body)}")
-        body = body[0]
+        if not body:
+            raise api_error("invalid_body", message="PUT takes one object",
+                            details="got an empty array")
+        body = body[0]  # PostgREST puts the first element of an array
     if type(body) is not dict:
         raise api_error("invalid_body", message="Expected a JSON object")
     for name, url_value in key.items():
@@ -205,6 +208,32 @@ def _put_row(table, query, body) -> dict:
 
 # -- the write --------------------------------------------------------------------------
 
+def _sqlite_rank(value) -> tuple:
+    """A sort key in SQLite's order of types: NULL, numbers, text, blobs."""
+    if value is None:
+        return (0, 0)
+    if isinstance(value, (int, float)):
+        return (1, value)
+    if isinstance(value, str):
+        return (2, value)  # code point order is UTF-8 byte order: SQLite's BINARY collation
+    return (3, bytes(value))
+
+
+def _sorted_rows(rows: list, order, width: int) -> list:
+    """Rows sorted by their trailing order keys (as ORDER BY with PostgREST's NULL placement
+    would), the keys dropped. Stable sorts from the last term to the first."""
+    rows = list(rows)
+    for i in reversed(range(len(order))):
+        term = order[i]
+        nulls_first = term.descending if term.nulls_first is None else term.nulls_first
+        col = width + i
+        present = [r for r in rows if r[col] is not None]
+        absent = [r for r in rows if r[col] is None]
+        present.sort(key=lambda r: _sqlite_rank(r[col]), reverse=term.descending)
+        rows = absent + present if nulls_first else present + absent
+    return [r[:width] for r in rows]
+
+
 def _location(table, row: tuple, key_columns) -> str:
     parts = [f"{quote(name, safe='')}=eq.{quote(str(value), safe='')}"
              for name, value in zip(key_columns, row)]
@@ -215,7 +244,11 @@ def write(state, table, prefs, method: str, query) -> ApiResponse:
     config = state.config
     return_ = prefs.return_
     representation = return_ == "representation"
-    media = negotiate(request.environ.get("HTTP_ACCEPT")) if representation else None
+    accept = request.environ.get("HTTP_ACCEPT")
+    # Without a representation only the object media type matters: it still asks for exactly
+    # one row (PostgREST answers 406 and rolls back a DELETE that matched five).
+    media = negotiate(accept) if representation or (accept and "pgrst.object" in accept) \
+        else None
     if method in ("PATCH", "DELETE"):
         if query.limit is not None or query.offset is not None:
             raise api_error("query_parse",
@@ -225,6 +258,12 @@ def write(state, table, prefs, method: str, query) -> ApiResponse:
             raise api_error("filterless_write", verb=SQL_VERB[method])
 
     returning = query.select if representation else None
+    # order= sorts the rows a write returns (PostgREST); RETURNING has no ORDER BY, so the
+    # order keys ride along as extra columns, sorted on here and dropped.
+    order = query.order if representation else ()
+    if order:
+        returning = tuple(returning) + tuple(
+            SelectItem(term.column, alias=f"__order_{i}") for i, term in enumerate(order))
     location_columns = None
     if method == "POST" and return_ == "headers-only" and table.primary_key:
         location_columns = table.primary_key
@@ -244,21 +283,35 @@ def write(state, table, prefs, method: str, query) -> ApiResponse:
             statements = build_insert(table, [row], on_conflict=table.primary_key,
                                       resolution="merge", returning=returning)
         else:  # PATCH
+            if body == [] or body == [{}]:
+                body = {}
             if type(body) is not dict:
                 raise api_error("invalid_body", message="PATCH takes one JSON object",
                                 details=f"got a JSON {type(body).__name__}")
-            statements = [build_update(table, body, query.filters, returning=returning,
-                                       columns=query.columns)]
+            if not body:  # nothing to set: PostgREST answers as for no matching row
+                statements = []
+            else:
+                statements = [build_update(table, body, query.filters, returning=returning,
+                                           columns=query.columns,
+                                           missing_default=prefs.missing == "default")]
 
     strict = prefs.handling == "strict"
     max_affected = prefs.max_affected if strict else None
+    # An upsert answers 201 only when it inserted a row (PostgREST): SQLite moves
+    # last_insert_rowid on an insert, never on the update or skip of a conflict.
+    upsert = method == "PUT" or (method == "POST" and prefs.resolution in _RESOLUTION)
+    watch_inserts = upsert and representation and not table.without_rowid
     columns = statements[0].columns if representation and statements else ()
+    if order and columns:
+        columns = columns[:-len(order)]
 
     def work(conn) -> tuple[list, int, bytes]:
         """The request's statements and checks, inside the write transaction (group commit
         may run it on another request's thread: nothing here may touch Flask's request)."""
         rows: list = []
         affected = 0
+        if watch_inserts and conn is not None:
+            conn.set_last_insert_rowid(_NO_INSERT)
         for statement in statements:
             params_seq = getattr(statement, "params_seq", None)
             for params in (params_seq if params_seq is not None else (statement.params,)):
@@ -271,25 +324,35 @@ def write(state, table, prefs, method: str, query) -> ApiResponse:
             raise api_error("max_affected_exceeded",
                             details=f"The query affects {affected} rows",
                             hint=f"Prefer: max-affected={max_affected}")
-        if media == OBJECT and len(rows) != 1:
-            raise api_error("singular_not_one", details=f"The result contains {len(rows)} rows")
+        if order:
+            rows = _sorted_rows(rows, order, len(columns))
+        if media == OBJECT and (len(rows) if representation else affected) != 1:
+            raise api_error("singular_not_one",
+                            details=f"The result contains {len(rows) if representation else affected} rows")
         body = render(media, shape_of(columns), rows) if representation else b""
-        return rows, affected, body
+        inserted = (conn is not None and conn.last_insert_rowid() != _NO_INSERT) \
+            if watch_inserts else None
+        return rows, affected, body, inserted
 
-    (rows, affected, body_bytes), commit_result = state.db.write(
-        work, rollback=prefs.tx == "rollback")
+    if statements:
+        (rows, affected, body_bytes, inserted), commit_result = state.db.write(
+            work, rollback=prefs.tx == "rollback")
+    else:  # an empty PATCH (or POST of []) writes nothing: no transaction, no position
+        (rows, affected, body_bytes, inserted), commit_result = work(None), None
     headers = list(CORS_HEADERS)
     if commit_result is not None:
         headers.append(("X-Replication-Txid", str(commit_result)))
     if location_columns and rows:
         headers.append(("Location", _location(table, rows[0], location_columns)))
-    if prefs.count is not None:
-        headers.append(("Content-Range", f"*/{affected}"))
+    # PostgREST: a write's range names no rows, only the count when one was asked for.
+    headers.append(("Content-Range", f"*/{affected}" if prefs.count is not None else "*/*"))
     skip = () if strict else ("max-affected",)
     applied = prefs.applied(method, extra_skip=skip)
     if applied:
         headers.append(("Preference-Applied", applied))
     status = WRITE_STATUS[(method, representation)]
+    if inserted is not None:
+        status = 201 if inserted else 200
     if representation:
         return ApiResponse(body_bytes, status, headers, CONTENT_TYPES[media])
-    return ApiResponse(b"", status, headers)
+    return ApiResponse.without_body(status, headers)
