@@ -378,6 +378,18 @@ def build_where(table: Table, filters, params: list) -> str:
 # other than JSON path keys, which are part of the shape)
 
 
+def stored_kind(column: Column) -> str:
+    """How a column's values are shown, by its declared type, as PostgREST shows the
+    PostgreSQL types of the same names: JSON/JSONB as JSON values, BOOLEAN as true/false
+    (SQLite stores them as text and 0/1)."""
+    declared = column.declared_type.upper()
+    if declared in ("JSON", "JSONB"):
+        return "json"
+    if declared in ("BOOLEAN", "BOOL"):
+        return "boolean"
+    return "value"
+
+
 def _json_as_text(table: Table, ref: ColumnRef) -> tuple[str, tuple]:
     """A selected ``->>`` as PostgreSQL gives it: text for every JSON value (``5`` is "5",
     ``true`` is "true"), the string itself for a string, NULL for null. SQLite's own ``->>``
@@ -399,7 +411,7 @@ def compile_select(table: Table, select: tuple) -> tuple[str, tuple, tuple[Outpu
         if type(item) is Star:
             for column in table.columns:
                 parts.append(column.quoted)
-                outputs.append(OutputColumn(column.name))
+                outputs.append(OutputColumn(column.name, stored_kind(column)))
             continue
         path = item.column.json_path
         if path and path[-1].as_text:
@@ -407,7 +419,10 @@ def compile_select(table: Table, select: tuple) -> tuple[str, tuple, tuple[Outpu
         else:
             expr, expr_params, _affinity, _column_ = _column_expr(table, item.column)
         params.extend(expr_params)
-        kind = "json" if path and not path[-1].as_text else "value"
+        if path:
+            kind = "json" if not path[-1].as_text else "value"
+        else:
+            kind = stored_kind(_column(table, item.column.name))
         if item.cast is not None:
             cast_type, kind = CASTS[item.cast]
             if cast_type is not None:
