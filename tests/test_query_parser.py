@@ -396,7 +396,8 @@ def test_parsed_queries_are_cached_and_hashable():
 def test_every_operator_parses():
     for op in OPERATORS:
         for name in (op.name, *op.aliases):
-            value = {"in": "(1)", "is": "null"}.get(op.name, "1")
+            value = {"in": "(1)", "is": "null", "cs": "{1}", "cd": "{1}", "ov": "{1}"}.get(
+                op.name, "1")
             assert parse_filter("c", f"{name}.{value}").op == op.name
 
 

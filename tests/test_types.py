@@ -55,3 +55,45 @@ def test_json_values_go_in_as_json(client, tmp_path):
     assert conn.execute("SELECT body, done FROM docs WHERE id = 9").fetchall() == \
         [('{"a":[1,null]}', 1)]
     conn.close()
+
+
+@pytest.fixture
+def tagged(tmp_path):
+    conn = apsw.Connection(str(tmp_path / "tags.db"))
+    conn.execute("""
+        CREATE TABLE t (id INTEGER PRIMARY KEY, tags JSON, data JSON);
+        INSERT INTO t VALUES (1, '["a","b","c"]', '{"k":1,"x":"y","n":{"z":[1]}}'),
+                             (2, '["b"]', '{"k":2}'), (3, '[1,2]', NULL), (4, NULL, '[1,2,3]'),
+                             (5, 'not json', '{}');
+    """)
+    conn.close()
+    app = create_app(ServerConfig(db_dsn=str(tmp_path / "tags.db"), allow_tables=("t",),
+                                  auth_disabled=True))
+    with app.test_client() as c:
+        yield c
+
+
+@pytest.mark.parametrize("query,ids", [
+    ("tags=cs.{a,b}", [1]),
+    ("tags=cs.{b}", [1, 2]),
+    ('tags=cs.["b"]', [1, 2]),
+    ("tags=cs.{1}", [3]),                   # PostgreSQL's literal is text; JSON 1 matches
+    ('tags=cs.{"a,b"}', []),
+    ("tags=cd.{a,b,c,d}", [1, 2]),
+    ("tags=ov.{c,2}", [1, 3]),
+    ('data=cs.{"k":1}', [1]),
+    ('data=cs.{"n":{"z":[1]}}', [1]),
+    ("data->n->z=cs.{1}", [1]),
+    ("tags=not.cs.{b}", [3]),               # NULL and non-JSON columns match neither way
+    ('or=(tags.cs.{a,c},data.cs.{"k":2})', [1, 2]),
+])
+def test_containment_operators(tagged, query, ids):
+    r = tagged.get("/t?select=id&order=id&" + query)
+    assert r.status_code == 200, r.data
+    assert [row["id"] for row in r.get_json()] == ids
+
+
+@pytest.mark.parametrize("query", ["tags=cs.{a", "tags=cs.[1,", "tags=cs.x", "tags=ov.{a}}"])
+def test_malformed_containment_values_are_400(tagged, query):
+    r = tagged.get("/t?" + query)
+    assert r.status_code == 400 and r.get_json()["code"] == "PGRST100"

@@ -23,6 +23,8 @@ class ValueKind(enum.Enum):
     REGEX = "regex"      # one text value, a Python `re` pattern
     LIST = "list"        # a parenthesised list: in.(1,2,"a,b")
     KEYWORD = "keyword"  # one of a fixed set of words: is.null
+    CONTAINER = "container"  # a PostgreSQL array literal {a,b} or a JSON array/object,
+                             # bound as one JSON text
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,28 @@ OPERATORS: tuple[Operator, ...] = (
              keywords=(("null", "{col} IS NULL"), ("not_null", "{col} IS NOT NULL"),
                        ("true", "{col} IS TRUE"), ("false", "{col} IS FALSE"),
                        ("unknown", "{col} IS NULL"))),
+    # Containment on JSON arrays and objects. The wanted value is bound as JSON; elements
+    # compare as text ({1} matches [1]), object entries by key and value. A column that is
+    # NULL or not JSON gives NULL, as in PostgreSQL (so not.cs does not match it either).
+    Operator("cs", ValueKind.CONTAINER,
+             "(CASE WHEN json_valid({col}) THEN NOT EXISTS (SELECT 1 FROM json_each(?) AS w "
+             "WHERE NOT EXISTS (SELECT 1 FROM json_each(CASE WHEN json_valid({col}) THEN {col} "
+             "END) AS h WHERE (typeof(w.key) = 'integer' OR h.key = w.key) "
+             "AND CAST(h.value AS TEXT) IS CAST(w.value AS TEXT))) END)",
+             "contains every element (array) or entry (object): `tags=cs.{a,b}`, "
+             "`data=cs.{\"k\":1}`", "@>"),
+    Operator("cd", ValueKind.CONTAINER,
+             "(CASE WHEN json_valid({col}) THEN NOT EXISTS (SELECT 1 FROM json_each(CASE WHEN "
+             "json_valid({col}) THEN {col} END) AS h WHERE NOT EXISTS (SELECT 1 FROM json_each(?) "
+             "AS w WHERE (typeof(h.key) = 'integer' OR h.key = w.key) "
+             "AND CAST(h.value AS TEXT) IS CAST(w.value AS TEXT))) END)",
+             "is contained in: every element (entry) of the column is in the value: "
+             "`tags=cd.{a,b,c}`", "<@"),
+    Operator("ov", ValueKind.CONTAINER,
+             "(CASE WHEN json_valid({col}) THEN EXISTS (SELECT 1 FROM json_each(CASE WHEN "
+             "json_valid({col}) THEN {col} END) AS h, json_each(?) AS w "
+             "WHERE CAST(h.value AS TEXT) = CAST(w.value AS TEXT)) END)",
+             "overlaps: has an element in common with the value: `tags=ov.{a,z}`", "&&"),
     Operator("isdistinct", ValueKind.SCALAR, "{col} IS NOT ?",
              "is distinct from (NULL-safe not-equal)", "IS DISTINCT FROM",
              priority="P1", either_sql="({col} IS NOT ? AND {col} IS NOT ?)"),

@@ -29,6 +29,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
+import orjson
+
 from ..errors import ERRORS
 from .operators import OPERATOR_BY_NAME, QUANTIFIERS, Operator, ValueKind
 
@@ -450,6 +452,8 @@ def _filter_value(reader: _Reader, op: Operator, quantifier, in_group: bool):
         return reader.list_items("{", "}")
     if op.value is ValueKind.LIST:
         return reader.list_items("(", ")", spaced=in_group)
+    if op.value is ValueKind.CONTAINER:
+        return _container(reader, in_group)
     if in_group:  # PostgREST's logic trees allow spaces around values
         reader.skip_spaces()
         if reader.peek('"'):
@@ -468,6 +472,58 @@ def _filter_value(reader: _Reader, op: Operator, quantifier, in_group: bool):
                         f"not {shown_text(value, 40)!r}")
         return keyword
     return value
+
+
+def _container(reader: _Reader, in_group: bool) -> str:
+    """cs/cd/ov's value as JSON text: a JSON array or object, or a PostgreSQL array literal
+    `{a,b,"c,d"}` (its items as strings)."""
+    if in_group:
+        reader.skip_spaces()
+    start = reader.pos
+    if not (reader.peek("{") or reader.peek("[")):
+        reader.fail("expected {…} or a JSON array or object",
+                    hint='write tags=cs.{a,b} or data=cs.{"key":1}')
+    end = _container_end(reader) if in_group else len(reader.text)
+    text = reader.text[start:end]
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        value = None
+    if type(value) in (list, dict):
+        reader.pos = end
+        return orjson.dumps(value).decode()
+    if text.startswith("["):
+        reader.fail("malformed JSON array")
+    sub = _Reader(text, reader.what)
+    items = sub.list_items("{", "}")
+    if not sub.at_end():
+        reader.pos = start + sub.pos
+        reader.fail("unexpected text after the array literal")
+    reader.pos = end
+    return orjson.dumps(list(items)).decode()
+
+
+def _container_end(reader: _Reader) -> int:
+    """Where the bracketed value at ``reader.pos`` closes (quotes respected)."""
+    text, depth, pos, quoted = reader.text, 0, reader.pos, False
+    while pos < len(text):
+        ch = text[pos]
+        if quoted:
+            if ch == "\\":
+                pos += 1
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+            if depth == 0:
+                return pos + 1
+        pos += 1
+    reader.pos = len(text)
+    reader.fail("unclosed { or [ in the value")
 
 
 def _filter_tail(reader: _Reader, column: ColumnRef, in_group: bool) -> Filter:

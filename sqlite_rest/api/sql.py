@@ -328,6 +328,8 @@ def _scalar_sql(op, kind, col_sql, col_params, affinity, column, text, params) -
     if kind is ValueKind.REGEX:
         pattern = _check_regex(text, op.name == "imatch")
         return _render(op.sql, col_sql, col_params, (pattern,), params)
+    if kind is ValueKind.CONTAINER:  # already JSON text (query._container)
+        return _render(op.sql, col_sql, col_params, (text,), params)
     value, alternative = _coerce(text, affinity, column)
     if alternative is not None and op.either_sql is not None:
         return _render(op.either_sql, col_sql, col_params, (value, alternative), params)
