@@ -28,8 +28,21 @@ CREATE TABLE books (
   title TEXT NOT NULL,
   author_id INTEGER REFERENCES authors(id),
   year INTEGER,
-  tags TEXT DEFAULT '[]'
+  tags JSON DEFAULT '[]'
 );
+-- Full-text search on titles: books_fts indexes books by rowid (?title=wfts.left hand).
+CREATE VIRTUAL TABLE books_fts USING fts5(title, content='books', content_rowid='id',
+                                          tokenize='porter');
+CREATE TRIGGER books_fts_insert AFTER INSERT ON books BEGIN
+  INSERT INTO books_fts (rowid, title) VALUES (new.id, new.title);
+END;
+CREATE TRIGGER books_fts_delete AFTER DELETE ON books BEGIN
+  INSERT INTO books_fts (books_fts, rowid, title) VALUES ('delete', old.id, old.title);
+END;
+CREATE TRIGGER books_fts_update AFTER UPDATE OF title ON books BEGIN
+  INSERT INTO books_fts (books_fts, rowid, title) VALUES ('delete', old.id, old.title);
+  INSERT INTO books_fts (rowid, title) VALUES (new.id, new.title);
+END;
 INSERT INTO authors (id, name, born) VALUES
   (1, 'Ursula K. Le Guin', 1929), (2, 'Frank Herbert', 1920), (3, 'Octavia E. Butler', 1947);
 INSERT INTO books (title, author_id, year, tags) VALUES

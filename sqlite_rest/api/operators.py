@@ -23,6 +23,7 @@ class ValueKind(enum.Enum):
     REGEX = "regex"      # one text value, a Python `re` pattern
     LIST = "list"        # a parenthesised list: in.(1,2,"a,b")
     KEYWORD = "keyword"  # one of a fixed set of words: is.null
+    FULLTEXT = "fulltext"  # search text for an FTS5 index (api/fulltext.py)
     CONTAINER = "container"  # a PostgreSQL array literal {a,b} or a JSON array/object,
                              # bound as one JSON text
 
@@ -116,6 +117,18 @@ OPERATORS: tuple[Operator, ...] = (
              "json_valid({col}) THEN {col} END) AS h, json_each(?) AS w "
              "WHERE CAST(h.value AS TEXT) = CAST(w.value AS TEXT)) END)",
              "overlaps: has an element in common with the value: `tags=ov.{a,z}`", "&&"),
+    # Full-text search through FTS5 (api/fulltext.py builds the MATCH query; sql.py the SQL).
+    # An optional language, fts(english).cat, is accepted and left to the FTS5 tokenizer.
+    Operator("fts", ValueKind.FULLTEXT, "{col} MATCH ?",
+             "full-text search, to_tsquery syntax: `fts.fat & (cat | rat)`, `!`, `<->`, `:*`",
+             "@@ to_tsquery"),
+    Operator("plfts", ValueKind.FULLTEXT, "{col} MATCH ?",
+             "full-text search, every word: `plfts.fat cats`", "@@ plainto_tsquery"),
+    Operator("phfts", ValueKind.FULLTEXT, "{col} MATCH ?",
+             "full-text search, the words as a phrase: `phfts.fat cat`", "@@ phraseto_tsquery"),
+    Operator("wfts", ValueKind.FULLTEXT, "{col} MATCH ?",
+             'full-text search, web syntax: `wfts."fat cat" or rat -dog`',
+             "@@ websearch_to_tsquery"),
     Operator("isdistinct", ValueKind.SCALAR, "{col} IS NOT ?",
              "is distinct from (NULL-safe not-equal)", "IS DISTINCT FROM",
              priority="P1", either_sql="({col} IS NOT ? AND {col} IS NOT ?)"),

@@ -200,6 +200,7 @@ _SIMPLE_NAME = re.compile(r'[A-Za-z_][A-Za-z0-9_$]*\Z')
 _INT_KEY = re.compile(r'-?[0-9]+\Z')
 _NON_NEGATIVE_INT = re.compile(r'[0-9]+\Z')
 _NEGATIVE_INT = re.compile(r"-[0-9]+\Z")
+_LANGUAGE_WORD = re.compile(r"[A-Za-z_]*")
 _NESTED_GROUP = re.compile(r"(not\.)?(or|and) *(?=\()")
 # An unquoted list item / logic-tree value runs to the next ',' or closer.
 _UNQUOTED_ITEM = {")": re.compile(r"[^,)]*"), "}": re.compile(r"[^,}]*")}
@@ -432,7 +433,14 @@ def _operator(reader: _Reader) -> tuple[Operator, bool, str | None]:
                     hint=f"operators: {known}; negate with not.<op>")
     reader.pos = end
     quantifier = None
-    if reader.accept("("):
+    if op.value is ValueKind.FULLTEXT and reader.accept("("):
+        # fts(english): PostgreSQL's text search configuration; FTS5's tokenizer decides here
+        lang_end = _LANGUAGE_WORD.match(text, reader.pos).end()
+        if lang_end == reader.pos:
+            reader.fail("expected a language name, e.g. fts(english)")
+        reader.pos = lang_end
+        reader.expect(")")
+    elif reader.accept("("):
         qstart = reader.pos
         reader.pos = _QUANTIFIER_WORD.match(text, qstart).end()
         quantifier = text[qstart:reader.pos]
@@ -532,7 +540,8 @@ def _filter_tail(reader: _Reader, column: ColumnRef, in_group: bool) -> Filter:
     return Filter(column, op.name, value, negated, quantifier)
 
 
-_ONE_VALUE_KINDS = frozenset({ValueKind.SCALAR, ValueKind.PATTERN, ValueKind.REGEX})
+_ONE_VALUE_KINDS = frozenset({ValueKind.SCALAR, ValueKind.PATTERN, ValueKind.REGEX,
+                              ValueKind.FULLTEXT})
 
 
 @functools.lru_cache(maxsize=4096)

@@ -8,7 +8,7 @@ one while another thread loads its successor.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import apsw
@@ -72,6 +72,8 @@ class Table:
     unique_keys: tuple[tuple[str, ...], ...] = ()  # UNIQUE indexes/constraints incl. the PK
     without_rowid: bool = False
     rowid_alias: str | None = None     # the INTEGER PRIMARY KEY column, if any
+    fts5: bool = False                 # an FTS5 virtual table (its columns take MATCH)
+    fts_index: "Table | None" = None   # the FTS5 table `<name>_fts` indexing it by rowid
     by_name: dict = field(default_factory=dict, repr=False)
     quoted: str = field(default="", repr=False)
 
@@ -117,6 +119,15 @@ def load_schema(conn: apsw.Connection) -> Schema:
             if kind not in ("table", "view", "virtual") or not is_exposable(name):
                 continue
             tables[name] = _load_table(cursor, name, kind, bool(without_rowid))
+        fts5 = {name for (name,) in cursor.execute(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' "
+            "AND sql LIKE 'CREATE VIRTUAL TABLE%USING fts5%'")}
+    for name in fts5 & tables.keys():
+        tables[name] = replace(tables[name], fts5=True)
+    for name, table in list(tables.items()):
+        index = tables.get(name + "_fts")
+        if index is not None and index.fts5 and not table.fts5 and not table.without_rowid:
+            tables[name] = replace(table, fts_index=index)
     return Schema(version, tables)
 
 

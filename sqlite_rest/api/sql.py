@@ -35,6 +35,7 @@ from .operators import OPERATOR_BY_NAME, QUANTIFIERS, ValueKind
 from .query import (CASTS, INT64_MAX, INT64_MIN, And, ColumnRef, Filter, JsonStep, Not,
                     QueryError,
                     RequestError, Star, UnknownColumnError, int64, is_decimal, shown_text)
+from .fulltext import fts5_query
 from .schema import Column, Table, quote_identifier
 
 
@@ -294,7 +295,9 @@ def _filter_sql(table: Table, f: Filter, params: list) -> str:
     op = OPERATOR_BY_NAME[f.op]
     col_sql, col_params, affinity, column = _column_expr(table, f.column)
     kind = op.value
-    if kind is ValueKind.KEYWORD:
+    if kind is ValueKind.FULLTEXT:
+        sql = _fulltext_sql(table, f, op, params)
+    elif kind is ValueKind.KEYWORD:
         sql = _render(op.keyword_map[f.value], col_sql, col_params, (), params)
     elif kind is ValueKind.LIST:
         values = []
@@ -315,6 +318,30 @@ def _filter_sql(table: Table, f: Filter, params: list) -> str:
     else:
         sql = _scalar_sql(op, kind, col_sql, col_params, affinity, column, f.value, params)
     return "NOT (" + sql + ")" if f.negated else sql
+
+
+def _fulltext_sql(table: Table, f: Filter, op, params: list) -> str:
+    """``col MATCH ?`` on an FTS5 table; on a table indexed by ``<table>_fts``, its rows whose
+    rowid the index matches on the column of the same name."""
+    if f.column.json_path:
+        raise QueryError(f"{op.name} searches a column, not a JSON path",
+                         hint="search the column itself")
+    query = fts5_query(op.name, f.value)
+    name = f.column.name
+    if table.fts5:
+        column = _column(table, name)
+        params.append(query)
+        return column.quoted + " MATCH ?"
+    index = table.fts_index
+    if index is None or index.column(name) is None:
+        _column(table, name)  # an unknown column is 42703 first
+        raise QueryError(f"no full-text index for column {name!r} of {table.name!r}",
+                         hint=f"create one: CREATE VIRTUAL TABLE \"{table.name}_fts\" USING "
+                              f"fts5({name}, content='{table.name}') (see the README, "
+                              f"\"Full-text search\")")
+    params.append(query)
+    return (f"{table.quoted}.rowid IN (SELECT rowid FROM {index.quoted} "
+            f"WHERE {index.column(name).quoted} MATCH ?)")
 
 
 def _scalar_sql(op, kind, col_sql, col_params, affinity, column, text, params) -> str:
