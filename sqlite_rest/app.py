@@ -52,6 +52,10 @@ def create_app(config: ServerConfig, *, metrics_registry=None) -> Flask:
         allowed_tables=frozenset(config.allow_tables),
     )
     app.extensions[EXTENSION] = state
+    if config.functions_file:
+        from .api.functions import load_functions
+
+        state.functions = load_functions(config.functions_file, db.reader())
 
     from .api.routes import make_blueprint
     from .api.openapi import openapi_view
@@ -61,6 +65,9 @@ def create_app(config: ServerConfig, *, metrics_registry=None) -> Flask:
     app.add_url_rule("/", "openapi", openapi_view, methods=["GET", "HEAD", "OPTIONS"],
                      provide_automatic_options=False)
     app.register_blueprint(make_blueprint(app, state))
+    from .api.rpc import make_rpc_blueprint
+
+    app.register_blueprint(make_rpc_blueprint(app, state))
     app.register_error_handler(Exception, _handle_exception)
     from prometheus_client import CollectorRegistry
 

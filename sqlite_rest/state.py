@@ -24,6 +24,8 @@ class AppState:
     allowed_tables: frozenset
     #: Set once SQLite reported CORRUPT/NOTADB: /ready answers 503 from then on.
     database_corrupt: bool = False
+    #: The functions of --functions-file by name (api/functions.py), served under /rpc/.
+    functions: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
 
