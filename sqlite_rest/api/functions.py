@@ -456,6 +456,9 @@ def prepare_function(conn: apsw.Connection, spec: FunctionSpec, path: str) -> Fu
             writes = True
             verb = (info.first_query.split(None, 1) or ["WRITE"])[0].upper()
         steps.append(Step(info.first_query.strip().rstrip(";").strip(), names))
+    if spec.volatility == "volatile" and not writes:
+        writes = True  # declared: run it as a write (POST only, write transaction)
+        verb = "a volatile function"
     unused = [p.name for p in spec.params if p.name not in used]
     if unused:
         fail(f"params.{unused[0]}", "declared but not used in 'sql'")
@@ -549,3 +552,51 @@ def accepts(function: Function, keys) -> bool:
     keys = set(keys)
     names = {p.name for p in function.params}
     return keys <= names and all(p.name in keys for p in function.params if p.required)
+
+
+# -- OpenAPI ------------------------------------------------------------------------------
+
+def _swagger_param(param: Param) -> dict:
+    kind, fmt = param.type.swagger
+    out = {"type": kind, "format": fmt}
+    if not param.required and param.default is not None:
+        out["default"] = param.default
+    if param.description:
+        out["description"] = param.description
+    return out
+
+
+def openapi_paths(functions: dict) -> dict:
+    """The ``/rpc/<name>`` paths of the Swagger 2.0 description (openapi.py), shaped like
+    PostgREST's: GET with query parameters for read-only functions, POST with a body object
+    for all."""
+    paths = {}
+    ref = lambda name: {"$ref": "#/parameters/" + name}  # noqa: E731
+    for name, function in functions.items():
+        responses = ({"204": {"description": "No Content"}} if function.returns == "nothing"
+                     else {"200": {"description": "OK"}})
+        common: dict = {"tags": [f"(rpc) {name}"]}
+        if function.spec.description:
+            common["summary"] = function.spec.description
+        readable = function.returns in ("rows", "row") and function.wrap_prefix is not None
+        shaping = [ref("select")] if readable else []
+        if readable and function.returns == "rows":
+            shaping += [ref("order"), ref("offset"), ref("limit"), ref("preferCount")]
+        properties = {p.name: _swagger_param(p) for p in function.params}
+        schema: dict = {"type": "object"}
+        required = [p.name for p in function.params if p.required]
+        if required:
+            schema["required"] = required
+        schema["properties"] = properties
+        body = {"name": "args", "in": "body", "required": True, "schema": schema}
+        operations = {"post": {**common, "parameters": [body, ref("preferParams")] + shaping,
+                               "responses": responses}}
+        if not function.writes:
+            query = [{"name": p.name, "in": "query", "required": p.required,
+                      **_swagger_param(p)} for p in function.params]
+            page = [ref("range"), ref("rangeUnit")] if function.returns == "rows" and readable \
+                else []
+            operations = {"get": {**common, "parameters": query + shaping + page,
+                                  "responses": responses}, **operations}
+        paths["/rpc/" + name] = operations
+    return paths
