@@ -22,6 +22,22 @@ ROWS = [
     {"id": 3, "name": "cherry", "price": 4.0, "qty": 0},
     {"id": 4, "name": "Apricot", "price": None, "qty": 7},
 ]
+FUNCTIONS = """
+functions:
+  cheaper_than:
+    params: {price: real}
+    sql: SELECT id, name, price FROM items WHERE price < :price
+  total_qty:
+    params: {min_qty: {type: integer, default: 0}}
+    sql: SELECT sum(qty) AS total FROM items WHERE qty >= :min_qty
+    returns: value
+  restock:
+    params: {id: integer, qty: integer}
+    sql: |
+      UPDATE items SET qty = qty + :qty WHERE id = :id;
+      SELECT id, name, qty FROM items WHERE id = :id
+    returns: row
+"""
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +51,10 @@ def server(tmp_path_factory):
     conn.close()
     secret = tmp / "secret"
     secret.write_bytes(SECRET)
+    functions = tmp / "functions.yml"
+    functions.write_text(FUNCTIONS)
     srv = start_server(db, "--security-allow-table", "items", "--auth-token-file", secret,
-                       metrics=False)
+                       "--functions-file", functions, metrics=False)
     srv.db_path = db
     try:
         yield srv
@@ -130,3 +148,47 @@ def test_without_token_the_client_gets_401(server):
         with pytest.raises(APIError) as info:
             anonymous.from_("items").select("*").execute()
     assert info.value.code in ("PGRST302", "42501")
+
+
+# -- RPC: client.rpc() ---------------------------------------------------------------------
+
+def test_rpc_rows_with_filters_order_and_limit(client):
+    r = client.rpc("cheaper_than", {"price": 2}).execute()
+    assert r.data == [{"id": 1, "name": "apple", "price": 1.5},
+                      {"id": 2, "name": "banana", "price": 0.25}]
+    r = client.rpc("cheaper_than", {"price": 5}).gte("price", 1).order("price", desc=True) \
+        .limit(1).execute()
+    assert r.data == [{"id": 3, "name": "cherry", "price": 4.0}]
+    r = client.rpc("cheaper_than", {"price": 5}).select("name").eq("id", 2).execute()
+    assert r.data == [{"name": "banana"}]
+    r = client.rpc("cheaper_than", {"price": 5}, count="exact").order("id").range(0, 0).execute()
+    assert r.count == 3 and ids(r) == [1]
+    single = client.rpc("cheaper_than", {"price": 5}).eq("id", 3).single().execute()
+    assert single.data == {"id": 3, "name": "cherry", "price": 4.0}
+
+
+def test_rpc_by_get_and_a_scalar(client):
+    assert client.rpc("total_qty", {}).execute().data == 117
+    assert client.rpc("total_qty", {"min_qty": 10}, get=True).execute().data == 110
+    r = client.rpc("cheaper_than", {"price": "2"}, get=True).order("id", desc=True).execute()
+    assert ids(r) == [2, 1]
+
+
+def test_rpc_writing_function(client):
+    r = client.rpc("restock", {"id": 3, "qty": 5}).execute()
+    assert r.data == {"id": 3, "name": "cherry", "qty": 5}
+    assert client.from_("items").select("qty").eq("id", 3).single().execute().data == {"qty": 5}
+    with pytest.raises(APIError) as info:
+        client.rpc("restock", {"id": 3, "qty": 5}, get=True).execute()
+    assert info.value.code == "25006"
+
+
+def test_rpc_errors_are_api_errors(client):
+    with pytest.raises(APIError) as info:
+        client.rpc("cheaper", {"price": 1}).execute()
+    assert info.value.code == "PGRST202"
+    assert info.value.hint is None
+    with pytest.raises(APIError) as info:
+        client.rpc("cheaper_than", {"cost": 1}).execute()
+    assert info.value.code == "PGRST202"
+    assert info.value.hint == "Perhaps you meant to call the function public.cheaper_than(price)"
