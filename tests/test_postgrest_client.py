@@ -6,6 +6,7 @@ way it does for PostgREST; the server must tolerate and honour them.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import apsw
 import jwt
@@ -13,6 +14,7 @@ import pytest
 from postgrest import SyncPostgrestClient
 from postgrest.exceptions import APIError
 
+from tests.plugins.postgrest_js import POSTGREST_JS_VERSION, run_node
 from tests.plugins.server import start_server
 
 SECRET = b"a-secret-for-the-postgrest-client-test-0123456789"
@@ -192,3 +194,42 @@ def test_rpc_errors_are_api_errors(client):
         client.rpc("cheaper_than", {"cost": 1}).execute()
     assert info.value.code == "PGRST202"
     assert info.value.hint == "Perhaps you meant to call the function public.cheaper_than(price)"
+
+
+# -- RPC through postgrest-js (Node) ------------------------------------------------------
+
+JS_SCRIPT = Path(__file__).resolve().parent / "js" / "postgrest_js_rpc.cjs"
+
+
+def test_rpc_through_postgrest_js(client, server, postgrest_js):
+    """The same calls with Supabase's JavaScript client (tests/js/postgrest_js_rpc.cjs)."""
+    token = jwt.encode({"sub": "tester", "exp": int(time.time()) + 600}, SECRET,
+                       algorithm="HS256")
+    out = run_node(postgrest_js, JS_SCRIPT, server.base_url, token)
+    ok = {"error": None, "count": None, "status": 200}
+    assert out["rows"] == {**ok, "data": [{"id": 3, "name": "cherry", "price": 4.0}]}
+    assert out["selected"] == {**ok, "data": [{"name": "banana"}]}
+    assert out["counted"] == {**ok, "status": 206, "count": 3,
+                              "data": [{"id": 1, "name": "apple", "price": 1.5}]}
+    assert out["single"] == {**ok, "data": {"id": 3, "name": "cherry", "price": 4.0}}
+    assert out["by_get"] == {**ok, "data": 110}
+    assert out["scalar"] == {**ok, "data": 117}
+    assert out["write"] == {**ok, "data": {"id": 3, "name": "cherry", "qty": 5}}
+    assert out["write_by_get"]["status"] == 405
+    assert out["write_by_get"]["error"]["code"] == "25006"
+    assert out["unknown"]["status"] == 404
+    assert out["unknown"]["error"] == {
+        "code": "PGRST202",
+        "message": "Could not find the function public.cheaper_thn(price) in the schema cache",
+        "details": "Searched for the function public.cheaper_thn with parameter price or with "
+                   "a single unnamed json/jsonb parameter, but no matches were found in the "
+                   "schema cache.",
+        "hint": "Perhaps you meant to call the function public.cheaper_than"}
+    # the write went through once (the GET was refused before running)
+    assert client.from_("items").select("qty").eq("id", 3).single().execute().data == {"qty": 5}
+
+
+def test_ci_installs_the_pinned_postgrest_js():
+    ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
+    assert f"'@supabase/postgrest-js@{POSTGREST_JS_VERSION}'" in ci
+    assert f".tools/postgrest-js-{POSTGREST_JS_VERSION} " in ci
