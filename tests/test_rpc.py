@@ -567,6 +567,21 @@ def test_without_a_functions_file_every_function_is_404(db):
     assert json_of(r)["hint"] is None
 
 
+def test_metrics_count_each_function(db, functions_file):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+    app = create_app(ServerConfig(db_dsn=str(db), auth_disabled=True,
+                                  functions_file=str(functions_file)), metrics_registry=registry)
+    client = app.test_client()
+    assert client.get("/rpc/stats").status_code == 200
+    assert client.post("/rpc/add_them", json={"a": 1, "b": 2}).status_code == 200
+    assert client.post("/rpc/nope", json={}).status_code == 404
+    text = generate_latest(registry).decode()
+    assert 'target="rpc/stats"' in text and 'target="rpc/add_them"' in text
+    assert "nope" not in text
+
+
 # -- OpenAPI ---------------------------------------------------------------------------------
 
 def test_openapi_describes_the_functions(client):

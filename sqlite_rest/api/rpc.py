@@ -133,6 +133,8 @@ def _plan(function: Function, pairs: tuple, range_header, max_rows, counted: boo
     offset, limit = page_bounds(query, range_header)
     if max_rows is not None and (limit is None or limit > max_rows):
         limit = max_rows
+    if function.returns == "row":  # the first row is the answer: read no more
+        limit = 1 if limit is None else min(limit, 1)
     statement = build_select(function.result, query, limit=limit, offset=offset)
     count = build_count(function.result, query) if counted else None
     json_columns = set(function.spec.json_columns)
