@@ -520,6 +520,38 @@ def test_a_failing_statement_rolls_back_the_whole_function(client, db, hook):
     assert hook.commits == []
 
 
+def test_concurrent_writing_calls_share_group_commits_and_fail_alone(db, functions_file):
+    """Calls from many threads go through the group commit (db.py) like table writes: each in
+    its own savepoint, so the one that fails undoes only its own statements."""
+    hook = RecordingHook()
+    app = create_app(ServerConfig(db_dsn=str(db), auth_disabled=True, writer_hook=hook,
+                                  functions_file=str(functions_file)))
+    results = {}
+    start = threading.Barrier(12)
+
+    def call(i):
+        client = app.test_client()
+        start.wait()
+        author = 99 if i == 5 else 1 + i % 2  # author 99 does not exist: 409
+        results[i] = client.post("/rpc/add_book", json={"title": f"T{i}", "author": author})
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results[5].status_code == 409
+    assert "X-Replication-Txid" not in results[5].headers
+    ok = [r for i, r in results.items() if i != 5]
+    assert all(r.status_code == 200 for r in ok)
+    assert all(len(r.headers["X-Replication-Txid"]) == 16 for r in ok)
+    assert sorted(json_of(r)["title"] for r in ok) == sorted(f"T{i}" for i in range(12)
+                                                             if i != 5)
+    assert rows(db, "SELECT count(*) FROM books WHERE title GLOB 'T[0-9]*'") == [(11,)]
+    assert rows(db, "SELECT count(*) FROM log") == [(11,)]
+    assert 1 <= len(hook.commits) <= 11, hook.commits
+
+
 def test_a_singular_accept_that_fails_rolls_back(client, db):
     r = client.post("/rpc/add_books", json={"author": 2, "titles": ["A", "B"]},
                     headers={"Accept": "application/vnd.pgrst.object+json"})
