@@ -55,7 +55,10 @@ def create_app(config: ServerConfig, *, metrics_registry=None) -> Flask:
     if config.functions_file:
         from .api.functions import load_functions
 
-        state.functions = load_functions(config.functions_file, db.reader())
+        try:  # prepared on a reader (its SQL functions, e.g. REGEXP, are registered there)
+            state.functions = load_functions(config.functions_file, db.reader())
+        finally:
+            db.close_thread_connections()  # the factory's thread serves no request
 
     from .api.routes import make_blueprint
     from .api.openapi import openapi_view

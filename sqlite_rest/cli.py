@@ -513,10 +513,12 @@ def _prepare_functions(config, functions) -> None:
     import apsw
 
     from .api.functions import FunctionsFileError, prepare_functions
+    from .db import open_connection
     from .process import StartupError
 
-    try:
-        conn = apsw.Connection(config.dsn.path, flags=apsw.SQLITE_OPEN_READONLY)
+    try:  # as the workers' readers are opened: the SQL functions they have (REGEXP, …)
+        conn = open_connection(config.dsn.path, read_only=True, create=False,
+                               busy_timeout_ms=config.dsn.busy_timeout_ms)
     except apsw.Error as exc:
         raise StartupError(f"--functions-file: cannot open the database: {exc}") from None
     try:

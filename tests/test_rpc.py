@@ -729,6 +729,27 @@ def test_serve_refuses_a_bad_functions_file_in_one_line(db, tmp_path, text, mess
     assert f"--functions-file {path}: " in last and message in last, last
 
 
+def test_a_real_server_serves_the_functions(db, tmp_path):
+    """`sqlite-rest serve --functions-file` (supervisor check, then every worker): a function
+    using REGEXP (registered on the server's connections) is accepted and called."""
+    import httpx
+
+    from tests.plugins.server import start_server
+
+    path = tmp_path / "functions.yml"
+    path.write_text("functions:\n  matching:\n    params: {pattern: text}\n"
+                    "    sql: SELECT id FROM books WHERE title REGEXP :pattern\n")
+    srv = start_server(db, "--functions-file", path, metrics=False)
+    try:
+        r = httpx.get(srv.base_url + "/rpc/matching", params={"pattern": "^The", "order": "id"})
+        assert r.status_code == 200, r.text
+        assert r.json() == [{"id": 2}, {"id": 3}]
+        r = httpx.post(srv.base_url + "/rpc/matching?id=gt.2", json={"pattern": "^The"})
+        assert r.json() == [{"id": 3}]
+    finally:
+        srv.stop()
+
+
 def test_serve_reads_the_functions_file_from_the_environment(db, tmp_path):
     path = tmp_path / "missing.yml"
     proc = run_cli(["serve", "--db-dsn", db, "--auth-disabled", "--http-addr", f"127.0.0.1:{free_port()}",
