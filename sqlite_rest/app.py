@@ -53,10 +53,10 @@ def create_app(config: ServerConfig, *, metrics_registry=None) -> Flask:
     )
     app.extensions[EXTENSION] = state
     if config.functions_file:
-        from .api.functions import load_functions
+        from .api.functions import FunctionCatalog
 
         try:  # prepared on a reader (its SQL functions, e.g. REGEXP, are registered there)
-            state.functions = load_functions(config.functions_file, db.reader())
+            state.functions = FunctionCatalog(config.functions_file, db.reader())
         finally:
             db.close_thread_connections()  # the factory's thread serves no request
 

@@ -582,6 +582,27 @@ def test_a_read_only_function_runs_on_the_read_only_connection(client, db):
         reader.execute("DELETE FROM log")
 
 
+def test_functions_are_prepared_again_when_the_schema_moves(db, tmp_path, caplog):
+    path = tmp_path / "functions.yml"
+    path.write_text("functions:\n  everything: {sql: 'SELECT * FROM log'}\n"
+                    "  tags: {sql: 'SELECT DISTINCT tags FROM books'}\n")
+    app = create_app(ServerConfig(db_dsn=str(db), auth_disabled=True, functions_file=str(path)))
+    client = app.test_client()
+    assert json_of(client.get("/rpc/everything")) == []
+    conn = apsw.Connection(str(db))
+    conn.execute("ALTER TABLE log ADD COLUMN at TEXT; INSERT INTO log VALUES (1, 'x', 'now');"
+                 "DROP TABLE books")
+    conn.close()
+    # the new column is a column of the result: in *, and to select and filter on
+    assert json_of(client.get("/rpc/everything")) == [{"id": 1, "what": "x", "at": "now"}]
+    assert json_of(client.get("/rpc/everything?select=at&at=eq.now")) == [{"at": "now"}]
+    # a function whose table is gone answers SQLite's error, and the log says why
+    r = client.get("/rpc/tags")
+    assert r.status_code == 400
+    assert json_of(r)["details"] == "no such table: books"
+    assert "after a schema change" in caplog.text and "no such table: books" in caplog.text
+
+
 def test_authentication_applies(db, functions_file, tmp_path):
     key = tmp_path / "secret.key"
     key.write_bytes(b"rpc-secret-0123456789abcdef-0123456789")

@@ -29,8 +29,10 @@ columns.
 from __future__ import annotations
 
 import difflib
+import logging
 import math
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -40,6 +42,8 @@ import orjson
 
 from .query import INT64_MAX, INT64_MIN, int64, shown_text
 from .schema import Column, Table, affinity_of, quote_identifier
+
+log = logging.getLogger("sqlite_rest.functions")
 
 #: The name the function's rows have in the SQL the builder writes around them (a CTE name;
 #: chosen so that no function's own SQL names it).
@@ -506,6 +510,45 @@ def prepare_functions(conn: apsw.Connection, specs: dict[str, FunctionSpec],
 def load_functions(path: str, conn: apsw.Connection) -> dict[str, Function]:
     """Read, check and prepare a functions file (FunctionsFileError on any problem)."""
     return prepare_functions(conn, parse_functions_file(path), path)
+
+
+class FunctionCatalog:
+    """The prepared functions of one app, prepared again when the database's schema moves
+    (a migration added a column a ``SELECT *`` function returns, or changed a type).
+
+    `current(conn)` costs one ``PRAGMA schema_version`` when nothing changed. A function that
+    no longer prepares keeps its previous preparation (logged): its calls then get SQLite's
+    own error, as any statement on a missing table would.
+    """
+
+    def __init__(self, path: str, conn: apsw.Connection):
+        self.path = path
+        self.specs = parse_functions_file(path)
+        self._lock = threading.Lock()
+        self._version = conn.execute("PRAGMA schema_version").get
+        self._functions = prepare_functions(conn, self.specs, path)
+
+    def __bool__(self) -> bool:
+        return bool(self.specs)
+
+    def current(self, conn: apsw.Connection) -> dict[str, Function]:
+        version = conn.execute("PRAGMA schema_version").get
+        if version == self._version:
+            return self._functions
+        with self._lock:
+            if version != self._version:
+                # Preparing does not reload the connection's copy of the schema (a statement
+                # that reads does): without this, the new preparation would be the old one.
+                conn.execute("SELECT 1 FROM sqlite_schema LIMIT 1").fetchall()
+                functions = dict(self._functions)
+                for name, spec in self.specs.items():
+                    try:
+                        functions[name] = prepare_function(conn, spec, self.path)
+                    except FunctionsFileError as exc:
+                        log.error("after a schema change: %s (its calls fail until the "
+                                  "schema or the file is fixed)", exc)
+                self._functions, self._version = functions, version
+            return self._functions
 
 
 # -- matching a call to a function (PostgREST's PGRST202) ---------------------------------

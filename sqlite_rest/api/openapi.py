@@ -132,7 +132,7 @@ def build_openapi(state, schema, host: str | None = None) -> dict:
     if state.functions:
         from .functions import openapi_paths
 
-        paths.update(openapi_paths(state.functions))
+        paths.update(openapi_paths(state.functions.current(state.db.reader())))
     document = {
         "swagger": "2.0",
         "info": {"title": "sqlite-rest", "version": __version__,

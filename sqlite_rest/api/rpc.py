@@ -151,7 +151,8 @@ def _raw_shape(function: Function):
 
 
 def call(state, name: str, method: str, prefs, environ) -> ApiResponse:
-    functions = state.functions
+    catalog = state.functions
+    functions = catalog.current(state.db.reader()) if catalog is not None else {}
     pairs = query_pairs(environ.get("QUERY_STRING", ""))
     media = negotiate(environ.get("HTTP_ACCEPT"))
     if method in ("GET", "HEAD"):
