@@ -47,6 +47,8 @@ functions:
   books_below:
     params: {id: integer}
     sql: SELECT id, title FROM books WHERE id < :id
+  newest:
+    sql: SELECT id, year FROM books ORDER BY year DESC
   add_them:
     params: {a: integer, b: integer}
     sql: SELECT :a + :b AS sum
@@ -204,6 +206,12 @@ def test_filters_select_order_limit_on_the_result(client):
     r = client.get("/rpc/books_by?author=1&select=nope")
     assert r.status_code == 400 and json_of(r)["code"] == "42703"
     assert json_of(r)["hint"] == "columns of books_by: id, title, year"
+
+
+def test_the_functions_own_order_holds_without_an_order(client):
+    assert [b["id"] for b in json_of(client.get("/rpc/newest"))] == [3, 2, 1, 4]
+    assert [b["id"] for b in json_of(client.get("/rpc/newest?year=lt.1970&limit=2"))] == [2, 1]
+    assert [b["id"] for b in json_of(client.get("/rpc/newest?order=id"))] == [1, 2, 3, 4]
 
 
 def test_an_argument_and_a_filter_of_the_same_name(client):
