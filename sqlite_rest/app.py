@@ -52,6 +52,13 @@ def create_app(config: ServerConfig, *, metrics_registry=None) -> Flask:
         allowed_tables=frozenset(config.allow_tables),
     )
     app.extensions[EXTENSION] = state
+    if config.functions_file:
+        from .api.functions import FunctionCatalog
+
+        try:  # prepared on a reader (its SQL functions, e.g. REGEXP, are registered there)
+            state.functions = FunctionCatalog(config.functions_file, db.reader())
+        finally:
+            db.close_thread_connections()  # the factory's thread serves no request
 
     from .api.routes import make_blueprint
     from .api.openapi import openapi_view
@@ -61,6 +68,9 @@ def create_app(config: ServerConfig, *, metrics_registry=None) -> Flask:
     app.add_url_rule("/", "openapi", openapi_view, methods=["GET", "HEAD", "OPTIONS"],
                      provide_automatic_options=False)
     app.register_blueprint(make_blueprint(app, state))
+    from .api.rpc import make_rpc_blueprint
+
+    app.register_blueprint(make_rpc_blueprint(app, state))
     app.register_error_handler(Exception, _handle_exception)
     from prometheus_client import CollectorRegistry
 

@@ -147,6 +147,9 @@ SERVE_FLAGS = (
     Flag("pprof-addr", "Profiling server (/debug/pprof/): CPU profiles of the workers and the "
          "supervisor as folded stacks or speedscope JSON, thread stacks, heap; '' (default) "
          "disables.", default="", metavar="ADDR"),
+    Flag("functions-file", "YAML file of functions (named, parameterised SQL) served as "
+         "PostgREST functions under /rpc/<name>; checked against the database at start-up "
+         "(see the README, RPC).", metavar="PATH"),
     Flag("max-rows", "Most rows a read returns when the client asks for no limit "
          "(PostgREST's db-max-rows). Default: unlimited.", default=None, kind=_positive_int,
          metavar="N"),
@@ -412,6 +415,7 @@ def _serve(common: dict, flags: dict) -> int:
             max_body_bytes=flags["max_body_bytes"],
             refuse_filterless_writes=flags["refuse_filterless_writes"],
             primary_url=flags["primary_url"] or None,
+            functions_file=flags["functions_file"] or None,
         )
     except DSNError as exc:
         return _fail(f"--db-dsn: {exc}", getattr(exc, "hint", None))
@@ -438,6 +442,7 @@ def _serve(common: dict, flags: dict) -> int:
         # with replication a missing database is restored, never created empty here
         _check_database(config, create=replication is None)
         _check_auth_keys(config)
+        functions = _read_functions_file(config)
         supervisor = Supervisor(config, options)
         supervisor.validate()
         if replication is not None:
@@ -449,6 +454,8 @@ def _serve(common: dict, flags: dict) -> int:
             log.warning("no --security-allow-table given: every table is denied (deny by default)")
         # Last before the HTTP server starts: after a restore, the database is there to look at.
         supervisor.before_http_start.append(lambda: _warn_about_unknown_tables(config))
+        if functions is not None:  # after a restore: the tables the functions read are there
+            supervisor.before_http_start.append(lambda: _prepare_functions(config, functions))
         return supervisor.run()
     except StartupError as exc:
         return _fail(str(exc), exc.hint)
@@ -485,6 +492,43 @@ def _check_database(config, create: bool = True) -> None:
             conn.close()
     except apsw.Error as exc:
         raise StartupError(f"--db-dsn: cannot open database {path}: {exc}") from None
+
+
+def _read_functions_file(config):
+    """The --functions-file's functions, checked without the database (StartupError)."""
+    from .api.functions import FunctionsFileError, parse_functions_file
+    from .process import StartupError
+
+    if not config.functions_file:
+        return None
+    try:
+        return parse_functions_file(config.functions_file)
+    except FunctionsFileError as exc:
+        raise StartupError(str(exc)) from None
+
+
+def _prepare_functions(config, functions) -> None:
+    """Prepare every function's SQL on the database (never run): a bad statement, an unknown
+    table or a read-only function that writes refuses the start, before any worker."""
+    import apsw
+
+    from .api.functions import FunctionsFileError, prepare_functions
+    from .db import open_connection
+    from .process import StartupError
+
+    try:  # as the workers' readers are opened: the SQL functions they have (REGEXP, …)
+        conn = open_connection(config.dsn.path, read_only=True, create=False,
+                               busy_timeout_ms=config.dsn.busy_timeout_ms)
+    except apsw.Error as exc:
+        raise StartupError(f"--functions-file: cannot open the database: {exc}") from None
+    try:
+        prepare_functions(conn, functions, config.functions_file)
+    except FunctionsFileError as exc:
+        raise StartupError(str(exc)) from None
+    finally:
+        conn.close()
+    if functions:
+        log.info("serving %d function(s) under /rpc/: %s", len(functions), ", ".join(functions))
 
 
 def _warn_about_unknown_tables(config) -> None:

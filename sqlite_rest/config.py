@@ -148,6 +148,9 @@ class ServerConfig:
     refuse_filterless_writes: bool = False
     #: Largest number of rows a read returns when the client gives no limit; None = unlimited.
     max_rows: Optional[int] = None
+    #: --functions-file: YAML file of the functions served under /rpc/<name> (api/functions.py);
+    #: None = no functions.
+    functions_file: Optional[str] = None
     #: Where the primary is, named in the hint of 25006 (write on a read-only database).
     primary_url: Optional[str] = None
     #: Serve the OpenAPI (Swagger 2.0) description at `/`.

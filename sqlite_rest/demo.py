@@ -4,6 +4,7 @@ Creates (once) in DIR (default ``./sqlite-rest-demo``):
 
 - ``demo.db``: a small library database (``authors``, ``books``);
 - ``litestream.yml``: a Litestream 0.5 config replicating it to ``DIR/replica`` (``file://``);
+- ``functions.yml``: the functions served under ``/rpc/`` (the README's example, word for word);
 
 then runs ``serve`` on 127.0.0.1 with replication on and authentication off (local use only;
 the server logs that loudly). Stop it with Ctrl-C; run it again and it continues. Delete
@@ -53,6 +54,34 @@ INSERT INTO books (title, author_id, year, tags) VALUES
   ('Parable of the Sower', 3, 1993, '["sf","dystopia"]');
 """
 
+#: The demo's --functions-file (the README shows it; tests/test_demo.py checks they agree).
+FUNCTIONS = """\
+functions:
+  books_by:
+    description: Books of one author, oldest first
+    params:
+      author: integer
+      since: {type: integer, default: 0}
+    sql: |
+      SELECT id, title, year FROM books
+      WHERE author_id = :author AND year >= :since ORDER BY year
+  count_books:
+    sql: SELECT count(*) AS n FROM books
+    returns: value
+  add_book:
+    description: Adds a book (and its author, if new); returns the book
+    params:
+      title: text
+      author: text
+      year: {type: integer, default: null}
+    sql: |
+      INSERT INTO authors (name) VALUES (:author) ON CONFLICT (name) DO NOTHING;
+      INSERT INTO books (title, author_id, year)
+        SELECT :title, id, :year FROM authors WHERE name = :author;
+      SELECT id, title, year FROM books WHERE id = last_insert_rowid()
+    returns: row
+"""
+
 
 def prepare(directory: str) -> tuple[str, str]:
     """Create the demo DB and config in ``directory`` if missing; returns (db, config) paths."""
@@ -61,6 +90,10 @@ def prepare(directory: str) -> tuple[str, str]:
     db = os.path.join(directory, "demo.db")
     config = os.path.join(directory, "litestream.yml")
     replica = os.path.join(directory, "replica")
+    functions = os.path.join(directory, "functions.yml")
+    if not os.path.exists(functions):
+        with open(functions, "w") as f:
+            f.write(FUNCTIONS)
     if not os.path.exists(config):
         with open(config, "w") as f:
             f.write("# Written by `sqlite-rest demo`: a real Litestream 0.5 config.\n"
@@ -82,4 +115,5 @@ def serve_argv(directory: str, http_addr: str, metrics_addr: str) -> list[str]:
     db, config = prepare(directory)
     return ["serve", "--db-dsn", db, "--http-addr", http_addr, "--metrics-addr", metrics_addr,
             "--security-allow-table", "authors,books", "--auth-disabled",
-            "--replication-enabled", "--replication-config", config]
+            "--replication-enabled", "--replication-config", config,
+            "--functions-file", os.path.join(os.path.dirname(config), "functions.yml")]

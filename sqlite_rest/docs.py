@@ -29,6 +29,7 @@ def sections() -> dict[str, str]:
     from .cli import COMMON_FLAGS, MIGRATE_FLAGS, SERVE_FLAGS
     from .errors import errors_markdown
     from .api.operators import operators_markdown
+    from .api.functions import functions_markdown
     from .api.prefer import preferences_markdown
 
     return {
@@ -37,6 +38,7 @@ def sections() -> dict[str, str]:
         "errors": errors_markdown(),
         "serve-flags": flags_markdown(COMMON_FLAGS + SERVE_FLAGS),
         "migrate-flags": flags_markdown(MIGRATE_FLAGS),
+        "functions-file": functions_markdown(),
     }
 
 

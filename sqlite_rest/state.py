@@ -3,6 +3,7 @@ per test) can live in one process. A leaf module: views read it without importin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 from flask import Flask
 
@@ -24,6 +25,9 @@ class AppState:
     allowed_tables: frozenset
     #: Set once SQLite reported CORRUPT/NOTADB: /ready answers 503 from then on.
     database_corrupt: bool = False
+    #: The functions of --functions-file (api/functions.py: FunctionCatalog), served under
+    #: /rpc/; None without a functions file.
+    functions: Optional[object] = None
     extra: dict = field(default_factory=dict)
 
 

@@ -5,6 +5,7 @@ pytest_plugins = [
     "tests.plugins.s3",          # a real SeaweedFS S3 server on 127.0.0.1
     "tests.plugins.litestream",  # the real Litestream binaries (0.5.17 and a frame-only release)
     "tests.plugins.server",      # a real `sqlite-rest serve` process on 127.0.0.1
+    "tests.plugins.postgrest_js",  # the real postgrest-js (Node), installed into .tools/
     "tests.plugins.inside",      # fails the session if a test reads outside the repository
 ]
 

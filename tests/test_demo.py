@@ -107,6 +107,15 @@ def expectations(comment: str) -> tuple[int | None, dict[str, str]]:
             {name.lower(): value for name, value in _HEADER.findall(comment)})
 
 
+def test_the_readme_functions_file_is_the_demos():
+    """The README's example functions file is the one the demo serves (and its curl examples
+    call)."""
+    from sqlite_rest.demo import FUNCTIONS
+
+    blocks = re.findall(r"^```yaml\n(.*?)^```", README.read_text(), re.S | re.M)
+    assert FUNCTIONS in blocks
+
+
 def test_readme_comment_expectations_are_read():
     assert expectations("# 206, Content-Range: 0-1/5") == (206, {"content-range": "0-1/5"})
     assert expectations("# 201, Location: /books?id=eq.8") == (201, {"location": "/books?id=eq.8"})
@@ -148,7 +157,10 @@ def test_every_readme_curl_example_runs_against_the_demo(tmp_path):
                 assert status == want_status, where
             for name, value in want_headers.items():
                 assert got.get(name) == value, (name, got, where)
-            if " -d " in command or " -X " in command:  # "Every write response carries …"
+            # "Every write response carries …" (not a read-only call, nor a rolled back one)
+            if "no txid" in comment:
+                assert "x-replication-txid" not in got, (got, where)
+            elif " -d " in command or " -X " in command:
                 assert len(got.get("x-replication-txid", "")) == 16, (got, where)
             headers_file.unlink()
             body_file.unlink(missing_ok=True)

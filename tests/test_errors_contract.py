@@ -51,6 +51,16 @@ class Env:
     def client(self, **options):
         return self.app(**options).test_client()
 
+    def rpc_client(self):
+        """A client with one reading and one writing function (--functions-file)."""
+        path = self.tmp_path / "functions.yml"
+        path.write_text("functions:\n"
+                        "  titles: {params: {n: integer}, sql: 'SELECT title FROM books "
+                        "LIMIT :n'}\n"
+                        "  add: {params: {t: text}, sql: 'INSERT INTO books (title) "
+                        "VALUES (:t)', returns: nothing}\n")
+        return self.client(functions_file=str(path))
+
     def auth_client(self):
         key = self.tmp_path / "secret.key"
         key.write_bytes(SECRET)
@@ -131,6 +141,10 @@ TRIGGERS = {
     "max_affected_exceeded": lambda e: e.client().delete(
         "/books?id=gt.0", headers={"Prefer": "handling=strict,max-affected=1"}),
     "invalid_path": lambda e: e.client().get("/books/1"),
+    "rpc_method": lambda e: e.rpc_client().delete("/rpc/titles"),
+    "rpc_write_by_get": lambda e: e.rpc_client().get("/rpc/add?t=x"),
+    "rpc_invalid_argument": lambda e: e.rpc_client().get("/rpc/titles?n=many"),
+    "rpc_not_found": lambda e: e.rpc_client().post("/rpc/title", json={"n": 1}),
     "filterless_write": lambda e: e.client(refuse_filterless_writes=True).delete("/books"),
     "unknown_body_column": lambda e: e.client().post("/books", json={"title": "t", "nope": 1}),
     "unknown_table": lambda e: e.client().get("/nope"),

@@ -8,4 +8,5 @@
 | ``schema.py`` | the schema cache |
 | ``routes.py``, ``writes.py``, ``representation.py`` | the ``/<table>`` routes: reads, writes, output formats |
 | ``openapi.py`` | the Swagger 2.0 description at ``/`` |
+| ``functions.py``, ``rpc.py`` | the functions file (``--functions-file``) and the ``/rpc/<name>`` calls |
 """

@@ -129,6 +129,10 @@ def build_openapi(state, schema, host: str | None = None) -> dict:
                            "responses": {"204": {"description": "No Content"}}},
             })
         paths["/" + name] = operations
+    if state.functions:
+        from .functions import openapi_paths
+
+        paths.update(openapi_paths(state.functions.current(state.db.reader())))
     document = {
         "swagger": "2.0",
         "info": {"title": "sqlite-rest", "version": __version__,

@@ -45,6 +45,8 @@ PREFERENCES: dict[str, Preference] = {p.key: p for p in (
     Preference("tx", ("commit", "rollback"), "commit", _WRITE,
                "rollback: run the write, answer as usual, then roll it back"),
     Preference("timezone", None, None, frozenset(), "accepted for compatibility; SQLite has none"),
+    Preference("params", ("single-object",), None, frozenset({"POST"}),
+               "/rpc: pass the whole JSON body to the function's one `json` parameter"),
 )}
 
 
@@ -57,6 +59,7 @@ class Preferences:
     handling: str = "lenient"
     max_affected: Optional[int] = None
     tx: str = "commit"
+    params: Optional[str] = None
     #: The valid preferences as sent, in order ("key=value"), for Preference-Applied.
     given: tuple[str, ...] = ()
     #: Invalid preferences as sent (ignored unless handling=strict).

@@ -99,7 +99,11 @@ class RequestMetrics:
         operation = OPERATIONS.get(method)
         if operation is None or path in _SKIP_PATHS:
             return
-        target = UNKNOWN_TARGET if status == 404 else path.strip("/").split("/", 1)[0]
+        if status == 404:
+            target = UNKNOWN_TARGET
+        else:  # the table, or rpc/<function> (bounded by the functions file: 404s are unknown)
+            parts = path.strip("/").split("/", 2)
+            target = "rpc/" + parts[1] if parts[0] == "rpc" and len(parts) == 2 else parts[0]
         self.observe(target, operation, status, duration_ms)
 
     def connect_signals(self, app: Flask) -> None:

@@ -1,0 +1,286 @@
+"""`/rpc/<name>`: calls of the functions declared in ``--functions-file`` (functions.py).
+
+- ``POST`` takes the arguments as a JSON object (or a form; an empty body is ``{}``;
+  ``Prefer: params=single-object`` passes the whole body to a function's one ``json``
+  parameter). ``GET`` and ``HEAD`` take them from the query string and only call read-only
+  functions: a writing one answers 405 ``25006`` as PostgREST's read-only transaction does.
+- A call whose argument names match no function is PostgREST's 404 ``PGRST202`` (unknown,
+  missing or extra arguments), with a hint naming the closest function or its signature.
+- On GET, a query parameter is an argument unless it is reserved (select, order, limit, …) or
+  its value reads as a filter (``[not.]op.value``), as in PostgREST.
+- Rows are read through the table SQL builder (sql.py) over the function's SELECT wrapped as a
+  CTE, so filters, select, order, limit/offset, Range (GET) and ``Prefer: count`` work as on a
+  table. Read-only functions run on the read-only connection; writing ones in one write
+  transaction (`Database.write`: group commit, ``X-Replication-Txid``, ``Prefer: tx=rollback``),
+  and a failure anywhere in them, including a singular Accept that does not get one row,
+  rolls all of their statements back.
+"""
+from __future__ import annotations
+
+import functools
+import re
+from urllib.parse import parse_qsl
+
+import orjson
+from flask import Blueprint, request
+
+from ..errors import api_error
+from ..responses import CORS_HEADERS, ApiResponse
+from .functions import SCHEMA_NAME, ArgumentError, Function, accepts, not_found
+from .operators import OPERATOR_BY_NAME
+from .prefer import DEFAULT as DEFAULT_PREFERENCES, parse_prefer
+from .query import RESERVED_KEYS, parse_read_query, query_pairs, shown_text
+from .representation import CONTENT_TYPES, CSV, OBJECT, dumps, negotiate, render, shape_of
+from .routes import METHODS, _preflight, content_range, page_bounds
+from .sql import OutputColumn, build_count, build_select
+from .writes import _LONG_DIGIT_RUN, _body_bytes, _content_kind_of, _refuse_huge_integers
+
+RPC_ALLOW = "GET, HEAD, POST, OPTIONS"
+#: `[not.]op[(any|all)].` at the start of a value: a filter, not an argument (GET).
+_FILTER_VALUE = re.compile(r"(?:not\.)?([a-z]+)(?:\((?:any|all)\))?\.")
+
+
+def make_rpc_blueprint(app, state) -> Blueprint:
+    blueprint = Blueprint("rpc", __name__)
+    authenticator = state.authenticator
+
+    @blueprint.route("/rpc/<function_name>", methods=METHODS, provide_automatic_options=False)
+    def rpc_endpoint(function_name: str):
+        environ = request.environ
+        method = environ["REQUEST_METHOD"]
+        if method == "OPTIONS":
+            return _preflight()
+        if not authenticator.disabled:
+            authenticator.authenticate(app, environ.get("HTTP_AUTHORIZATION"))
+        if method not in ("GET", "HEAD", "POST"):
+            raise api_error("rpc_method", method=method, headers={"Allow": RPC_ALLOW})
+        prefer = environ.get("HTTP_PREFER")
+        prefs = parse_prefer([prefer]) if prefer else DEFAULT_PREFERENCES
+        return call(state, function_name, method, prefs, environ)
+
+    return blueprint
+
+
+def is_filter(value: str) -> bool:
+    m = _FILTER_VALUE.match(value)
+    return m is not None and m.group(1) in OPERATOR_BY_NAME
+
+
+def _not_found(functions, name, keys, **kw):
+    body = not_found(functions, name, keys, **kw)
+    return api_error("rpc_not_found", message=body["message"], details=body["details"],
+                     hint=body["hint"])
+
+
+def _arguments(function: Function, given: dict, from_text: bool) -> dict:
+    """The bound value of every parameter: the argument coerced by its type, or the
+    default."""
+    values = {}
+    for param in function.params:
+        if param.name not in given:
+            values[param.name] = param.default
+            continue
+        raw = given[param.name]
+        if raw is None:
+            values[param.name] = None
+            continue
+        try:
+            values[param.name] = (param.type.from_text(raw) if from_text
+                                  else param.type.from_json(raw))
+        except ArgumentError as exc:
+            shown = exc.value if type(exc.value) is str else orjson.dumps(exc.value).decode()
+            raise api_error("rpc_invalid_argument", type=param.type.name,
+                            value='"' + shown_text(shown, 60) + '"',
+                            details=f"argument {param.name} of function "
+                                    f"{SCHEMA_NAME}.{function.name}") from None
+    return values
+
+
+def _post_arguments(environ, max_bytes: int, single_object: bool):
+    """(arguments, from_text, is a JSON body) of a POST."""
+    content_type = environ.get("CONTENT_TYPE")
+    kind = _content_kind_of(content_type)
+    if kind == "csv":
+        raise api_error("unsupported_content_type", content_type=(content_type or "")[:100])
+    data = _body_bytes(environ, max_bytes)
+    if kind == "form":
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise api_error("invalid_body", details=f"the body is not UTF-8: {exc}") from None
+        return dict(parse_qsl(text, keep_blank_values=True)), True, False
+    if not data.strip():
+        body = {}  # PostgREST: an empty body calls the function without arguments
+    else:
+        try:
+            body = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise api_error("invalid_body", details=str(exc)[:300]) from None
+        if _LONG_DIGIT_RUN.search(data):
+            _refuse_huge_integers(data)
+    if not single_object and type(body) is not dict:
+        raise api_error("invalid_body", message="Expected a JSON object of arguments",
+                        details=f"got a JSON {type(body).__name__}",
+                        hint='send e.g. {"name": "value"}, or {} for no arguments')
+    return body, False, True
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan(function: Function, pairs: tuple, range_header, max_rows, counted: bool):
+    """(SELECT, count or None, offset, limit, output shape) of a call's rows: the table
+    builder over the function's result columns."""
+    query = parse_read_query(pairs)
+    offset, limit = page_bounds(query, range_header)
+    if max_rows is not None and (limit is None or limit > max_rows):
+        limit = max_rows
+    if function.returns == "row":  # the first row is the answer: read no more
+        limit = 1 if limit is None else min(limit, 1)
+    statement = build_select(function.result, query, limit=limit, offset=offset)
+    count = build_count(function.result, query) if counted else None
+    json_columns = set(function.spec.json_columns)
+    output = shape_of(tuple(
+        OutputColumn(c.name, "json") if c.kind == "value" and c.name in json_columns else c
+        for c in statement.columns))
+    return statement, count, offset, limit, output
+
+
+def _raw_shape(function: Function):
+    json_columns = set(function.spec.json_columns)
+    return shape_of(tuple(OutputColumn(c.name, "json" if c.name in json_columns else "value")
+                          for c in function.result.columns))
+
+
+def call(state, name: str, method: str, prefs, environ) -> ApiResponse:
+    catalog = state.functions
+    functions = catalog.current(state.db.reader()) if catalog is not None else {}
+    pairs = query_pairs(environ.get("QUERY_STRING", ""))
+    media = negotiate(environ.get("HTTP_ACCEPT"))
+    if method in ("GET", "HEAD"):
+        given = {}
+        query = []
+        for key, value in pairs:
+            if key in RESERVED_KEYS or is_filter(value):
+                query.append((key, value))
+            else:
+                given[key] = value
+        function = functions.get(name)
+        if function is None or not accepts(function, given):
+            raise _not_found(functions, name, given, json_body=False)
+        if function.writes:
+            raise api_error("rpc_write_by_get", verb=function.verb,
+                            headers={"Allow": "POST, OPTIONS"})
+        values = _arguments(function, given, from_text=True)
+        range_header = environ.get("HTTP_RANGE") if method == "GET" else None
+    else:
+        single = prefs.params == "single-object"
+        body, from_text, json_body = _post_arguments(environ, state.config.max_body_bytes,
+                                                     single)
+        function = functions.get(name)
+        if single:
+            if (function is None or len(function.params) != 1
+                    or function.params[0].type.name != "json"):
+                raise _not_found(functions, name, (), json_body=True, single_object=True)
+            given = {function.params[0].name: body}
+        else:
+            given = body
+            if function is None or not accepts(function, given):
+                raise _not_found(functions, name, given, json_body=json_body)
+        values = _arguments(function, given, from_text=from_text)
+        query = list(pairs)
+        range_header = None  # PostgREST ignores Range on POST
+    counted = prefs.count is not None
+    returns = function.returns
+    if returns in ("rows", "row") and function.wrap_prefix is not None:
+        statement, count, offset, limit, output = _plan(
+            function, tuple(query), range_header, state.config.max_rows, counted)
+    else:
+        if query:
+            what = {"value": "a value", "nothing": "nothing"}.get(
+                returns, "rows that cannot be filtered (its last statement is not a SELECT)")
+            raise api_error("query_parse",
+                            message=f"function {SCHEMA_NAME}.{name} returns {what}: select, "
+                                    "filters, order, limit and offset do not apply",
+                            details=f"got {shown_text(query[0][0], 60)}="
+                                    f"{shown_text(query[0][1], 60)}",
+                            hint="call it without them")
+        statement = count = None
+        offset = 0
+        output = _raw_shape(function) if function.result is not None else None
+    last_params = function.last.bind(values)
+
+    def run(conn):
+        for step in function.before:
+            conn.execute(step.sql, step.bind(values)).fetchall()
+        total = None
+        if statement is None:
+            rows = conn.execute(function.last.sql, last_params).fetchall()
+            if counted:
+                total = len(rows)
+        else:
+            prefix = function.wrap_prefix
+            rows = conn.execute(prefix + statement.sql,
+                                last_params + list(statement.params)).fetchall()
+            if count is not None:
+                total = conn.execute(prefix + count.sql,
+                                     last_params + list(count.params)).fetchall()[0][0]
+        if returns == "rows" and total is not None and offset > 0 and offset >= total:
+            raise api_error(
+                "invalid_range",
+                details=f"An offset of {offset} was requested, but there are only "
+                        f"{total} rows.",
+                headers={"Content-Range": f"*/{total}"})
+        return rows, total, _body(function, media, output, rows)
+
+    headers = list(CORS_HEADERS)
+    if function.writes:
+        (rows, total, body), commit_result = state.db.write(
+            run, rollback=prefs.tx == "rollback")
+        if commit_result is not None:
+            headers.append(("X-Replication-Txid", str(commit_result)))
+    elif counted or function.before:
+        with state.db.read() as conn:  # one snapshot for every statement
+            rows, total, body = run(conn)
+    else:
+        rows, total, body = run(state.db.reader())
+    applied = prefs.applied("GET" if method == "HEAD" else method) if prefs.given else None
+    if applied:
+        headers.append(("Preference-Applied", applied))
+    if returns == "nothing":
+        response = ApiResponse(b"", 204, headers)
+        del response.headers["Content-Type"]
+        return response
+    status = 200
+    if returns == "rows":
+        headers += [("Content-Range", content_range(offset, len(rows), total)),
+                    ("Range-Unit", "items")]
+        if total is not None and (offset > 0 or offset + len(rows) < total):
+            status = 206
+    if method == "HEAD":
+        body = b""
+    return ApiResponse(body, status, headers, CONTENT_TYPES[media])
+
+
+def _body(function: Function, media: str, output, rows) -> bytes:
+    returns = function.returns
+    if returns == "nothing":
+        return b""
+    if returns == "rows":
+        return render(media, output, rows)
+    if returns == "row":
+        if media == CSV:
+            return render(CSV, output, rows[:1])
+        if not rows:
+            return b"null"
+        return render(OBJECT, output, rows[:1])
+    # value: the first column of the first row
+    value = rows[0][0] if rows else None
+    name = output.names[0]
+    if media == CSV:
+        return render(CSV, shape_of((OutputColumn(name),)), [(value,)] if rows else [])
+    if output.kinds[0] == "json" and type(value) is str:
+        try:
+            orjson.loads(value)
+            return value.encode()
+        except orjson.JSONDecodeError:
+            pass
+    return dumps(value)
