@@ -63,7 +63,7 @@ from .replica_client import (
     NotFoundError, client_from_url, fetch_ltx_header, fetch_page, fetch_page_index,
     format_rfc3339_nano, ms_to_datetime, parse_rfc3339,
 )
-from .restore import calc_restore_plan
+from .restore import SNAPSHOT_LEVEL, calc_restore_plan
 from .vfs_config import (  # noqa: F401  (re-exported: the registry is part of this API)
     ResolvedConfig, VFSConfig, VFSConfigError, delete_vfs_config, get_vfs_config, resolve,
     set_vfs_config,
@@ -104,7 +104,7 @@ class VFSStats:
     txid: int
     page_size: int
     page_count: int
-    lag: float                  # seconds since the last successful poll
+    lag: float                  # seconds since the last successful poll, -1 before the first
     time_travel: str | None     # RFC 3339 target of litestream_set_time, None = latest
     polls: int
     poll_errors: int
@@ -166,7 +166,7 @@ class ReplicaDatabase:
         self._bytes_fetched = 0
         self._polls = self._poll_errors = self._updates = self._index_builds = 0
         self._not_found = self._cache_hits = self._cache_misses = self._pages_fetched = 0
-        self._last_poll_ok = time.monotonic()
+        self._last_poll_ok: float | None = None   # monotonic; None until the first poll
         self._closed = False
         self._client = _MeteredClient(client_from_url(config.replica_url), self)
         try:
@@ -188,8 +188,9 @@ class ReplicaDatabase:
 
     @property
     def lag(self) -> float:
-        """Seconds since the last successful poll (0 right after one)."""
-        return max(0.0, time.monotonic() - self._last_poll_ok)
+        """Seconds since the last successful poll; -1 before the first (as Litestream)."""
+        last = self._last_poll_ok
+        return -1.0 if last is None else max(0.0, time.monotonic() - last)
 
     @property
     def view_time(self) -> datetime:
@@ -452,16 +453,17 @@ class ReplicaDatabase:
                 return True
         except TxNotAvailableError:
             pass
-        # Only newer files cover our TXID now. A page that no file newer than our TXID holds
-        # is the same at our TXID as at theirs: take those, keep our entries for the rest.
+        # Only files reaching past our TXID cover it now. A page that no file of a chain
+        # from TXID+1 to the newest holds did not change since our TXID: the newest plan's
+        # copy of it is ours. The other pages keep our (vanished) entries.
         plan = self._plan(target)
-        newer, indexes = self._build(plan)
-        if newer.txid < view.txid:
+        newer, _ = self._build(plan)
+        chain = self._chain(view.txid + 1, newer.txid)
+        if chain is None:
             return False
         changed: set = set()
-        for info, idx in zip(plan, indexes):
-            if info.max_txid > view.txid:
-                changed.update(idx)
+        for idx in (self._indexes(chain) if chain else ()):
+            changed.update(idx)
         hybrid = dict(view.index)
         for p, elem in newer.index.items():
             if p not in changed:
@@ -476,6 +478,23 @@ class ReplicaDatabase:
                                                or self._pending.txid <= newer.txid):
                     self._pending = newer
         return hybrid.get(pgno) != gone
+
+    def _chain(self, first: int, last: int) -> list | None:
+        """Contiguous files of levels 0..8 covering exactly TXIDs first..last (the longest
+        step first), or None when the replica has no such chain any more."""
+        if first > last:
+            return []
+        files = [info for level in range(SNAPSHOT_LEVEL)
+                 for info in self._client.ltx_files(level, seek=first)]
+        chain, current = [], first - 1
+        while current < last:
+            steps = [f for f in files if f.min_txid == current + 1 and f.max_txid <= last]
+            if not steps:
+                return None
+            step = max(steps, key=lambda f: f.max_txid)
+            chain.append(step)
+            current = step.max_txid
+        return chain
 
     # -- close ----------------------------------------------------------------------------------
 
