@@ -668,3 +668,71 @@ dbs:
             proc.kill()
             proc.wait()
         src.close()
+
+
+# --- the real Litestream VFS extension reads the same replica the same way ------------------
+
+_REAL_VFS_SCRIPT = r"""
+import hashlib, json, os, sys
+import apsw, litestream_vfs
+from urllib.parse import quote
+loader = apsw.Connection(":memory:")
+loader.enable_load_extension(True)
+loader.load_extension(os.path.splitext(litestream_vfs.loadable_path())[0])
+conn = apsw.Connection("file:app.db?vfs=litestream&replica_url=" + quote(sys.argv[1], safe=""),
+                       flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+rows = conn.execute("SELECT * FROM items ORDER BY rowid").fetchall()
+print(json.dumps({
+    "txid": conn.execute("SELECT litestream_txid()").fetchall()[0][0],
+    "rows": hashlib.sha256(repr(rows).encode()).hexdigest(),
+    "count": len(rows),
+    "schema": conn.execute("SELECT type, name, sql FROM sqlite_schema WHERE name NOT LIKE "
+                           "'_litestream%' ORDER BY name").fetchall(),
+    "integrity": conn.execute("PRAGMA integrity_check").fetchall(),
+}))
+"""
+
+
+@pytest.mark.parametrize("backend", ["file", "s3"])
+def test_same_answers_as_the_real_litestream_vfs_extension(tmp_path, backend, request,
+                                                          litestream_bin, monkeypatch):
+    pytest.importorskip("litestream_vfs")
+    env = dict(os.environ)
+    env.pop("AWS_CA_BUNDLE", None)
+    if backend == "s3":
+        s3 = request.getfixturevalue("s3_server")
+        url = s3.url(s3.bucket, s3.new_path() + "/app")
+        env = s3.env()
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
+            monkeypatch.setenv(k, env[k])
+    else:
+        url = f"file://{tmp_path / 'replica'}"
+    src = make_source(tmp_path / "src.db")
+    for i in range(3):
+        write_round(src, i)
+        subprocess.run([litestream_bin, "replicate", "-once", str(tmp_path / "src.db"), url],
+                       env=env, check=True, capture_output=True, timeout=120)
+    src.close()
+    script = tmp_path / "real_vfs.py"
+    script.write_text(_REAL_VFS_SCRIPT)
+    # Its own process: the extension registers a VFS named "litestream" too.
+    proc = subprocess.run([sys.executable, str(script), url], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+    conn = lvfs.connect(lvfs.uri("app.db", url))
+    try:
+        import hashlib
+        rows = conn.execute("SELECT * FROM items ORDER BY rowid").fetchall()
+        ours = {
+            "txid": one(conn, "SELECT litestream_txid()"),
+            "rows": hashlib.sha256(repr(rows).encode()).hexdigest(),
+            "count": len(rows),
+            "schema": [list(r) for r in conn.execute(
+                "SELECT type, name, sql FROM sqlite_schema WHERE name NOT LIKE '_litestream%' "
+                "ORDER BY name").fetchall()],
+            "integrity": [list(r) for r in conn.execute("PRAGMA integrity_check").fetchall()],
+        }
+    finally:
+        conn.close()
+    assert ours == theirs and theirs["count"] > 300
