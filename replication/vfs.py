@@ -515,6 +515,14 @@ class ReplicaDatabase:
 # --- the apsw glue -----------------------------------------------------------------------------
 
 _bound: "weakref.WeakValueDictionary[int, ReplicaDatabase]" = weakref.WeakValueDictionary()
+_open: "weakref.WeakSet[ReplicaDatabase]" = weakref.WeakSet()
+_open_lock = threading.Lock()
+
+
+def open_databases() -> list[ReplicaDatabase]:
+    """Every database currently open through the VFS (for metrics: ``.stats()`` of each)."""
+    with _open_lock:
+        return [db for db in list(_open) if not db._closed]
 _tokens = itertools.count(1)
 
 
@@ -600,6 +608,8 @@ class LitestreamVFS(apsw.VFS):
                 db = ReplicaDatabase(dbname, resolve(dbname, params))
             except ReplicationError as e:
                 raise apsw.CantOpenError(f"litestream VFS: cannot open {dbname!r}: {e}") from e
+            with _open_lock:
+                _open.add(db)
             # Read-only whatever was asked: SQLite then refuses writes itself.
             flags[1] = (flags[0] & ~(apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)) \
                 | apsw.SQLITE_OPEN_READONLY

@@ -139,6 +139,7 @@ def test_reads_match_a_full_restore(tmp_path, backend, writer, request, monkeypa
         assert one(conn, "PRAGMA journal_mode") == "delete"  # WAL source, rollback view
         stats = lvfs.database(conn).stats()
         assert stats.txid == txid and stats.pages_fetched > 0 and stats.bytes_fetched > 0
+        assert lvfs.database(conn) in lvfs.open_databases()
         with pytest.raises(apsw.ReadOnlyError):
             conn.execute("INSERT INTO items(name) VALUES ('no')")
     finally:
