@@ -78,6 +78,8 @@ FCNTL_BIND = 0x4C5301
 #: Companion files SQLite looks for; on a replica they never exist.
 _COMPANIONS = ("-journal", "-wal", "-shm")
 _LOCK_NONE = apsw.SQLITE_LOCK_NONE
+#: SQLite URI parameters that stop SQLite from locking (so from telling us about transactions).
+_NO_LOCK_PARAMS = ("immutable", "nolock")
 _OPEN_READONLY_FLAGS = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
 
 
@@ -604,6 +606,14 @@ class LitestreamVFS(apsw.VFS):
         if isinstance(name, apsw.URIFilename) and flags[0] & apsw.SQLITE_OPEN_MAIN_DB:
             dbname = name.filename()
             params = {p: name.uri_parameter(p) for p in name.parameters}
+            for flag in _NO_LOCK_PARAMS:
+                if name.uri_boolean(flag, False):
+                    # Without xLock calls the VFS cannot tell when a read transaction runs,
+                    # and would swap TXIDs under it.
+                    raise apsw.CantOpenError(
+                        f"litestream VFS: cannot open {dbname!r}: the URI parameter {flag}=1 "
+                        "is not supported (the VFS needs SQLite's locks to keep each read "
+                        f"transaction on one TXID); remove {flag}")
             try:
                 db = ReplicaDatabase(dbname, resolve(dbname, params))
             except ReplicationError as e:

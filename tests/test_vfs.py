@@ -449,6 +449,8 @@ def test_registry_keeps_copies_and_validates():
     ({"buffer_path": "/tmp/b"}, r"buffer_path is not supported"),
     ({"hydration_enabled": "true"}, r"hydration_enabled=true is not supported yet"),
     ({"hydration_path": "/tmp/h"}, r"hydration_path is not supported yet"),
+    ({"immutable": "1"}, r"immutable=1 is not supported"),
+    ({"nolock": "true"}, r"nolock=1 is not supported"),
 ])
 def test_bad_or_unsupported_parameters_fail_the_open_by_name(two_replicas, params, message):
     with pytest.raises(apsw.CantOpenError, match=message):
