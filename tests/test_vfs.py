@@ -236,7 +236,7 @@ def _states(tmp_path: Path, steps: list[str]) -> list[bytes]:
     return states
 
 
-def _write_l0(client: FileReplicaClient, states: list[bytes], start: int, stop: int,
+def _write_l0(client, states: list[bytes], start: int, stop: int,
               base_ts: int) -> None:
     """L0 files for TXIDs start..stop: TXID 1 all pages, later ones the pages that changed."""
     for txid in range(start, stop + 1):
@@ -253,7 +253,7 @@ def _write_l0(client: FileReplicaClient, states: list[bytes], start: int, stop: 
         client.write_ltx_file(0, txid, txid, buf.getvalue(), header.timestamp)
 
 
-def _compact_l0_into_l1(client: FileReplicaClient, upto: int = 0, keep_from: int = 0) -> None:
+def _compact_l0_into_l1(client, upto: int = 0, keep_from: int = 0) -> None:
     """What a compaction plus L0 retention does: L0 files (up to TXID ``upto``) merged into
     one L1 file, and removed (but those from TXID ``keep_from`` on, which retention keeps
     while they are young)."""
@@ -278,18 +278,28 @@ STEPS = [
 ]
 
 
+@pytest.fixture
+def store(replica_client, request, monkeypatch):
+    """``(client, url)`` of a fresh replica on each backend (S3: the real SeaweedFS), with
+    the credentials in the environment, where the VFS's S3 client finds them."""
+    if replica_client.type == "s3":
+        s3 = request.getfixturevalue("s3_server")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
+    return replica_client, replica_client.url
+
+
 def _open_pinned(url: str, name: str) -> apsw.Connection:
     # No VFS page cache and a poller that never fires: every read goes to the replica and
     # updates arrive only when the test polls.
     return lvfs.connect(lvfs.uri(name, url, cache_size="0", poll_interval="1h"))
 
 
-def test_compaction_under_a_reader_keeps_its_txid(tmp_path):
+def test_compaction_under_a_reader_keeps_its_txid(tmp_path, store):
     states = _states(tmp_path, STEPS)
-    client = FileReplicaClient(str(tmp_path / "replica"))
+    client, url = store
     base_ts = int(time.time() * 1000) - 60_000
     _write_l0(client, states, 1, 2, base_ts)
-    url = f"file://{tmp_path / 'replica'}"
     conn = _open_pinned(url, "c.db")
     try:
         conn.execute("BEGIN")
@@ -305,12 +315,11 @@ def test_compaction_under_a_reader_keeps_its_txid(tmp_path):
         conn.close()
 
 
-def test_compaction_past_a_readers_txid_serves_only_unchanged_pages(tmp_path):
+def test_compaction_past_a_readers_txid_serves_only_unchanged_pages(tmp_path, store):
     states = _states(tmp_path, STEPS)
-    client = FileReplicaClient(str(tmp_path / "replica"))
+    client, url = store
     base_ts = int(time.time() * 1000) - 60_000
     _write_l0(client, states, 1, 2, base_ts)
-    url = f"file://{tmp_path / 'replica'}"
     conn = _open_pinned(url, "p.db")
     try:
         conn.execute("BEGIN")
@@ -331,13 +340,13 @@ def test_compaction_past_a_readers_txid_serves_only_unchanged_pages(tmp_path):
         conn.close()
 
 
-def test_a_changed_page_gone_from_the_replica_is_busy_not_torn(tmp_path):
+def test_a_changed_page_gone_from_the_replica_is_busy_not_torn(tmp_path, store):
     """The one case without a consistent answer: the transaction still needs a page of its
     TXID that changed later and whose file is gone. SQLITE_BUSY, never a newer page."""
     states = _states(tmp_path, STEPS)
-    client = FileReplicaClient(str(tmp_path / "replica"))
+    client, url = store
     _write_l0(client, states, 1, 2, int(time.time() * 1000) - 60_000)
-    conn = _open_pinned(f"file://{tmp_path / 'replica'}", "busy.db")
+    conn = _open_pinned(url, "busy.db")
     try:
         conn.execute("BEGIN")
         assert one(conn, "SELECT count(*) FROM a WHERE id < 3") == 2  # pinned, b not read
@@ -352,12 +361,12 @@ def test_a_changed_page_gone_from_the_replica_is_busy_not_torn(tmp_path):
         conn.close()
 
 
-def test_an_idle_reader_moves_past_removed_files(tmp_path):
+def test_an_idle_reader_moves_past_removed_files(tmp_path, store):
     states = _states(tmp_path, STEPS)
-    client = FileReplicaClient(str(tmp_path / "replica"))
+    client, url = store
     base_ts = int(time.time() * 1000) - 60_000
     _write_l0(client, states, 1, 2, base_ts)
-    conn = _open_pinned(f"file://{tmp_path / 'replica'}", "idle.db")
+    conn = _open_pinned(url, "idle.db")
     try:
         assert count(conn, "b") == 5
         _write_l0(client, states, 3, 4, base_ts)
