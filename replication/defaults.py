@@ -73,3 +73,21 @@ RESTORE_PROBE_BYTES = 16 << 20
 RESTORE_SLOW_STREAM_BYTES_PER_S = 100e6
 RESTORE_PART_SIZE = 8 << 20
 DEFAULT_RESTORE_PARALLELISM = 4
+
+# -- the read-replica VFS (vfs.py) ----------------------------------------------------------
+#: Seconds between two polls of the replica for new L0 files (Litestream's
+#: ``DefaultPollInterval``).
+DEFAULT_VFS_POLL_INTERVAL = 1.0
+#: Bytes of decoded pages kept per open database (Litestream's ``DefaultCacheSize``, 10 MB):
+#: the LRU holds cache_size // page_size pages.
+DEFAULT_VFS_CACHE_SIZE = 10 * 1024 * 1024
+#: Page-index fetches in flight while an open builds its index from the restore plan (ours).
+VFS_INDEX_FETCH_CONCURRENCY = 8
+#: Attempts to recover from a page whose LTX file vanished (compaction, retention) before the
+#: read fails with SQLITE_BUSY, and the pause before the next attempt (seconds; Litestream
+#: retries 6 times with a linear 15 ms backoff).
+VFS_NOT_FOUND_ATTEMPTS = 6
+VFS_NOT_FOUND_BACKOFF = 0.015
+#: Seconds xClose waits for the database's poller thread to stop (ours): a poll stuck in an
+#: S3 request must not hang a connection's close.
+VFS_POLLER_JOIN_TIMEOUT = 5.0

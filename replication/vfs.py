@@ -1,0 +1,736 @@
+"""A read-only SQLite VFS that reads a Litestream replica in place (spec §6; issue #13).
+
+    import replication.vfs as lvfs
+    lvfs.register()                                   # the apsw VFS "litestream" (idempotent)
+    conn = lvfs.connect(lvfs.uri("app.db", "s3://bucket/app?endpoint=…"))
+    conn.execute("SELECT litestream_txid(), count(*) FROM items").fetchall()
+
+Each main database opened through the VFS is a :class:`ReplicaDatabase`:
+
+- **Index.** The restore plan's LTX files (``restore.calc_restore_plan``) give, by range
+  reads of each file's page index (and one header), ``pgno -> (file, frame offset, size)``;
+  the newest file holding a page wins and the size is the last file's Commit — the same pages
+  a full restore would write.
+- **Reads.** Pages are fetched on demand (one range read and decode per page) into an LRU of
+  ``cache_size`` **bytes** (Litestream's name and its 10 MB default) = ``cache_size //
+  page_size`` pages, keyed by (file, offset) so a page of an older view is never served for a
+  newer one. Page 1 says "rollback journal" (bytes 18/19 = 1) and carries a change counter
+  (bytes 24..27) that changes exactly when the view changes, so SQLite keeps its own page
+  cache between transactions on the same TXID and drops it when the TXID moves. ``-wal``,
+  ``-shm`` and ``-journal`` never exist: SQLite sees a plain read-only rollback-journal DB.
+- **Following.** A poller thread per open database lists L0 every ``poll_interval`` and adds
+  contiguous new files to the index; a gap (files compacted away before we saw them) or a
+  vanished file rebuilds the index from a fresh plan.
+- **Snapshot isolation.** A read transaction sees exactly one TXID. SQLite takes a SHARED
+  lock for every read transaction; an update found while one is held waits as *pending* and
+  is installed when the lock drops to NONE.
+- **Vanished files.** A page whose file was removed (compaction, retention) is recovered
+  without changing what the transaction sees: before the transaction read anything, by moving
+  to a fresh plan; after, by a fresh plan to the *same* TXID, or else by taking from a newer
+  plan only pages that provably did not change since our TXID. Only a page that did change,
+  whose old version is gone from the replica and from our cache, fails the read with
+  SQLITE_BUSY (Litestream returns SQLITE_BUSY there too); design/read-replicas.md.
+
+Configuration: :mod:`replication.vfs_config` (URI parameters > registry > environment).
+apsw cannot add SQL functions from a VFS, so :func:`connect` (or :func:`install_functions`)
+adds ``litestream_txid()``, ``litestream_time()``, ``litestream_lag()`` and
+``litestream_set_time()``; the ``PRAGMA litestream_txid|litestream_time|litestream_lag``
+forms work on any connection of the VFS.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from urllib.parse import quote
+
+import apsw
+
+from . import ltx
+from .defaults import (
+    VFS_INDEX_FETCH_CONCURRENCY, VFS_NOT_FOUND_ATTEMPTS, VFS_NOT_FOUND_BACKOFF,
+    VFS_POLLER_JOIN_TIMEOUT,
+)
+from .errors import ReplicationError, TxNotAvailableError
+from .replica_client import (
+    NotFoundError, client_from_url, fetch_ltx_header, fetch_page, fetch_page_index,
+    format_rfc3339_nano, ms_to_datetime, parse_rfc3339,
+)
+from .restore import SNAPSHOT_LEVEL, calc_restore_plan
+from .vfs_config import (  # noqa: F401  (re-exported: the registry is part of this API)
+    ResolvedConfig, VFSConfig, VFSConfigError, delete_vfs_config, get_vfs_config, resolve,
+    set_vfs_config,
+)
+
+log = logging.getLogger(__name__)
+
+VFS_NAME = "litestream"
+#: Private file-control opcode binding a connection to its ReplicaDatabase (SQLite's own
+#: opcodes are below 100; other VFSes answer SQLITE_NOTFOUND).
+FCNTL_BIND = 0x4C5301
+#: Companion files SQLite looks for; on a replica they never exist.
+_COMPANIONS = ("-journal", "-wal", "-shm")
+_LOCK_NONE = apsw.SQLITE_LOCK_NONE
+#: SQLite URI parameters that stop SQLite from locking (so from telling us about transactions).
+_NO_LOCK_PARAMS = ("immutable", "nolock")
+_OPEN_READONLY_FLAGS = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
+
+
+# --- views: one consistent state of the database -------------------------------------------
+
+@dataclass(frozen=True)
+class _View:
+    """The database at one TXID: where each page lives. Immutable; replaced, never changed."""
+
+    txid: int
+    commit: int             # pages
+    page_size: int          # bytes
+    index: dict             # pgno -> (level, min_txid, max_txid, frame offset, frame size)
+    timestamp_ms: int       # LTX header Timestamp of the newest file
+    generation: int         # changes whenever the content may differ (page 1 change counter)
+
+
+@dataclass(frozen=True)
+class VFSStats:
+    """Counters of one open database (for the server's metrics and for tests)."""
+
+    name: str
+    replica_url: str
+    txid: int
+    page_size: int
+    page_count: int
+    lag: float                  # seconds since the last successful poll, -1 before the first
+    time_travel: str | None     # RFC 3339 target of litestream_set_time, None = latest
+    polls: int
+    poll_errors: int
+    updates: int                # views installed after the open (new TXIDs, rebuilds)
+    index_builds: int           # full index builds from a restore plan (open included)
+    not_found_recoveries: int   # page reads whose LTX file had vanished
+    cache_hits: int
+    cache_misses: int
+    cache_pages: int
+    cache_bytes: int            # decoded page bytes held by the LRU
+    cache_capacity_pages: int
+    pages_fetched: int
+    bytes_fetched: int          # bytes read from the replica (indexes, headers, pages)
+
+
+class _Counted:
+    """A replica reader that adds the bytes it returns to its database's counter."""
+
+    def __init__(self, f, db: "ReplicaDatabase"):
+        self._f, self._db = f, db
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self._db._bytes_fetched += len(data)  # one int add under the GIL; no lock needed
+        return data
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class _MeteredClient:
+    """The replica client of one database, counting the bytes read through it."""
+
+    def __init__(self, client, db: "ReplicaDatabase"):
+        self._client, self._db = client, db
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def open_ltx_file(self, *args, **kwargs):
+        return _Counted(self._client.open_ltx_file(*args, **kwargs), self._db)
+
+
+# --- one open database -------------------------------------------------------------------------
+
+class ReplicaDatabase:
+    """One main database opened through the VFS: its index, page cache and poller."""
+
+    def __init__(self, name: str, config: ResolvedConfig):
+        self.name = name
+        self.config = config
+        self._mu = threading.RLock()
+        self._generations = itertools.count(1)
+        self._lock_level = _LOCK_NONE
+        self._read_in_txn = False       # a page was read since the SHARED lock was taken
+        self._target: datetime | None = None   # time-travel target; None = follow latest
+        self._pending: _View | None = None
+        self._cache: OrderedDict = OrderedDict()
+        self._bytes_fetched = 0
+        self._polls = self._poll_errors = self._updates = self._index_builds = 0
+        self._not_found = self._cache_hits = self._cache_misses = self._pages_fetched = 0
+        self._last_poll_ok: float | None = None   # monotonic; None until the first poll
+        self._closed = False
+        self._client = _MeteredClient(client_from_url(config.replica_url), self)
+        try:
+            self._view = self._target_view(None)
+        except BaseException:
+            self._client.close()
+            raise
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll_loop, daemon=True,
+                                        name=f"litestream-vfs-poll {name}")
+        self._poller.start()
+
+    # -- public state ---------------------------------------------------------------------------
+
+    @property
+    def txid(self) -> int:
+        """The TXID new read transactions see (an update waiting for a reader is not counted)."""
+        return self._view.txid
+
+    @property
+    def lag(self) -> float:
+        """Seconds since the last successful poll; -1 before the first (as Litestream)."""
+        last = self._last_poll_ok
+        return -1.0 if last is None else max(0.0, time.monotonic() - last)
+
+    @property
+    def view_time(self) -> datetime:
+        """The time-travel target, or the timestamp of the newest LTX file in the view."""
+        return self._target or ms_to_datetime(self._view.timestamp_ms)
+
+    def stats(self) -> VFSStats:
+        with self._mu:
+            view = self._view
+            cache_pages = len(self._cache)
+            return VFSStats(
+                name=self.name, replica_url=self.config.replica_url, txid=view.txid,
+                page_size=view.page_size, page_count=view.commit, lag=self.lag,
+                time_travel=format_rfc3339_nano(self._target) if self._target else None,
+                polls=self._polls, poll_errors=self._poll_errors, updates=self._updates,
+                index_builds=self._index_builds, not_found_recoveries=self._not_found,
+                cache_hits=self._cache_hits, cache_misses=self._cache_misses,
+                cache_pages=cache_pages, cache_bytes=cache_pages * view.page_size,
+                cache_capacity_pages=self._capacity(view), pages_fetched=self._pages_fetched,
+                bytes_fetched=self._bytes_fetched)
+
+    def _capacity(self, view: _View) -> int:
+        return self.config.cache_size // view.page_size
+
+    # -- building views -------------------------------------------------------------------------
+
+    def _plan(self, target: datetime | None, txid: int = 0) -> list:
+        if txid:
+            return calc_restore_plan(self._client, txid=txid)
+        return calc_restore_plan(self._client, timestamp=target)
+
+    def _indexes(self, infos: list) -> list[dict]:
+        if len(infos) == 1:
+            return [fetch_page_index(self._client, infos[0])]
+        with ThreadPoolExecutor(max_workers=min(VFS_INDEX_FETCH_CONCURRENCY, len(infos)),
+                                thread_name_prefix="litestream-vfs-index") as pool:
+            return list(pool.map(lambda info: fetch_page_index(self._client, info), infos))
+
+    def _build(self, infos: list, *, base: _View | None = None,
+               generation: int | None = None) -> tuple[_View, list[dict]]:
+        """A view of ``base`` plus ``infos`` (newest file wins), and each file's index."""
+        indexes = self._indexes(infos)
+        last = infos[-1]
+        header = fetch_ltx_header(self._client, last.level, last.min_txid, last.max_txid)
+        if base is not None and header.page_size != base.page_size:
+            raise ReplicationError(f"page size changed from {base.page_size} to "
+                                   f"{header.page_size} at TXID {last.min_txid:016x}")
+        index = dict(base.index) if base is not None else {}
+        for info, idx in zip(infos, indexes):
+            key = (info.level, info.min_txid, info.max_txid)
+            for pgno, (offset, size) in idx.items():
+                index[pgno] = (*key, offset, size)
+        view = _View(txid=last.max_txid, commit=header.commit, page_size=header.page_size,
+                     index=index, timestamp_ms=header.timestamp,
+                     generation=generation if generation is not None else next(self._generations))
+        return view, indexes
+
+    def _target_view(self, target: datetime | None) -> _View:
+        """A fresh view of the latest state, or of the state at ``target`` (time travel)."""
+        view, _ = self._build(self._plan(target))
+        with self._mu:
+            self._index_builds += 1
+        return view
+
+    # -- polling --------------------------------------------------------------------------------
+
+    def _poll_loop(self) -> None:
+        while not self._stop.wait(self.config.poll_interval):
+            try:
+                self.poll()
+            except Exception as e:  # the next poll tries again; lag shows the outage
+                with self._mu:
+                    self._poll_errors += 1
+                log.warning("litestream VFS %s: poll failed: %s", self.name, e)
+
+    def poll(self) -> bool:
+        """Look for new LTX files once (the poller does this every ``poll_interval``).
+
+        Returns True when a newer view was found; it is installed at once, or when the
+        current read transaction ends. Does nothing while time travel is on.
+        """
+        with self._mu:
+            if self._target is not None or self._closed:
+                return False
+            base = self._pending or self._view
+            self._polls += 1
+        new = self._next_view(base)
+        with self._mu:
+            self._last_poll_ok = time.monotonic()
+            if new is None or self._target is not None or (self._pending or self._view) is not base:
+                return False  # nothing new, or time travel / a rebuild moved on meanwhile
+            self._install(new)
+            return True
+
+    def _next_view(self, base: _View) -> _View | None:
+        files = list(self._client.ltx_files(0, seek=base.txid + 1))
+        if not files:
+            return None
+        if files[0].min_txid != base.txid + 1:
+            # L0 files we never saw were compacted away: the higher levels have them.
+            new = self._target_view(None)
+            return new if new.txid > base.txid else None
+        run = [files[0]]
+        for info in files[1:]:
+            if info.min_txid != run[-1].max_txid + 1:
+                break
+            run.append(info)
+        try:
+            view, _ = self._build(run, base=base)
+        except NotFoundError:  # removed between the listing and the read
+            new = self._target_view(None)
+            return new if new.txid > base.txid else None
+        return view
+
+    def _install(self, new: _View) -> None:
+        """Make ``new`` current now if no transaction reads, else when it ends (under _mu)."""
+        if self._lock_level == _LOCK_NONE:
+            self._view, self._pending = new, None
+        else:
+            self._pending = new
+        self._updates += 1
+
+    # -- time travel ----------------------------------------------------------------------------
+
+    def set_time(self, target: datetime | None) -> None:
+        """Read the database as of ``target`` (None: follow the latest again). Installed at
+        once, or when the current read transaction ends."""
+        new = self._target_view(target)
+        with self._mu:
+            self._target = target
+            self._install(new)
+
+    # -- locks: a SHARED lock is a read transaction ---------------------------------------------
+
+    def lock(self, level: int) -> None:
+        with self._mu:
+            if self._lock_level == _LOCK_NONE:
+                if self._pending is not None:
+                    self._view, self._pending = self._pending, None
+                self._read_in_txn = False
+            self._lock_level = level
+
+    def unlock(self, level: int) -> None:
+        with self._mu:
+            self._lock_level = level
+            if level == _LOCK_NONE:
+                self._read_in_txn = False
+                if self._pending is not None:
+                    self._view, self._pending = self._pending, None
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def file_size(self) -> int:
+        view = self._view
+        return view.commit * view.page_size
+
+    def read(self, amount: int, offset: int) -> bytes:
+        out = bytearray()
+        pos, end = offset, offset + amount
+        while pos < end:
+            view = self._view
+            ps = view.page_size
+            if pos >= view.commit * ps:
+                break  # a short read: SQLite zero-fills the rest
+            page = self._page(pos // ps + 1)
+            start = pos % ps
+            n = min(ps - start, end - pos)
+            out += page[start:start + n]
+            pos += n
+        self._read_in_txn = True
+        return bytes(out)
+
+    def _page(self, pgno: int) -> bytes:
+        for attempt in range(VFS_NOT_FOUND_ATTEMPTS):
+            view = self._view
+            elem = view.index.get(pgno)
+            if elem is None:
+                if pgno == ltx.lock_pgno(view.page_size):
+                    return bytes(view.page_size)
+                raise apsw.CorruptError(
+                    f"litestream VFS {self.name}: page {pgno} is in no LTX file of the restore "
+                    f"plan up to TXID {view.txid:016x} (the replica is incomplete)")
+            data = self._cache_get(elem)
+            if data is None:
+                try:
+                    _, data = fetch_page(self._client, *elem, page_size=view.page_size)
+                except NotFoundError:
+                    with self._mu:
+                        self._not_found += 1
+                    if not self._recover(view, pgno, elem):
+                        break
+                    if attempt:
+                        time.sleep(VFS_NOT_FOUND_BACKOFF * attempt)
+                    continue
+                self._cache_put(elem, data, view)
+            return self._patch_page1(data, view) if pgno == 1 else data
+        raise apsw.BusyError(
+            f"litestream VFS {self.name}: page {pgno} of TXID {self._view.txid:016x} is no longer "
+            "on the replica (compacted or removed by retention) and changed since; retry the "
+            "transaction")
+
+    @staticmethod
+    def _patch_page1(data: bytes, view: _View) -> bytes:
+        page = bytearray(data)
+        page[18] = page[19] = 1  # rollback journal: SQLite never looks for a WAL
+        # A change counter unique to the view, never equal to "version-valid-for" (92..95),
+        # so SQLite takes the size from xFileSize and reloads its cache exactly on a change.
+        counter = (view.generation * 2) & 0xFFFFFFFF
+        if counter.to_bytes(4, "big") == bytes(page[92:96]):
+            counter += 1
+        page[24:28] = counter.to_bytes(4, "big")
+        return bytes(page)
+
+    def _cache_get(self, elem) -> bytes | None:
+        with self._mu:
+            data = self._cache.get(elem)
+            if data is None:
+                self._cache_misses += 1
+                return None
+            self._cache.move_to_end(elem)
+            self._cache_hits += 1
+            return data
+
+    def _cache_put(self, elem, data: bytes, view: _View) -> None:
+        with self._mu:
+            self._pages_fetched += 1
+            capacity = self._capacity(view)
+            if capacity <= 0:
+                return
+            self._cache[elem] = data
+            while len(self._cache) > capacity:
+                self._cache.popitem(last=False)
+
+    # -- vanished files -------------------------------------------------------------------------
+
+    def _recover(self, view: _View, pgno: int, gone: tuple) -> bool:
+        """Replace ``view`` after a NotFound on ``gone`` without changing what the current
+        transaction sees. False when page ``pgno`` cannot be had at this TXID any more."""
+        with self._mu:
+            if self._view is not view:
+                return True  # another reader already recovered
+            pinned = self._read_in_txn and self._lock_level != _LOCK_NONE
+            target = self._target
+        if not pinned:  # nothing read yet: any consistent state will do, the newest is best
+            new = self._target_view(target)
+            with self._mu:
+                if self._view is view:
+                    self._view = new
+                    if self._pending is not None and self._pending.txid <= new.txid:
+                        self._pending = None
+            return True
+        try:  # the same TXID from files that still exist: same content, same generation
+            plan = self._plan(None, txid=view.txid)
+            if plan[-1].max_txid == view.txid:
+                same, _ = self._build(plan, generation=view.generation)
+                with self._mu:
+                    self._index_builds += 1
+                    if self._view is view:
+                        self._view = same
+                return True
+        except TxNotAvailableError:
+            pass
+        # Only files reaching past our TXID cover it now. A page that no file of a chain
+        # from TXID+1 to the newest holds did not change since our TXID: the newest plan's
+        # copy of it is ours. The other pages keep our (vanished) entries.
+        plan = self._plan(target)
+        newer, _ = self._build(plan)
+        chain = self._chain(view.txid + 1, newer.txid)
+        if chain is None:
+            return False
+        changed: set = set()
+        for idx in (self._indexes(chain) if chain else ()):
+            changed.update(idx)
+        hybrid = dict(view.index)
+        for p, elem in newer.index.items():
+            if p not in changed:
+                hybrid[p] = elem
+        bridged = _View(view.txid, view.commit, view.page_size, hybrid, view.timestamp_ms,
+                        view.generation)
+        with self._mu:
+            self._index_builds += 1
+            if self._view is view:
+                self._view = bridged
+                if newer.txid > view.txid and (self._pending is None
+                                               or self._pending.txid <= newer.txid):
+                    self._pending = newer
+        return hybrid.get(pgno) != gone
+
+    def _chain(self, first: int, last: int) -> list | None:
+        """Contiguous files of levels 0..8 covering exactly TXIDs first..last (the longest
+        step first), or None when the replica has no such chain any more."""
+        if first > last:
+            return []
+        files = [info for level in range(SNAPSHOT_LEVEL)
+                 for info in self._client.ltx_files(level, seek=first)]
+        chain, current = [], first - 1
+        while current < last:
+            steps = [f for f in files if f.min_txid == current + 1 and f.max_txid <= last]
+            if not steps:
+                return None
+            step = max(steps, key=lambda f: f.max_txid)
+            chain.append(step)
+            current = step.max_txid
+        return chain
+
+    # -- close ----------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._mu:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop.set()
+        if self._poller is not threading.current_thread():
+            self._poller.join(VFS_POLLER_JOIN_TIMEOUT)
+        try:
+            self._client.close()
+        except Exception as e:  # closing must not fail a connection's close
+            log.debug("litestream VFS %s: closing the replica client: %s", self.name, e)
+
+
+# --- the apsw glue -----------------------------------------------------------------------------
+
+_bound: "weakref.WeakValueDictionary[int, ReplicaDatabase]" = weakref.WeakValueDictionary()
+_open: "weakref.WeakSet[ReplicaDatabase]" = weakref.WeakSet()
+_open_lock = threading.Lock()
+
+
+def open_databases() -> list[ReplicaDatabase]:
+    """Every database currently open through the VFS (for metrics: ``.stats()`` of each)."""
+    with _open_lock:
+        return [db for db in list(_open) if not db._closed]
+_tokens = itertools.count(1)
+
+
+class ReplicaFile:
+    """What SQLite sees of a :class:`ReplicaDatabase`: a read-only main database file."""
+
+    def __init__(self, db: ReplicaDatabase):
+        self.db = db
+
+    def xRead(self, amount: int, offset: int) -> bytes:
+        try:
+            return self.db.read(amount, offset)
+        except apsw.Error:
+            raise
+        except ReplicationError as e:
+            raise apsw.IOError(f"litestream VFS {self.db.name}: {e}") from e
+
+    def xWrite(self, data, offset: int) -> None:
+        raise apsw.ReadOnlyError("litestream VFS: the replica is read-only")
+
+    def xTruncate(self, size: int) -> None:
+        raise apsw.ReadOnlyError("litestream VFS: the replica is read-only")
+
+    def xSync(self, flags: int) -> None:
+        pass
+
+    def xFileSize(self) -> int:
+        return self.db.file_size()
+
+    def xLock(self, level: int) -> None:
+        self.db.lock(level)
+
+    def xUnlock(self, level: int) -> None:
+        self.db.unlock(level)
+
+    def xCheckReservedLock(self) -> bool:
+        return False  # nobody writes through this VFS
+
+    def xFileControl(self, op: int, pointer: int) -> bool:
+        if op == FCNTL_BIND:
+            _bound[pointer] = self.db
+            return True
+        if op == apsw.SQLITE_FCNTL_PRAGMA:
+            pragma = apsw.VFSFcntlPragma(pointer)
+            value = _pragma_value(self.db, pragma.name.lower())
+            if value is not None:
+                pragma.result = value
+                return True
+        return False
+
+    def xSectorSize(self) -> int:
+        return 0  # SQLite's default (512)
+
+    def xDeviceCharacteristics(self) -> int:
+        return 0  # not IMMUTABLE: the content changes as the replica advances
+
+    def xClose(self) -> None:
+        self.db.close()
+
+
+def _pragma_value(db: ReplicaDatabase, name: str) -> str | None:
+    if name == "litestream_txid":
+        return f"{db.txid:016x}"
+    if name == "litestream_time":
+        return format_rfc3339_nano(db.view_time)
+    if name == "litestream_lag":
+        return str(int(db.lag))
+    return None
+
+
+class LitestreamVFS(apsw.VFS):
+    """The apsw VFS ``litestream``: main databases come from replicas, anything else (temp
+    files of sorts and temp tables) from the default VFS it inherits."""
+
+    def __init__(self, name: str = VFS_NAME):
+        super().__init__(name, "")
+
+    def xOpen(self, name, flags):
+        if isinstance(name, apsw.URIFilename) and flags[0] & apsw.SQLITE_OPEN_MAIN_DB:
+            dbname = name.filename()
+            params = {p: name.uri_parameter(p) for p in name.parameters}
+            for flag in _NO_LOCK_PARAMS:
+                if name.uri_boolean(flag, False):
+                    # Without xLock calls the VFS cannot tell when a read transaction runs,
+                    # and would swap TXIDs under it.
+                    raise apsw.CantOpenError(
+                        f"litestream VFS: cannot open {dbname!r}: the URI parameter {flag}=1 "
+                        "is not supported (the VFS needs SQLite's locks to keep each read "
+                        f"transaction on one TXID); remove {flag}")
+            try:
+                db = ReplicaDatabase(dbname, resolve(dbname, params))
+            except ReplicationError as e:
+                raise apsw.CantOpenError(f"litestream VFS: cannot open {dbname!r}: {e}") from e
+            with _open_lock:
+                _open.add(db)
+            # Read-only whatever was asked: SQLite then refuses writes itself.
+            flags[1] = (flags[0] & ~(apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)) \
+                | apsw.SQLITE_OPEN_READONLY
+            return ReplicaFile(db)
+        return super().xOpen(name, flags)
+
+    def xAccess(self, pathname: str, flags: int) -> bool:
+        if pathname.endswith(_COMPANIONS):
+            return False  # no WAL, no hot journal: a plain read-only rollback-journal DB
+        return super().xAccess(pathname, flags)
+
+    def xDelete(self, filename: str, syncdir: bool) -> None:
+        if filename.endswith(_COMPANIONS):
+            return
+        super().xDelete(filename, syncdir)
+
+    def xFullPathname(self, name: str) -> str:
+        return name  # not a local path: the name as written keys the config registry
+
+
+_vfs: LitestreamVFS | None = None
+_vfs_lock = threading.Lock()
+
+
+def register() -> LitestreamVFS:
+    """Register the apsw VFS ``litestream`` (once per process) and return it."""
+    global _vfs
+    with _vfs_lock:
+        if _vfs is None:
+            _vfs = LitestreamVFS()
+        return _vfs
+
+
+def uri(name: str, replica_url: str | None = None, **params) -> str:
+    """``file:NAME?vfs=litestream&replica_url=…&…`` with every value URL-encoded."""
+    query = {"vfs": VFS_NAME}
+    if replica_url is not None:
+        query["replica_url"] = replica_url
+    query.update({k: str(v) for k, v in params.items()})
+    return f"file:{quote(name, safe='/')}?" + "&".join(
+        f"{k}={quote(v, safe='')}" for k, v in query.items())
+
+
+def connect(uri_or_name: str, *, flags: int = _OPEN_READONLY_FLAGS) -> apsw.Connection:
+    """Open a read-only connection through the VFS (registered if needed) with the
+    ``litestream_*`` SQL functions installed. A plain name gets ``?vfs=litestream`` (its
+    replica URL then comes from the registry or LITESTREAM_REPLICA_URL)."""
+    register()
+    target = uri_or_name if uri_or_name.startswith("file:") else uri(uri_or_name)
+    conn = apsw.Connection(target, flags=flags | apsw.SQLITE_OPEN_URI)
+    try:
+        install_functions(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def database(conn: apsw.Connection, schema: str = "main") -> ReplicaDatabase:
+    """The :class:`ReplicaDatabase` behind ``conn`` (TXID, lag, stats for the server)."""
+    token = next(_tokens)
+    if not conn.file_control(schema, FCNTL_BIND, token):
+        raise ValueError(f"database {schema!r} of this connection is not opened through the "
+                         f"{VFS_NAME!r} VFS")
+    return _bound.pop(token)
+
+
+def install_functions(conn: apsw.Connection, schema: str = "main") -> None:
+    """Add ``litestream_txid()``, ``litestream_time()``, ``litestream_lag()`` and
+    ``litestream_set_time(ts | 'LATEST')`` to ``conn`` (Litestream's VFS functions)."""
+    ref = weakref.ref(database(conn, schema))
+
+    def db() -> ReplicaDatabase:
+        found = ref()
+        if found is None:
+            raise apsw.SQLError("litestream VFS: the database is closed")
+        return found
+
+    def set_time(value):
+        target = parse_time_target(value)
+        try:
+            db().set_time(target)
+        except ReplicationError as e:
+            raise apsw.SQLError(f"litestream_set_time({value!r}): {e}") from e
+        return None
+
+    conn.create_scalar_function("litestream_txid", lambda: f"{db().txid:016x}", 0)
+    conn.create_scalar_function("litestream_time", lambda: format_rfc3339_nano(db().view_time), 0)
+    conn.create_scalar_function("litestream_lag", lambda: int(db().lag), 0)
+    conn.create_scalar_function("litestream_set_time", set_time, 1)
+
+
+_AGO = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(seconds?|secs?|s|minutes?|mins?|m|hours?|h|days?|d)"
+                  r"\s+ago\s*$", re.IGNORECASE)
+_AGO_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_time_target(value) -> datetime | None:
+    """``'LATEST'`` (or empty) -> None; RFC 3339 (``2026-12-05T12:00:00Z``) or ``N
+    seconds|minutes|hours|days ago`` -> an aware UTC datetime."""
+    if value is None or (isinstance(value, str) and value.strip().upper() in ("", "LATEST")):
+        return None
+    if not isinstance(value, str):
+        raise apsw.SQLError(f"litestream_set_time: expected text, got {type(value).__name__}")
+    m = _AGO.match(value)
+    if m:
+        seconds = float(m.group(1)) * _AGO_UNITS[m.group(2)[0].lower()]
+        return datetime.now(timezone.utc) - timedelta(seconds=seconds)
+    try:
+        return parse_rfc3339(value)
+    except ValueError:
+        raise apsw.SQLError(f"litestream_set_time: cannot parse {value!r}: use 'LATEST', an "
+                            "RFC 3339 time such as 2026-12-05T12:00:00Z, or 'N minutes ago'") \
+            from None
