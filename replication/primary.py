@@ -682,3 +682,80 @@ class _ProgressLog:
         if tenth > self.logged:
             self.logged = tenth
             log.info("restore progress: %d%% (%d of %d bytes)", tenth * 10, done, total)
+
+
+# --- read replicas: a database read straight from its replica (vfs.py, design/read-replicas.md)
+#
+# A replica server (``serve --db-dsn 'file:app.db?vfs=litestream&replica_url=…'``) opens its
+# connections through the VFS; the web side reaches the VFS only through these functions.
+
+#: The VFS name a DSN's ``vfs=`` must give for a replica server.
+REPLICA_VFS = "litestream"
+
+
+def replica_uri(name: str, params: dict) -> str:
+    """The SQLite URI that opens ``name`` through the (registered) VFS with ``params``
+    (``replica_url``, ``poll_interval``, ``cache_size``, …; vfs_config.py checks them)."""
+    from . import vfs
+
+    vfs.register()
+    return vfs.uri(name, **params)
+
+
+def replica_install_functions(conn) -> None:
+    """``litestream_txid()``, ``litestream_time()``, ``litestream_lag()``,
+    ``litestream_set_time()`` on a replica connection."""
+    from . import vfs
+
+    vfs.install_functions(conn)
+
+
+def _replica(conn):
+    from . import vfs
+
+    return vfs.database(conn)
+
+
+def replica_txid(conn) -> int:
+    """The TXID this connection reads: inside a read transaction the one it is pinned to,
+    outside it the one its next transaction will see."""
+    return _replica(conn).txid
+
+
+def replica_catch_up(conn, txid: int, timeout: float, interval: float = 0.02) -> bool:
+    """Poll the replica at once (and every ``interval``) until this connection's next read
+    sees ``txid`` or later; False when ``timeout`` (seconds) passed first."""
+    db = _replica(conn)
+    deadline = time.monotonic() + timeout
+    while True:
+        if db.txid >= txid:
+            return True
+        try:
+            db.poll()
+        except Exception as e:  # noqa: BLE001 - a store outage is a timeout here, not a 500
+            log.warning("replica poll while waiting for TXID %016x failed: %s", txid, e)
+        if db.txid >= txid:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+def replica_set_time(conn, when) -> None:
+    """Read as of ``when`` (a datetime; None: follow the latest again). Raises
+    ``TxNotAvailableError`` for a time the replica does not hold."""
+    _replica(conn).set_time(when)
+
+
+def replica_time(conn):
+    """The timestamp of the view this connection reads (or its time-travel target)."""
+    return _replica(conn).view_time
+
+
+def replica_lag(conn) -> float:
+    """Seconds since the last successful poll of the replica; -1 before the first."""
+    return _replica(conn).lag
+
+
+def replica_stats(conn) -> dict:
+    return dataclasses.asdict(_replica(conn).stats())

@@ -158,7 +158,12 @@ SERVE_FLAGS = (
     Flag("refuse-filterless-writes", "Refuse PATCH and DELETE without any filter (opt-in).",
          default=False, boolean=True),
     Flag("primary-url", "Where the primary is: named in the hint of writes refused by a "
-         "read-only database (405, 25006).", metavar="URL"),
+         "read-only database or a read replica (405, 25006).", metavar="URL"),
+    Flag("replica-max-lag", "A read replica (--db-dsn with vfs=litestream) is not ready while "
+         "its last successful poll of the replica is older than this many seconds.",
+         default=5.0, kind=float, metavar="SECONDS"),
+    Flag("replica-wait-timeout", "Longest a read replica waits for X-Replication-Min-Txid "
+         "before answering 503 (seconds).", default=2.0, kind=float, metavar="SECONDS"),
     Flag("workers", "HTTP worker processes (default: one per CPU core, here "
          f"{os.cpu_count() or 1}; at most {MAX_PROCESS_COUNT}).", default=None,
          kind=_process_count, metavar="N"),
@@ -432,10 +437,26 @@ def _serve(common: dict, flags: dict) -> int:
         log_level=common["log_level"],
         log_devel=common["log_devel"],
     )
+    config.replica_wait_timeout = flags["replica_wait_timeout"]
+    replicating = (flags["replication_enabled"] or flags["replication_config"]
+                   or flags["replication_force_restore"] or flags["replication_reset_replica"])
+    if config.dsn.replica and replicating:
+        return _fail("--db-dsn: a read replica (vfs=litestream) reads its replica; it does not "
+                     "replicate", hint="drop the --replication-* flags, or serve the primary's "
+                                       "own database file")
     try:
         replication = None
-        if (flags["replication_enabled"] or flags["replication_config"]
-                or flags["replication_force_restore"] or flags["replication_reset_replica"]):
+        if config.dsn.replica:
+            _check_replica(config)
+            supervisor = Supervisor(config, options)
+            supervisor.validate()
+            _wire_replica_reads(supervisor, config, flags["replica_max_lag"])
+            if config.auth_disabled:
+                log.warning("AUTHENTICATION IS DISABLED (--auth-disabled): every client can "
+                            "read every allow-listed table. Never expose this server beyond "
+                            "localhost.")
+            return supervisor.run()
+        if replicating:
             replication = _replication_for(config, flags)
             options.wait_for_replication_txid = True
             config.create_missing_database = False
@@ -459,6 +480,84 @@ def _serve(common: dict, flags: dict) -> int:
         return supervisor.run()
     except StartupError as exc:
         return _fail(str(exc), exc.hint)
+
+
+def _check_replica(config) -> None:
+    """Open the replica once through the VFS (then close it): an unreachable store, a bad
+    VFS parameter or an empty replica refuses the start with one line."""
+    import apsw
+
+    from .db import open_connection
+    from .process import StartupError
+
+    try:
+        conn = open_connection(config.dsn.path, read_only=True,
+                               busy_timeout_ms=config.dsn.busy_timeout_ms,
+                               replica_params=dict(config.dsn.vfs_params))
+    except apsw.Error as exc:
+        raise StartupError(f"--db-dsn: cannot read the replica: {exc}",
+                           hint="check replica_url and the store's credentials; a replica is "
+                                "readable once its primary has synced once") from None
+    try:
+        conn.execute("PRAGMA schema_version").fetchall()
+    except apsw.Error as exc:
+        raise StartupError(f"--db-dsn: cannot read the replica: {exc}") from None
+    finally:
+        conn.close()
+
+
+class _ReplicaWatch:
+    """The supervisor's own connection to the replica (opened on first use, after the
+    workers are started): /ready and /status of a read replica."""
+
+    def __init__(self, config, max_lag: float):
+        import threading
+
+        self.config, self.max_lag = config, max_lag
+        self._conn = None
+        self._lock = threading.Lock()
+
+    def _connection(self):
+        from .db import open_connection
+
+        with self._lock:
+            if self._conn is None:
+                self._conn = open_connection(
+                    self.config.dsn.path, read_only=True,
+                    busy_timeout_ms=self.config.dsn.busy_timeout_ms,
+                    replica_params=dict(self.config.dsn.vfs_params))
+            return self._conn
+
+    def ready(self) -> bool:
+        from replication.primary import replica_lag
+
+        lag = replica_lag(self._connection())  # -1 until the first poll: the index is loaded
+        return lag <= self.max_lag
+
+    def status(self) -> dict:
+        from replication.primary import replica_stats
+
+        stats = replica_stats(self._connection())
+        stats["txid"] = f"{stats['txid']:016x}"
+        stats["max_lag"] = self.max_lag
+        return stats
+
+    def close(self) -> bool:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+        return True
+
+
+def _wire_replica_reads(supervisor, config, max_lag: float) -> None:
+    watch = _ReplicaWatch(config, max_lag)
+    supervisor.health.add_ready_check("replica", watch.ready)
+    supervisor.health.add_status("replica", watch.status)
+    supervisor.after_http_stop.append(watch.close)
+    log.info("read replica of %s: reads %s, takes no writes%s", config.dsn.path,
+             dict(config.dsn.vfs_params).get("replica_url"),
+             f" (they go to {config.primary_url})" if config.primary_url else "")
 
 
 def _check_database(config, create: bool = True) -> None:

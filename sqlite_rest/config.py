@@ -13,6 +13,10 @@ from urllib.parse import parse_qsl
 if TYPE_CHECKING:
     from replication.primary import WriterHook
 
+#: The DSN's vfs= of a read replica (replication.primary.REPLICA_VFS, spelled here so that
+#: parsing a DSN does not import the replication core).
+REPLICA_VFS = "litestream"
+
 #: Default request body limit: 8 MiB (8,388,608 bytes). Big enough for bulk inserts of
 #: tens of thousands of small rows, small enough that a 10 MB body is refused with 413
 #: before it is read.
@@ -55,10 +59,20 @@ class DatabaseDSN:
     busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS
     #: PRAGMA synchronous for the writer: "NORMAL" (default, safe in WAL mode) or "FULL".
     synchronous: str = "NORMAL"
+    #: "litestream": a read replica, read straight from its replica through the VFS
+    #: (replication/vfs.py); None: a local file.
+    vfs: Optional[str] = None
+    #: The VFS's URI parameters (replica_url, poll_interval, cache_size, …), in DSN order.
+    vfs_params: tuple = ()
 
     @property
     def read_only(self) -> bool:
         return self.mode == "ro"
+
+    @property
+    def replica(self) -> bool:
+        """Read from a replica through the VFS (a replica server)."""
+        return self.vfs is not None
 
 
 def parse_dsn(dsn: str) -> DatabaseDSN:
@@ -87,7 +101,17 @@ def parse_dsn(dsn: str) -> DatabaseDSN:
     mode = "rwc"
     busy = DEFAULT_BUSY_TIMEOUT_MS
     synchronous = "NORMAL"
+    vfs = None
+    vfs_params: list = []
     for name, value in parse_qsl(query, keep_blank_values=True):
+        if name == "vfs":
+            if value != REPLICA_VFS:
+                raise DSNError(f"DSN vfs={value!r} is not supported",
+                               hint=f"vfs={REPLICA_VFS} reads the database from its replica "
+                                    "(a read replica); leave vfs out for a local file")
+            vfs = value
+        elif not name.startswith("_") and name not in ("mode", "cache"):
+            vfs_params.append((name, value))  # for the VFS, which checks them (vfs_config.py)
         if name == "mode":
             if value not in ("ro", "rw", "rwc"):
                 raise DSNError(f"DSN mode={value!r} is not supported", hint="use ro, rw or rwc")
@@ -110,7 +134,16 @@ def parse_dsn(dsn: str) -> DatabaseDSN:
         elif name in ("_foreign_keys", "_fk"):
             _parse_bool(name, value)  # validated; foreign keys are always ON
         # _journal_mode, _journal, cache, _txlock, _loc, ...: ignored on purpose.
-    return DatabaseDSN(path=path, mode=mode, busy_timeout_ms=busy, synchronous=synchronous)
+    if vfs is None:
+        return DatabaseDSN(path=path, mode=mode, busy_timeout_ms=busy, synchronous=synchronous)
+    if mode != "rwc" and mode != "ro":
+        raise DSNError(f"DSN mode={mode} with vfs={vfs}: a read replica is read-only",
+                       hint="leave mode out (or mode=ro)")
+    if not any(name == "replica_url" for name, _ in vfs_params):
+        raise DSNError(f"DSN vfs={vfs} needs replica_url=<the replica's URL>",
+                       hint="e.g. file:app.db?vfs=litestream&replica_url=s3://bucket/app")
+    return DatabaseDSN(path=path, mode="ro", busy_timeout_ms=busy, synchronous=synchronous,
+                       vfs=vfs, vfs_params=tuple(vfs_params))
 
 
 def _split_tables(values) -> tuple[str, ...]:
@@ -153,6 +186,8 @@ class ServerConfig:
     functions_file: Optional[str] = None
     #: Where the primary is, named in the hint of 25006 (write on a read-only database).
     primary_url: Optional[str] = None
+    #: A read replica: seconds a read with X-Replication-Min-Txid waits for that TXID.
+    replica_wait_timeout: float = 2.0
     #: Serve the OpenAPI (Swagger 2.0) description at `/`.
     openapi_enabled: bool = True
     #: Log the --auth-disabled warning when the app is built (off in `serve`'s workers: the

@@ -234,10 +234,27 @@ def open_connection(
     busy_timeout_ms: int = 5000,
     synchronous: str = "NORMAL",
     short_busy_waits: bool = False,
+    replica_params: Optional[dict] = None,
 ) -> apsw.Connection:
     """Open one connection with every setting of the connection model applied.
     short_busy_waits: poll a busy lock every 0.1-2 ms (writers) instead of SQLite's
-    1-100 ms backoff."""
+    1-100 ms backoff. replica_params: read ``path`` from its replica through the Litestream
+    VFS with these URI parameters (a read replica; always read-only)."""
+    if replica_params is not None:
+        from replication.primary import replica_install_functions, replica_uri
+
+        conn = apsw.Connection(replica_uri(path, replica_params),
+                               flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI,
+                               statementcachesize=STATEMENT_CACHE_SIZE)
+        try:
+            set_busy_timeout(conn, busy_timeout_ms)
+            make_query_only(conn)
+            register_functions(conn)
+            replica_install_functions(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
     if read_only:
         flags = apsw.SQLITE_OPEN_READONLY
     else:
@@ -320,12 +337,15 @@ class Database:
                 query_only=True,
                 create=self.create,
                 busy_timeout_ms=self.dsn.busy_timeout_ms,
+                replica_params=dict(self.dsn.vfs_params) if self.dsn.replica else None,
             )
         return conn
 
     def writer(self) -> apsw.Connection:
         """This thread's write connection. On a read-only DSN it is opened read-only, so
         writes fail with SQLITE_READONLY (→ 405 25006) like on a replica."""
+        if self.dsn.replica:  # writes.py answers 405 25006 first; this is the backstop
+            raise RuntimeError("a read replica has no write connection")
         local = self._connections()
         conn = local.writer
         if conn is None:

@@ -129,6 +129,14 @@ ERROR_TABLE: tuple[ErrorCase, ...] = (
     ErrorCase("read_only", "write on a read-only database or replica",
               405, "25006", "cannot execute {verb} in a read-only transaction",
               "This server is read-only; send writes to the primary"),
+    ErrorCase("replica_behind", "a read replica did not reach X-Replication-Min-Txid within "
+              "--replica-wait-timeout (with Retry-After)",
+              503, "55000", "the replica has not reached position {txid} yet",
+              "retry later, or read from the primary"),
+    ErrorCase("replica_point_unavailable", "X-Replication-As-Of names a time the replica does "
+              "not hold (before its first backup, or pruned by retention)",
+              404, "22023", "the replica holds no database as of {when}",
+              "ask for a later time; retention decides how far back a replica goes"),
     ErrorCase("busy", "SQLITE_BUSY / LOCKED after the busy timeout",
               503, "PGRST003", "The database is busy, try again",
               "Retry after the number of seconds in Retry-After"),

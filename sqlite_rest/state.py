@@ -30,6 +30,11 @@ class AppState:
     functions: Optional[object] = None
     extra: dict = field(default_factory=dict)
 
+    @property
+    def replica(self) -> bool:
+        """A read replica (--db-dsn with vfs=litestream): reads name their position."""
+        return self.config.dsn.replica
+
 
 def state_of(app: Flask) -> AppState:
     return app.extensions[EXTENSION]

@@ -61,7 +61,8 @@ def test_global_flags_before_the_subcommand_like_cobra_persistent_flags():
 def test_every_serve_flag_has_an_env_mirror(flag):
     samples = {"log-level": ("7", 7), "workers": ("3", 3), "threads": ("2", 2),
                "max-rows": ("50", 50), "max-body-bytes": ("1024", 1024),
-               "security-allow-table": ("a,b", ["a", "b"])}
+               "security-allow-table": ("a,b", ["a", "b"]),
+               "replica-max-lag": ("1.5", 1.5), "replica-wait-timeout": ("0.5", 0.5)}
     raw, expected = samples.get(flag.name, ("true", True) if flag.boolean else ("v", "v"))
     env = {flag.env: raw}
     assert flag.env == "SQLITEREST_" + flag.name.upper().replace("-", "_")

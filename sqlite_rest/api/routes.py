@@ -27,6 +27,7 @@ from .query import (INT64_MAX, RequestError, int64, lifted_columns, parse_read_q
                     query_pairs, query_shape, shape_pairs, shown_text)
 from .representation import CONTENT_TYPES, negotiate, render, shape_of
 from .sql import build_count, build_select, shape_statement, slot_text
+from .replica_reads import format_txid, replica_snapshot, replica_txid
 from .writes import write
 
 METHODS = ["GET", "HEAD", "POST", "PATCH", "PUT", "DELETE", "OPTIONS"]
@@ -207,18 +208,26 @@ def _read(state, environ, table, prefs, head: bool) -> ApiResponse:
                              state.config.max_rows, prefs.count is not None)
     offset, statement = plan.offset, plan.statement
     total = None
-    if plan.count is None:
+    position = None
+    if state.replica:  # a read replica: the read names (and may wait for) its position
+        with replica_snapshot(state, environ, state.db.reader()) as read_at, \
+                state.db.read() as conn:
+            rows = conn.execute(statement.sql, plan.params(values)).fetchall()
+            if plan.count is not None:
+                total = conn.execute(plan.count.sql, plan.count.params).fetchall()[0][0]
+            position = format_txid(replica_txid(conn))  # inside the read: what it read
+            read_at.append(position)
+    elif plan.count is None:
         rows = state.db.reader().execute(statement.sql, plan.params(values)).fetchall()
     else:
         with state.db.read() as conn:  # one snapshot for the page and its count
             rows = conn.execute(statement.sql, plan.params(values)).fetchall()
             total = conn.execute(plan.count.sql, plan.count.params).fetchall()[0][0]
-        if offset > 0 and offset >= total:
-            raise api_error(
-                "invalid_range",
-                details=f"An offset of {offset} was requested, but there are only "
-                        f"{total} rows.",
-                headers={"Content-Range": f"*/{total}"})
+    if total is not None and offset > 0 and offset >= total:
+        raise api_error(
+            "invalid_range",
+            details=f"An offset of {offset} was requested, but there are only {total} rows.",
+            headers={"Content-Range": f"*/{total}"})
     returned = len(rows)
     status = 200
     if total is not None and (offset > 0 or offset + returned < total):
@@ -228,6 +237,8 @@ def _read(state, environ, table, prefs, head: bool) -> ApiResponse:
         ("Range-Unit", "items"),
         *CORS_HEADERS,
     ]
+    if position is not None:
+        response_headers.append(("X-Replication-Txid", position))
     applied = prefs.applied("HEAD" if head else "GET") if prefs.given else None
     if applied:
         response_headers.append(("Preference-Applied", applied))

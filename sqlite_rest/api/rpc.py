@@ -232,6 +232,13 @@ def call(state, name: str, method: str, prefs, environ) -> ApiResponse:
         return rows, total, _body(function, media, output, rows)
 
     headers = list(CORS_HEADERS)
+    if function.writes and state.replica:  # a read replica: the primary takes the writes
+        primary = state.config.primary_url
+        raise api_error("read_only", verb="function",
+                        details=f"function {SCHEMA_NAME}.{name} writes; this server reads a "
+                                "replica of the database",
+                        hint=f"This server is a read replica; call it on the primary at "
+                             f"{primary}" if primary else None)
     if function.writes:
         (rows, total, body), commit_result = state.db.write(
             run, rollback=prefs.tx == "rollback")

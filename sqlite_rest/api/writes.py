@@ -242,6 +242,12 @@ def _location(table, row: tuple, key_columns) -> str:
 
 def write(state, table, prefs, method: str, query) -> ApiResponse:
     config = state.config
+    if state.replica:  # a read replica: the primary takes the writes
+        primary = config.primary_url
+        raise api_error("read_only", verb=SQL_VERB[method],
+                        details="this server reads a replica of the database",
+                        hint=f"This server is a read replica; send writes to the primary at "
+                             f"{primary}" if primary else None)
     return_ = prefs.return_
     representation = return_ == "representation"
     accept = request.environ.get("HTTP_ACCEPT")

@@ -1,0 +1,80 @@
+"""Reads on a read replica (``--db-dsn 'file:app.db?vfs=litestream&replica_url=…'``).
+
+Every answer names the position it read (``X-Replication-Txid``: the TXID of the read
+transaction's snapshot, read inside that transaction, so it is exactly what was served).
+
+- ``X-Replication-Min-Txid: <TXID>`` (what a write on the primary answered): the read waits
+  until the replica has that position, polling it at once instead of at the next tick, for at
+  most ``--replica-wait-timeout``; then 503 with ``Retry-After``.
+- ``X-Replication-As-Of: <RFC 3339 time>``: the database as it was then (the VFS's time
+  travel); a time the replica does not hold is 404.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Iterator
+
+from replication.errors import TxNotAvailableError
+from replication.primary import replica_catch_up, replica_set_time, replica_txid  # noqa: F401
+
+from ..errors import api_error
+
+MIN_TXID_HEADER = "HTTP_X_REPLICATION_MIN_TXID"
+AS_OF_HEADER = "HTTP_X_REPLICATION_AS_OF"
+
+
+def format_txid(txid: int) -> str:
+    return f"{txid:016x}"  # as the primary's X-Replication-Txid
+
+
+def parse_txid(text: str, header: str) -> int:
+    text = text.strip()
+    try:
+        if not text or len(text) > 16:
+            raise ValueError
+        return int(text, 16)
+    except ValueError:
+        raise api_error("query_parse", message=f"{header}: {text[:40]!r} is not a position",
+                        details="a position is the 16 hex digits of X-Replication-Txid",
+                        hint="send back the X-Replication-Txid a write answered") from None
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise api_error("query_parse",
+                        message=f"X-Replication-As-Of: {text[:60]!r} is not an RFC 3339 time",
+                        hint="e.g. X-Replication-As-Of: 2026-12-05T12:00:00Z") from None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+@contextmanager
+def replica_snapshot(state, environ, conn) -> Iterator[list]:
+    """Around one read on a replica connection: waits for X-Replication-Min-Txid, applies
+    X-Replication-As-Of, and yields a list that holds, once the read ran inside the
+    transaction, the position it read (``[txid]``)."""
+    min_txid = environ.get(MIN_TXID_HEADER)
+    if min_txid is not None:
+        wanted = parse_txid(min_txid, "X-Replication-Min-Txid")
+        timeout = state.config.replica_wait_timeout
+        if not replica_catch_up(conn, wanted, timeout):
+            raise api_error("replica_behind", txid=format_txid(wanted),
+                            details=f"the replica is at {format_txid(replica_txid(conn))}; "
+                                    f"waited {timeout:g} s",
+                            headers={"Retry-After": str(max(1, math.ceil(timeout)))})
+    as_of = environ.get(AS_OF_HEADER)
+    if as_of is not None:
+        when = _parse_time(as_of)
+        try:
+            replica_set_time(conn, when)
+        except TxNotAvailableError:
+            raise api_error("replica_point_unavailable", when=as_of.strip()[:60]) from None
+    position: list = []
+    try:
+        yield position
+    finally:
+        if as_of is not None:
+            replica_set_time(conn, None)  # the next request of this thread reads the latest

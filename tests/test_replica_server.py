@@ -1,0 +1,250 @@
+"""Read replicas over HTTP (#13): ``serve --db-dsn 'file:…?vfs=litestream&replica_url=…'``.
+
+Real processes: a replicated primary (``serve --replication-enabled``), one or two replica
+servers reading its replica through the VFS (file:// and SeaweedFS), httpx as the client.
+"""
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from tests.plugins.replicas import file_replica, make_db, s3_replica, wait_for, write_config
+from tests.plugins.server import start_server
+
+TXID = re.compile(r"^[0-9a-f]{16}$")
+POLL = "200ms"
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def replica_dsn(tmp_path: Path, replica, **params) -> str:
+    query = {"vfs": "litestream", "replica_url": replica.url, "poll_interval": POLL, **params}
+    return f"file:{tmp_path / 'replica-app.db'}?" + "&".join(
+        f"{k}={quote(str(v), safe='')}" for k, v in query.items())
+
+
+@pytest.fixture
+def cluster(request, tmp_path, litestream_env):
+    """A primary replicating to a file:// (or SeaweedFS) replica, and a start function for
+    replica servers; every server is stopped by its PID."""
+    started = []
+
+    class Cluster:
+        def __init__(self, backend: str):
+            self.replica = (file_replica(tmp_path, litestream_env) if backend == "file"
+                            else s3_replica(request.getfixturevalue("s3_server")))
+            db = tmp_path / "app.db"
+            make_db(db, ["seed"])
+            config = write_config(tmp_path / "litestream.yml", db, self.replica)
+            self.primary = start_server(db, "--security-allow-table", "items",
+                                        "--replication-enabled", "--replication-config", config,
+                                        env=self.replica.server_env)
+            started.append(self.primary)
+            wait_for(lambda: self.replica.spans(), 30, "the first upload")
+
+        def replica_server(self, *args, **params):
+            server = start_server(replica_dsn(tmp_path, self.replica, **params),
+                                  "--security-allow-table", "items",
+                                  "--primary-url", self.primary.base_url, *args,
+                                  env=self.replica.server_env)
+            started.append(server)
+            return server
+
+    yield Cluster
+    for server in started:
+        server.stop()
+
+
+@pytest.mark.parametrize("backend", ["file", "s3"])
+def test_read_your_writes_through_a_replica_server(cluster, backend):
+    c = cluster(backend)
+    replica = c.replica_server()
+    seen = []
+    with httpx.Client(timeout=10) as http:
+        for i in range(60):
+            w = http.post(f"{c.primary.base_url}/items", json={"name": f"n{i}"})
+            assert w.status_code == 201, w.text
+            position = w.headers["X-Replication-Txid"]
+            r = http.get(f"{replica.base_url}/items?name=eq.n{i}",
+                         headers={"X-Replication-Min-Txid": position})
+            assert r.status_code == 200, r.text
+            assert [row["name"] for row in r.json()] == [f"n{i}"], (i, position, r.headers)
+            assert TXID.match(r.headers["X-Replication-Txid"])
+            assert int(r.headers["X-Replication-Txid"], 16) >= int(position, 16)
+            seen.append(int(r.headers["X-Replication-Txid"], 16))
+    assert seen == sorted(seen)  # one replica server's positions never go backwards
+
+
+def test_a_replica_server_takes_no_writes_and_names_the_primary(cluster):
+    c = cluster("file")
+    replica = c.replica_server()
+    for method in ("POST", "PATCH", "DELETE"):
+        r = httpx.request(method, f"{replica.base_url}/items?id=eq.1", json={"name": "x"},
+                          timeout=10)
+        assert r.status_code == 405, r.text
+        body = r.json()
+        assert body["code"] == "25006" and c.primary.base_url in body["hint"]
+    assert httpx.get(f"{replica.base_url}/items", timeout=10).json() == [{"id": 1, "name": "seed"}]
+
+
+def test_a_position_the_replica_does_not_reach_is_503_with_retry_after(cluster):
+    c = cluster("file")
+    replica = c.replica_server("--replica-wait-timeout", "0.3")
+    started = time.monotonic()
+    r = httpx.get(f"{replica.base_url}/items",
+                  headers={"X-Replication-Min-Txid": "00000000000fffff"}, timeout=10)
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+    assert r.json()["code"] == "55000" and "00000000000fffff" in r.json()["message"]
+    assert time.monotonic() - started < 5
+    r = httpx.get(f"{replica.base_url}/items", headers={"X-Replication-Min-Txid": "zz"},
+                  timeout=10)
+    assert r.status_code == 400 and r.json()["code"] == "PGRST100"
+
+
+def test_time_travel_over_rest(cluster):
+    c = cluster("file")
+    replica = c.replica_server()
+    time.sleep(1.1)  # LTX timestamps are in ms; keep "before" clearly before the write
+    before = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    time.sleep(1.1)
+    w = httpx.post(f"{c.primary.base_url}/items", json={"name": "later"}, timeout=10)
+    position = w.headers["X-Replication-Txid"]
+    now = httpx.get(f"{replica.base_url}/items?select=name",
+                    headers={"X-Replication-Min-Txid": position}, timeout=10)
+    assert [r["name"] for r in now.json()] == ["seed", "later"]
+    then = httpx.get(f"{replica.base_url}/items?select=name",
+                     headers={"X-Replication-As-Of": before}, timeout=10)
+    assert then.status_code == 200, then.text
+    assert [r["name"] for r in then.json()] == ["seed"]
+    assert int(then.headers["X-Replication-Txid"], 16) < int(position, 16)
+    # the next read of the same server is back at the latest
+    again = httpx.get(f"{replica.base_url}/items?select=name", timeout=10)
+    assert [r["name"] for r in again.json()] == ["seed", "later"]
+    r = httpx.get(f"{replica.base_url}/items",
+                  headers={"X-Replication-As-Of": "2001-01-01T00:00:00Z"}, timeout=10)
+    assert r.status_code == 404 and r.json()["code"] == "22023"
+    r = httpx.get(f"{replica.base_url}/items", headers={"X-Replication-As-Of": "yesterday"},
+                  timeout=10)
+    assert r.status_code == 400
+
+
+def test_health_and_a_killed_primary(cluster):
+    c = cluster("file")
+    replica = c.replica_server()
+    wait_for(lambda: httpx.get(replica.metrics_url + "/ready", timeout=5).status_code == 200,
+             30, "the replica server to be ready")
+    status = httpx.get(replica.metrics_url + "/status", timeout=5).json()["replica"]
+    assert TXID.match(status["txid"]) and status["page_count"] > 0
+    c.primary.stop()
+    for _ in range(5):  # the primary is gone: reads go on from the replica
+        r = httpx.get(f"{replica.base_url}/items", timeout=10)
+        assert r.status_code == 200 and r.json() == [{"id": 1, "name": "seed"}]
+
+
+def test_bad_replica_dsns_refuse_the_start_in_one_line(tmp_path):
+    from tests.plugins.server import free_port
+
+    for dsn, message in [
+        (f"file:{tmp_path}/a.db?vfs=litestream", "needs replica_url"),
+        (f"file:{tmp_path}/a.db?vfs=unix-dotfile", "is not supported"),
+        (f"file:{tmp_path}/a.db?vfs=litestream&replica_url=file://{tmp_path}/empty",
+         "cannot read the replica"),
+        (f"file:{tmp_path}/a.db?vfs=litestream&replica_url=file://{tmp_path}/r&write_enabled=true",
+         "write_enabled"),
+    ]:
+        import subprocess
+        import sys
+        proc = subprocess.run([sys.executable, "-m", "sqlite_rest.cli", "serve", "--db-dsn", dsn,
+                               "--auth-disabled", "--http-addr", f"127.0.0.1:{free_port()}",
+                               "--metrics-addr", ""],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 1, (dsn, proc.stderr)
+        assert message in proc.stderr, (dsn, proc.stderr)
+
+
+# -- the README's "Scale reads" commands, run as written against the demo -------------------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_replica_block() -> str:
+    block = re.search(r"^```bash replicas\n(.*?)^```", README.read_text(), re.S | re.M)
+    assert block, "README.md has no 'bash replicas' block"
+    return block.group(1)
+
+
+def test_readme_scale_reads_commands_run_as_written(tmp_path):
+    import os
+    import shlex
+    import signal
+    import subprocess
+    import sys
+
+    from tests.test_demo import free_port, start_demo, stop
+
+    demo, url = start_demo(tmp_path / "sqlite-rest-demo")
+    primary_port = url.rsplit(":", 1)[1]
+    ports = {p: str(free_port()) for p in ("8081", "8082", "9181", "9182")}
+    script = readme_replica_block()
+    assert script.count("sqlite-rest serve") == 2 and "localhost:8080" in script
+    script = script.replace("sqlite-rest serve", f"{shlex.quote(sys.executable)} -m sqlite_rest.cli serve")
+    script = script.replace("localhost:8080", f"localhost:{primary_port}")
+    for old, new in ports.items():
+        script = script.replace(f":{old}", f":{new}")
+    commands = re.split(r"(?<!\\)\n", script.strip())
+    servers = [c for c in commands if c.rstrip().endswith("&")]
+    rest = [c for c in commands if not c.rstrip().endswith("&")]
+    pids = []
+    try:
+        for i, command in enumerate(servers):
+            log = tmp_path / f"replica-{i}.log"
+            with open(log, "w") as f:  # not a pipe: the server outlives bash and keeps it open
+                subprocess.run(["bash", "-c", command + "\necho \"PID $!\""], cwd=tmp_path,
+                               stdout=f, stderr=subprocess.STDOUT, timeout=30)
+            pids.append(int(re.search(r"^PID (\d+)$", log.read_text(), re.M).group(1)))
+        for port in (ports["9181"], ports["9182"]):
+            wait_for(lambda port=port: _ready(port), 60, f"replica server on {port} to be ready")
+        env = dict(os.environ)
+        out = subprocess.run(["bash", "-c", "set -e\n" + "\n".join(
+            f"{c}\necho \"STATUS $?\"" if c.startswith("curl") else c for c in
+            [line.replace("curl ", "curl -s -o /dev/stderr -w '%{http_code}\\n' ", 1)
+             if line.startswith("curl") else line for line in rest])],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
+        assert out.returncode == 0, (out.stdout, out.stderr)
+        codes = [line for line in out.stdout.split() if line.isdigit() and len(line) == 3]
+        assert codes == ["200", "404"], (out.stdout, out.stderr)
+        assert '"title":"Bloodchild"' in out.stderr
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for pid in pids:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.1)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        assert stop(demo) == 0
+
+
+def _ready(port: str) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
