@@ -162,6 +162,9 @@ SERVE_FLAGS = (
     Flag("replica-max-lag", "A read replica (--db-dsn with vfs=litestream) is not ready while "
          "its last successful poll of the replica is older than this many seconds.",
          default=5.0, kind=float, metavar="SECONDS"),
+    Flag("forward-writes", "A read replica sends writes to --primary-url and answers once "
+         "its own view holds them (read-your-writes through replicas).", default=False,
+         boolean=True),
     Flag("replica-wait-timeout", "Longest a read replica waits for X-Replication-Min-Txid "
          "before answering 503 (seconds).", default=2.0, kind=float, metavar="SECONDS"),
     Flag("workers", "HTTP worker processes (default: one per CPU core, here "
@@ -438,6 +441,10 @@ def _serve(common: dict, flags: dict) -> int:
         log_devel=common["log_devel"],
     )
     config.replica_wait_timeout = flags["replica_wait_timeout"]
+    config.forward_writes = flags["forward_writes"]
+    if config.forward_writes and not (config.dsn.replica and config.primary_url):
+        return _fail("--forward-writes needs a read replica (--db-dsn with vfs=litestream) and "
+                     "--primary-url", hint="e.g. --primary-url http://primary:8080")
     replicating = (flags["replication_enabled"] or flags["replication_config"]
                    or flags["replication_force_restore"] or flags["replication_reset_replica"])
     if config.dsn.replica and replicating:

@@ -188,6 +188,8 @@ class ServerConfig:
     primary_url: Optional[str] = None
     #: A read replica: seconds a read with X-Replication-Min-Txid waits for that TXID.
     replica_wait_timeout: float = 2.0
+    #: A read replica: send writes to primary_url and answer once they are visible here.
+    forward_writes: bool = False
     #: Serve the OpenAPI (Swagger 2.0) description at `/`.
     openapi_enabled: bool = True
     #: Log the --auth-disabled warning when the app is built (off in `serve`'s workers: the

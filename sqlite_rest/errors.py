@@ -133,6 +133,9 @@ ERROR_TABLE: tuple[ErrorCase, ...] = (
               "--replica-wait-timeout (with Retry-After)",
               503, "55000", "the replica has not reached position {txid} yet",
               "retry later, or read from the primary"),
+    ErrorCase("primary_unreachable", "a read replica with --forward-writes cannot reach the "
+              "primary", 503, "08006", "the primary at {primary} cannot be reached",
+              "retry later; the write was not applied by this server"),
     ErrorCase("replica_point_unavailable", "X-Replication-As-Of names a time the replica does "
               "not hold (before its first backup, or pruned by retention)",
               404, "22023", "the replica holds no database as of {when}",

@@ -67,6 +67,40 @@ class Env:
         return self.client(auth_token_file=str(key), auth_key_check_interval=0), key
 
 
+def _replica_client(env, **options):
+    """An app that reads ``env.db`` as a read replica: the database as one LTX snapshot in a
+    file:// replica, opened through the VFS."""
+    import io
+    import time
+    from urllib.parse import quote
+
+    from replication import ltx
+    from replication.file_replica_client import FileReplicaClient
+
+    data = env.db.read_bytes()
+    ps = int.from_bytes(data[16:18], "big") or 65536
+    header = ltx.Header(ltx.HEADER_FLAG_NO_CHECKSUM, ps, len(data) // ps, 1, 1,
+                        int(time.time() * 1000))
+    buf = io.BytesIO()
+    enc = ltx.Encoder(buf, header)
+    for i in range(0, len(data), ps):
+        if i // ps + 1 != ltx.lock_pgno(ps):
+            enc.encode_page(i // ps + 1, data[i:i + ps])
+    enc.close()
+    root = env.tmp_path / "replica"
+    FileReplicaClient(str(root)).write_ltx_file(0, 1, 1, buf.getvalue(), header.timestamp)
+    dsn = (f"file:replica.db?vfs=litestream&replica_url={quote('file://' + str(root), safe='')}")
+    return env.client(dsn=dsn, **options)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:  # bound, then closed: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _busy(env):
     blocker = apsw.Connection(str(env.db))
     blocker.execute("PRAGMA journal_mode=WAL")
@@ -123,6 +157,13 @@ def _full_put_row(id_):
 
 
 TRIGGERS = {
+    "replica_behind": lambda e: _replica_client(e, replica_wait_timeout=0.05).get(
+        "/books", headers={"X-Replication-Min-Txid": "00000000000fffff"}),
+    "replica_point_unavailable": lambda e: _replica_client(e).get(
+        "/books", headers={"X-Replication-As-Of": "2001-01-01T00:00:00Z"}),
+    "primary_unreachable": lambda e: _replica_client(
+        e, forward_writes=True, primary_url=f"http://127.0.0.1:{_closed_port()}").post(
+        "/books", json={"title": "x"}),
     "query_parse": lambda e: e.client().get("/books?id=zz.1"),
     "invalid_body": lambda e: e.client().post(
         "/books", data=b"{bad", headers={"Content-Type": "application/json"}),

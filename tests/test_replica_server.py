@@ -248,3 +248,41 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except OSError:
         return False
+
+
+def test_forwarded_writes_are_visible_in_the_next_read_of_the_same_replica(cluster):
+    c = cluster("file")
+    replica = c.replica_server("--forward-writes")
+    with httpx.Client(timeout=10) as http:
+        for i in range(20):
+            w = http.post(f"{replica.base_url}/items?select=id,name", json={"name": f"f{i}"},
+                          headers={"Prefer": "return=representation"})
+            assert w.status_code == 201, w.text
+            assert w.json()[0]["name"] == f"f{i}"
+            assert w.headers["X-Replication-Forwarded"] == c.primary.base_url
+            assert "X-Replication-Visible" not in w.headers
+            assert TXID.match(w.headers["X-Replication-Txid"])
+            # no position sent back: the replica's next read already holds the write
+            r = http.get(f"{replica.base_url}/items?name=eq.f{i}")
+            assert [row["name"] for row in r.json()] == [f"f{i}"], i
+        # the primary's errors come back as they are (a duplicate: 409), nothing is written
+        dup = http.post(f"{replica.base_url}/items", json={"name": "f0"})
+        assert dup.status_code == 409 and dup.json()["code"] == "23505"
+        patch = http.patch(f"{replica.base_url}/items?name=eq.f1", json={"name": "g1"})
+        assert patch.status_code == 204 and "Content-Type" not in patch.headers
+        r = http.get(f"{replica.base_url}/items?name=eq.g1")
+        assert len(r.json()) == 1
+    c.primary.stop()  # a primary that cannot be reached: 503, PostgREST-shaped
+    r = httpx.post(f"{replica.base_url}/items", json={"name": "lost"}, timeout=20)
+    assert r.status_code == 503 and r.json()["code"] == "08006"
+    assert c.primary.base_url in r.json()["message"]
+
+
+def test_forward_writes_needs_a_replica_and_a_primary(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "sqlite_rest.cli", "serve", "--db-dsn",
+                           str(tmp_path / "a.db"), "--auth-disabled", "--forward-writes"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "--forward-writes needs a read replica" in proc.stderr

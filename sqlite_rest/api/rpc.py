@@ -173,6 +173,11 @@ def call(state, name: str, method: str, prefs, environ) -> ApiResponse:
         range_header = environ.get("HTTP_RANGE") if method == "GET" else None
     else:
         single = prefs.params == "single-object"
+        known = functions.get(name)
+        if known is not None and known.writes and state.replica and state.config.forward_writes:
+            from .forward import forward_write  # the primary checks the arguments
+            return forward_write(state, environ,
+                                 _body_bytes(environ, state.config.max_body_bytes))
         body, from_text, json_body = _post_arguments(environ, state.config.max_body_bytes,
                                                      single)
         function = functions.get(name)

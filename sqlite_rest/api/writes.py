@@ -242,6 +242,10 @@ def _location(table, row: tuple, key_columns) -> str:
 
 def write(state, table, prefs, method: str, query) -> ApiResponse:
     config = state.config
+    if state.replica and config.forward_writes:
+        from .forward import forward_write
+        return forward_write(state, request.environ,
+                             _body_bytes(request.environ, config.max_body_bytes))
     if state.replica:  # a read replica: the primary takes the writes
         primary = config.primary_url
         raise api_error("read_only", verb=SQL_VERB[method],
