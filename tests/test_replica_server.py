@@ -286,3 +286,90 @@ def test_forward_writes_needs_a_replica_and_a_primary(tmp_path):
                            str(tmp_path / "a.db"), "--auth-disabled", "--forward-writes"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "--forward-writes needs a read replica" in proc.stderr
+
+
+def test_two_replica_servers_read_a_consistent_total_under_transfers_and_compaction(
+        tmp_path, litestream_env):
+    """Transfers between accounts go through the primary (an RPC function: two UPDATEs in one
+    transaction) while compaction runs every second and retention removes L0 files; two
+    replica servers are read in a loop: every read sees the invariant total, no server's
+    X-Replication-Txid goes backwards, no 5xx."""
+    import random
+    import threading
+
+    import apsw
+
+    replica = file_replica(tmp_path, litestream_env)
+    db = tmp_path / "bank.db"
+    conn = apsw.Connection(str(db))
+    conn.execute("PRAGMA journal_mode=WAL").fetchall()
+    conn.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER NOT NULL)")
+    with conn:
+        for i in range(10):
+            conn.execute("INSERT INTO accounts VALUES (?, 100)", (i,))
+    conn.close()
+    functions = tmp_path / "functions.yml"
+    functions.write_text(
+        "functions:\n  transfer:\n    params: {src: integer, dst: integer, amount: integer}\n"
+        "    sql: |\n      UPDATE accounts SET balance = balance - :amount WHERE id = :src;\n"
+        "      UPDATE accounts SET balance = balance + :amount WHERE id = :dst\n"
+        "    returns: nothing\n")
+    config = write_config(tmp_path / "litestream.yml", db, replica,
+                          top={"levels": [{"interval": "1s"}, {"interval": "3s"}],
+                               "l0-retention": "1s", "l0-retention-check-interval": "1s"})
+    started = []
+    try:
+        primary = start_server(db, "--security-allow-table", "accounts",
+                               "--functions-file", functions, "--replication-enabled",
+                               "--replication-config", config)
+        started.append(primary)
+        wait_for(lambda: replica.spans(), 30, "the first upload")
+        readers = []
+        for _ in range(2):
+            server = start_server(replica_dsn(tmp_path, replica), "--security-allow-table",
+                                  "accounts", "--primary-url", primary.base_url)
+            started.append(server)
+            readers.append(server)
+        stop = threading.Event()
+        errors: list = []
+        reads = [0, 0]
+
+        def transfer_loop():
+            rng = random.Random(7)
+            with httpx.Client(timeout=10) as http:
+                while not stop.is_set():
+                    src, dst = rng.sample(range(10), 2)
+                    r = http.post(f"{primary.base_url}/rpc/transfer",
+                                  json={"src": src, "dst": dst, "amount": rng.randint(1, 30)})
+                    if r.status_code != 204:
+                        errors.append(("transfer", r.status_code, r.text))
+
+        def read_loop(i, server):
+            last = 0
+            with httpx.Client(timeout=10) as http:
+                while not stop.is_set():
+                    r = http.get(f"{server.base_url}/accounts?select=balance")
+                    if r.status_code != 200:
+                        errors.append(("read", i, r.status_code, r.text))
+                        continue
+                    total = sum(row["balance"] for row in r.json())
+                    txid = int(r.headers["X-Replication-Txid"], 16)
+                    if total != 1000 or txid < last:
+                        errors.append(("inconsistent", i, total, txid, last))
+                    last = txid
+                    reads[i] += 1
+
+        threads = [threading.Thread(target=transfer_loop)] + [
+            threading.Thread(target=read_loop, args=(i, s)) for i, s in enumerate(readers)]
+        for t in threads:
+            t.start()
+        time.sleep(12)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert errors == [], errors[:5]
+        assert min(reads) > 20, reads
+        assert replica.spans(1), "compaction never ran"
+    finally:
+        for server in started:
+            server.stop()

@@ -21,6 +21,11 @@ from replication.primary import replica_catch_up, replica_set_time, replica_txid
 
 from ..errors import api_error
 
+#: Environment variable naming the file that holds a replica server's read floor.
+REPLICA_FLOOR_ENV = "SQLITEREST_REPLICA_FLOOR"
+#: Seconds a read waits for its connection to reach the floor (another worker polled first).
+FLOOR_WAIT = 1.0
+
 MIN_TXID_HEADER = "HTTP_X_REPLICATION_MIN_TXID"
 AS_OF_HEADER = "HTTP_X_REPLICATION_AS_OF"
 
@@ -51,6 +56,58 @@ def _parse_time(text: str) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
+class ReadFloor:
+    """The highest position any worker of this server has served (8 bytes in a file the
+    supervisor names, shared by every worker process).
+
+    Each connection follows the replica on its own poller, so two workers (or two threads)
+    can be a poll apart: without a floor, a client's next read could land on a connection one
+    TXID behind the one that answered its previous read, and see time go backwards. A read
+    first brings its connection up to the floor (polling at once), then raises the floor to
+    what it read; the read-modify-write is under an flock so two raises cannot lower it."""
+
+    def __init__(self, path: str | None):
+        self._fd = None
+        if path:
+            import os
+
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def get(self) -> int:
+        if self._fd is None:
+            return 0
+        import os
+
+        data = os.pread(self._fd, 8, 0)
+        return int.from_bytes(data, "big") if len(data) == 8 else 0
+
+    def raise_to(self, txid: int) -> None:
+        if self._fd is None or txid <= self.get():
+            return
+        import fcntl
+        import os
+
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            data = os.pread(self._fd, 8, 0)
+            if txid > (int.from_bytes(data, "big") if len(data) == 8 else 0):
+                os.pwrite(self._fd, txid.to_bytes(8, "big"), 0)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
+_floor: ReadFloor | None = None
+
+
+def read_floor() -> ReadFloor:
+    global _floor
+    if _floor is None:
+        import os
+
+        _floor = ReadFloor(os.environ.get(REPLICA_FLOOR_ENV))
+    return _floor
+
+
 @contextmanager
 def replica_snapshot(state, environ, conn) -> Iterator[list]:
     """Around one read on a replica connection: waits for X-Replication-Min-Txid, applies
@@ -66,6 +123,11 @@ def replica_snapshot(state, environ, conn) -> Iterator[list]:
                                     f"waited {timeout:g} s",
                             headers={"Retry-After": str(max(1, math.ceil(timeout)))})
     as_of = environ.get(AS_OF_HEADER)
+    floor = read_floor()
+    if as_of is None:
+        behind = floor.get()
+        if behind and replica_txid(conn) < behind:
+            replica_catch_up(conn, behind, FLOOR_WAIT)
     if as_of is not None:
         when = _parse_time(as_of)
         try:
@@ -75,6 +137,8 @@ def replica_snapshot(state, environ, conn) -> Iterator[list]:
     position: list = []
     try:
         yield position
+        if as_of is None and position:
+            floor.raise_to(int(position[0], 16))
     finally:
         if as_of is not None:
             replica_set_time(conn, None)  # the next request of this thread reads the latest

@@ -20,6 +20,8 @@ from typing import Callable, List, Optional
 
 from replication.primary import COMMIT_SOCKET_ENV, POSITION_BOARD_ENV, CommitListener
 
+from ..api.replica_reads import REPLICA_FLOOR_ENV
+
 from ..observability import logs
 from .. import __version__
 from ..config import ServerConfig
@@ -177,6 +179,11 @@ class Supervisor:
         return os.path.join(self._tmpdir, "position") if self._tmpdir else None
 
     @property
+    def replica_floor_path(self) -> Optional[str]:
+        """A read replica's highest position served by any worker (api/replica_reads.py)."""
+        return os.path.join(self._tmpdir, "replica-floor") if self._tmpdir else None
+
+    @property
     def commit_socket_path(self) -> Optional[str]:
         return os.path.join(self._tmpdir, "commit.sock") if self._tmpdir else None
 
@@ -306,6 +313,7 @@ class Supervisor:
         env[WORKER_READY_ENV] = self.worker_ready_dir
         env[READY_FILE_ENV] = self.ready_file
         env[POSITION_BOARD_ENV] = self.position_board_path
+        env[REPLICA_FLOOR_ENV] = self.replica_floor_path
         if self.pprof_bind is not None:
             env[PPROF_DIR_ENV] = self.pprof_dir
         else:
