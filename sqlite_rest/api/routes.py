@@ -64,12 +64,20 @@ def make_blueprint(app, state) -> Blueprint:
         if table_name not in allowed_tables:
             access_denied.send(app, table=table_name)
             raise api_error("unknown_table", table=table_name[:200])
-        table = schema_cache.get(db.reader()).table(table_name)
-        if table is None:
-            raise api_error("unknown_table", table=table_name[:200])
         # WSGI servers join repeated headers with ", ", so environ holds every Prefer value.
         prefer = environ.get("HTTP_PREFER")
         prefs = parse_prefer([prefer]) if prefer else DEFAULT_PREFERENCES
+        if state.replica and (method == "GET" or method == "HEAD"):
+            # One read transaction for the schema and the rows: one snapshot, and one round of
+            # VFS callbacks (each takes the GIL back from the workers' other threads).
+            with replica_snapshot(state, environ, db.reader()) as read_at, db.read() as conn:
+                table = schema_cache.get(conn).table(table_name)
+                if table is None:
+                    raise api_error("unknown_table", table=table_name[:200])
+                return _read(state, environ, table, prefs, method == "HEAD", (conn, read_at))
+        table = schema_cache.get(db.reader()).table(table_name)
+        if table is None:
+            raise api_error("unknown_table", table=table_name[:200])
         if method == "GET" or method == "HEAD":
             return _read(state, environ, table, prefs, method == "HEAD")
         return write(state, table, prefs, method, query_of(environ.get("QUERY_STRING", "")))
@@ -202,21 +210,22 @@ def _query_plan(table, query_string: str, range_header: str | None, max_rows: in
     return ReadPlan(statement, count, offset, limit, binds_values=False)
 
 
-def _read(state, environ, table, prefs, head: bool) -> ApiResponse:
+def _read(state, environ, table, prefs, head: bool, replica_read=None) -> ApiResponse:
+    """``replica_read``: (the connection, in its read transaction, the position list) of a
+    read replica's request (routes.table_endpoint)."""
     media = negotiate(environ.get("HTTP_ACCEPT"))
     plan, values = read_plan(table, environ.get("QUERY_STRING", ""), environ.get("HTTP_RANGE"),
                              state.config.max_rows, prefs.count is not None)
     offset, statement = plan.offset, plan.statement
     total = None
     position = None
-    if state.replica:  # a read replica: the read names (and may wait for) its position
-        with replica_snapshot(state, environ, state.db.reader()) as read_at, \
-                state.db.read() as conn:
-            rows = conn.execute(statement.sql, plan.params(values)).fetchall()
-            if plan.count is not None:
-                total = conn.execute(plan.count.sql, plan.count.params).fetchall()[0][0]
-            position = format_txid(replica_txid(conn))  # inside the read: what it read
-            read_at.append(position)
+    if replica_read is not None:  # a read replica: the read names its position
+        conn, read_at = replica_read
+        rows = conn.execute(statement.sql, plan.params(values)).fetchall()
+        if plan.count is not None:
+            total = conn.execute(plan.count.sql, plan.count.params).fetchall()[0][0]
+        position = format_txid(replica_txid(conn))  # inside the read: what it read
+        read_at.append(position)
     elif plan.count is None:
         rows = state.db.reader().execute(statement.sql, plan.params(values)).fetchall()
     else:
