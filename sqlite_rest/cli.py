@@ -541,10 +541,13 @@ class _ReplicaWatch:
         lag = replica_lag(self._connection())  # -1 until the first poll: the index is loaded
         return lag <= self.max_lag
 
-    def status(self) -> dict:
+    def stats(self) -> dict:
         from replication.primary import replica_stats
 
-        stats = replica_stats(self._connection())
+        return replica_stats(self._connection())
+
+    def status(self) -> dict:
+        stats = self.stats()
         stats["txid"] = f"{stats['txid']:016x}"
         stats["max_lag"] = self.max_lag
         return stats
@@ -558,9 +561,14 @@ class _ReplicaWatch:
 
 
 def _wire_replica_reads(supervisor, config, max_lag: float) -> None:
+    from prometheus_client import REGISTRY
+
+    from .observability.metrics import ReplicaCollector
+
     watch = _ReplicaWatch(config, max_lag)
     supervisor.health.add_ready_check("replica", watch.ready)
     supervisor.health.add_status("replica", watch.status)
+    REGISTRY.register(ReplicaCollector(watch.stats))
     supervisor.after_http_stop.append(watch.close)
     log.info("read replica of %s: reads %s, takes no writes%s", config.dsn.path,
              dict(config.dsn.vfs_params).get("replica_url"),

@@ -141,6 +141,12 @@ def test_health_and_a_killed_primary(cluster):
              30, "the replica server to be ready")
     status = httpx.get(replica.metrics_url + "/status", timeout=5).json()["replica"]
     assert TXID.match(status["txid"]) and status["page_count"] > 0
+    metrics = httpx.get(replica.metrics_url + "/metrics", timeout=5).text
+    for name in ("txid", "lag_seconds", "polls_total", "cache_hits_total", "cache_misses_total",
+                 "bytes_fetched_total"):
+        assert f"sqlite_rest_read_replica_{name} " in metrics, name
+    txid = re.search(r"^sqlite_rest_read_replica_txid (\S+)$", metrics, re.M).group(1)
+    assert float(txid) == int(status["txid"], 16)
     c.primary.stop()
     for _ in range(5):  # the primary is gone: reads go on from the replica
         r = httpx.get(f"{replica.base_url}/items", timeout=10)

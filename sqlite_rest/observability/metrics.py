@@ -20,7 +20,7 @@ import time, so importing this module in the parent does not register worker met
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from flask import Flask
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -178,3 +178,53 @@ def mark_worker_dead(pid: int, multiproc_dir: Optional[str]) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(pid, multiproc_dir)
+
+
+class ReplicaCollector:
+    """A read replica's view of its replica, on the supervisor's /metrics: the counters of
+    its own connection through the VFS (``stats()``: the dict of ``replica_stats``)."""
+
+    GAUGES = (("txid", "TXID of the replica position this server reads"),
+              ("lag", "Seconds since the last successful poll of the replica (-1 before the first)"),
+              ("page_count", "Pages of the database at that position"),
+              ("cache_pages", "Pages held by the VFS page cache"))
+    COUNTERS = (("polls", "Polls of the replica for new LTX files"),
+                ("poll_errors", "Polls that failed (the next one retries)"),
+                ("updates", "New positions installed"),
+                ("cache_hits", "Page reads served by the VFS page cache"),
+                ("cache_misses", "Page reads fetched from the replica"),
+                ("bytes_fetched", "Bytes read from the replica (indexes, headers, pages)"))
+
+    #: Prefix of the names (``sqlite_rest_replica_*`` are the primary's replication gauges).
+    PREFIX = f"{NAMESPACE}_read_replica_"
+
+    def __init__(self, stats: Callable[[], dict]):
+        self._stats = stats
+
+    def describe(self):
+        """Names only (registering must not open the replica: the workers are not forked yet)."""
+        return self._families(None)
+
+    def collect(self):
+        try:
+            stats = self._stats()
+        except Exception:  # noqa: BLE001 - an unreachable replica: no sample, /ready says why
+            return []
+        return self._families(stats)
+
+    def _families(self, stats):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        out = []
+        for key, doc in self.GAUGES:
+            name = self.PREFIX + ("lag_seconds" if key == "lag" else key)
+            family = GaugeMetricFamily(name, doc)
+            if stats is not None:
+                family.add_metric([], float(stats[key]))
+            out.append(family)
+        for key, doc in self.COUNTERS:
+            family = CounterMetricFamily(self.PREFIX + key, doc)
+            if stats is not None:
+                family.add_metric([], float(stats[key]))
+            out.append(family)
+        return out
