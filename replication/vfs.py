@@ -5,7 +5,9 @@
     conn = lvfs.connect(lvfs.uri("app.db", "s3://bucket/app?endpoint=…"))
     conn.execute("SELECT litestream_txid(), count(*) FROM items").fetchall()
 
-Each main database opened through the VFS is a :class:`ReplicaDatabase`:
+Each main database file opened through the VFS (one per connection) is a
+:class:`ReplicaDatabase`; the connections to one name with the same settings share a source
+(replica client, newest index, page cache, poller):
 
 - **Index.** The restore plan's LTX files (``restore.calc_restore_plan``) give, by range
   reads of each file's page index (and one header), ``pgno -> (file, frame offset, size)``;
@@ -15,15 +17,15 @@ Each main database opened through the VFS is a :class:`ReplicaDatabase`:
   ``cache_size`` **bytes** (Litestream's name and its 10 MB default) = ``cache_size //
   page_size`` pages, keyed by (file, offset) so a page of an older view is never served for a
   newer one. Page 1 says "rollback journal" (bytes 18/19 = 1) and carries a change counter
-  (bytes 24..27) that changes exactly when the view changes, so SQLite keeps its own page
-  cache between transactions on the same TXID and drops it when the TXID moves. ``-wal``,
+  (bytes 24..27) derived from the TXID, so SQLite keeps its own page cache between
+  transactions on the same TXID and drops it when the TXID moves. ``-wal``,
   ``-shm`` and ``-journal`` never exist: SQLite sees a plain read-only rollback-journal DB.
-- **Following.** A poller thread per open database lists L0 every ``poll_interval`` and adds
-  contiguous new files to the index; a gap (files compacted away before we saw them) or a
-  vanished file rebuilds the index from a fresh plan.
+- **Following.** A poller thread per source lists L0 every ``poll_interval`` and publishes
+  a new immutable view with the contiguous new files; a gap (files compacted away before we
+  saw them) or a vanished file rebuilds the index from a fresh plan.
 - **Snapshot isolation.** A read transaction sees exactly one TXID. SQLite takes a SHARED
-  lock for every read transaction; an update found while one is held waits as *pending* and
-  is installed when the lock drops to NONE.
+  lock for every read transaction (xLock from NONE); only then does a connection move to the
+  newest published view, so an update found while a transaction reads waits for its end.
 - **Vanished files.** A page whose file was removed (compaction, retention) is recovered
   without changing what the transaction sees: before the transaction read anything, by moving
   to a fresh plan; after, by a fresh plan to the *same* TXID, or else by taking from a newer
