@@ -5,7 +5,9 @@
     conn = lvfs.connect(lvfs.uri("app.db", "s3://bucket/app?endpoint=…"))
     conn.execute("SELECT litestream_txid(), count(*) FROM items").fetchall()
 
-Each main database opened through the VFS is a :class:`ReplicaDatabase`:
+Each main database file opened through the VFS (one per connection) is a
+:class:`ReplicaDatabase`; the connections to one name with the same settings share a source
+(replica client, newest index, page cache, poller):
 
 - **Index.** The restore plan's LTX files (``restore.calc_restore_plan``) give, by range
   reads of each file's page index (and one header), ``pgno -> (file, frame offset, size)``;
@@ -15,15 +17,15 @@ Each main database opened through the VFS is a :class:`ReplicaDatabase`:
   ``cache_size`` **bytes** (Litestream's name and its 10 MB default) = ``cache_size //
   page_size`` pages, keyed by (file, offset) so a page of an older view is never served for a
   newer one. Page 1 says "rollback journal" (bytes 18/19 = 1) and carries a change counter
-  (bytes 24..27) that changes exactly when the view changes, so SQLite keeps its own page
-  cache between transactions on the same TXID and drops it when the TXID moves. ``-wal``,
+  (bytes 24..27) derived from the TXID, so SQLite keeps its own page cache between
+  transactions on the same TXID and drops it when the TXID moves. ``-wal``,
   ``-shm`` and ``-journal`` never exist: SQLite sees a plain read-only rollback-journal DB.
-- **Following.** A poller thread per open database lists L0 every ``poll_interval`` and adds
-  contiguous new files to the index; a gap (files compacted away before we saw them) or a
-  vanished file rebuilds the index from a fresh plan.
+- **Following.** A poller thread per source lists L0 every ``poll_interval`` and publishes
+  a new immutable view with the contiguous new files; a gap (files compacted away before we
+  saw them) or a vanished file rebuilds the index from a fresh plan.
 - **Snapshot isolation.** A read transaction sees exactly one TXID. SQLite takes a SHARED
-  lock for every read transaction; an update found while one is held waits as *pending* and
-  is installed when the lock drops to NONE.
+  lock for every read transaction (xLock from NONE); only then does a connection move to the
+  newest published view, so an update found while a transaction reads waits for its end.
 - **Vanished files.** A page whose file was removed (compaction, retention) is recovered
   without changing what the transaction sees: before the transaction read anything, by moving
   to a fresh plan; after, by a fresh plan to the *same* TXID, or else by taking from a newer
@@ -94,7 +96,6 @@ class _View:
     page_size: int          # bytes
     index: dict             # pgno -> (level, min_txid, max_txid, frame offset, frame size)
     timestamp_ms: int       # LTX header Timestamp of the newest file
-    generation: int         # changes whenever the content may differ (page 1 change counter)
 
 
 @dataclass(frozen=True)
@@ -120,17 +121,18 @@ class VFSStats:
     cache_capacity_pages: int
     pages_fetched: int
     bytes_fetched: int          # bytes read from the replica (indexes, headers, pages)
+    connections: int            # open connections sharing this index, cache and poller
 
 
 class _Counted:
     """A replica reader that adds the bytes it returns to its database's counter."""
 
-    def __init__(self, f, db: "ReplicaDatabase"):
+    def __init__(self, f, db: "_Source"):
         self._f, self._db = f, db
 
     def read(self, n: int = -1) -> bytes:
         data = self._f.read(n)
-        self._db._bytes_fetched += len(data)  # one int add under the GIL; no lock needed
+        self._db.bytes_fetched += len(data)  # one int add under the GIL; no lock needed
         return data
 
     def close(self) -> None:
@@ -140,7 +142,7 @@ class _Counted:
 class _MeteredClient:
     """The replica client of one database, counting the bytes read through it."""
 
-    def __init__(self, client, db: "ReplicaDatabase"):
+    def __init__(self, client, db: "_Source"):
         self._client, self._db = client, db
 
     def __getattr__(self, name):
@@ -150,93 +152,62 @@ class _MeteredClient:
         return _Counted(self._client.open_ltx_file(*args, **kwargs), self._db)
 
 
-# --- one open database -------------------------------------------------------------------------
+# --- the shared side: one replica as seen by every connection to it ---------------------------
 
-class ReplicaDatabase:
-    """One main database opened through the VFS: its index, page cache and poller."""
+class _Source:
+    """What the connections of one (name, config) share: the replica client, the newest known
+    view, the page cache and the poller. Views are immutable, so sharing them is safe; which
+    view a connection reads is the connection's business (:class:`ReplicaDatabase`)."""
 
     def __init__(self, name: str, config: ResolvedConfig):
         self.name = name
         self.config = config
-        self._mu = threading.RLock()
-        self._generations = itertools.count(1)
-        self._lock_level = _LOCK_NONE
-        self._read_in_txn = False       # a page was read since the SHARED lock was taken
-        self._target: datetime | None = None   # time-travel target; None = follow latest
-        self._pending: _View | None = None
-        self._cache: OrderedDict = OrderedDict()
-        self._bytes_fetched = 0
-        self._polls = self._poll_errors = self._updates = self._index_builds = 0
-        self._not_found = self._cache_hits = self._cache_misses = self._pages_fetched = 0
-        self._last_poll_ok: float | None = None   # monotonic; None until the first poll
-        self._closed = False
-        self._client = _MeteredClient(client_from_url(config.replica_url), self)
+        self.mu = threading.RLock()
+        self.users = 0                  # open connections (under _sources_lock)
+        self.cache: OrderedDict = OrderedDict()
+        self.bytes_fetched = 0
+        self.polls = self.poll_errors = self.updates = self.index_builds = 0
+        self.not_found = self.cache_hits = self.cache_misses = self.pages_fetched = 0
+        self.last_poll_ok: float | None = None   # monotonic; None until the first poll
+        self.closed = False
+        self.client = _MeteredClient(client_from_url(config.replica_url), self)
         try:
-            self._view = self._target_view(None)
+            self.latest = self.target_view(None)
         except BaseException:
-            self._client.close()
+            self.client.close()
             raise
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll_loop, daemon=True,
                                         name=f"litestream-vfs-poll {name}")
         self._poller.start()
 
-    # -- public state ---------------------------------------------------------------------------
-
-    @property
-    def txid(self) -> int:
-        """The TXID new read transactions see (an update waiting for a reader is not counted)."""
-        return self._view.txid
-
     @property
     def lag(self) -> float:
-        """Seconds since the last successful poll; -1 before the first (as Litestream)."""
-        last = self._last_poll_ok
+        last = self.last_poll_ok
         return -1.0 if last is None else max(0.0, time.monotonic() - last)
 
-    @property
-    def view_time(self) -> datetime:
-        """The time-travel target, or the timestamp of the newest LTX file in the view."""
-        return self._target or ms_to_datetime(self._view.timestamp_ms)
-
-    def stats(self) -> VFSStats:
-        with self._mu:
-            view = self._view
-            cache_pages = len(self._cache)
-            return VFSStats(
-                name=self.name, replica_url=self.config.replica_url, txid=view.txid,
-                page_size=view.page_size, page_count=view.commit, lag=self.lag,
-                time_travel=format_rfc3339_nano(self._target) if self._target else None,
-                polls=self._polls, poll_errors=self._poll_errors, updates=self._updates,
-                index_builds=self._index_builds, not_found_recoveries=self._not_found,
-                cache_hits=self._cache_hits, cache_misses=self._cache_misses,
-                cache_pages=cache_pages, cache_bytes=cache_pages * view.page_size,
-                cache_capacity_pages=self._capacity(view), pages_fetched=self._pages_fetched,
-                bytes_fetched=self._bytes_fetched)
-
-    def _capacity(self, view: _View) -> int:
-        return self.config.cache_size // view.page_size
+    def capacity(self, page_size: int) -> int:
+        return self.config.cache_size // page_size
 
     # -- building views -------------------------------------------------------------------------
 
-    def _plan(self, target: datetime | None, txid: int = 0) -> list:
+    def plan(self, target: datetime | None, txid: int = 0) -> list:
         if txid:
-            return calc_restore_plan(self._client, txid=txid)
-        return calc_restore_plan(self._client, timestamp=target)
+            return calc_restore_plan(self.client, txid=txid)
+        return calc_restore_plan(self.client, timestamp=target)
 
-    def _indexes(self, infos: list) -> list[dict]:
+    def indexes(self, infos: list) -> list[dict]:
         if len(infos) == 1:
-            return [fetch_page_index(self._client, infos[0])]
+            return [fetch_page_index(self.client, infos[0])]
         with ThreadPoolExecutor(max_workers=min(VFS_INDEX_FETCH_CONCURRENCY, len(infos)),
                                 thread_name_prefix="litestream-vfs-index") as pool:
-            return list(pool.map(lambda info: fetch_page_index(self._client, info), infos))
+            return list(pool.map(lambda info: fetch_page_index(self.client, info), infos))
 
-    def _build(self, infos: list, *, base: _View | None = None,
-               generation: int | None = None) -> tuple[_View, list[dict]]:
+    def build(self, infos: list, *, base: _View | None = None) -> tuple[_View, list[dict]]:
         """A view of ``base`` plus ``infos`` (newest file wins), and each file's index."""
-        indexes = self._indexes(infos)
+        indexes = self.indexes(infos)
         last = infos[-1]
-        header = fetch_ltx_header(self._client, last.level, last.min_txid, last.max_txid)
+        header = fetch_ltx_header(self.client, last.level, last.min_txid, last.max_txid)
         if base is not None and header.page_size != base.page_size:
             raise ReplicationError(f"page size changed from {base.page_size} to "
                                    f"{header.page_size} at TXID {last.min_txid:016x}")
@@ -246,16 +217,24 @@ class ReplicaDatabase:
             for pgno, (offset, size) in idx.items():
                 index[pgno] = (*key, offset, size)
         view = _View(txid=last.max_txid, commit=header.commit, page_size=header.page_size,
-                     index=index, timestamp_ms=header.timestamp,
-                     generation=generation if generation is not None else next(self._generations))
+                     index=index, timestamp_ms=header.timestamp)
         return view, indexes
 
-    def _target_view(self, target: datetime | None) -> _View:
+    def target_view(self, target: datetime | None) -> _View:
         """A fresh view of the latest state, or of the state at ``target`` (time travel)."""
-        view, _ = self._build(self._plan(target))
-        with self._mu:
-            self._index_builds += 1
+        view, _ = self.build(self.plan(target))
+        with self.mu:
+            self.index_builds += 1
         return view
+
+    def publish(self, view: _View) -> None:
+        """Offer a view of the latest state (a poll, a rebuild): kept if it is at least as new.
+        A rebuild at the same TXID replaces the old one, whose files may be gone."""
+        with self.mu:
+            if view.txid >= self.latest.txid and view is not self.latest:
+                if view.txid > self.latest.txid:
+                    self.updates += 1
+                self.latest = view
 
     # -- polling --------------------------------------------------------------------------------
 
@@ -264,36 +243,31 @@ class ReplicaDatabase:
             try:
                 self.poll()
             except Exception as e:  # the next poll tries again; lag shows the outage
-                with self._mu:
-                    self._poll_errors += 1
+                with self.mu:
+                    self.poll_errors += 1
                 log.warning("litestream VFS %s: poll failed: %s", self.name, e)
 
     def poll(self) -> bool:
-        """Look for new LTX files once (the poller does this every ``poll_interval``).
-
-        Returns True when a newer view was found; it is installed at once, or when the
-        current read transaction ends. Does nothing while time travel is on.
-        """
-        with self._mu:
-            if self._target is not None or self._closed:
+        with self.mu:
+            if self.closed:
                 return False
-            base = self._pending or self._view
-            self._polls += 1
+            base = self.latest
+            self.polls += 1
         new = self._next_view(base)
-        with self._mu:
-            self._last_poll_ok = time.monotonic()
-            if new is None or self._target is not None or (self._pending or self._view) is not base:
-                return False  # nothing new, or time travel / a rebuild moved on meanwhile
-            self._install(new)
-            return True
+        with self.mu:
+            self.last_poll_ok = time.monotonic()
+        if new is None:
+            return False
+        self.publish(new)
+        return True
 
     def _next_view(self, base: _View) -> _View | None:
-        files = list(self._client.ltx_files(0, seek=base.txid + 1))
+        files = list(self.client.ltx_files(0, seek=base.txid + 1))
         if not files:
             return None
         if files[0].min_txid != base.txid + 1:
             # L0 files we never saw were compacted away: the higher levels have them.
-            new = self._target_view(None)
+            new = self.target_view(None)
             return new if new.txid > base.txid else None
         run = [files[0]]
         for info in files[1:]:
@@ -301,38 +275,177 @@ class ReplicaDatabase:
                 break
             run.append(info)
         try:
-            view, _ = self._build(run, base=base)
+            view, _ = self.build(run, base=base)
         except NotFoundError:  # removed between the listing and the read
-            new = self._target_view(None)
+            new = self.target_view(None)
             return new if new.txid > base.txid else None
         return view
 
-    def _install(self, new: _View) -> None:
-        """Make ``new`` current now if no transaction reads, else when it ends (under _mu)."""
-        if self._lock_level == _LOCK_NONE:
-            self._view, self._pending = new, None
-        else:
-            self._pending = new
-        self._updates += 1
+    # -- the page cache -------------------------------------------------------------------------
+
+    def cache_get(self, elem) -> bytes | None:
+        with self.mu:
+            data = self.cache.get(elem)
+            if data is None:
+                self.cache_misses += 1
+                return None
+            self.cache.move_to_end(elem)
+            self.cache_hits += 1
+            return data
+
+    def cache_put(self, elem, data: bytes, page_size: int) -> None:
+        with self.mu:
+            self.pages_fetched += 1
+            capacity = self.capacity(page_size)
+            if capacity <= 0:
+                return
+            self.cache[elem] = data
+            while len(self.cache) > capacity:
+                self.cache.popitem(last=False)
+
+    def chain(self, first: int, last: int) -> list | None:
+        """Contiguous files of levels 0..8 covering exactly TXIDs first..last (the longest
+        step first), or None when the replica has no such chain any more."""
+        if first > last:
+            return []
+        files = [info for level in range(SNAPSHOT_LEVEL)
+                 for info in self.client.ltx_files(level, seek=first)]
+        chain, current = [], first - 1
+        while current < last:
+            steps = [f for f in files if f.min_txid == current + 1 and f.max_txid <= last]
+            if not steps:
+                return None
+            step = max(steps, key=lambda f: f.max_txid)
+            chain.append(step)
+            current = step.max_txid
+        return chain
+
+    def close(self) -> None:
+        with self.mu:
+            if self.closed:
+                return
+            self.closed = True
+        self._stop.set()
+        if self._poller is not threading.current_thread():
+            self._poller.join(VFS_POLLER_JOIN_TIMEOUT)
+        try:
+            self.client.close()
+        except Exception as e:  # closing must not fail a connection's close
+            log.debug("litestream VFS %s: closing the replica client: %s", self.name, e)
+
+
+_sources: dict[tuple, _Source] = {}
+_sources_lock = threading.Lock()
+
+
+def _acquire_source(name: str, config: ResolvedConfig) -> _Source:
+    """The shared source of (name, config), opened on first use (under the lock, so two
+    connections opening at once build it once)."""
+    key = (name, config)
+    with _sources_lock:
+        source = _sources.get(key)
+        if source is None:
+            source = _sources[key] = _Source(name, config)
+        source.users += 1
+        return source
+
+
+def _release_source(source: _Source) -> None:
+    with _sources_lock:
+        source.users -= 1
+        if source.users > 0:
+            return
+        if _sources.get((source.name, source.config)) is source:
+            del _sources[(source.name, source.config)]
+    source.close()
+
+
+# --- one connection's database -----------------------------------------------------------------
+
+class ReplicaDatabase:
+    """One main database file opened through the VFS (one per connection): which view its
+    transactions read. Index, cache and poller are shared with every connection to the same
+    name and settings (:class:`_Source`)."""
+
+    def __init__(self, name: str, config: ResolvedConfig):
+        self.name = name
+        self.config = config
+        self._source = _acquire_source(name, config)
+        self._mu = threading.RLock()
+        self._lock_level = _LOCK_NONE
+        self._read_in_txn = False       # a page was read since the SHARED lock was taken
+        self._target: datetime | None = None   # time-travel target; None = follow latest
+        self._pending: _View | None = None     # time travel asked for inside a transaction
+        self._view = self._source.latest
+        self._closed = False
+
+    # -- public state ---------------------------------------------------------------------------
+
+    @property
+    def txid(self) -> int:
+        """The TXID this connection reads: inside a read transaction its TXID, outside it the
+        one the next transaction will read."""
+        return self._visible().txid
+
+    @property
+    def lag(self) -> float:
+        """Seconds since the last successful poll; -1 before the first (as Litestream)."""
+        return self._source.lag
+
+    @property
+    def view_time(self) -> datetime:
+        """The time-travel target, or the timestamp of the newest LTX file in the view."""
+        return self._target or ms_to_datetime(self._visible().timestamp_ms)
+
+    def _visible(self) -> _View:
+        """The current view, moved to the newest first when no transaction reads."""
+        with self._mu:
+            if self._lock_level == _LOCK_NONE:
+                self._advance()
+            return self._view
+
+    def poll(self) -> bool:
+        """Look for new LTX files now (the poller does this every ``poll_interval``); True
+        when a newer state was found. The next read transaction (not time travelling) sees it."""
+        return self._source.poll()
+
+    def stats(self) -> VFSStats:
+        s = self._source
+        view = self._visible()
+        with s.mu:
+            cache_pages = len(s.cache)
+            return VFSStats(
+                name=self.name, replica_url=self.config.replica_url, txid=view.txid,
+                page_size=view.page_size, page_count=view.commit, lag=s.lag,
+                time_travel=format_rfc3339_nano(self._target) if self._target else None,
+                polls=s.polls, poll_errors=s.poll_errors, updates=s.updates,
+                index_builds=s.index_builds, not_found_recoveries=s.not_found,
+                cache_hits=s.cache_hits, cache_misses=s.cache_misses,
+                cache_pages=cache_pages, cache_bytes=cache_pages * view.page_size,
+                cache_capacity_pages=s.capacity(view.page_size), pages_fetched=s.pages_fetched,
+                bytes_fetched=s.bytes_fetched, connections=s.users)
 
     # -- time travel ----------------------------------------------------------------------------
 
     def set_time(self, target: datetime | None) -> None:
-        """Read the database as of ``target`` (None: follow the latest again). Installed at
-        once, or when the current read transaction ends."""
-        new = self._target_view(target)
+        """Read the database as of ``target`` (None: follow the latest again). Takes effect
+        at once, or when the current read transaction ends."""
+        new = self._source.target_view(target)
+        if target is None:
+            self._source.publish(new)
         with self._mu:
             self._target = target
-            self._install(new)
+            if self._lock_level == _LOCK_NONE:
+                self._view, self._pending = new, None
+            else:
+                self._pending = new
 
     # -- locks: a SHARED lock is a read transaction ---------------------------------------------
 
     def lock(self, level: int) -> None:
         with self._mu:
             if self._lock_level == _LOCK_NONE:
-                if self._pending is not None:
-                    self._view, self._pending = self._pending, None
-                self._read_in_txn = False
+                self._begin()
             self._lock_level = level
 
     def unlock(self, level: int) -> None:
@@ -340,8 +453,21 @@ class ReplicaDatabase:
             self._lock_level = level
             if level == _LOCK_NONE:
                 self._read_in_txn = False
-                if self._pending is not None:
-                    self._view, self._pending = self._pending, None
+
+    def _begin(self) -> None:
+        """A read transaction starts (under _mu): it reads the newest state from here on."""
+        self._read_in_txn = False
+        self._advance()
+
+    def _advance(self) -> None:
+        """Take the pending time-travel view, or the newest published one (under _mu, only
+        while no read transaction runs)."""
+        if self._pending is not None:
+            self._view, self._pending = self._pending, None
+        elif self._target is None:
+            latest = self._source.latest
+            if latest.txid >= self._view.txid:
+                self._view = latest
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -366,6 +492,7 @@ class ReplicaDatabase:
         return bytes(out)
 
     def _page(self, pgno: int) -> bytes:
+        source = self._source
         for attempt in range(VFS_NOT_FOUND_ATTEMPTS):
             view = self._view
             elem = view.index.get(pgno)
@@ -375,81 +502,51 @@ class ReplicaDatabase:
                 raise apsw.CorruptError(
                     f"litestream VFS {self.name}: page {pgno} is in no LTX file of the restore "
                     f"plan up to TXID {view.txid:016x} (the replica is incomplete)")
-            data = self._cache_get(elem)
+            data = source.cache_get(elem)
             if data is None:
                 try:
-                    _, data = fetch_page(self._client, *elem, page_size=view.page_size)
+                    _, data = fetch_page(source.client, *elem, page_size=view.page_size)
                 except NotFoundError:
-                    with self._mu:
-                        self._not_found += 1
+                    with source.mu:
+                        source.not_found += 1
                     if not self._recover(view, pgno, elem):
                         break
                     if attempt:
                         time.sleep(VFS_NOT_FOUND_BACKOFF * attempt)
                     continue
-                self._cache_put(elem, data, view)
-            return self._patch_page1(data, view) if pgno == 1 else data
+                source.cache_put(elem, data, view.page_size)
+            return _patch_page1(data, view) if pgno == 1 else data
         raise apsw.BusyError(
             f"litestream VFS {self.name}: page {pgno} of TXID {self._view.txid:016x} is no longer "
             "on the replica (compacted or removed by retention) and changed since; retry the "
             "transaction")
-
-    @staticmethod
-    def _patch_page1(data: bytes, view: _View) -> bytes:
-        page = bytearray(data)
-        page[18] = page[19] = 1  # rollback journal: SQLite never looks for a WAL
-        # A change counter unique to the view, never equal to "version-valid-for" (92..95),
-        # so SQLite takes the size from xFileSize and reloads its cache exactly on a change.
-        counter = (view.generation * 2) & 0xFFFFFFFF
-        if counter.to_bytes(4, "big") == bytes(page[92:96]):
-            counter += 1
-        page[24:28] = counter.to_bytes(4, "big")
-        return bytes(page)
-
-    def _cache_get(self, elem) -> bytes | None:
-        with self._mu:
-            data = self._cache.get(elem)
-            if data is None:
-                self._cache_misses += 1
-                return None
-            self._cache.move_to_end(elem)
-            self._cache_hits += 1
-            return data
-
-    def _cache_put(self, elem, data: bytes, view: _View) -> None:
-        with self._mu:
-            self._pages_fetched += 1
-            capacity = self._capacity(view)
-            if capacity <= 0:
-                return
-            self._cache[elem] = data
-            while len(self._cache) > capacity:
-                self._cache.popitem(last=False)
 
     # -- vanished files -------------------------------------------------------------------------
 
     def _recover(self, view: _View, pgno: int, gone: tuple) -> bool:
         """Replace ``view`` after a NotFound on ``gone`` without changing what the current
         transaction sees. False when page ``pgno`` cannot be had at this TXID any more."""
+        source = self._source
         with self._mu:
             if self._view is not view:
-                return True  # another reader already recovered
+                return True  # changed meanwhile (time travel): read again
             pinned = self._read_in_txn and self._lock_level != _LOCK_NONE
             target = self._target
         if not pinned:  # nothing read yet: any consistent state will do, the newest is best
-            new = self._target_view(target)
+            new = source.target_view(target)
+            if target is None:
+                source.publish(new)
             with self._mu:
                 if self._view is view:
                     self._view = new
-                    if self._pending is not None and self._pending.txid <= new.txid:
-                        self._pending = None
             return True
-        try:  # the same TXID from files that still exist: same content, same generation
-            plan = self._plan(None, txid=view.txid)
+        try:  # the same TXID from files that still exist: the same content
+            plan = source.plan(None, txid=view.txid)
             if plan[-1].max_txid == view.txid:
-                same, _ = self._build(plan, generation=view.generation)
+                same, _ = source.build(plan)
+                with source.mu:
+                    source.index_builds += 1
                 with self._mu:
-                    self._index_builds += 1
                     if self._view is view:
                         self._view = same
                 return True
@@ -458,45 +555,26 @@ class ReplicaDatabase:
         # Only files reaching past our TXID cover it now. A page that no file of a chain
         # from TXID+1 to the newest holds did not change since our TXID: the newest plan's
         # copy of it is ours. The other pages keep our (vanished) entries.
-        plan = self._plan(target)
-        newer, _ = self._build(plan)
-        chain = self._chain(view.txid + 1, newer.txid)
+        newer, _ = source.build(source.plan(target))
+        chain = source.chain(view.txid + 1, newer.txid)
         if chain is None:
             return False
         changed: set = set()
-        for idx in (self._indexes(chain) if chain else ()):
+        for idx in (source.indexes(chain) if chain else ()):
             changed.update(idx)
         hybrid = dict(view.index)
         for p, elem in newer.index.items():
             if p not in changed:
                 hybrid[p] = elem
-        bridged = _View(view.txid, view.commit, view.page_size, hybrid, view.timestamp_ms,
-                        view.generation)
+        bridged = _View(view.txid, view.commit, view.page_size, hybrid, view.timestamp_ms)
+        with source.mu:
+            source.index_builds += 1
+        if target is None:
+            source.publish(newer)
         with self._mu:
-            self._index_builds += 1
             if self._view is view:
                 self._view = bridged
-                if newer.txid > view.txid and (self._pending is None
-                                               or self._pending.txid <= newer.txid):
-                    self._pending = newer
         return hybrid.get(pgno) != gone
-
-    def _chain(self, first: int, last: int) -> list | None:
-        """Contiguous files of levels 0..8 covering exactly TXIDs first..last (the longest
-        step first), or None when the replica has no such chain any more."""
-        if first > last:
-            return []
-        files = [info for level in range(SNAPSHOT_LEVEL)
-                 for info in self._client.ltx_files(level, seek=first)]
-        chain, current = [], first - 1
-        while current < last:
-            steps = [f for f in files if f.min_txid == current + 1 and f.max_txid <= last]
-            if not steps:
-                return None
-            step = max(steps, key=lambda f: f.max_txid)
-            chain.append(step)
-            current = step.max_txid
-        return chain
 
     # -- close ----------------------------------------------------------------------------------
 
@@ -505,13 +583,20 @@ class ReplicaDatabase:
             if self._closed:
                 return
             self._closed = True
-        self._stop.set()
-        if self._poller is not threading.current_thread():
-            self._poller.join(VFS_POLLER_JOIN_TIMEOUT)
-        try:
-            self._client.close()
-        except Exception as e:  # closing must not fail a connection's close
-            log.debug("litestream VFS %s: closing the replica client: %s", self.name, e)
+        _release_source(self._source)
+
+
+def _patch_page1(data: bytes, view: _View) -> bytes:
+    page = bytearray(data)
+    page[18] = page[19] = 1  # rollback journal: SQLite never looks for a WAL
+    # A change counter that changes with the TXID (a TXID names one content), never equal
+    # to "version-valid-for" (92..95), so SQLite takes the size from xFileSize and reloads
+    # its cache exactly when the TXID moves.
+    counter = (view.txid * 2) & 0xFFFFFFFF
+    if counter.to_bytes(4, "big") == bytes(page[92:96]):
+        counter += 1
+    page[24:28] = counter.to_bytes(4, "big")
+    return bytes(page)
 
 
 # --- the apsw glue -----------------------------------------------------------------------------
@@ -525,6 +610,8 @@ def open_databases() -> list[ReplicaDatabase]:
     """Every database currently open through the VFS (for metrics: ``.stats()`` of each)."""
     with _open_lock:
         return [db for db in list(_open) if not db._closed]
+
+
 _tokens = itertools.count(1)
 
 

@@ -748,3 +748,23 @@ def test_same_answers_as_the_real_litestream_vfs_extension(tmp_path, backend, re
     finally:
         conn.close()
     assert ours == theirs and theirs["count"] > 300
+
+
+def test_connections_to_one_replica_share_index_cache_and_poller(two_replicas):
+    url_a, _ = two_replicas
+    first = lvfs.connect(lvfs.uri("shared.db", url_a, poll_interval="1h"))
+    second = lvfs.connect(lvfs.uri("shared.db", url_a, poll_interval="1h"))
+    other = lvfs.connect(lvfs.uri("shared.db", url_a, poll_interval="1h", cache_size="1MB"))
+    try:
+        assert count(first, "b") == count(second, "b") == count(other, "b") == 5
+        a, b, c = (lvfs.database(x).stats() for x in (first, second, other))
+        assert a.connections == b.connections == 2 and c.connections == 1
+        assert a.pages_fetched == b.pages_fetched  # one cache: the second read hit it
+        assert b.cache_hits > 0 and c.pages_fetched == a.pages_fetched
+        assert lvfs.database(first)._source is lvfs.database(second)._source
+    finally:
+        first.close()
+        assert lvfs.database(second).stats().connections == 1
+        second.close()
+        other.close()
+    assert not [d for d in lvfs.open_databases() if d.name == "shared.db"]
