@@ -593,8 +593,8 @@ def test_readers_never_see_a_torn_state_while_files_are_compacted_away(tmp_path,
                                                                        request):
     """Transfers between accounts keep the total constant; every read transaction must see
     it (three reader threads, one source), while the replicator compacts every second and
-    retention removes L0 files after 1 s
-    and snapshots after 2 s. The VFS cache is small, so reads keep going to the replica."""
+    retention removes L0 files after 1 s and snapshots after 2 s. The VFS cache is small,
+    so reads keep going to the replica."""
     import random
     import threading
 
