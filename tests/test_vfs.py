@@ -592,8 +592,9 @@ def test_page_cache_is_bounded_and_counted(tmp_path, workload_states):
 def test_readers_never_see_a_torn_state_while_files_are_compacted_away(tmp_path, writer,
                                                                        request):
     """Transfers between accounts keep the total constant; every read transaction must see
-    it, while the replicator compacts every second and retention removes L0 files after 1 s
-    and snapshots after 2 s. The VFS cache is small, so reads keep going to the replica."""
+    it (three reader threads, one source), while the replicator compacts every second and
+    retention removes L0 files after 1 s and snapshots after 2 s. The VFS cache is small,
+    so reads keep going to the replica."""
     import random
     import threading
 
@@ -646,19 +647,38 @@ dbs:
     try:
         wait_for(lambda: list(FileReplicaClient(str(replica)).ltx_files(0)), 30, "first upload")
         writer_thread.start()
-        conn = lvfs.connect(lvfs.uri("load.db", f"file://{replica}", poll_interval="100ms",
-                                     cache_size=str(16 * PS)))
-        seen, deadline = set(), time.monotonic() + 8
-        while time.monotonic() < deadline:
-            conn.execute("BEGIN")
-            first = one(conn, "SELECT sum(balance) FROM acct")
-            time.sleep(0.02)  # let polls and deletions happen inside the transaction
-            rows = conn.execute("SELECT id, balance, length(pad) FROM acct").fetchall()
-            txid = one(conn, "SELECT litestream_txid()")
-            conn.execute("COMMIT")
-            assert first == total and sum(r[1] for r in rows) == total, txid
-            assert len(rows) == accounts and {r[2] for r in rows} == {400}
-            seen.add(txid)
+        target = lvfs.uri("load.db", f"file://{replica}", poll_interval="100ms",
+                          cache_size=str(16 * PS))
+        conn = lvfs.connect(target)
+        # Three readers on their own threads and connections, sharing one source.
+        seen, failures = set(), []
+
+        def reader():
+            c = lvfs.connect(target)
+            try:
+                deadline = time.monotonic() + 8
+                while time.monotonic() < deadline:
+                    c.execute("BEGIN")
+                    first = one(c, "SELECT sum(balance) FROM acct")
+                    time.sleep(0.02)  # let polls and deletions happen inside the transaction
+                    rows = c.execute("SELECT id, balance, length(pad) FROM acct").fetchall()
+                    txid = one(c, "SELECT litestream_txid()")
+                    c.execute("COMMIT")
+                    if not (first == total == sum(r[1] for r in rows) and len(rows) == accounts
+                            and {r[2] for r in rows} == {400}):
+                        failures.append((txid, first, len(rows)))
+                    seen.add(txid)
+            except Exception as e:  # surfaced by the assertion below
+                failures.append(repr(e))
+            finally:
+                c.close()
+
+        threads = [threading.Thread(target=reader) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not failures, failures[:5]
         assert one(conn, "PRAGMA quick_check") == "ok"
         stats = lvfs.database(conn).stats()
         assert len(seen) > 10 and stats.poll_errors == 0
