@@ -335,3 +335,34 @@ def test_unknown_page_flag_is_rejected(good):
 def test_trailing_garbage_is_rejected(good):
     with pytest.raises(LTXError, match="bad.ltx"):
         _decode_all(good + b"\0" * 8)
+
+
+def _index_tail(entries, terminator=True) -> bytes:
+    body = bytearray()
+    for triple in entries:
+        for v in triple:
+            ltx._append_uvarint(body, v)
+    if terminator:
+        body.append(0)
+    return bytes(body) + len(body).to_bytes(8, "big") + bytes(ltx.TRAILER_SIZE)
+
+
+def test_a_large_page_index_decodes_the_same_vectorized(monkeypatch):
+    """Indexes of >= 4 KiB are decoded with numpy: the same dict as the varint loop, and the
+    same refusals (a 1 GiB snapshot's index has 264k entries)."""
+    import random
+    rng = random.Random(5)
+    entries = [(pgno, rng.randrange(1 << 40), rng.randrange(1, 1 << 17))
+               for pgno in range(1, 3000)] + [(7, 1 << 62, 1), (2 ** 64 - 1, 5, 6)]
+    tail = b"\xff" * 13 + _index_tail(entries)  # the tail may start before the index
+    fast = ltx.decode_page_index(tail)
+    monkeypatch.setattr(ltx, "_VECTOR_INDEX_BYTES", 1 << 40)
+    assert fast == ltx.decode_page_index(tail)
+    assert fast[7] == (1 << 62, 1) and fast[2 ** 64 - 1] == (5, 6) and len(fast) == 3000
+    monkeypatch.undo()
+    with pytest.raises(ltx.LTXError, match="length mismatch"):
+        ltx.decode_page_index(_index_tail(entries, terminator=False))
+    overflow = bytearray(_index_tail(entries))
+    overflow[:11] = b"\xff" * 10 + b"\x01"  # an 11-byte varint
+    with pytest.raises(ltx.LTXError, match="overflows"):
+        ltx.decode_page_index(bytes(overflow))
