@@ -162,6 +162,9 @@ SERVE_FLAGS = (
     Flag("replica-max-lag", "A read replica (--db-dsn with vfs=litestream) is not ready while "
          "its last successful poll of the replica is older than this many seconds.",
          default=5.0, kind=float, metavar="SECONDS"),
+    Flag("aggregates-enabled", "Allow aggregates in select (total.sum(), avg(), min(), "
+         "max(), count()), grouped by the other selected columns; PostgREST's "
+         "db-aggregates-enabled.", default=False, boolean=True),
     Flag("forward-writes", "A read replica sends writes to --primary-url and answers once "
          "its own view holds them (read-your-writes through replicas).", default=False,
          boolean=True),
@@ -442,6 +445,7 @@ def _serve(common: dict, flags: dict) -> int:
     )
     config.replica_wait_timeout = flags["replica_wait_timeout"]
     config.forward_writes = flags["forward_writes"]
+    config.aggregates_enabled = flags["aggregates_enabled"]
     if config.forward_writes and not (config.dsn.replica and config.primary_url):
         return _fail("--forward-writes needs a read replica (--db-dsn with vfs=litestream) and "
                      "--primary-url", hint="e.g. --primary-url http://primary:8080")

@@ -186,6 +186,8 @@ class ServerConfig:
     functions_file: Optional[str] = None
     #: Where the primary is, named in the hint of 25006 (write on a read-only database).
     primary_url: Optional[str] = None
+    #: Aggregates in select (total.sum(), count()): PostgREST's db-aggregates-enabled.
+    aggregates_enabled: bool = False
     #: A read replica: seconds a read with X-Replication-Min-Txid waits for that TXID.
     replica_wait_timeout: float = 2.0
     #: A read replica: send writes to primary_url and answer once they are visible here.

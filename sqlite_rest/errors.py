@@ -57,6 +57,11 @@ ERROR_TABLE: tuple[ErrorCase, ...] = (
     ErrorCase("not_acceptable", "Accept header names no media type the API can produce",
               406, "PGRST107", "None of these media types are available: {accept}",
               "Use application/json, text/csv or application/vnd.pgrst.object+json"),
+    ErrorCase("aggregates_disabled", "an aggregate in select (total.sum(), count()) while "
+              "--aggregates-enabled is off, or in the select of a write",
+              400, "PGRST123", "Use of aggregate functions is not allowed",
+              "aggregates are off on this server (--aggregates-enabled), and never apply to "
+              "the rows a write returns"),
     ErrorCase("put_with_limit", "PUT with limit or offset",
               400, "PGRST114", "limit/offset querystring parameters are not allowed for PUT"),
     ErrorCase("put_key_mismatch", "PUT body whose primary key differs from the URL's, or is missing columns",

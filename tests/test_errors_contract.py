@@ -157,6 +157,7 @@ def _full_put_row(id_):
 
 
 TRIGGERS = {
+    "aggregates_disabled": lambda e: e.client().get("/books?select=pages.sum()"),
     "replica_behind": lambda e: _replica_client(e, replica_wait_timeout=0.05).get(
         "/books", headers={"X-Replication-Min-Txid": "00000000000fffff"}),
     "replica_point_unavailable": lambda e: _replica_client(e).get(

@@ -56,7 +56,7 @@ def server(tmp_path_factory):
     functions = tmp / "functions.yml"
     functions.write_text(FUNCTIONS)
     srv = start_server(db, "--security-allow-table", "items", "--auth-token-file", secret,
-                       "--functions-file", functions, metrics=False)
+                       "--functions-file", functions, "--aggregates-enabled", metrics=False)
     srv.db_path = db
     try:
         yield srv
@@ -233,3 +233,11 @@ def test_ci_installs_the_pinned_postgrest_js():
     ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
     assert f"'@supabase/postgrest-js@{POSTGREST_JS_VERSION}'" in ci
     assert f".tools/postgrest-js-{POSTGREST_JS_VERSION} " in ci
+
+
+def test_aggregates_through_the_client(client):
+    """PostgREST 12 aggregates, as supabase-style code writes them."""
+    r = client.from_("items").select("qty.sum(), n:count()").execute()
+    assert r.data == [{"sum": 117, "n": 4}]
+    r = client.from_("items").select("price.max(), price.avg()").gt("qty", 0).execute()
+    assert r.data == [{"max": 1.5, "avg": 0.875}]

@@ -149,13 +149,28 @@ STAR = Star()
 
 @dataclass(frozen=True, slots=True)
 class SelectItem:
-    column: ColumnRef
+    column: ColumnRef | None  # None: count() of rows
     alias: str | None = None
-    cast: str | None = None  # canonical cast name from CASTS
+    cast: str | None = None  # canonical cast name from CASTS (of the column, before any aggregate)
+    aggregate: str | None = None  # one of AGGREGATES (PostgREST 12: total.sum())
+    result_cast: str | None = None  # cast of the aggregate's result: total.sum()::int
 
     @property
     def output_name(self) -> str:
-        return self.alias if self.alias is not None else self.column.output_name
+        if self.alias is not None:
+            return self.alias
+        if self.aggregate is not None:  # PostgREST names an aggregate after its function
+            return self.aggregate
+        return self.column.output_name
+
+
+def has_aggregates(select: tuple) -> bool:
+    return any(type(item) is SelectItem and item.aggregate is not None for item in select)
+
+
+#: Aggregate functions of select (PostgREST 12), switched on by --aggregates-enabled, and
+#: their SQLite spelling.
+AGGREGATES = {"sum": "SUM", "avg": "AVG", "min": "MIN", "max": "MAX", "count": "COUNT"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -633,7 +648,12 @@ def _cast(reader: _Reader) -> str:
     return name
 
 
-_EMBED_HINT = "resource embedding and aggregates are not supported; select plain columns"
+_EMBED_HINT = "resource embedding is not supported; select columns or aggregates"
+_AGGREGATE_CALL = re.compile(r"(sum|avg|min|max|count)\(\)")
+
+
+def _result_cast(reader: _Reader) -> str | None:
+    return _cast(reader) if reader.accept("::") else None
 
 
 @functools.lru_cache(maxsize=1024)
@@ -656,12 +676,25 @@ def parse_select(value: str) -> tuple:
                     reader.fail("an alias must be a plain name")
                 alias = column.name
                 column = reader.field()
-            cast = None
-            if reader.accept("::"):
-                cast = _cast(reader)
+            if column.name == "count" and not column.json_path and reader.accept("()"):
+                items.append(SelectItem(None, alias, None, "count", _result_cast(reader)))
+            else:
+                cast = None
+                if reader.accept("::"):
+                    cast = _cast(reader)
+                aggregate = None
+                if reader.accept("."):
+                    start = reader.pos
+                    m = _AGGREGATE_CALL.match(reader.text, start)
+                    if not m:
+                        reader.fail("expected an aggregate: sum(), avg(), min(), max() or "
+                                    "count()", hint=_EMBED_HINT)
+                    aggregate = m.group(1)
+                    reader.pos = m.end()
+                items.append(SelectItem(column, alias, cast, aggregate,
+                                        _result_cast(reader) if aggregate else None))
             if reader.peek("(") or reader.peek("!") or reader.peek("."):
                 reader.fail("unexpected character in select", hint=_EMBED_HINT)
-            items.append(SelectItem(column, alias, cast))
         reader.skip_spaces()
         if reader.at_end():
             return tuple(items)

@@ -23,7 +23,8 @@ from ..responses import CORS_HEADERS, ApiResponse
 from ..auth.authenticator import access_denied
 from ..errors import api_error
 from .prefer import DEFAULT as DEFAULT_PREFERENCES, parse_prefer
-from .query import (INT64_MAX, RequestError, int64, lifted_columns, parse_read_query,
+from .query import (INT64_MAX, RequestError, has_aggregates, int64, lifted_columns,
+                    parse_read_query,
                     query_pairs, query_shape, shape_pairs, shown_text)
 from .representation import CONTENT_TYPES, negotiate, render, shape_of
 from .sql import build_count, build_select, shape_statement, slot_text
@@ -155,9 +156,12 @@ class ReadPlan:
     ``id=eq.1`` and ``id=eq.2`` share one and only bind their values; a query that has no
     shareable shape gets a plan of its own, per query string."""
 
-    __slots__ = ("statement", "count", "offset", "limit", "output", "binds_values")
+    __slots__ = ("statement", "count", "offset", "limit", "output", "binds_values",
+                 "aggregated")
 
-    def __init__(self, statement, count, offset: int, limit: int | None, binds_values: bool):
+    def __init__(self, statement, count, offset: int, limit: int | None, binds_values: bool,
+                 aggregated: bool = False):
+        self.aggregated = aggregated  # select has an aggregate (needs --aggregates-enabled)
         self.statement = statement
         self.count = count
         self.offset = offset
@@ -197,7 +201,8 @@ def _shape_plan(table, shape: tuple, range_header: str | None,
         table, build_select(table, query, limit=limit, offset=offset), slot_columns)
     if statement is None:
         return None
-    return ReadPlan(statement, None, offset, limit, binds_values=True)
+    return ReadPlan(statement, None, offset, limit, binds_values=True,
+                    aggregated=has_aggregates(query.select))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -207,7 +212,8 @@ def _query_plan(table, query_string: str, range_header: str | None, max_rows: in
     offset, limit = _limited(query, range_header, max_rows)
     statement = build_select(table, query, limit=limit, offset=offset)
     count = build_count(table, query) if counted else None
-    return ReadPlan(statement, count, offset, limit, binds_values=False)
+    return ReadPlan(statement, count, offset, limit, binds_values=False,
+                    aggregated=has_aggregates(query.select))
 
 
 def _read(state, environ, table, prefs, head: bool, replica_read=None) -> ApiResponse:
@@ -216,6 +222,8 @@ def _read(state, environ, table, prefs, head: bool, replica_read=None) -> ApiRes
     media = negotiate(environ.get("HTTP_ACCEPT"))
     plan, values = read_plan(table, environ.get("QUERY_STRING", ""), environ.get("HTTP_RANGE"),
                              state.config.max_rows, prefs.count is not None)
+    if plan.aggregated and not state.config.aggregates_enabled:
+        raise api_error("aggregates_disabled")
     offset, statement = plan.offset, plan.statement
     total = None
     position = None

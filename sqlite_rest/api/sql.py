@@ -32,8 +32,8 @@ import orjson
 import regex
 
 from .operators import OPERATOR_BY_NAME, QUANTIFIERS, ValueKind
-from .query import (CASTS, INT64_MAX, INT64_MIN, And, ColumnRef, Filter, JsonStep, Not,
-                    QueryError,
+from .query import (AGGREGATES, CASTS, INT64_MAX, INT64_MIN, And, ColumnRef, Filter, JsonStep,
+                    Not, QueryError, SelectItem,
                     RequestError, Star, UnknownColumnError, int64, is_decimal, shown_text)
 from .fulltext import fts5_query
 from .schema import Column, Table, quote_identifier
@@ -442,6 +442,15 @@ def compile_select(table: Table, select: tuple) -> tuple[str, tuple, tuple[Outpu
                 parts.append(column.quoted)
                 outputs.append(OutputColumn(column.name, stored_kind(column)))
             continue
+        if item.column is None:  # count(): of rows
+            expr, kind = "COUNT(*)", "value"
+            if item.result_cast is not None:
+                cast_type, kind = CASTS[item.result_cast]
+                if cast_type is not None:
+                    expr = f"CAST({expr} AS {cast_type})"
+            parts.append(expr + " AS " + quote_identifier(item.output_name))
+            outputs.append(OutputColumn(item.output_name, kind))
+            continue
         path = item.column.json_path
         if path and path[-1].as_text:
             expr, expr_params = _json_as_text(table, item.column)
@@ -456,6 +465,13 @@ def compile_select(table: Table, select: tuple) -> tuple[str, tuple, tuple[Outpu
             cast_type, kind = CASTS[item.cast]
             if cast_type is not None:
                 expr = f"CAST({expr} AS {cast_type})"
+        if item.aggregate is not None:
+            expr = f"{AGGREGATES[item.aggregate]}({expr})"
+            kind = "value" if item.aggregate in ("sum", "avg", "count") else kind
+            if item.result_cast is not None:
+                cast_type, kind = CASTS[item.result_cast]
+                if cast_type is not None:
+                    expr = f"CAST({expr} AS {cast_type})"
         name = item.output_name
         if expr != quote_identifier(name):
             expr = expr + " AS " + quote_identifier(name)
@@ -499,7 +515,8 @@ def build_select(table: Table, query, *, limit: int | None = None,
     order_sql, order_params = compile_order(table, query.order)
     if order_params:
         params.extend(order_params)
-    sql = "SELECT " + select_sql + " FROM " + table.quoted + where + order_sql
+    sql = ("SELECT " + select_sql + " FROM " + table.quoted + where
+           + group_by(table, query.select) + order_sql)
     if limit is None:
         limit = query.limit
     if offset is None:
@@ -511,6 +528,21 @@ def build_select(table: Table, query, *, limit: int | None = None,
             sql += " OFFSET ?"
             params.append(offset)
     return _checked(sql, params, outputs)
+
+
+@functools.lru_cache(maxsize=1024)
+def group_by(table: Table, select: tuple) -> str:
+    """PostgREST's implied GROUP BY: with an aggregate in select, every other selected column
+    groups the rows (by its position in the result)."""
+    if not any(type(item) is SelectItem and item.aggregate for item in select):
+        return ""
+    positions, n = [], 0
+    for item in select:
+        width = len(table.columns) if type(item) is Star else 1
+        if type(item) is Star or not item.aggregate:
+            positions.extend(range(n + 1, n + width + 1))
+        n += width
+    return " GROUP BY " + ", ".join(map(str, positions)) if positions else ""
 
 
 def build_count(table: Table, query) -> Statement:

@@ -19,7 +19,8 @@ from werkzeug.exceptions import ClientDisconnected
 
 from ..responses import CORS_HEADERS, ApiResponse
 from ..errors import api_error
-from .query import INT64_MAX, INT64_MIN, ColumnRef, Filter, SelectItem, int64, shown_text
+from .query import (INT64_MAX, INT64_MIN, ColumnRef, Filter, SelectItem, has_aggregates, int64,
+                    shown_text)
 from .representation import CONTENT_TYPES, OBJECT, negotiate, render, shape_of
 from .sql import build_delete, build_insert, build_update
 
@@ -267,6 +268,8 @@ def write(state, table, prefs, method: str, query) -> ApiResponse:
         if config.refuse_filterless_writes and not query.filters.items:
             raise api_error("filterless_write", verb=SQL_VERB[method])
 
+    if representation and has_aggregates(query.select):
+        raise api_error("aggregates_disabled")
     returning = query.select if representation else None
     # order= sorts the rows a write returns (PostgREST); RETURNING has no ORDER BY, so the
     # order keys ride along as extra columns, sorted on here and dropped.

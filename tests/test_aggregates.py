@@ -1,0 +1,79 @@
+"""Aggregates in select (#14 item 2): PostgREST 12's total.sum(), count(), avg/min/max, the
+implied GROUP BY, casts on input and result, switched on by --aggregates-enabled."""
+from __future__ import annotations
+
+import apsw
+import pytest
+
+from sqlite_rest.api.query import SelectItem, parse_select
+from sqlite_rest.app import create_app
+from sqlite_rest.config import ServerConfig
+
+SCHEMA = """
+CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER, total REAL, status TEXT);
+INSERT INTO orders VALUES (1, 1, 10.5, 'paid'), (2, 1, 20, 'paid'), (3, 2, 5, 'open'),
+                          (4, 2, 7.25, 'paid'), (5, 3, 100, 'open'), (6, NULL, NULL, 'open');
+"""
+
+
+@pytest.fixture
+def db(tmp_path):
+    conn = apsw.Connection(str(tmp_path / "agg.db"))
+    conn.execute(SCHEMA)
+    conn.close()
+    return tmp_path / "agg.db"
+
+
+def client(db, enabled=True):
+    return create_app(ServerConfig(db_dsn=str(db), allow_tables=("orders",), auth_disabled=True,
+                                   aggregates_enabled=enabled)).test_client()
+
+
+def test_the_grammar():
+    items = parse_select("customer_id,total.sum(),n:count(),t:total::int.max()::text")
+    assert items[1] == SelectItem(items[1].column, None, None, "sum")
+    assert (items[2].column, items[2].alias, items[2].aggregate) == (None, "n", "count")
+    assert (items[3].cast, items[3].aggregate, items[3].result_cast) == ("int", "max", "text")
+    assert [i.output_name for i in items] == ["customer_id", "sum", "n", "t"]
+
+
+@pytest.mark.parametrize("query,rows", [
+    ("select=customer_id,total.sum(),count()&order=customer_id.nullsfirst",
+     [{"customer_id": None, "sum": None, "count": 1},
+      {"customer_id": 1, "sum": 30.5, "count": 2},
+      {"customer_id": 2, "sum": 12.25, "count": 2},
+      {"customer_id": 3, "sum": 100.0, "count": 1}]),
+    ("select=total.avg(),total.max(),total.min(),total.count()",
+     [{"avg": 28.55, "max": 100.0, "min": 5.0, "count": 5}]),
+    ("select=count()", [{"count": 6}]),
+    ("select=status,n:count()&order=status", [{"status": "open", "n": 3},
+                                               {"status": "paid", "n": 3}]),
+    ("select=customer_id,total.sum()::int&status=eq.paid&order=customer_id",
+     [{"customer_id": 1, "sum": 30}, {"customer_id": 2, "sum": 7}]),
+    ("select=total::int.sum()", [{"sum": 142}]),
+    ("select=count()::text", [{"count": "6"}]),
+    ("select=status,customer_id,count()&status=eq.paid&order=customer_id",
+     [{"status": "paid", "customer_id": 1, "count": 2},
+      {"status": "paid", "customer_id": 2, "count": 1}]),
+])
+def test_aggregates_group_by_the_other_columns(db, query, rows):
+    r = client(db).get("/orders?" + query)
+    assert r.status_code == 200, r.data
+    assert r.get_json() == rows
+
+
+def test_off_by_default_and_never_in_a_write(db):
+    r = client(db, enabled=False).get("/orders?select=total.sum()")
+    assert r.status_code == 400 and r.get_json()["code"] == "PGRST123"
+    r = client(db).post("/orders?select=total.sum()", json={"total": 1},
+                        headers={"Prefer": "return=representation"})
+    assert r.status_code == 400 and r.get_json()["code"] == "PGRST123"
+    conn = apsw.Connection(str(db))
+    assert conn.execute("SELECT count(*) FROM orders").fetchall() == [(6,)]
+    conn.close()
+
+
+@pytest.mark.parametrize("select", ["id.sum", "id.median()", "total.sum()x", "count(id)"])
+def test_malformed_aggregates_are_400(db, select):
+    r = client(db).get(f"/orders?select={select}")
+    assert r.status_code == 400 and r.get_json()["code"] == "PGRST100", r.data
