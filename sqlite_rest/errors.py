@@ -90,6 +90,14 @@ ERROR_TABLE: tuple[ErrorCase, ...] = (
     # -- schema cache (PGRST2xx, 42703) ------------------------------------------------
     ErrorCase("unknown_body_column", "unknown column in the body or in ?columns=",
               400, "PGRST204", "Could not find the '{column}' column of '{table}' in the schema cache"),
+    ErrorCase("no_relationship", "an embedded resource with no FOREIGN KEY relationship to "
+              "its parent (or none matching its !hint)",
+              400, "PGRST200", "Could not find a relationship between '{parent}' and "
+              "'{target}' in the schema cache"),
+    ErrorCase("ambiguous_relationship", "an embedded resource related to its parent in more "
+              "than one way: disambiguate with !<foreign key or column>",
+              300, "PGRST201", "Could not embed because more than one relationship was found "
+              "for '{parent}' and '{target}'"),
     ErrorCase("unknown_table", "unknown table, or one not in --security-allow-table (same answer, so "
               "names do not leak)",
               404, "PGRST205", "Could not find the table '{table}' in the schema cache",

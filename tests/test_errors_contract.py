@@ -27,10 +27,12 @@ CREATE TABLE guarded (id INTEGER PRIMARY KEY, v TEXT);
 CREATE TRIGGER guarded_no_x BEFORE INSERT ON guarded WHEN NEW.v = 'x'
 BEGIN SELECT RAISE(ABORT, 'x is not allowed'); END;
 CREATE VIEW bad_json AS SELECT id, json_extract(data, '$.a') AS a FROM books;
+CREATE TABLE duo (id INTEGER PRIMARY KEY, a INTEGER REFERENCES authors(id),
+                  b INTEGER REFERENCES authors(id));
 INSERT INTO authors VALUES (1, 'Ann');
 INSERT INTO books VALUES (1, 'Alpha', 10, 'not json', 1), (2, 'Beta', 20, NULL, 1);
 """
-TABLES = ("authors", "books", "guarded", "bad_json")
+TABLES = ("authors", "books", "guarded", "bad_json", "duo")
 SECRET = b"contract-secret-0123456789abcdef"
 
 
@@ -157,6 +159,8 @@ def _full_put_row(id_):
 
 
 TRIGGERS = {
+    "no_relationship": lambda e: e.client().get("/books?select=*,guarded(*)"),
+    "ambiguous_relationship": lambda e: e.client().get("/duo?select=*,authors(*)"),
     "aggregates_disabled": lambda e: e.client().get("/books?select=pages.sum()"),
     "replica_behind": lambda e: _replica_client(e, replica_wait_timeout=0.05).get(
         "/books", headers={"X-Replication-Min-Txid": "00000000000fffff"}),

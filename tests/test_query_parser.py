@@ -263,8 +263,11 @@ def test_malformed_json_paths_are_refused():
 BAD_SELECTS = [
     ("(select * from secret)", "expected a column name"),
     ("id,(select 1)", "expected a column name"),
-    ("author(name)", "unexpected character in select"),
-    ("author!fk(name)", "unexpected character in select"),
+    ("author(name", "expected ')' closing the embedded resource"),
+    ("author!(name)", "expected a foreign key"),
+    ("...author", "expected '(' and the embedded resource's columns"),
+    ("author!a!b(name)", "two hints"),
+    ("a:...author(name)", "a spread embedding takes no alias"),
     ("id.sum", "expected an aggregate"),
     ("id.median()", "expected an aggregate"),
     ("count()x", "expected ',' between selected columns"),

@@ -164,6 +164,27 @@ class SelectItem:
         return self.column.output_name
 
 
+@dataclass(frozen=True, slots=True)
+class Embed:
+    """An embedded resource in select: ``[alias:][...]name[!hint][!inner](select)``, with the
+    query parameters that name it (``name.col=op.v``, ``name.order``, ``name.limit``, …)."""
+    name: str                      # the related table
+    alias: str | None = None
+    hint: str | None = None        # a foreign key column, constraint name or junction table
+    inner: bool = False            # !inner: parents without a match are left out
+    spread: bool = False           # ...name(cols): its columns join the parent's object
+    select: tuple = (STAR,)
+    filters: "And" = None          # filled from name.col=… parameters (an And)
+    order: tuple = ()
+    limit: int | None = None
+    offset: int | None = None
+    null_filter: bool | None = None  # name=is.null (True: no match) / not.is.null (False)
+
+    @property
+    def output_name(self) -> str:
+        return self.alias if self.alias is not None else self.name
+
+
 def has_aggregates(select: tuple) -> bool:
     return any(type(item) is SelectItem and item.aggregate is not None for item in select)
 
@@ -648,7 +669,7 @@ def _cast(reader: _Reader) -> str:
     return name
 
 
-_EMBED_HINT = "resource embedding is not supported; select columns or aggregates"
+_EMBED_HINT = "select columns, aggregates (total.sum()) or embedded resources (authors(name))"
 _AGGREGATE_CALL = re.compile(r"(sum|avg|min|max|count)\(\)")
 
 
@@ -662,11 +683,23 @@ def parse_select(value: str) -> tuple:
     if value.strip() == "":
         return (Star(),)
     reader = _Reader(value, f"select ({shown_text(value)})")
+    items = _select_list(reader, depth=0)
+    if not reader.at_end():
+        reader.fail("unexpected ')' in select")
+    return items
+
+
+def _select_list(reader: _Reader, depth: int) -> tuple:
+    """Select items up to the end of the text (depth 0) or the ')' closing an embed."""
+    if depth > 16:
+        reader.fail("embedding nested too deeply")
     items = []
     while True:
         reader.skip_spaces()
         if reader.accept("*"):
             items.append(Star())
+        elif reader.accept("..."):
+            items.append(_embed(reader, None, depth, spread=True))
         else:
             column = reader.field()
             alias = None
@@ -675,8 +708,13 @@ def parse_select(value: str) -> tuple:
                 if column.json_path:
                     reader.fail("an alias must be a plain name")
                 alias = column.name
+                if reader.accept("..."):
+                    reader.fail("a spread embedding takes no alias")
                 column = reader.field()
-            if column.name == "count" and not column.json_path and reader.accept("()"):
+            if not column.json_path and (reader.peek("(") or reader.peek("!")) \
+                    and not (column.name == "count" and reader.peek("()")):
+                items.append(_embed(reader, alias, depth, name=column.name))
+            elif column.name == "count" and not column.json_path and reader.accept("()"):
                 items.append(SelectItem(None, alias, None, "count", _result_cast(reader)))
             else:
                 cast = None
@@ -696,9 +734,33 @@ def parse_select(value: str) -> tuple:
             if reader.peek("(") or reader.peek("!") or reader.peek("."):
                 reader.fail("unexpected character in select", hint=_EMBED_HINT)
         reader.skip_spaces()
-        if reader.at_end():
+        if reader.at_end() or (depth and reader.peek(")")):
             return tuple(items)
         reader.expect(",", "expected ',' between selected columns", hint=_EMBED_HINT)
+
+
+def _embed(reader: _Reader, alias, depth: int, name: str | None = None,
+           spread: bool = False) -> Embed:
+    if name is None:
+        name = reader.name("an embedded resource")
+    hint, inner = None, False
+    while reader.accept("!"):
+        word = reader.name("a foreign key, constraint or 'inner' after '!'")
+        if word == "inner":
+            inner = True
+        elif word == "left":
+            pass
+        elif hint is None:
+            hint = word
+        else:
+            reader.fail("two hints for one embedding")
+    reader.expect("(", "expected '(' and the embedded resource's columns",
+                  hint="write e.g. authors(name) or authors(*)")
+    reader.skip_spaces()
+    # name() selects nothing: the embedding only filters its parent (!inner, is.null)
+    select = () if reader.peek(")") else _select_list(reader, depth + 1)
+    reader.expect(")", "expected ')' closing the embedded resource")
+    return Embed(name, alias, hint, inner, spread, select, And(()))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -789,8 +851,13 @@ def _parse_read_query(args: tuple[tuple[str, str], ...]) -> ReadQuery:
     order = ()
     limit = offset = None
     on_conflict = columns = None
+    embedded: list = []  # (path of embed names, key, value) of name.key=value parameters
     for key, value in args:
-        if key not in RESERVED_KEYS:
+        if ("." in key and key not in RESERVED_KEYS and not key.startswith('"')
+                and "->" not in key.split(".", 1)[0]):
+            *path, leaf = _embedded_key(key)
+            embedded.append((tuple(path), leaf, value))
+        elif key not in RESERVED_KEYS:
             filters.append(parse_filter(key, value))
         elif key == "select":
             select = parse_select(value)
@@ -806,7 +873,79 @@ def _parse_read_query(args: tuple[tuple[str, str], ...]) -> ReadQuery:
             columns = parse_columns(value)
         else:  # or, and, not.or, not.and
             filters.append(parse_logic(key, value))
+    if any(type(item) is Embed for item in select):
+        select, filters = _attach_embedded(select, filters, embedded, ())
+    elif embedded:
+        path, leaf, _ = embedded[0]
+        raise QueryError(f"'{'.'.join(path)}' names no embedded resource of select",
+                         details=f"in {'.'.join(path + (leaf,))}",
+                         hint="embed it in select first: select=*,name(*)")
     return ReadQuery(select, And(tuple(filters)), order, limit, offset, on_conflict, columns)
+
+
+def _embedded_key(key: str) -> list[str]:
+    """``books.authors.name`` -> ['books', 'authors', 'name']; ``books.not.or`` keeps
+    ``not.or`` whole."""
+    parts = key.split(".")
+    if len(parts) >= 3 and parts[-2] == "not" and parts[-1] in ("or", "and"):
+        parts[-2:] = ["not." + parts[-1]]
+    if len(parts) < 2 or not all(parts):
+        raise QueryError(f"failed to parse the parameter {shown_text(key)!r}",
+                         hint="an embedded resource's parameter is name.column=op.value")
+    return parts
+
+
+def _attach_embedded(select: tuple, filters: list, embedded: list, where: tuple):
+    """Give each Embed of ``select`` its parameters (and `name=is.null` filters of the level
+    above), recursively. Unclaimed parameters are an error."""
+    names = {item.output_name: item for item in select if type(item) is Embed}
+    mine = {name: [] for name in names}
+    for path, leaf, value in embedded:
+        if path[0] not in names:
+            raise QueryError(f"'{'.'.join(where + path[:1])}' names no embedded resource of "
+                             "select", details=f"in {'.'.join(where + path + (leaf,))}",
+                             hint="embed it in select first: select=*,name(*)")
+        mine[path[0]].append((path[1:], leaf, value))
+    kept = []
+    null_filters = {}
+    for f in filters:
+        if (type(f) is Filter and f.column.name in names and not f.column.json_path
+                and f.op == "is" and f.value in ("null", "not_null")):
+            null_filters[f.column.name] = (f.value == "null") != f.negated
+        else:
+            kept.append(f)
+    out = []
+    for item in select:
+        if type(item) is not Embed:
+            out.append(item)
+            continue
+        params = mine[item.output_name]
+        deeper = [(p, leaf, v) for p, leaf, v in params if p]
+        here = [(leaf, v) for p, leaf, v in params if not p]
+        sub_filters, order, limit, offset = [], (), None, None
+        for leaf, value in here:
+            if leaf == "order":
+                order = parse_order(value)
+            elif leaf == "limit":
+                limit = _non_negative("limit", value)
+            elif leaf == "offset":
+                offset = _non_negative("offset", value)
+            elif leaf in ("or", "and", "not.or", "not.and"):
+                sub_filters.append(parse_logic(leaf, value))
+            elif leaf in RESERVED_KEYS:
+                raise QueryError(f"{leaf} does not apply to an embedded resource",
+                                 details=f"in {item.output_name}.{leaf}")
+            else:
+                sub_filters.append(parse_filter(leaf, value))
+        sub_select, sub_filters = _attach_embedded(item.select, sub_filters, deeper,
+                                                   where + (item.output_name,))
+        if item.spread and (sub_filters or order or limit is not None or offset is not None):
+            raise QueryError("a spread embedding takes no filters, order or limit",
+                             details=f"in ...{item.name}")
+        out.append(Embed(item.name, item.alias, item.hint, item.inner, item.spread, sub_select,
+                         And(tuple(sub_filters)), order, limit, offset,
+                         null_filters.get(item.output_name)))
+    return tuple(out), kept
 
 
 # --------------------------------------------------------------------------

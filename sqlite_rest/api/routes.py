@@ -28,6 +28,7 @@ from .query import (INT64_MAX, RequestError, has_aggregates, int64, lifted_colum
                     query_pairs, query_shape, shape_pairs, shown_text)
 from .representation import CONTENT_TYPES, negotiate, render, shape_of
 from .sql import build_count, build_select, shape_statement, slot_text
+from .embedding import embedded_tables
 from .replica_reads import format_txid, replica_snapshot, replica_txid
 from .writes import write
 
@@ -157,11 +158,12 @@ class ReadPlan:
     shareable shape gets a plan of its own, per query string."""
 
     __slots__ = ("statement", "count", "offset", "limit", "output", "binds_values",
-                 "aggregated")
+                 "aggregated", "embedded")
 
     def __init__(self, statement, count, offset: int, limit: int | None, binds_values: bool,
-                 aggregated: bool = False):
+                 aggregated: bool = False, embedded: frozenset = frozenset()):
         self.aggregated = aggregated  # select has an aggregate (needs --aggregates-enabled)
+        self.embedded = embedded  # the tables embeddings read (each must be allow-listed)
         self.statement = statement
         self.count = count
         self.offset = offset
@@ -202,7 +204,8 @@ def _shape_plan(table, shape: tuple, range_header: str | None,
     if statement is None:
         return None
     return ReadPlan(statement, None, offset, limit, binds_values=True,
-                    aggregated=has_aggregates(query.select))
+                    aggregated=has_aggregates(query.select),
+                    embedded=frozenset(embedded_tables(query.select)))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -213,7 +216,19 @@ def _query_plan(table, query_string: str, range_header: str | None, max_rows: in
     statement = build_select(table, query, limit=limit, offset=offset)
     count = build_count(table, query) if counted else None
     return ReadPlan(statement, count, offset, limit, binds_values=False,
-                    aggregated=has_aggregates(query.select))
+                    aggregated=has_aggregates(query.select),
+                    embedded=frozenset(embedded_tables(query.select)))
+
+
+def check_embedded(state, table, names) -> None:
+    """Embeddings read only allow-listed tables: another is answered as if it were not
+    related at all (PGRST200), so the API never reveals which tables exist."""
+    for name in sorted(names):
+        if name not in state.allowed_tables:
+            raise api_error("no_relationship", parent=table.name, target=name[:200],
+                            details=f"Searched for a foreign key relationship between "
+                                    f"'{table.name}' and '{name[:200]}' in the schema, but no "
+                                    "matches were found.")
 
 
 def _read(state, environ, table, prefs, head: bool, replica_read=None) -> ApiResponse:
@@ -224,6 +239,8 @@ def _read(state, environ, table, prefs, head: bool, replica_read=None) -> ApiRes
                              state.config.max_rows, prefs.count is not None)
     if plan.aggregated and not state.config.aggregates_enabled:
         raise api_error("aggregates_disabled")
+    if plan.embedded:
+        check_embedded(state, table, plan.embedded)
     offset, statement = plan.offset, plan.statement
     total = None
     position = None

@@ -7,6 +7,7 @@ one while another thread loads its successor.
 """
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass, field, replace
 from typing import Callable
@@ -72,6 +73,9 @@ class Table:
     unique_keys: tuple[tuple[str, ...], ...] = ()  # UNIQUE indexes/constraints incl. the PK
     without_rowid: bool = False
     rowid_alias: str | None = None     # the INTEGER PRIMARY KEY column, if any
+    #: Embeddable relationships by the related table's name (api/embedding.py), filled
+    #: once every table of the schema is known.
+    relations: dict = field(default_factory=dict, repr=False)
     fts5: bool = False                 # an FTS5 virtual table (its columns take MATCH)
     fts_index: "Table | None" = None   # the FTS5 table `<name>_fts` indexing it by rowid
     by_name: dict = field(default_factory=dict, repr=False)
@@ -119,6 +123,8 @@ def load_schema(conn: apsw.Connection) -> Schema:
             if kind not in ("table", "view", "virtual") or not is_exposable(name):
                 continue
             tables[name] = _load_table(cursor, name, kind, bool(without_rowid))
+        sql_of = dict(cursor.execute(
+            "SELECT name, sql FROM sqlite_schema WHERE type = 'table'").fetchall())
         fts5 = {name for (name,) in cursor.execute(
             "SELECT name FROM sqlite_schema WHERE type = 'table' "
             "AND sql LIKE 'CREATE VIRTUAL TABLE%USING fts5%'")}
@@ -128,7 +134,83 @@ def load_schema(conn: apsw.Connection) -> Schema:
         index = tables.get(name + "_fts")
         if index is not None and index.fts5 and not table.fts5 and not table.without_rowid:
             tables[name] = replace(table, fts_index=index)
+    _link_relationships(tables, sql_of)
     return Schema(version, tables)
+
+
+_NAMED_FK = re.compile(r'CONSTRAINT\s+("(?:[^"]|"")+"|\[[^\]]+\]|`[^`]+`|\w+)\s+'
+                       r'FOREIGN\s+KEY\s*\(([^)]*)\)', re.I)
+_NAMED_COLUMN_FK = re.compile(r'(?:^|[(,])\s*("(?:[^"]|"")+"|\w+)[^,]*?CONSTRAINT\s+'
+                              r'("(?:[^"]|"")+"|\w+)\s+REFERENCES', re.I)
+
+
+def _unquote(name: str) -> str:
+    name = name.strip()
+    if name[:1] in '"[`':
+        name = name[1:-1].replace('""', '"')
+    return name
+
+
+def constraint_names(create_sql: str | None) -> dict[tuple, str]:
+    """Names given by ``CONSTRAINT name`` to FOREIGN KEYs in a CREATE TABLE, by their columns
+    (PRAGMA foreign_key_list does not report them)."""
+    names: dict[tuple, str] = {}
+    if not create_sql:
+        return names
+    for name, cols in _NAMED_FK.findall(create_sql):
+        names[tuple(_unquote(c) for c in cols.split(","))] = _unquote(name)
+    for col, name in _NAMED_COLUMN_FK.findall(create_sql):
+        names.setdefault((_unquote(col),), _unquote(name))
+    return names
+
+
+def _link_relationships(tables: dict, sql_of: dict) -> None:
+    """Fill every table's ``relations`` from the FOREIGN KEYs (api/embedding.py)."""
+    from .embedding import Relationship
+    from .embedding import fk_name as default_name
+
+    named = {name: constraint_names(sql_of.get(name)) for name in tables}
+
+    def fk_name(table: str, columns) -> str:
+        return named.get(table, {}).get(tuple(columns)) or default_name(table, columns)
+
+    def pairs(table, fk):
+        target = tables.get(fk.ref_table)
+        if target is None:
+            return None
+        ref = fk.ref_columns or target.primary_key
+        if len(ref) != len(fk.columns):
+            return None
+        return tuple(zip(fk.columns, ref))
+
+    for table in tables.values():
+        for fk in table.foreign_keys:
+            on = pairs(table, fk)
+            if on is None:
+                continue
+            target = tables[fk.ref_table]
+            name = fk_name(table.name, fk.columns)
+            table.relations.setdefault(target.name, []).append(
+                Relationship("m2o", target, on, name))
+            target.relations.setdefault(table.name, []).append(
+                Relationship("o2m", table, tuple((b, a) for a, b in on), name))
+    for junction in tables.values():  # many-to-many: both keys inside the junction's PK
+        keys = [(fk, pairs(junction, fk)) for fk in junction.foreign_keys]
+        keys = [(fk, on) for fk, on in keys if on is not None
+                and set(fk.columns) <= set(junction.primary_key)]
+        for i, (fk_a, on_a) in enumerate(keys):
+            for fk_b, on_b in keys[i + 1:]:
+                a, b = tables[fk_a.ref_table], tables[fk_b.ref_table]
+                if a is b:
+                    continue
+                name_a, name_b = fk_name(junction.name, fk_a.columns), \
+                    fk_name(junction.name, fk_b.columns)
+                a.relations.setdefault(b.name, []).append(Relationship(
+                    "m2m", b, tuple((t, j) for j, t in on_a), name_a, junction,
+                    tuple((j, t) for j, t in on_b), name_b))
+                b.relations.setdefault(a.name, []).append(Relationship(
+                    "m2m", a, tuple((t, j) for j, t in on_b), name_b, junction,
+                    tuple((j, t) for j, t in on_a), name_a))
 
 
 def _load_table(cursor, name: str, kind: str, without_rowid: bool) -> Table:

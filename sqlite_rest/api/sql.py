@@ -33,8 +33,9 @@ import regex
 
 from .operators import OPERATOR_BY_NAME, QUANTIFIERS, ValueKind
 from .query import (AGGREGATES, CASTS, INT64_MAX, INT64_MIN, And, ColumnRef, Filter, JsonStep,
-                    Not, QueryError, SelectItem,
+                    Embed, Not, QueryError, SelectItem,
                     RequestError, Star, UnknownColumnError, int64, is_decimal, shown_text)
+from .embedding import EmbedContext, embed_exists, embed_sql
 from .fulltext import fts5_query
 from .schema import Column, Table, quote_identifier
 
@@ -436,43 +437,23 @@ def compile_select(table: Table, select: tuple) -> tuple[str, tuple, tuple[Outpu
     parts: list[str] = []
     params: list = []
     outputs: list[OutputColumn] = []
+    ctx = None
     for item in select:
         if type(item) is Star:
             for column in table.columns:
                 parts.append(column.quoted)
                 outputs.append(OutputColumn(column.name, stored_kind(column)))
             continue
-        if item.column is None:  # count(): of rows
-            expr, kind = "COUNT(*)", "value"
-            if item.result_cast is not None:
-                cast_type, kind = CASTS[item.result_cast]
-                if cast_type is not None:
-                    expr = f"CAST({expr} AS {cast_type})"
-            parts.append(expr + " AS " + quote_identifier(item.output_name))
-            outputs.append(OutputColumn(item.output_name, kind))
+        if type(item) is Embed:
+            if not item.select:
+                continue  # name(): only filters the parent rows
+            ctx = ctx or EmbedContext()
+            for expr, name, kind in embed_sql(table, table.quoted, item, params, ctx,
+                                              compile_item, build_where, compile_order):
+                parts.append(expr + " AS " + quote_identifier(name))
+                outputs.append(OutputColumn(name, kind))
             continue
-        path = item.column.json_path
-        if path and path[-1].as_text:
-            expr, expr_params = _json_as_text(table, item.column)
-        else:
-            expr, expr_params, _affinity, _column_ = _column_expr(table, item.column)
-        params.extend(expr_params)
-        if path:
-            kind = "json" if not path[-1].as_text else "value"
-        else:
-            kind = stored_kind(_column(table, item.column.name))
-        if item.cast is not None:
-            cast_type, kind = CASTS[item.cast]
-            if cast_type is not None:
-                expr = f"CAST({expr} AS {cast_type})"
-        if item.aggregate is not None:
-            expr = f"{AGGREGATES[item.aggregate]}({expr})"
-            kind = "value" if item.aggregate in ("sum", "avg", "count") else kind
-            if item.result_cast is not None:
-                cast_type, kind = CASTS[item.result_cast]
-                if cast_type is not None:
-                    expr = f"CAST({expr} AS {cast_type})"
-        name = item.output_name
+        expr, name, kind = compile_item(table, item, params)
         if expr != quote_identifier(name):
             expr = expr + " AS " + quote_identifier(name)
         parts.append(expr)
@@ -480,6 +461,55 @@ def compile_select(table: Table, select: tuple) -> tuple[str, tuple, tuple[Outpu
     if not parts:
         raise QueryError("nothing to select", hint="select at least one column")
     return ", ".join(parts), tuple(params), tuple(outputs)
+
+
+def compile_item(table: Table, item: SelectItem, params: list) -> tuple[str, str, str]:
+    """One selected column, cast or aggregate: (SQL expression, output name, output kind)."""
+    if item.column is None:  # count(): of rows
+        expr, kind = "COUNT(*)", "value"
+        if item.result_cast is not None:
+            cast_type, kind = CASTS[item.result_cast]
+            if cast_type is not None:
+                expr = f"CAST({expr} AS {cast_type})"
+        return expr, item.output_name, kind
+    path = item.column.json_path
+    if path and path[-1].as_text:
+        expr, expr_params = _json_as_text(table, item.column)
+    else:
+        expr, expr_params, _affinity, _column_ = _column_expr(table, item.column)
+    params.extend(expr_params)
+    if path:
+        kind = "json" if not path[-1].as_text else "value"
+    else:
+        kind = stored_kind(_column(table, item.column.name))
+    if item.cast is not None:
+        cast_type, kind = CASTS[item.cast]
+        if cast_type is not None:
+            expr = f"CAST({expr} AS {cast_type})"
+    if item.aggregate is not None:
+        expr = f"{AGGREGATES[item.aggregate]}({expr})"
+        kind = "value" if item.aggregate in ("sum", "avg", "count") else kind
+        if item.result_cast is not None:
+            cast_type, kind = CASTS[item.result_cast]
+            if cast_type is not None:
+                expr = f"CAST({expr} AS {cast_type})"
+    return expr, item.output_name, kind
+
+
+@functools.lru_cache(maxsize=1024)
+def embed_filters(table: Table, select: tuple) -> tuple[str, tuple]:
+    """The parent rows' conditions of the top-level embeddings: `!inner` (a match exists),
+    `name=is.null` (none does), `name=not.is.null`: (SQL, params), ANDed to the WHERE."""
+    params: list = []
+    conds = []
+    ctx = EmbedContext()
+    ctx.count = 1000  # distinct from the select list's aliases
+    for item in select:
+        if type(item) is Embed and (item.inner or item.null_filter is not None):
+            exists = embed_exists(table, table.quoted, item, params, ctx, build_where,
+                                  compile_order)
+            conds.append(("NOT " if item.null_filter else "") + exists)
+    return " AND ".join(conds), tuple(params)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -512,6 +542,10 @@ def build_select(table: Table, query, *, limit: int | None = None,
     select_sql, select_params, outputs = compile_select(table, query.select)
     params = list(select_params)
     where = build_where(table, query.filters, params)
+    inner_sql, inner_params = embed_filters(table, query.select)
+    if inner_sql:
+        where = (f" WHERE ({where[len(' WHERE '):]}) AND " if where else " WHERE ") + inner_sql
+        params.extend(inner_params)
     order_sql, order_params = compile_order(table, query.order)
     if order_params:
         params.extend(order_params)

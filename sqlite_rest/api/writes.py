@@ -270,6 +270,12 @@ def write(state, table, prefs, method: str, query) -> ApiResponse:
 
     if representation and has_aggregates(query.select):
         raise api_error("aggregates_disabled")
+    if representation:
+        from .embedding import embedded_tables
+        from .routes import check_embedded
+        names = embedded_tables(query.select)
+        if names:
+            check_embedded(state, table, names)
     returning = query.select if representation else None
     # order= sorts the rows a write returns (PostgREST); RETURNING has no ORDER BY, so the
     # order keys ride along as extra columns, sorted on here and dropped.

@@ -1,0 +1,259 @@
+"""Resource embedding: related rows through FOREIGN KEYs, in the same SQL statement.
+
+A relationship is found from the schema's foreign keys (schema.py fills ``Table.relations``):
+
+- **many-to-one**: this table has a FOREIGN KEY to the embedded one: a JSON object or null;
+- **one-to-many**: the embedded table has a FOREIGN KEY to this one: a JSON array;
+- **many-to-many**: a junction table has a FOREIGN KEY to each (PostgREST's rule: both keys'
+  columns are part of the junction's PRIMARY KEY): a JSON array.
+
+Each embedding becomes a correlated subquery built with SQLite's JSON functions, so a request
+is one statement whatever the number of parent rows. An embedded table is read under an alias
+of its own (``_e1``, ``_e2``, …) and its parent by its table name or alias, so the correlation
+always says which side it means; the embedded resource's own columns, filters and order are
+unqualified and resolve to the innermost table. Ambiguity and missing relationships are
+PostgREST's errors (PGRST201 with the candidates, PGRST200). A FOREIGN KEY has no name in
+SQLite unless declared with ``CONSTRAINT``; as in PostgreSQL, an unnamed one is called
+``<table>_<columns>_fkey`` for ``!hint`` disambiguation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import api_error
+from .query import Embed, Star
+from .schema import Table, quote_identifier
+
+
+@dataclass(frozen=True)
+class Relationship:
+    kind: str                    # "m2o" | "o2m" | "m2m"
+    target: Table
+    #: (this table's column, the target's column) pairs (m2m: this table <-> junction).
+    on: tuple
+    constraint: str              # the FOREIGN KEY's name (m2o/o2m), or the junction's (m2m)
+    junction: Table | None = None
+    #: m2m: (junction column, target column) pairs.
+    junction_on: tuple = ()
+    #: m2m: the name of the junction's key to the target.
+    target_constraint: str = ""
+
+    @property
+    def to_one(self) -> bool:
+        return self.kind == "m2o"
+
+    def describe(self, parent: str) -> dict:
+        """One candidate of PGRST201's details, as PostgREST words them."""
+        if self.kind == "m2m":
+            return {"cardinality": "many-to-many",
+                    "embedding": f"{parent} with {self.target.name}",
+                    "relationship": f"{self.junction.name} using {self.constraint} and "
+                                    f"{self.target_constraint}"}
+        return {"cardinality": "many-to-one" if self.kind == "m2o" else "one-to-many",
+                "embedding": f"{parent} with {self.target.name}",
+                "relationship": f"{self.constraint} using {parent}({', '.join(a for a, _ in self.on)}) "
+                                f"and {self.target.name}({', '.join(b for _, b in self.on)})"}
+
+
+def fk_name(table: str, columns) -> str:
+    """PostgreSQL's default name of an unnamed FOREIGN KEY constraint."""
+    return f"{table}_{'_'.join(columns)}_fkey"
+
+
+def find_relationship(parent: Table, embed: Embed) -> Relationship:
+    """The one relationship ``embed`` names from ``parent`` (its ``!hint`` decides between
+    several); PGRST200 when there is none, PGRST201 when it stays ambiguous."""
+    candidates = sorted(parent.relations.get(embed.name, ()), key=lambda r: r.constraint)
+    if embed.hint is not None:
+        hint = embed.hint
+        candidates = [r for r in candidates if _matches(r, hint)]
+    if not candidates:
+        raise api_error(
+            "no_relationship", parent=parent.name, target=embed.name,
+            details=f"Searched for a foreign key relationship between '{parent.name}' and "
+                    f"'{embed.name}'{' using the hint ' + repr(embed.hint) if embed.hint else ''}"
+                    " in the schema, but no matches were found.",
+            hint=_closest(parent, embed.name))
+    if len(candidates) > 1:
+        raise api_error(
+            "ambiguous_relationship", parent=parent.name, target=embed.name,
+            details=[r.describe(parent.name) for r in candidates],
+            hint=f"Try changing '{embed.name}' to one of the following: "
+                 + ", ".join(f"'{embed.name}!{_hint_of(r)}'" for r in candidates)
+                 + ". Find the desired relationship in the 'details' key.")
+    return candidates[0]
+
+
+def _matches(r: Relationship, hint: str) -> bool:
+    if r.kind == "m2m":
+        return hint in (r.junction.name, r.constraint, r.target_constraint)
+    columns = {a for a, _ in r.on} | {b for _, b in r.on}
+    return hint == r.constraint or hint in columns
+
+
+def _hint_of(r: Relationship) -> str:
+    return r.junction.name if r.kind == "m2m" else r.constraint
+
+
+def _closest(parent: Table, name: str) -> str | None:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(parent.relations), n=1)
+    return f"Perhaps you meant '{close[0]}' instead of '{name}'." if close else None
+
+
+# --- SQL ---------------------------------------------------------------------------------------
+
+class EmbedContext:
+    """Aliases for the embedded tables of one statement (``_e1``, ``_e2``, …)."""
+
+    def __init__(self):
+        self.count = 0
+
+    def alias(self) -> str:
+        self.count += 1
+        return f"_e{self.count}"
+
+
+def _correlation(rel: Relationship, parent_ref: str, alias: str) -> str:
+    """The WHERE that ties the embedded table (``alias``) to its parent row."""
+    if rel.kind == "m2m":
+        j = rel.junction.quoted
+        inner = " AND ".join(f"_j.{quote_identifier(jc)} = {parent_ref}.{quote_identifier(pc)}"
+                             for pc, jc in rel.on)
+        to_target = " AND ".join(f"_j.{quote_identifier(jc)} = {alias}.{quote_identifier(tc)}"
+                                 for jc, tc in rel.junction_on)
+        return f"EXISTS (SELECT 1 FROM {j} AS _j WHERE {inner} AND {to_target})"
+    return " AND ".join(f"{alias}.{quote_identifier(tc)} = {parent_ref}.{quote_identifier(pc)}"
+                        for pc, tc in rel.on)
+
+
+def embed_exists(parent: Table, parent_ref: str, embed: Embed, params: list,
+                 ctx: EmbedContext, build_where, compile_order) -> str:
+    """``EXISTS (…)``: the parent row has a matching embedded row (for !inner and
+    ``name=not.is.null``; NOT of it for ``name=is.null``)."""
+    rel = find_relationship(parent, embed)
+    alias = ctx.alias()
+    where = build_where(rel.target, embed.filters, params)
+    cond = _correlation(rel, parent_ref, alias)
+    cond = f"{cond} AND ({where[len(' WHERE '):]})" if where else cond
+    return f"EXISTS (SELECT 1 FROM {rel.target.quoted} AS {alias} WHERE {cond})"
+
+
+def embed_sql(parent: Table, parent_ref: str, embed: Embed, params: list, ctx: EmbedContext,
+              compile_item, build_where, compile_order) -> list[tuple[str, str, str]]:
+    """[(SQL expression, output name, output kind)] of one embedding: one JSON value, or for a
+    spread, one column per selected column of the embedded resource."""
+    rel = find_relationship(parent, embed)
+    if embed.spread and not rel.to_one:
+        raise api_error("query_parse",
+                        message=f"a spread embedding must be to-one: '{embed.name}' is "
+                                f"{'one' if rel.kind == 'o2m' else 'many'}-to-many from "
+                                f"'{parent.name}'",
+                        hint=f"embed it without '...': {embed.name}(…)")
+    target, alias = rel.target, ctx.alias()
+    # (sql, name, kind, its own params) inside the embedded SELECT: each field keeps its
+    # parameters, bound again wherever the JSON value repeats its SQL (_json_value)
+    fields: list[tuple[str, str, str, list]] = []
+    for item in embed.select:
+        if type(item) is Star:
+            for column in target.columns:
+                fields.append((column.quoted, column.name, _kind(column), []))
+        elif type(item) is Embed:
+            if not item.select:
+                continue  # name(): only filters
+            own: list = []
+            for sql, name, kind in embed_sql(target, alias, item, own, ctx, compile_item,
+                                             build_where, compile_order):
+                fields.append((sql, name, "embed" if kind == "json" else kind, own))
+                own = []  # a spread's columns: the params went with the first one
+        elif item.aggregate is not None:
+            raise api_error("query_parse", message="aggregates in an embedded resource are "
+                            "not supported", details=f"in {embed.output_name}")
+        else:
+            own = []
+            sql, name, kind = compile_item(target, item, own)
+            fields.append((sql, name, kind, own))
+    if embed.spread:
+        out = []
+        where_params: list = []
+        where = _embed_where(rel, parent_ref, alias, target, embed, where_params, ctx,
+                             build_where, compile_order)
+        source = f"{target.quoted} AS {alias}"
+        for sql, name, kind, own in fields:
+            params.extend(own)
+            params.extend(where_params)
+            out.append((f"(SELECT {sql} FROM {source}{where})", name,
+                        "json" if kind == "embed" else kind))
+        return out
+    parts = []
+    for sql, name, kind, own in fields:
+        text, times = _json_value(sql, kind)
+        parts.append(f"'{_sql_text(name)}', {text}")
+        params.extend(own * times)
+    obj = "json_object(" + ", ".join(parts) + ")"
+    where = _embed_where(rel, parent_ref, alias, target, embed, params, ctx, build_where,
+                         compile_order)
+    source = f"{target.quoted} AS {alias}"
+    if rel.to_one:
+        return [(f"(SELECT {obj} FROM {source}{where})", embed.output_name, "json")]
+    order_sql, order_params = compile_order(target, embed.order)
+    params.extend(order_params)
+    page = ""
+    if embed.limit is not None or embed.offset:
+        page = " LIMIT ?"
+        params.append(-1 if embed.limit is None else embed.limit)
+        if embed.offset:
+            page += " OFFSET ?"
+            params.append(embed.offset)
+    rows = f"SELECT {obj} AS v FROM {source}{where}{order_sql}{page}"
+    return [(f"(SELECT COALESCE(json_group_array(json(v)), json('[]')) FROM ({rows}))",
+             embed.output_name, "json")]
+
+
+def _embed_where(rel, parent_ref, alias, target, embed, params, ctx, build_where,
+                 compile_order) -> str:
+    """The embedded SELECT's WHERE: the correlation, its filters, its embeddings' !inner."""
+    where = build_where(target, embed.filters, params)
+    correlation = _correlation(rel, parent_ref, alias)
+    where = f" WHERE {correlation}" + (f" AND ({where[len(' WHERE '):]})" if where else "")
+    for item in embed.select:  # !inner / is.null of the embedding's own embeddings
+        if type(item) is Embed and (item.inner or item.null_filter is not None):
+            exists = embed_exists(target, alias, item, params, ctx, build_where, compile_order)
+            where += f" AND {'NOT ' if item.null_filter else ''}{exists}"
+    return where
+
+
+def _kind(column) -> str:
+    from .sql import stored_kind
+
+    return stored_kind(column)
+
+
+def _json_value(sql: str, kind: str) -> tuple[str, int]:
+    """A value inside json_object, and how many times it repeats ``sql`` (its parameters are
+    bound that many times): JSON text stays JSON (nested embeddings, JSON columns; SQLite's
+    JSON subtype does not cross a subquery, so the test is inline), booleans become
+    true/false."""
+    if kind == "embed":  # always valid JSON
+        return f"json({sql})", 1
+    if kind == "json":
+        return f"CASE WHEN json_valid({sql}) THEN json({sql}) ELSE {sql} END", 3
+    if kind == "boolean":
+        return (f"CASE WHEN {sql} IS NULL THEN NULL WHEN {sql} THEN json('true') "
+                f"ELSE json('false') END"), 2
+    return sql, 1
+
+
+def _sql_text(name: str) -> str:
+    return name.replace("'", "''")
+
+
+def embedded_tables(select: tuple) -> set[str]:
+    """Names of every table an embedding in ``select`` reads (for the allow-list)."""
+    names: set[str] = set()
+    for item in select:
+        if type(item) is Embed:
+            names.add(item.name)
+            names |= embedded_tables(item.select)
+    return names

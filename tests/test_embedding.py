@@ -1,0 +1,192 @@
+"""Resource embedding through FOREIGN KEYs (#14 item 1): PostgREST's forms and output shapes,
+exact bodies and statuses, on a small library schema."""
+from __future__ import annotations
+
+import apsw
+import pytest
+
+from sqlite_rest.app import create_app
+from sqlite_rest.config import ServerConfig
+
+SCHEMA = """
+CREATE TABLE authors (id INTEGER PRIMARY KEY, name TEXT NOT NULL, born INTEGER);
+CREATE TABLE books (
+    id INTEGER PRIMARY KEY, title TEXT NOT NULL, year INTEGER,
+    author_id INTEGER REFERENCES authors(id),
+    editor_id INTEGER,
+    CONSTRAINT books_editor FOREIGN KEY (editor_id) REFERENCES authors(id)
+);
+CREATE TABLE tags (id INTEGER PRIMARY KEY, label TEXT NOT NULL, extra JSON, hot BOOLEAN);
+CREATE TABLE book_tags (book_id INTEGER REFERENCES books(id), tag_id INTEGER REFERENCES tags(id),
+                        PRIMARY KEY (book_id, tag_id));
+CREATE TABLE reviews (id INTEGER PRIMARY KEY, book_id INTEGER REFERENCES books(id),
+                      stars INTEGER);
+CREATE TABLE secrets (id INTEGER PRIMARY KEY, book_id INTEGER REFERENCES books(id), code TEXT);
+INSERT INTO authors VALUES (1, 'Le Guin', 1929), (2, 'Herbert', 1920), (3, 'Nobody', 2000);
+INSERT INTO books VALUES (1, 'Earthsea', 1968, 1, 2), (2, 'Left Hand', 1969, 1, NULL),
+                         (3, 'Dune', 1965, 2, 1);
+INSERT INTO tags VALUES (1, 'fantasy', '{"k":[1]}', 1), (2, 'sf', NULL, 0), (3, 'classic', NULL, NULL);
+INSERT INTO book_tags VALUES (1, 1), (2, 2), (3, 2), (3, 3);
+INSERT INTO reviews VALUES (1, 1, 5), (2, 1, 4), (3, 3, 5);
+INSERT INTO secrets VALUES (1, 1, 'x');
+"""
+TABLES = ("authors", "books", "tags", "book_tags", "reviews")
+
+
+@pytest.fixture
+def client(tmp_path):
+    conn = apsw.Connection(str(tmp_path / "lib.db"))
+    conn.execute(SCHEMA)
+    conn.close()
+    app = create_app(ServerConfig(db_dsn=str(tmp_path / "lib.db"), allow_tables=TABLES,
+                                  auth_disabled=True))
+    with app.test_client() as c:
+        c.db = tmp_path / "lib.db"
+        yield c
+
+
+def get(client, url, status=200):
+    r = client.get(url)
+    assert r.status_code == status, r.data
+    return r.get_json()
+
+
+def test_many_to_one_is_an_object_or_null(client):
+    assert get(client, "/books?select=title,author:authors!author_id(name)&order=id") == [
+        {"title": "Earthsea", "author": {"name": "Le Guin"}},
+        {"title": "Left Hand", "author": {"name": "Le Guin"}},
+        {"title": "Dune", "author": {"name": "Herbert"}}]
+    assert get(client, "/books?select=title,authors!books_editor(name)&order=id") == [
+        {"title": "Earthsea", "authors": {"name": "Herbert"}},
+        {"title": "Left Hand", "authors": None},
+        {"title": "Dune", "authors": {"name": "Le Guin"}}]
+
+
+def test_one_to_many_is_an_array_and_empty_when_none(client):
+    assert get(client, "/authors?select=name,books!author_id(title)&order=id") == [
+        {"name": "Le Guin", "books": [{"title": "Earthsea"}, {"title": "Left Hand"}]},
+        {"name": "Herbert", "books": [{"title": "Dune"}]},
+        {"name": "Nobody", "books": []}]
+
+
+def test_many_to_many_through_a_junction(client):
+    assert get(client, "/books?select=title,tags(label)&order=id") == [
+        {"title": "Earthsea", "tags": [{"label": "fantasy"}]},
+        {"title": "Left Hand", "tags": [{"label": "sf"}]},
+        {"title": "Dune", "tags": [{"label": "sf"}, {"label": "classic"}]}]
+    assert get(client, "/tags?select=label,books(title)&id=eq.2") == [
+        {"label": "sf", "books": [{"title": "Left Hand"}, {"title": "Dune"}]}]
+
+
+def test_nested_star_and_types_inside_embeddings(client):
+    rows = get(client, "/authors?select=name,books!author_id(title,reviews(stars),tags(*))"
+                       "&id=eq.1")
+    assert rows == [{"name": "Le Guin", "books": [
+        {"title": "Earthsea", "reviews": [{"stars": 5}, {"stars": 4}],
+         "tags": [{"id": 1, "label": "fantasy", "extra": {"k": [1]}, "hot": True}]},
+        {"title": "Left Hand", "reviews": [], "tags": [{"id": 2, "label": "sf", "extra": None,
+                                                        "hot": False}]}]}]
+
+
+def test_filters_order_limit_offset_on_an_embedding(client):
+    assert get(client, "/authors?select=name,books!author_id(title,year)&id=eq.1"
+                       "&books.order=year.desc&books.limit=1&books.offset=0") == [
+        {"name": "Le Guin", "books": [{"title": "Left Hand", "year": 1969}]}]
+    assert get(client, "/authors?select=name,books!author_id(title)&id=eq.1"
+                       "&books.year=gte.1969") == [
+        {"name": "Le Guin", "books": [{"title": "Left Hand"}]}]
+    assert get(client, "/authors?select=name,books!author_id(title,reviews(stars))&id=eq.1"
+                       "&books.reviews.stars=eq.5&books.or=(year.eq.1968,year.eq.1900)") == [
+        {"name": "Le Guin", "books": [{"title": "Earthsea", "reviews": [{"stars": 5}]}]}]
+
+
+def test_inner_drops_parents_without_a_match(client):
+    assert get(client, "/authors?select=name,books!author_id!inner(title)"
+                       "&books.year=lt.1966") == [{"name": "Herbert",
+                                                   "books": [{"title": "Dune"}]}]
+
+
+def test_is_null_on_an_embedding_is_an_anti_join(client):
+    assert get(client, "/authors?select=name,books!author_id()&books=is.null") == [
+        {"name": "Nobody"}]
+    assert get(client, "/authors?select=name,books!author_id()&books=not.is.null"
+                       "&order=id") == [{"name": "Le Guin"}, {"name": "Herbert"}]
+
+
+def test_spread_merges_a_to_one_embedding(client):
+    assert get(client, "/books?select=title,...authors!author_id(name,born)&id=eq.3") == [
+        {"title": "Dune", "name": "Herbert", "born": 1920}]
+    err = get(client, "/authors?select=name,...books!author_id(title)", 400)
+    assert err["code"] == "PGRST100" and "to-one" in err["message"]
+
+
+def test_ambiguity_and_missing_relationships_are_postgrests_errors(client):
+    err = get(client, "/books?select=title,authors(name)", 300)
+    assert err["code"] == "PGRST201"
+    assert err["message"] == ("Could not embed because more than one relationship was found "
+                              "for 'books' and 'authors'")
+    assert err["details"] == [
+        {"cardinality": "many-to-one", "embedding": "books with authors",
+         "relationship": "books_author_id_fkey using books(author_id) and authors(id)"},
+        {"cardinality": "many-to-one", "embedding": "books with authors",
+         "relationship": "books_editor using books(editor_id) and authors(id)"}]
+    assert "authors!books_author_id_fkey" in err["hint"]
+    err = get(client, "/books?select=title,reviewz(*)", 400)
+    assert err["code"] == "PGRST200"
+    assert err["message"] == ("Could not find a relationship between 'books' and 'reviewz' in "
+                              "the schema cache")
+    assert err["hint"] == "Perhaps you meant 'reviews' instead of 'reviewz'."
+    # a table outside the allow-list is answered as if unrelated (names never leak)
+    assert get(client, "/books?select=title,secrets(code)", 400)["code"] == "PGRST200"
+
+
+@pytest.mark.parametrize("url", [
+    "/books?select=title,authors!author_id(name",
+    "/books?select=title,authors!author_id(nope)",
+    "/books?select=*,authors!author_id(*)&authors.nope=eq.1",
+    "/books?select=*&nope.title=eq.1",
+    "/books?select=*,authors!author_id(name.sum())",
+])
+def test_malformed_embeddings_are_400(client, url):
+    r = client.get(url)
+    assert r.status_code == 400, r.data
+    assert r.get_json()["code"] in ("PGRST100", "42703")
+
+
+def test_embedding_in_a_write_response(client):
+    r = client.post("/books?select=title,author:authors!author_id(name)",
+                    json={"title": "Dawn", "author_id": 3},
+                    headers={"Prefer": "return=representation"})
+    assert r.status_code == 201
+    assert r.get_json() == [{"title": "Dawn", "author": {"name": "Nobody"}}]
+    r = client.patch("/books?id=eq.3&select=title,reviews(stars)", json={"year": 1966},
+                     headers={"Prefer": "return=representation"})
+    assert r.get_json() == [{"title": "Dune", "reviews": [{"stars": 5}]}]
+    r = client.post("/books?select=title,secrets(code)", json={"title": "x"},
+                    headers={"Prefer": "return=representation"})
+    assert r.status_code == 400  # refused before anything is written
+    conn = apsw.Connection(str(client.db))
+    assert conn.execute("SELECT count(*) FROM books WHERE title = 'x'").fetchall() == [(0,)]
+    conn.close()
+
+
+def test_one_statement_per_request(client, monkeypatch):
+    """N parents, one SQL statement: the embedding is a correlated subquery, not a query per
+    parent row."""
+    statements = []
+    import sqlite_rest.db as dbmod
+    real = dbmod.open_connection
+
+    def tracing(*a, **k):
+        conn = real(*a, **k)
+        conn.exec_trace = lambda cursor, sql, b: statements.append(sql) or True
+        return conn
+    monkeypatch.setattr(dbmod, "open_connection", tracing)
+    app = create_app(ServerConfig(db_dsn=str(client.db), allow_tables=TABLES,
+                                  auth_disabled=True))
+    with app.test_client() as c:
+        c.get("/authors")  # warm the schema cache
+        statements.clear()
+        assert len(c.get("/authors?select=name,books!author_id(title,tags(label))").get_json()) == 3
+    selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert len(selects) == 1, statements
