@@ -50,7 +50,9 @@ def make_rpc_blueprint(app, state) -> Blueprint:
         method = environ["REQUEST_METHOD"]
         if method == "OPTIONS":
             return _preflight()
-        if not authenticator.disabled:
+        if state.policy is not None:  # roles: only the functions listed for the role
+            _check_function_access(app, state, environ, function_name)
+        elif not authenticator.disabled:
             authenticator.authenticate(app, environ.get("HTTP_AUTHORIZATION"))
         if method not in ("GET", "HEAD", "POST"):
             raise api_error("rpc_method", method=method, headers={"Allow": RPC_ALLOW})
@@ -59,6 +61,22 @@ def make_rpc_blueprint(app, state) -> Blueprint:
         return call(state, function_name, method, prefs, environ)
 
     return blueprint
+
+
+def _check_function_access(app, state, environ, name: str) -> None:
+    """42501 (401 anonymous, 403 otherwise), as PostgREST answers a function the role has
+    no EXECUTE on, when the role's `functions` list lacks an existing function; an unknown
+    one stays 404."""
+    from ..auth.policy import permission_denied
+    from .routes import role_access
+
+    access = role_access(app, state.authenticator, state.policy, environ)
+    if access.may_call(name):
+        return
+    catalog = state.functions
+    functions = catalog.current(state.db.reader()) if catalog is not None else {}
+    if name in functions:
+        raise permission_denied(f"function {name}", access.anonymous)
 
 
 def is_filter(value: str) -> bool:
