@@ -126,7 +126,9 @@ def _load_jwks(data: bytes):
             key = jwt.PyJWK(entry)
         except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, KeyError) as exc:
             raise ValueError(f"JWKS key {i} ({entry.get('kid')!r}): {exc}") from None
-        keys.append((entry.get("kid"), kty, entry.get("alg"), key))
+        # PyJWK pins one algorithm (RS256 for an RSA key without "alg"): keep the public key
+        # itself, and let the key type (and "alg" when given) decide the algorithms.
+        keys.append((entry.get("kid"), kty, entry.get("alg"), key.key))
     if not keys:
         raise ValueError("the JWKS file has no signing key")
     return keys
