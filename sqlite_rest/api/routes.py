@@ -22,6 +22,7 @@ from flask import Blueprint, request
 
 from ..responses import CORS_HEADERS, ApiResponse
 from ..auth.authenticator import access_denied
+from ..auth.policy import _claim_text, claim_at
 from ..errors import api_error
 from .prefer import DEFAULT as DEFAULT_PREFERENCES, parse_prefer
 from .query import (INT64_MAX, And, Filter, Not, RequestError, int64, lifted_columns,
@@ -282,8 +283,6 @@ def role_read_plan(table, rule, claims, query_string: str, range_header: str | N
             plan, claim_paths = found
             if not claim_paths:
                 return plan, values
-            from ..auth.policy import _claim_text, claim_at
-
             bound = []
             for path in claim_paths:
                 text = _claim_text(claim_at(claims or {}, path))

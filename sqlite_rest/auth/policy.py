@@ -327,14 +327,16 @@ def permission_denied(what: str, anonymous: bool) -> ApiError:
                      headers={"WWW-Authenticate": "Bearer"} if anonymous else None)
 
 
-@dataclass(frozen=True)
 class Access:
-    """One request's role: its rules and claims."""
+    """One request's role: its rules and claims (a plain class: one is made per request)."""
 
-    role: str
-    claims: Optional[dict]
-    anonymous: bool
-    policy: "Policy"
+    __slots__ = ("role", "claims", "anonymous", "policy")
+
+    def __init__(self, role: str, claims: Optional[dict], anonymous: bool, policy: "Policy"):
+        self.role = role
+        self.claims = claims
+        self.anonymous = anonymous
+        self.policy = policy
 
     def rule(self, table_name: str) -> Optional[TableRule]:
         return self.policy.rule(self.role, table_name)
