@@ -635,3 +635,10 @@ def test_postgrest_py_two_users(served):
         with pytest.raises(APIError) as exc:
             alice.rpc("all_secrets", {}).execute()
         assert exc.value.code == "42501"
+
+
+def test_headers_only_location(env):
+    client, _db = env
+    r = client.post("/notes", json={"owner_id": "alice", "body": "h"},
+                    headers={**ALICE, "Prefer": "return=headers-only"})
+    assert r.status_code == 201 and r.headers["Location"] == "/notes?id=eq.4"

@@ -293,7 +293,9 @@ def write(state, table, prefs, method: str, query, rule=None, claims=None) -> Ap
         returning = tuple(returning) + tuple(
             SelectItem(term.column, alias=f"__order_{i}") for i, term in enumerate(order))
     location_columns = None
-    if method == "POST" and return_ == "headers-only" and table.primary_key:
+    if method == "POST" and return_ == "headers-only" and table.primary_key and (
+            rule is None or rule.read_columns is None
+            or rule.read_columns.issuperset(table.primary_key)):  # roles: no hidden key
         location_columns = table.primary_key
         returning = tuple(SelectItem(ColumnRef(name)) for name in table.primary_key)
 

@@ -322,6 +322,15 @@ class TableRule:
             self.check_readable(table_name, query.on_conflict)
 
 
+def permissions_markdown() -> str:
+    """The permissions file's keys as Markdown (README, generated)."""
+    rows = ["| key | meaning |", "|---|---|"]
+    rows += [f"| `{k}` | {v} |" for k, v in FILE_KEYS.items()]
+    rows += ["", "| table rule key | meaning |", "|---|---|"]
+    rows += [f"| `{k}` | {v} |" for k, v in TABLE_KEYS.items()]
+    return "\n".join(rows) + "\n"
+
+
 def permission_denied(what: str, anonymous: bool) -> ApiError:
     return api_error("permission_denied", what=what, status=401 if anonymous else 403,
                      headers={"WWW-Authenticate": "Bearer"} if anonymous else None)
