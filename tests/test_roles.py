@@ -41,6 +41,8 @@ roles:
       check: org=eq.{app_metadata.org_id}
   admin:
     "*": {verbs: [GET, POST, PATCH, PUT, DELETE]}
+  prefixer:
+    books: {verbs: [GET], rows: "title=like.{prefix}*"}
 functions:
   authenticated: [note_count]
 """
@@ -642,3 +644,27 @@ def test_headers_only_location(env):
     r = client.post("/notes", json={"owner_id": "alice", "body": "h"},
                     headers={**ALICE, "Prefer": "return=headers-only"})
     assert r.status_code == 201 and r.headers["Location"] == "/notes?id=eq.4"
+
+
+def test_placeholder_inside_a_pattern(env):
+    client, _db = env
+    assert ids(client.get("/books", headers=token(role="prefixer", prefix="Du"))) == [1]
+    assert ids(client.get("/books", headers=token(role="prefixer", prefix="X"))) == []
+    # a claim is literal text inside the pattern, never a wildcard
+    for wild in ("*", "%", "_une", "D?ne", "[D]"):
+        assert ids(client.get("/books", headers=token(role="prefixer", prefix=wild))) == []
+    assert ids(client.get("/books", headers=token(role="prefixer"))) == []
+    r = client.get("/books", headers={**token(role="prefixer", prefix="D"),
+                                      "Prefer": "count=exact"})
+    assert r.headers["Content-Range"] == "0-0/1"
+
+
+def test_one_plan_serves_every_user_of_a_role(env):
+    from sqlite_rest.api import routes
+
+    client, _db = env
+    routes._role_shape_plan.cache_clear()
+    for user in ("alice", "bob", "carol", "dave"):
+        client.get("/notes?id=eq.1", headers=token(sub=user))
+    info = routes._role_shape_plan.cache_info()
+    assert (info.misses, info.hits) == (1, 3)

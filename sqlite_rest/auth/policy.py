@@ -162,16 +162,36 @@ class RowFilter:
         return _bind(self.node, tuple(sorted(values.items())))
 
 
+class _Unmatchable(Exception):
+    """A claim that cannot be written literally into its pattern: the filter matches nothing."""
+
+
+def _literal(op: str, text: str) -> str:
+    """A claim as literal text inside a value of `op`: a claim is data, never a pattern, so
+    `*`, `%`, `_` in it match only themselves."""
+    if op == "like":  # sql.like_to_glob reads \x as a literal x
+        return re.sub(r"([\\%*_\[?])", r"\\\1", text)
+    if op == "ilike":  # LIKE … ESCAPE '\'; sql.ilike_to_like turns every * into %
+        if "*" in text:
+            raise _Unmatchable()
+        return re.sub(r"([\\%_])", r"\\\1", text)
+    if op in ("match", "imatch"):
+        return re.escape(text)
+    return text
+
+
 @functools.lru_cache(maxsize=4096)
 def _bind(node, values: tuple):
     mapping = dict(values)
 
-    def fill(text: str) -> str:
-        return _PLACEHOLDER.sub(lambda m: mapping[m.group(1)], text)
-
     def walk(n):
         t = type(n)
         if t is Filter:
+            op = n.op
+
+            def fill(text: str) -> str:
+                return _PLACEHOLDER.sub(lambda m: _literal(op, mapping[m.group(1)]), text)
+
             v = n.value
             if type(v) is tuple:
                 v = tuple(fill(item) for item in v)
@@ -182,7 +202,10 @@ def _bind(node, values: tuple):
             return Not(walk(n.item))
         return t(tuple(walk(i) for i in n.items))
 
-    return walk(node)
+    try:
+        return walk(node)
+    except _Unmatchable:
+        return _NOTHING
 
 
 def filter_columns(node) -> set:
