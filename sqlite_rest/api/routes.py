@@ -77,9 +77,10 @@ def make_blueprint(app, state) -> Blueprint:
         prefer = environ.get("HTTP_PREFER")
         prefs = parse_prefer([prefer]) if prefer else DEFAULT_PREFERENCES
         if method == "GET" or method == "HEAD":
-            return _read(state, environ, table, prefs, method == "HEAD", rule, claims)
+            return _read(state, environ, table, prefs, method == "HEAD",
+                         rule=rule, claims=claims)
         return write(state, table, prefs, method, query_of(environ.get("QUERY_STRING", "")),
-                     rule, claims)
+                     rule=rule, claims=claims)
 
     return blueprint
 
@@ -209,7 +210,10 @@ def _query_plan(table, query_string: str, range_header: str | None, max_rows: in
     return ReadPlan(statement, count, offset, limit, binds_values=False)
 
 
-def _read(state, environ, table, prefs, head: bool, rule=None, claims=None) -> ApiResponse:
+def _read(state, environ, table, prefs, head: bool, *, rule=None,
+          claims=None) -> ApiResponse:
+    """``rule``/``claims``: the role's TableRule and the token's claims (--permissions-file;
+    None without one)."""
     media = negotiate(environ.get("HTTP_ACCEPT"))
     if rule is None:
         plan, values = read_plan(table, environ.get("QUERY_STRING", ""),

@@ -251,7 +251,7 @@ def _location(table, row: tuple, key_columns) -> str:
     return "/" + quote(table.name, safe="") + "?" + "&".join(parts)
 
 
-def write(state, table, prefs, method: str, query, rule=None, claims=None) -> ApiResponse:
+def write(state, table, prefs, method: str, query, *, rule=None, claims=None) -> ApiResponse:
     """`rule` (roles, auth/policy.py: a TableRule, None without a permissions file) restricts
     the columns named, the rows touched and the rows written (design/roles.md)."""
     config = state.config
