@@ -64,9 +64,11 @@ def make_blueprint(app, state) -> Blueprint:
         if policy is None:
             if not authenticator.disabled:
                 authenticator.authenticate(app, environ.get("HTTP_AUTHORIZATION"))
-            rule = claims = None
+            rule = None
         else:  # roles (auth/policy.py): the role's rule for this table, or 404 as unknown
             rule, claims = role_rule(app, authenticator, policy, environ, table_name, method)
+            # in the environ, so that every read and write path of this request finds it
+            environ[ROLE_ENVIRON] = (rule, claims)
         if table_name not in allowed_tables or (policy is not None and rule is None):
             access_denied.send(app, table=table_name)
             raise api_error("unknown_table", table=table_name[:200])
@@ -77,10 +79,8 @@ def make_blueprint(app, state) -> Blueprint:
         prefer = environ.get("HTTP_PREFER")
         prefs = parse_prefer([prefer]) if prefer else DEFAULT_PREFERENCES
         if method == "GET" or method == "HEAD":
-            return _read(state, environ, table, prefs, method == "HEAD",
-                         rule=rule, claims=claims)
-        return write(state, table, prefs, method, query_of(environ.get("QUERY_STRING", "")),
-                     rule=rule, claims=claims)
+            return _read(state, environ, table, prefs, method == "HEAD")
+        return write(state, table, prefs, method, query_of(environ.get("QUERY_STRING", "")))
 
     return blueprint
 
@@ -210,17 +210,15 @@ def _query_plan(table, query_string: str, range_header: str | None, max_rows: in
     return ReadPlan(statement, count, offset, limit, binds_values=False)
 
 
-def _read(state, environ, table, prefs, head: bool, *, rule=None,
-          claims=None) -> ApiResponse:
-    """``rule``/``claims``: the role's TableRule and the token's claims (--permissions-file;
-    None without one)."""
+def _read(state, environ, table, prefs, head: bool) -> ApiResponse:
     media = negotiate(environ.get("HTTP_ACCEPT"))
-    if rule is None:
+    role = environ.get(ROLE_ENVIRON)  # (TableRule, claims) with --permissions-file
+    if role is None:
         plan, values = read_plan(table, environ.get("QUERY_STRING", ""),
                                  environ.get("HTTP_RANGE"), state.config.max_rows,
                                  prefs.count is not None)
     else:
-        plan, values = role_read_plan(table, rule, claims, environ.get("QUERY_STRING", ""),
+        plan, values = role_read_plan(table, *role, environ.get("QUERY_STRING", ""),
                                       environ.get("HTTP_RANGE"), state.config.max_rows,
                                       prefs.count is not None)
     offset, statement = plan.offset, plan.statement
@@ -256,6 +254,10 @@ def _read(state, environ, table, prefs, head: bool, *, rule=None,
 
 
 # -- roles (--permissions-file; auth/policy.py, design/roles.md) ------------------------------
+
+#: The WSGI environ key of a request's (TableRule, claims) under a permissions file: set by
+#: table_endpoint before anything reads or writes, read by _read and writes.write.
+ROLE_ENVIRON = "sqlite_rest.role"
 
 def role_access(app, authenticator, policy, environ):
     """The request's `policy.Access`: no token is the anonymous role when the file names one

@@ -251,10 +251,11 @@ def _location(table, row: tuple, key_columns) -> str:
     return "/" + quote(table.name, safe="") + "?" + "&".join(parts)
 
 
-def write(state, table, prefs, method: str, query, *, rule=None, claims=None) -> ApiResponse:
-    """`rule` (roles, auth/policy.py: a TableRule, None without a permissions file) restricts
-    the columns named, the rows touched and the rows written (design/roles.md)."""
+def write(state, table, prefs, method: str, query) -> ApiResponse:
     config = state.config
+    # roles (--permissions-file): the role's TableRule restricts the columns named, the rows
+    # touched and the rows written (design/roles.md); routes.ROLE_ENVIRON
+    rule, claims = request.environ.get("sqlite_rest.role") or (None, None)
     return_ = prefs.return_
     representation = return_ == "representation"
     accept = request.environ.get("HTTP_ACCEPT")
