@@ -253,9 +253,6 @@ def _location(table, row: tuple, key_columns) -> str:
 
 def write(state, table, prefs, method: str, query) -> ApiResponse:
     config = state.config
-    # roles (--permissions-file): the role's TableRule restricts the columns named, the rows
-    # touched and the rows written (design/roles.md); routes.ROLE_ENVIRON
-    rule, claims = request.environ.get("sqlite_rest.role") or (None, None)
     return_ = prefs.return_
     representation = return_ == "representation"
     accept = request.environ.get("HTTP_ACCEPT")
@@ -271,7 +268,9 @@ def write(state, table, prefs, method: str, query) -> ApiResponse:
         if config.refuse_filterless_writes and not query.filters.items:
             raise api_error("filterless_write", verb=SQL_VERB[method])
 
-    # -- roles: the columns named must be readable/writable, the row filter restricts ----
+    # -- roles (--permissions-file, design/roles.md): the role's TableRule (routes.ROLE_ENVIRON)
+    # restricts the columns named, the rows touched and the rows written
+    rule, claims = request.environ.get("sqlite_rest.role") or (None, None)
     row_filter = check = None
     filters = query.filters
     if rule is not None:
