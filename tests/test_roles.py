@@ -668,3 +668,27 @@ def test_one_plan_serves_every_user_of_a_role(env):
         client.get("/notes?id=eq.1", headers=token(sub=user))
     info = routes._role_shape_plan.cache_info()
     assert (info.misses, info.hits) == (1, 3)
+
+
+def test_jwks_and_audience_on_a_real_server(tmp_path, keys):
+    import httpx
+
+    from tests.plugins.server import start_server
+
+    db = make_db(tmp_path / "served-jwks.db")
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [_jwk(keys["ec"].public_key(), "e1"),
+                                         _jwk(keys["ed"].public_key(), "d1")]}))
+    (tmp_path / "perm.yml").write_text(PERMISSIONS)
+    srv = start_server(db, "--security-allow-table", ",".join(TABLES), "--auth-jwks-file", path,
+                       "--auth-audience", "sqlite-rest", "--permissions-file",
+                       tmp_path / "perm.yml", "--workers", "1", metrics=False)
+    try:
+        alice = _bearer(keys["ed"], "EdDSA", "d1", aud="sqlite-rest", sub="alice")
+        r = httpx.get(srv.base_url + "/notes", headers=alice)
+        assert r.status_code == 200 and [row["id"] for row in r.json()] == [1, 3]
+        wrong = _bearer(keys["ec"], "ES256", "e1", aud="elsewhere", sub="alice")
+        assert httpx.get(srv.base_url + "/notes", headers=wrong).status_code == 401
+        assert httpx.get(srv.base_url + "/books").json() == [{"id": 1, "title": "Dune"}]
+    finally:
+        srv.stop()
