@@ -44,7 +44,7 @@ roles:
   prefixer:
     books: {verbs: [GET], rows: "title=like.{prefix}*"}
 functions:
-  authenticated: [note_count]
+  authenticated: [note_count, my_notes, add_note, my_org]
 """
 
 FUNCTIONS = """
@@ -54,6 +54,17 @@ functions:
     returns: value
   all_secrets:
     sql: SELECT secret FROM notes
+  my_notes:
+    sql: SELECT id, body FROM notes WHERE owner_id = request_claim('sub') ORDER BY id
+  add_note:
+    params: {body: text}
+    sql: |
+      INSERT INTO notes(owner_id, body) VALUES (request_claim('sub'), :body);
+      SELECT id, owner_id, body FROM notes WHERE id = last_insert_rowid()
+    returns: row
+  my_org:
+    sql: SELECT request_claim('app_metadata.org_id') AS org, request_claim('app_metadata') AS md
+    returns: row
 """
 
 SCHEMA = """
@@ -404,7 +415,8 @@ def test_rpc_only_listed_functions(env):
 def test_openapi_per_role(env):
     client, _db = env
     doc = client.get("/", headers=ALICE).get_json()
-    assert set(doc["paths"]) == {"/", "/books", "/notes", "/org_docs", "/rpc/note_count"}
+    assert set(doc["paths"]) == {"/", "/books", "/notes", "/org_docs", "/rpc/note_count",
+                                 "/rpc/my_notes", "/rpc/add_note", "/rpc/my_org"}
     assert set(doc["paths"]["/books"]) == {"get"}
     assert set(doc["paths"]["/org_docs"]) == {"get", "post"}
     assert "secret" not in doc["definitions"]["notes"]["properties"]
@@ -692,3 +704,42 @@ def test_jwks_and_audience_on_a_real_server(tmp_path, keys):
         assert httpx.get(srv.base_url + "/books").json() == [{"id": 1, "title": "Dune"}]
     finally:
         srv.stop()
+
+
+def test_function_sql_reads_the_callers_claims(env):
+    client, db = env
+    assert client.get("/rpc/my_notes", headers=ALICE).get_json() == [
+        {"id": 1, "body": "a1"}, {"id": 3, "body": "a2"}]
+    assert client.get("/rpc/my_notes", headers=BOB).get_json() == [{"id": 2, "body": "b1"}]
+    assert client.get("/rpc/my_notes", headers=token(role="authenticated")).get_json() == []
+    r = client.post("/rpc/add_note", json={"body": "via rpc"}, headers=BOB)
+    assert r.get_json() == {"id": 4, "owner_id": "bob", "body": "via rpc"}
+    assert client.get("/rpc/my_org", headers=ALICE).get_json() == {"org": 7,
+                                                                   "md": '{"org_id":7}'}
+
+
+def test_concurrent_function_writes_keep_their_own_claims(served):
+    """Writing calls from two users at once share group commits (one request's thread runs
+    the others' work): each row must still carry its own caller's sub."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    users = {"alice": ALICE, "bob": BOB}
+
+    def call(i):
+        user = "alice" if i % 2 else "bob"
+        r = httpx.post(served.base_url + "/rpc/add_note", json={"body": f"{user}-{i}"},
+                       headers=users[user], timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    with ThreadPoolExecutor(16) as pool:
+        rows = list(pool.map(call, range(200)))
+    assert all(row["body"].startswith(row["owner_id"] + "-") for row in rows)
+    conn = apsw.Connection(str(served.db_path))
+    try:
+        stored = conn.execute("SELECT owner_id, body FROM notes WHERE body LIKE '%-%'").fetchall()
+    finally:
+        conn.close()
+    assert len(stored) == 200 and all(body.startswith(owner + "-") for owner, body in stored)

@@ -285,6 +285,9 @@ def register_functions(conn) -> None:
     QueryError out of the statement (apsw re-raises the callback's exception)."""
     conn.create_scalar_function("regexp", _regexp, 2, deterministic=True)
     conn.create_scalar_function("sqlite_rest_imatch", _imatch, 2, deterministic=True)
+    from ..auth.policy import request_claim  # roles: function SQL reads the caller's claims
+
+    conn.create_scalar_function("request_claim", request_claim, 1, deterministic=False)
 
 
 # --------------------------------------------------------------------------

@@ -31,8 +31,11 @@ included; `TableRule.readable_select` / `check_readable` guard the columns a que
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import re
+import threading
 from dataclasses import dataclass
 from typing import Optional
 
@@ -137,6 +140,40 @@ def _claim_text(value) -> Optional[str]:
     if t is int or t is float:
         return str(value)
     return None
+
+
+# -- claims inside function SQL: request_claim('sub') --------------------------------------
+
+_bound = threading.local()
+
+
+@contextlib.contextmanager
+def bound_claims(claims: Optional[dict]):
+    """The claims `request_claim()` answers while the body runs on this thread (an RPC call
+    binds them inside the work it runs, so a group commit led by another request's thread
+    still sees the caller's own claims)."""
+    previous = getattr(_bound, "claims", None)
+    _bound.claims = claims
+    try:
+        yield
+    finally:
+        _bound.claims = previous
+
+
+def request_claim(path):
+    """SQL ``request_claim('sub')`` / ``request_claim('app_metadata.org_id')``: the calling
+    request's claim (an object or array as JSON text, a boolean as 1/0), NULL when missing."""
+    claims = getattr(_bound, "claims", None)
+    if claims is None or type(path) is not str:
+        return None
+    value = claim_at(claims, tuple(int(s) if s.isdigit() else s for s in path.split(".")))
+    if value is _MISSING or value is None:
+        return None
+    if type(value) is bool:
+        return 1 if value else 0
+    if type(value) in (dict, list):
+        return json.dumps(value, separators=(",", ":"))
+    return value
 
 
 # -- row filters --------------------------------------------------------------------------
