@@ -366,7 +366,8 @@ class TableRule:
                 out.extend(SelectItem(ColumnRef(c.name)) for c in table.columns
                            if c.name in self.read_columns)
             else:
-                self.check_readable(table.name, (item.column.name,))
+                if item.column is not None:  # None: an aggregate's count() of rows (main)
+                    self.check_readable(table.name, (item.column.name,))
                 out.append(item)
         if not out:
             raise self.denied(f"table {table.name}")
