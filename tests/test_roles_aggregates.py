@@ -1,4 +1,4 @@
-from tests.test_roles import ALICE, BOB, make_db, PERMISSIONS, TABLES, SECRET, FUNCTIONS
+from tests.test_roles import ALICE, BOB, make_db, PERMISSIONS, TABLES, SECRET
 from sqlite_rest.app import create_app
 from sqlite_rest.config import ServerConfig
 
