@@ -52,6 +52,14 @@ def create_app(config: ServerConfig, *, metrics_registry=None) -> Flask:
         allowed_tables=frozenset(config.allow_tables),
     )
     app.extensions[EXTENSION] = state
+    if config.permissions_file:
+        from .auth.policy import load_policy
+
+        state.policy = load_policy(config.permissions_file, config.allow_tables)
+        try:
+            state.policy.check_schema(state.schema_cache.get(db.reader()))
+        finally:
+            db.close_thread_connections()
     if config.functions_file:
         from .api.functions import FunctionCatalog
 

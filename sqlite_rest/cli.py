@@ -135,9 +135,17 @@ SERVE_FLAGS = (
          "re-read when it changes.", metavar="PATH"),
     Flag("auth-rsa-public-key", "PEM RSA public key file for RS256/384/512 JWTs; re-read when "
          "it changes.", metavar="PATH"),
+    Flag("auth-jwks-file", "JWKS JSON file of public keys (RS*, PS*, ES*, EdDSA) chosen by the "
+         "token's `kid`; re-read when it changes.", metavar="PATH"),
+    Flag("auth-audience", "Tokens must name this audience in their `aud` claim (PostgREST's "
+         "jwt-aud); tokens without `aud` are refused.", metavar="AUD"),
     Flag("auth-disabled", "Serve WITHOUT authentication (local use only; logged loudly). One "
-         "of --auth-token-file / --auth-rsa-public-key is required otherwise.",
-         default=False, boolean=True),
+         "of --auth-token-file / --auth-rsa-public-key / --auth-jwks-file is required "
+         "otherwise.", default=False, boolean=True),
+    Flag("permissions-file", "YAML file of roles and row-level security: per role (a JWT "
+         "claim) the tables, verbs, columns and row filters it may use (see the README, "
+         "\"Roles and row-level security\"). Without it every valid token may do everything.",
+         metavar="PATH"),
     Flag("security-allow-table", "Table or view to expose; repeatable and comma-separated. "
          "Deny by default: without it no table is served. A name the database lacks is "
          "warned about.", default=(), kind=_tables,
@@ -411,16 +419,20 @@ def _serve(common: dict, flags: dict) -> int:
 
     if not common["db_dsn"]:
         return _fail("--db-dsn is required", hint="e.g. --db-dsn data.db or SQLITEREST_DB_DSN")
-    if not (flags["auth_disabled"] or flags["auth_token_file"] or flags["auth_rsa_public_key"]):
+    if not (flags["auth_disabled"] or flags["auth_token_file"] or flags["auth_rsa_public_key"]
+            or flags["auth_jwks_file"]):
         return _fail("authentication is required",
-                     hint="pass --auth-token-file or --auth-rsa-public-key, or --auth-disabled "
-                          "for local use")
+                     hint="pass --auth-token-file, --auth-rsa-public-key or --auth-jwks-file, "
+                          "or --auth-disabled for local use")
     try:
         config = ServerConfig(
             db_dsn=common["db_dsn"],
             allow_tables=tuple(flags["security_allow_table"]),
             auth_token_file=flags["auth_token_file"] or None,
             auth_rsa_public_key=flags["auth_rsa_public_key"] or None,
+            auth_jwks_file=flags["auth_jwks_file"] or None,
+            auth_audience=flags["auth_audience"] or None,
+            permissions_file=flags["permissions_file"] or None,
             auth_disabled=flags["auth_disabled"],
             max_rows=flags["max_rows"],
             max_body_bytes=flags["max_body_bytes"],
@@ -475,6 +487,7 @@ def _serve(common: dict, flags: dict) -> int:
         _check_database(config, create=replication is None)
         _check_auth_keys(config)
         functions = _read_functions_file(config)
+        policy = _read_permissions_file(config)
         supervisor = Supervisor(config, options)
         supervisor.validate()
         if replication is not None:
@@ -486,6 +499,8 @@ def _serve(common: dict, flags: dict) -> int:
             log.warning("no --security-allow-table given: every table is denied (deny by default)")
         # Last before the HTTP server starts: after a restore, the database is there to look at.
         supervisor.before_http_start.append(lambda: _warn_about_unknown_tables(config))
+        if policy is not None:  # after a restore: the tables it names are there
+            supervisor.before_http_start.append(lambda: _check_permissions(config, policy))
         if functions is not None:  # after a restore: the tables the functions read are there
             supervisor.before_http_start.append(lambda: _prepare_functions(config, functions))
         return supervisor.run()
@@ -625,6 +640,38 @@ def _read_functions_file(config):
         raise StartupError(str(exc)) from None
 
 
+def _read_permissions_file(config):
+    """The --permissions-file's Policy, checked without the database (StartupError)."""
+    from .auth.policy import PermissionsFileError, load_policy
+    from .process import StartupError
+
+    if not config.permissions_file:
+        return None
+    try:
+        return load_policy(config.permissions_file, config.allow_tables)
+    except PermissionsFileError as exc:
+        raise StartupError(str(exc)) from None
+
+
+def _check_permissions(config, policy) -> None:
+    """The columns the permissions file names must exist (StartupError)."""
+    import apsw
+
+    from .api.schema import load_schema
+    from .auth.policy import PermissionsFileError
+    from .process import StartupError
+
+    if not os.path.exists(config.dsn.path):
+        return
+    conn = apsw.Connection(config.dsn.path, flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        policy.check_schema(load_schema(conn))
+    except PermissionsFileError as exc:
+        raise StartupError(str(exc)) from None
+    finally:
+        conn.close()
+
+
 def _prepare_functions(config, functions) -> None:
     """Prepare every function's SQL on the database (never run): a bad statement, an unknown
     table or a read-only function that writes refuses the start, before any worker."""
@@ -674,7 +721,9 @@ def _check_auth_keys(config) -> None:
     from .process import StartupError
 
     for flag, path in (("--auth-token-file", config.auth_token_file),
-                       ("--auth-rsa-public-key", config.auth_rsa_public_key)):
+                       ("--auth-rsa-public-key", config.auth_rsa_public_key),
+                       ("--auth-jwks-file", config.auth_jwks_file),
+                       ("--permissions-file", config.permissions_file)):
         if path and not os.access(path, os.R_OK):
             raise StartupError(f"{flag} {path}: file is missing or unreadable")
     try:

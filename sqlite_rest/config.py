@@ -169,6 +169,13 @@ class ServerConfig:
     auth_token_file: Optional[str] = None
     #: --auth-rsa-public-key: PEM RSA public key file for RS256/384/512; None = unused.
     auth_rsa_public_key: Optional[str] = None
+    #: --auth-jwks-file: JWKS JSON file (RS*, ES*, EdDSA keys chosen by `kid`); None = unused.
+    auth_jwks_file: Optional[str] = None
+    #: --auth-audience: tokens must name it in `aud` (PostgREST's jwt-aud); None = unchecked.
+    auth_audience: Optional[str] = None
+    #: --permissions-file: YAML roles and row-level security (auth/policy.py); None = every
+    #: valid token may do everything to every allow-listed table.
+    permissions_file: Optional[str] = None
     #: --auth-disabled: serve without authentication (local use only; logged loudly).
     auth_disabled: bool = False
     #: Seconds between two checks (stat) of the key files for rotation; 0 = every request.
@@ -222,7 +229,7 @@ class ServerConfig:
 
     @property
     def auth_configured(self) -> bool:
-        return bool(self.auth_token_file or self.auth_rsa_public_key)
+        return bool(self.auth_token_file or self.auth_rsa_public_key or self.auth_jwks_file)
 
     def replace(self, **changes) -> "ServerConfig":
         return dataclasses.replace(self, **changes)

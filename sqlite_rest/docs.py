@@ -31,6 +31,7 @@ def sections() -> dict[str, str]:
     from .api.operators import operators_markdown
     from .api.functions import functions_markdown
     from .api.prefer import preferences_markdown
+    from .auth.policy import permissions_markdown
 
     return {
         "operators": operators_markdown(),
@@ -39,6 +40,7 @@ def sections() -> dict[str, str]:
         "serve-flags": flags_markdown(COMMON_FLAGS + SERVE_FLAGS),
         "migrate-flags": flags_markdown(MIGRATE_FLAGS),
         "functions-file": functions_markdown(),
+        "permissions-file": permissions_markdown(),
     }
 
 

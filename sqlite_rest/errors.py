@@ -123,6 +123,13 @@ ERROR_TABLE: tuple[ErrorCase, ...] = (
               "Send Authorization: Bearer <jwt>"),
     ErrorCase("jwt_claims", "expired token, nbf in the future, iat in the future",
               401, "PGRST303", "{reason}"),
+    # -- roles and row-level security (--permissions-file) -----------------------------
+    ErrorCase("permission_denied", "the role may not use this verb, column or function "
+              "(401 for the anonymous role, 403 otherwise, as PostgREST)",
+              403, "42501", "permission denied for {what}"),
+    ErrorCase("rls_violation", "a row written fails the role's `check` filter, or an upsert "
+              "meets a row its `rows` filter hides (rolled back)",
+              403, "42501", "new row violates row-level security policy for table {table}"),
     # -- SQLite constraint and data errors ---------------------------------------------
     ErrorCase("unique_violation", "UNIQUE or PRIMARY KEY constraint violated",
               409, "23505", "duplicate key value violates unique constraint"),

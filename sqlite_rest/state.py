@@ -28,6 +28,8 @@ class AppState:
     #: The functions of --functions-file (api/functions.py: FunctionCatalog), served under
     #: /rpc/; None without a functions file.
     functions: Optional[object] = None
+    #: The roles of --permissions-file (auth/policy.py: Policy); None without one.
+    policy: Optional[object] = None
     extra: dict = field(default_factory=dict)
 
     @property

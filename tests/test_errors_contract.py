@@ -158,6 +158,28 @@ def _full_put_row(id_):
     return {"id": id_, "title": "t", "pages": 1, "data": None, "author_id": None}
 
 
+def _roles_client(env):
+    """A client whose token's role (--permissions-file) may read books and insert its own."""
+    key = env.tmp_path / "secret.key"
+    key.write_bytes(SECRET)
+    perm = env.tmp_path / "perm.yml"
+    perm.write_text("roles:\n  reader:\n    books:\n      verbs: [GET, POST]\n"
+                    "      rows: title=eq.{sub}\n")
+    client = env.client(auth_token_file=str(key), permissions_file=str(perm))
+    token = jwt.encode({"role": "reader", "sub": "Alpha"}, SECRET, algorithm="HS256")
+    return client, {"Authorization": f"Bearer {token}"}
+
+
+def _permission_denied(env):
+    client, headers = _roles_client(env)
+    return client.delete("/books?id=eq.1", headers=headers)
+
+
+def _rls_violation(env):
+    client, headers = _roles_client(env)
+    return client.post("/books", json={"title": "Not mine"}, headers=headers)
+
+
 TRIGGERS = {
     "no_relationship": lambda e: e.client().get("/books?select=*,guarded(*)"),
     "ambiguous_relationship": lambda e: e.client().get("/duo?select=*,authors(*)"),
@@ -224,6 +246,8 @@ TRIGGERS = {
         "/books", data=b"[" + b" " * (10 * 1000 * 1000) + b"]",
         headers={"Content-Type": "application/json"}),
     "internal": _internal,
+    "permission_denied": _permission_denied,
+    "rls_violation": _rls_violation,
 }
 
 

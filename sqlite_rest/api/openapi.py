@@ -56,10 +56,12 @@ def _ref(name: str) -> dict:
     return {"$ref": "#/parameters/" + name}
 
 
-def _definition(table) -> dict:
+def _definition(table, readable=None) -> dict:
     properties = {}
     required = []
     for column in table.columns:
+        if readable is not None and column.name not in readable:
+            continue
         kind, fmt = AFFINITY_TYPES.get(column.affinity, ("string", "text"))
         prop = {"type": kind, "format": column.declared_type.lower() or fmt}
         notes = []
@@ -84,7 +86,9 @@ def _definition(table) -> dict:
     return definition
 
 
-def build_openapi(state, schema, host: str | None = None) -> dict:
+def build_openapi(state, schema, host: str | None = None, access=None) -> dict:
+    """`access` (roles: policy.Access): only the tables, columns, verbs and functions the
+    role may use."""
     paths: dict = {"/": {"get": {"tags": ["Introspection"], "summary": "OpenAPI description",
                                  "produces": ["application/openapi+json", "application/json"],
                                  "responses": {"200": {"description": "OK"}}}}}
@@ -94,12 +98,18 @@ def build_openapi(state, schema, host: str | None = None) -> dict:
         table = schema.table(name)
         if table is None:
             continue
-        definitions[name] = _definition(table)
+        rule = access.rule(name) if access is not None else None
+        if access is not None and rule is None:
+            continue
+        readable = rule.read_columns if rule is not None else None
+        definitions[name] = _definition(table, readable)
         parameters["body." + name] = {"name": name, "in": "body", "required": False,
                                       "description": name,
                                       "schema": {"$ref": "#/definitions/" + name}}
         filters = []
         for column in table.columns:
+            if readable is not None and column.name not in readable:
+                continue
             key = f"rowFilter.{name}.{column.name}"
             parameters[key] = {"name": column.name, "in": "query", "required": False,
                                "type": "string",
@@ -128,11 +138,18 @@ def build_openapi(state, schema, host: str | None = None) -> dict:
                 "delete": {"tags": [name], "parameters": filters + [_ref("preferReturn")],
                            "responses": {"204": {"description": "No Content"}}},
             })
-        paths["/" + name] = operations
+        if rule is not None:
+            operations = {verb: op for verb, op in operations.items()
+                          if verb.upper() in rule.verbs}
+        if operations:
+            paths["/" + name] = operations
     if state.functions:
         from .functions import openapi_paths
 
-        paths.update(openapi_paths(state.functions.current(state.db.reader())))
+        functions = state.functions.current(state.db.reader())
+        if access is not None:
+            functions = {n: f for n, f in functions.items() if access.may_call(n)}
+        paths.update(openapi_paths(functions))
     document = {
         "swagger": "2.0",
         "info": {"title": "sqlite-rest", "version": __version__,
@@ -165,14 +182,19 @@ def openapi_view():
         return _preflight()
     if not state.config.openapi_enabled:
         raise api_error("invalid_path")
-    if not state.authenticator.disabled:
+    access = None
+    if state.policy is not None:
+        from .routes import role_access
+
+        access = role_access(app, state.authenticator, state.policy, request.environ)
+    elif not state.authenticator.disabled:
         state.authenticator.authenticate(app, request.headers.get("Authorization"))
     accept = request.headers.get("Accept")
     media = negotiate(accept, allow_openapi=True)
     if media not in (OPENAPI, "application/json"):
         raise api_error("not_acceptable", accept=(accept or "")[:200])
     schema = state.schema_cache.get(state.db.reader())
-    body = dumps(build_openapi(state, schema, request.host))
+    body = dumps(build_openapi(state, schema, request.host, access))
     content_type = CONTENT_TYPES[OPENAPI] if media == OPENAPI else CONTENT_TYPES["application/json"]
     return ApiResponse(b"" if request.method == "HEAD" else body, 200, CORS_HEADERS,
                        content_type)

@@ -14,6 +14,7 @@ written by orjson.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 
@@ -21,11 +22,12 @@ from flask import Blueprint, request
 
 from ..responses import CORS_HEADERS, ApiResponse
 from ..auth.authenticator import access_denied
+from ..auth.policy import _claim_text, claim_at
 from ..errors import api_error
 from .prefer import DEFAULT as DEFAULT_PREFERENCES, parse_prefer
-from .query import (INT64_MAX, RequestError, has_aggregates, int64, lifted_columns,
-                    parse_read_query,
-                    query_pairs, query_shape, shape_pairs, shown_text)
+from .query import (INT64_MAX, And, Filter, Not, RequestError, has_aggregates, int64,
+                    lifted_columns, parse_read_query, query_pairs, query_shape,
+                    shape_pairs, shown_text)
 from .representation import CONTENT_TYPES, negotiate, render, shape_of
 from .sql import build_count, build_select, shape_statement, slot_text
 from .embedding import embedded_tables
@@ -54,6 +56,7 @@ def make_blueprint(app, state) -> Blueprint:
     allowed_tables = state.allowed_tables
     schema_cache = state.schema_cache
     db = state.db
+    policy = state.policy
 
     @blueprint.route("/<table_name>", methods=METHODS, provide_automatic_options=False)
     def table_endpoint(table_name: str):
@@ -61,9 +64,15 @@ def make_blueprint(app, state) -> Blueprint:
         method = environ["REQUEST_METHOD"]
         if method == "OPTIONS":
             return _preflight()
-        if not authenticator.disabled:
-            authenticator.authenticate(app, environ.get("HTTP_AUTHORIZATION"))
-        if table_name not in allowed_tables:
+        if policy is None:
+            if not authenticator.disabled:
+                authenticator.authenticate(app, environ.get("HTTP_AUTHORIZATION"))
+            rule = None
+        else:  # roles (auth/policy.py): the role's rule for this table, or 404 as unknown
+            rule, claims = role_rule(app, authenticator, policy, environ, table_name, method)
+            # in the environ, so that every read and write path of this request finds it
+            environ[ROLE_ENVIRON] = (rule, claims)
+        if table_name not in allowed_tables or (policy is not None and rule is None):
             access_denied.send(app, table=table_name)
             raise api_error("unknown_table", table=table_name[:200])
         # WSGI servers join repeated headers with ", ", so environ holds every Prefer value.
@@ -231,12 +240,27 @@ def check_embedded(state, table, names) -> None:
                                     "matches were found.")
 
 
+def refuse_embedding_under_roles():
+    """Roles' row filters and column rules are not applied inside embeddings yet: refuse an
+    embedding rather than let it read rows or columns the role may not see."""
+    raise api_error("query_parse", message="resource embedding is not available with "
+                    "--permissions-file yet",
+                    hint="select the related table's rows with a request of their own")
+
+
 def _read(state, environ, table, prefs, head: bool, replica_read=None) -> ApiResponse:
     """``replica_read``: (the connection, in its read transaction, the position list) of a
     read replica's request (routes.table_endpoint)."""
     media = negotiate(environ.get("HTTP_ACCEPT"))
-    plan, values = read_plan(table, environ.get("QUERY_STRING", ""), environ.get("HTTP_RANGE"),
-                             state.config.max_rows, prefs.count is not None)
+    role = environ.get(ROLE_ENVIRON)  # (TableRule, claims) with --permissions-file
+    if role is None:
+        plan, values = read_plan(table, environ.get("QUERY_STRING", ""),
+                                 environ.get("HTTP_RANGE"), state.config.max_rows,
+                                 prefs.count is not None)
+    else:
+        plan, values = role_read_plan(table, *role, environ.get("QUERY_STRING", ""),
+                                      environ.get("HTTP_RANGE"), state.config.max_rows,
+                                      prefs.count is not None)
     if plan.aggregated and not state.config.aggregates_enabled:
         raise api_error("aggregates_disabled")
     if plan.embedded:
@@ -280,3 +304,137 @@ def _read(state, environ, table, prefs, head: bool, replica_read=None) -> ApiRes
     if head:
         body = b""
     return ApiResponse(body, status, response_headers, CONTENT_TYPES[media])
+
+
+# -- roles (--permissions-file; auth/policy.py, design/roles.md) ------------------------------
+
+#: The WSGI environ key of a request's (TableRule, claims) under a permissions file: set by
+#: table_endpoint before anything reads or writes, read by _read and writes.write.
+ROLE_ENVIRON = "sqlite_rest.role"
+
+def role_access(app, authenticator, policy, environ):
+    """The request's `policy.Access`: no token is the anonymous role when the file names one
+    (with --auth-disabled every request is)."""
+    authorization = environ.get("HTTP_AUTHORIZATION")
+    if authenticator.disabled or (not authorization and policy.anonymous is not None):
+        return policy.access(None)
+    return policy.access(authenticator.authenticate(app, authorization))
+
+
+def role_rule(app, authenticator, policy, environ, table_name: str, method: str):
+    """(the role's TableRule for the table or None, the claims); 42501 for a verb it lacks."""
+    access = role_access(app, authenticator, policy, environ)
+    rule = access.rule(table_name)
+    if rule is not None and method != "OPTIONS":
+        rule.require_verb(method, table_name)
+    return rule, access.claims
+
+
+def role_read_plan(table, rule, claims, query_string: str, range_header: str | None,
+                   max_rows: int | None, counted: bool) -> tuple[ReadPlan, tuple]:
+    """The plan of a GET under a role's rule: the rule's row filter ANDed to the request's,
+    `*` expanded to the readable columns, every named column checked. The claim values of
+    the row filter are bound like the request's filter values, so a plan serves every user."""
+    if embedded_tables(query_of(query_string).select):
+        refuse_embedding_under_roles()
+    if not counted:
+        shape, values = query_shape(query_pairs(query_string))
+        found = _role_shape_plan(table, rule, shape, range_header, max_rows)
+        if found is not None:
+            plan, claim_paths = found
+            if not claim_paths:
+                return plan, values
+            bound = []
+            for path in claim_paths:
+                text = _claim_text(claim_at(claims or {}, path))
+                if text is None:
+                    break  # a claim is missing: the filter matches nothing (below)
+                bound.append(text)
+            else:
+                return plan, values + tuple(bound)
+    query = query_of(query_string)
+    return _role_query_plan(table, rule, _role_query(table, rule, query, claims), range_header,
+                            max_rows, counted), ()
+
+
+def _role_query(table, rule, query, claims):
+    rule.check_query(table.name, query)
+    select = rule.readable_select(table, query.select)
+    row_filter, _readable = rule.read_filters(claims)
+    filters = query.filters if row_filter is None else And(query.filters.items + (row_filter,))
+    return dataclasses.replace(query, select=select, filters=filters)
+
+
+@functools.lru_cache(maxsize=4096)
+def _role_query_plan(table, rule, query, range_header, max_rows, counted) -> ReadPlan:
+    offset, limit = _limited(query, range_header, max_rows)
+    statement = build_select(table, query, limit=limit, offset=offset)
+    count = build_count(table, query) if counted else None
+    return ReadPlan(statement, count, offset, limit, binds_values=False,
+                    aggregated=has_aggregates(query.select))
+
+
+@functools.lru_cache(maxsize=4096)
+def _role_shape_plan(table, rule, shape: tuple, range_header, max_rows):
+    """(plan, claim paths bound after the request's values) of a shape under a rule, or None
+    (then the query is planned with its values, `_role_query_plan`). The row filter's
+    placeholders become slots when each is the whole value of a one-value comparison."""
+    slot_columns = lifted_columns(shape)
+    try:
+        query = parse_read_query(shape_pairs(shape, map(slot_text, range(len(slot_columns)))))
+    except RequestError:
+        return None
+    rule.check_query(table.name, query)
+    select = rule.readable_select(table, query.select)
+    filters = query.filters
+    claim_paths: list = []
+    if rule.rows is not None:
+        slotted = _slotted(rule.rows.node, len(slot_columns), claim_paths)
+        if slotted is None:
+            return None
+        filters = And(filters.items + (slotted,))
+        slot_columns = slot_columns + tuple(column for column, _path in claim_paths)
+    query = dataclasses.replace(query, select=select, filters=filters)
+    offset, limit = _limited(query, range_header, max_rows)
+    statement = shape_statement(
+        table, build_select(table, query, limit=limit, offset=offset), slot_columns)
+    if statement is None:
+        return None
+    return (ReadPlan(statement, None, offset, limit, binds_values=True,
+                     aggregated=has_aggregates(query.select)),
+            tuple(path for _column, path in claim_paths))
+
+
+_WHOLE_PLACEHOLDER = re.compile(r"\{([^{}]*)\}\Z")
+
+
+def _slotted(node, first_slot: int, claim_paths: list):
+    """The row filter with each `{claim}` value replaced by a slot marker (collecting
+    (column, claim path) per slot), or None when a placeholder cannot be a slot."""
+    from .operators import OPERATOR_BY_NAME, ValueKind
+
+    t = type(node)
+    if t is Filter:
+        value = node.value
+        if type(value) is tuple:
+            return None if any("{" in v for v in value) else node
+        if "{" not in value:
+            return node
+        m = _WHOLE_PLACEHOLDER.match(value)
+        if (m is None or node.quantifier or node.column.json_path
+                or OPERATOR_BY_NAME[node.op].value is not ValueKind.SCALAR):
+            return None
+        path = tuple(int(s) if s.isdigit() else s for s in m.group(1).split("."))
+        claim_paths.append((node.column.name, path))
+        return Filter(node.column, node.op, slot_text(first_slot + len(claim_paths) - 1),
+                      node.negated, node.quantifier)
+    if t is Not:
+        item = _slotted(node.item, first_slot, claim_paths)
+        return None if item is None else Not(item)
+    items = []
+    for i in node.items:
+        item = _slotted(i, first_slot, claim_paths)
+        if item is None:
+            return None
+        items.append(item)
+    return t(tuple(items))

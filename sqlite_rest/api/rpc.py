@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl
 import orjson
 from flask import Blueprint, request
 
+from ..auth.policy import bound_claims
 from ..errors import api_error
 from ..responses import CORS_HEADERS, ApiResponse
 from .functions import SCHEMA_NAME, ArgumentError, Function, accepts, not_found
@@ -50,8 +51,12 @@ def make_rpc_blueprint(app, state) -> Blueprint:
         method = environ["REQUEST_METHOD"]
         if method == "OPTIONS":
             return _preflight()
-        if not authenticator.disabled:
-            authenticator.authenticate(app, environ.get("HTTP_AUTHORIZATION"))
+        if state.policy is not None:  # roles: only the functions listed for the role
+            environ[CLAIMS_ENVIRON] = _check_function_access(app, state, environ,
+                                                             function_name)
+        elif not authenticator.disabled:
+            environ[CLAIMS_ENVIRON] = authenticator.authenticate(
+                app, environ.get("HTTP_AUTHORIZATION"))
         if method not in ("GET", "HEAD", "POST"):
             raise api_error("rpc_method", method=method, headers={"Allow": RPC_ALLOW})
         prefer = environ.get("HTTP_PREFER")
@@ -59,6 +64,27 @@ def make_rpc_blueprint(app, state) -> Blueprint:
         return call(state, function_name, method, prefs, environ)
 
     return blueprint
+
+
+#: The WSGI environ key of the caller's claims (request_claim() in function SQL).
+CLAIMS_ENVIRON = "sqlite_rest.claims"
+
+
+def _check_function_access(app, state, environ, name: str):
+    """42501 (401 anonymous, 403 otherwise), as PostgREST answers a function the role has
+    no EXECUTE on, when the role's `functions` list lacks an existing function; an unknown
+    one stays 404."""
+    from ..auth.policy import permission_denied
+    from .routes import role_access
+
+    access = role_access(app, state.authenticator, state.policy, environ)
+    if access.may_call(name):
+        return access.claims
+    catalog = state.functions
+    functions = catalog.current(state.db.reader()) if catalog is not None else {}
+    if name in functions:
+        raise permission_denied(f"function {name}", access.anonymous)
+    return access.claims
 
 
 def is_filter(value: str) -> bool:
@@ -213,7 +239,13 @@ def call(state, name: str, method: str, prefs, environ) -> ApiResponse:
         output = _raw_shape(function) if function.result is not None else None
     last_params = function.last.bind(values)
 
+    claims = environ.get(CLAIMS_ENVIRON)
+
     def run(conn):
+        with bound_claims(claims):  # request_claim() in the function's SQL
+            return _run(conn)
+
+    def _run(conn):
         for step in function.before:
             conn.execute(step.sql, step.bind(values)).fetchall()
         total = None

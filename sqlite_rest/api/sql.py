@@ -286,6 +286,9 @@ def register_functions(conn) -> None:
     QueryError out of the statement (apsw re-raises the callback's exception)."""
     conn.create_scalar_function("regexp", _regexp, 2, deterministic=True)
     conn.create_scalar_function("sqlite_rest_imatch", _imatch, 2, deterministic=True)
+    from ..auth.policy import request_claim  # roles: function SQL reads the caller's claims
+
+    conn.create_scalar_function("request_claim", request_claim, 1, deterministic=False)
 
 
 # --------------------------------------------------------------------------
@@ -693,14 +696,28 @@ def _writable_column(table: Table, name: str) -> Column:
     return column
 
 
-def _returning(table: Table, returning) -> tuple[str, tuple, tuple]:
-    if returning is None:
+def _returning(table: Table, returning, check=None) -> tuple[str, tuple, tuple]:
+    """` RETURNING …`; with `check` (a logic tree: permissions' WITH CHECK, roles.md) a last
+    column CHECK_COLUMN that is 1 when the written row passes it."""
+    if returning is None and check is None:
         return "", (), ()
-    sql, params, outputs = compile_select(table, tuple(returning))
+    sql, params, outputs = (compile_select(table, tuple(returning)) if returning is not None
+                            else ("", (), ()))
+    if check is not None:
+        check_params: list = list(params)
+        check_sql = "COALESCE((" + _logic_sql(table, check, check_params) + "), 0)"
+        sql = (sql + ", " if sql else "") + check_sql + " AS " + quote_identifier(CHECK_COLUMN)
+        params = tuple(check_params)
+        outputs = outputs + (OutputColumn(CHECK_COLUMN),)
     return " RETURNING " + sql, params, outputs
 
 
-def _conflict_clause(table: Table, columns: list[Column], on_conflict, resolution) -> str:
+#: The RETURNING column of a write's row-level security check (see `_returning`).
+CHECK_COLUMN = "__sqlite_rest_check"
+
+
+def _conflict_clause(table: Table, columns: list[Column], on_conflict, resolution,
+                     update_where: str = "") -> str:
     if resolution is None:
         return ""
     if resolution not in ("merge", "ignore"):
@@ -728,12 +745,13 @@ def _conflict_clause(table: Table, columns: list[Column], on_conflict, resolutio
     updates = [c for c in columns if c.name not in target] or \
         [table.by_name[target[0]]]
     return (" ON CONFLICT" + target_sql + " DO UPDATE SET " +
-            ", ".join(f"{c.quoted} = excluded.{c.quoted}" for c in updates))
+            ", ".join(f"{c.quoted} = excluded.{c.quoted}" for c in updates) + update_where)
 
 
 def build_insert(table: Table, rows: list[dict], *, columns: tuple[str, ...] | None = None,
                  on_conflict: tuple[str, ...] | None = None, resolution: str | None = None,
-                 missing_default: bool = False, returning=None) -> list[BatchStatement]:
+                 missing_default: bool = False, returning=None, update_where=None,
+                 check=None) -> list[BatchStatement]:
     """INSERT statements for a body (one object = a list of one).
 
     columns: `?columns=` — only these keys are read; absent keys are NULL, or
@@ -743,12 +761,20 @@ def build_insert(table: Table, rows: list[dict], *, columns: tuple[str, ...] | N
     resolution: None (plain INSERT), "merge" (DO UPDATE) or "ignore" (DO NOTHING),
         on the on_conflict columns (default: the primary key).
     returning: select items for RETURNING (None = no RETURNING).
+    update_where (roles): a logic tree an existing row must pass to be merged
+        (`DO UPDATE … WHERE`); check (roles): see `_returning`.
     Consecutive rows with the same key set share one BatchStatement, so
     input order (and RETURNING order) is kept. Run them all in one transaction.
     """
     if not rows:
         return []
-    returning_sql, returning_params, outputs = _returning(table, returning)
+    returning_sql, returning_params, outputs = _returning(table, returning, check)
+    where_sql, where_params = "", ()
+    if update_where is not None and resolution == "merge":
+        params_list: list = []
+        where_sql = " WHERE " + _logic_sql(table, update_where, params_list)
+        where_params = tuple(params_list)
+    returning_params = where_params + returning_params
     if columns is not None:
         wanted = [_writable_column(table, name) for name in columns]
     else:
@@ -781,7 +807,8 @@ def build_insert(table: Table, rows: list[dict], *, columns: tuple[str, ...] | N
         key = tuple(c.name for c in present)
         if key != current_key:
             statements.append(BatchStatement(
-                _insert_sql(table, present, on_conflict, resolution) + returning_sql,
+                _insert_sql(table, present, on_conflict, resolution, where_sql) +
+                returning_sql,
                 [], outputs))
             current_key = key
         statements[-1].params_seq.append(values + returning_params)
@@ -794,19 +821,21 @@ def _writable_columns(table: Table, names: tuple[str, ...]) -> tuple[Column, ...
 
 
 @functools.lru_cache(maxsize=1024)
-def _insert_sql(table: Table, present: tuple[Column, ...], on_conflict, resolution) -> str:
+def _insert_sql(table: Table, present: tuple[Column, ...], on_conflict, resolution,
+                update_where: str = "") -> str:
     """INSERT text for one key set (cached: the same body shape gives the same SQL)."""
     head = "INSERT INTO " + table.quoted
     if not present:  # an empty object: every column takes its DEFAULT, nothing to merge
         return head + " DEFAULT VALUES"
     body = (" (" + ", ".join(c.quoted for c in present) + ") VALUES (" +
             ", ".join("?" * len(present)) + ")")
-    return head + body + _conflict_clause(table, list(present), on_conflict, resolution)
+    return head + body + _conflict_clause(table, list(present), on_conflict, resolution,
+                                          update_where)
 
 
 def build_update(table: Table, values: dict, filters, *, returning=None,
                  columns: tuple[str, ...] | None = None,
-                 missing_default: bool = False) -> Statement:
+                 missing_default: bool = False, check=None) -> Statement:
     """UPDATE … SET … WHERE <filters> [RETURNING …] (columns restricts the keys; a column it
     names that the body lacks is NULL, or its DEFAULT with missing_default)."""
     if type(values) is not dict:
@@ -826,7 +855,7 @@ def build_update(table: Table, values: dict, filters, *, returning=None,
             params.append(_to_sql_value(values.get(c.name), c.name))
     sql = "UPDATE " + table.quoted + " SET " + ", ".join(assignments)
     sql += build_where(table, filters, params)
-    returning_sql, returning_params, outputs = _returning(table, returning)
+    returning_sql, returning_params, outputs = _returning(table, returning, check)
     params.extend(returning_params)
     return _checked(sql + returning_sql, params, outputs)
 

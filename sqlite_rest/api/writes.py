@@ -19,8 +19,8 @@ from werkzeug.exceptions import ClientDisconnected
 
 from ..responses import CORS_HEADERS, ApiResponse
 from ..errors import api_error
-from .query import (INT64_MAX, INT64_MIN, ColumnRef, Filter, SelectItem, has_aggregates, int64,
-                    shown_text)
+from .query import (INT64_MAX, INT64_MIN, And, ColumnRef, Filter, SelectItem, has_aggregates,
+                    int64, shown_text)
 from .representation import CONTENT_TYPES, OBJECT, negotiate, render, shape_of
 from .sql import build_delete, build_insert, build_update
 
@@ -185,7 +185,7 @@ def _same_key_value(body_value, url_text: str) -> bool:
     return body_value is not None and str(body_value) == url_text
 
 
-def _put_row(table, query, body) -> dict:
+def _put_row(table, query, body, writable=None) -> dict:
     key = _put_key(table, query)
     if type(body) is list:
         if not body:
@@ -199,12 +199,22 @@ def _put_row(table, query, body) -> dict:
             raise api_error("put_key_mismatch",
                             details=f"{name}: URL has {url_value!r}, body has "
                                     f"{body.get(name, '<missing>')!r}")
-    missing = [c.name for c in table.columns if not c.generated and c.name not in body]
+    missing = [c.name for c in table.columns if not c.generated and c.name not in body
+               and (writable is None or c.name in writable)]  # roles: its writable columns
     if missing:
         raise api_error("invalid_body",
                         message="You must specify all columns in the payload when using PUT",
                         details="missing: " + ", ".join(missing[:20]))
     return body
+
+
+def _rls_violation(rule, table, using: bool = False):
+    error = api_error("rls_violation", table=table.name,
+                      status=401 if rule.anonymous else 403)
+    if using:  # PostgreSQL's words for an ON CONFLICT DO UPDATE on a row USING hides
+        error.message = ("new row violates row-level security policy (USING expression) for "
+                         f"table {table.name}")
+    return error
 
 
 # -- the write --------------------------------------------------------------------------
@@ -270,13 +280,32 @@ def write(state, table, prefs, method: str, query) -> ApiResponse:
 
     if representation and has_aggregates(query.select):
         raise api_error("aggregates_disabled")
+    # -- roles (--permissions-file, design/roles.md): the role's TableRule (routes.ROLE_ENVIRON)
+    # restricts the columns named, the rows touched and the rows written
+    rule, claims = request.environ.get("sqlite_rest.role") or (None, None)
+    row_filter = check = None
+    filters = query.filters
+    if rule is not None:
+        rule.check_query(table.name, query)
+        if query.columns is not None:
+            rule.check_writable(table.name, query.columns)
+        row_filter, _readable = rule.read_filters(claims)
+        if method != "DELETE":
+            check = rule.write_check(claims)
+        if row_filter is not None and method in ("PATCH", "DELETE"):
+            filters = And((filters, row_filter))
+    # --------------------------------------------------------------------------------------
     if representation:
         from .embedding import embedded_tables
-        from .routes import check_embedded
+        from .routes import check_embedded, refuse_embedding_under_roles
         names = embedded_tables(query.select)
         if names:
             check_embedded(state, table, names)
+            if rule is not None:
+                refuse_embedding_under_roles()
     returning = query.select if representation else None
+    if rule is not None and returning is not None:
+        returning = rule.readable_select(table, returning)
     # order= sorts the rows a write returns (PostgREST); RETURNING has no ORDER BY, so the
     # order keys ride along as extra columns, sorted on here and dropped.
     order = query.order if representation else ()
@@ -284,23 +313,31 @@ def write(state, table, prefs, method: str, query) -> ApiResponse:
         returning = tuple(returning) + tuple(
             SelectItem(term.column, alias=f"__order_{i}") for i, term in enumerate(order))
     location_columns = None
-    if method == "POST" and return_ == "headers-only" and table.primary_key:
+    if method == "POST" and return_ == "headers-only" and table.primary_key and (
+            rule is None or rule.read_columns is None
+            or rule.read_columns.issuperset(table.primary_key)):  # roles: no hidden key
         location_columns = table.primary_key
         returning = tuple(SelectItem(ColumnRef(name)) for name in table.primary_key)
 
     if method == "DELETE":
-        statements = [build_delete(table, query.filters, returning=returning)]
+        statements = [build_delete(table, filters, returning=returning)]
     else:
         body = _read_body(request.environ, config.max_body_bytes)
+        if rule is not None and rule.write_columns is not None and query.columns is None:
+            rule.check_writable(table.name, {key for row in (
+                body if type(body) is list else [body]) if type(row) is dict for key in row})
         if method == "POST":
             statements = build_insert(
                 table, _objects(body), columns=query.columns, on_conflict=query.on_conflict,
                 resolution=_RESOLUTION.get(prefs.resolution),
-                missing_default=prefs.missing == "default", returning=returning)
+                missing_default=prefs.missing == "default", returning=returning,
+                update_where=row_filter, check=check)
         elif method == "PUT":
-            row = _put_row(table, query, body)
+            row = _put_row(table, query, body,
+                           rule.write_columns if rule is not None else None)
             statements = build_insert(table, [row], on_conflict=table.primary_key,
-                                      resolution="merge", returning=returning)
+                                      resolution="merge", returning=returning,
+                                      update_where=row_filter, check=check)
         else:  # PATCH
             if body == [] or body == [{}]:
                 body = {}
@@ -310,9 +347,10 @@ def write(state, table, prefs, method: str, query) -> ApiResponse:
             if not body:  # nothing to set: PostgREST answers as for no matching row
                 statements = []
             else:
-                statements = [build_update(table, body, query.filters, returning=returning,
+                statements = [build_update(table, body, filters, returning=returning,
                                            columns=query.columns,
-                                           missing_default=prefs.missing == "default")]
+                                           missing_default=prefs.missing == "default",
+                                           check=check)]
 
     strict = prefs.handling == "strict"
     max_affected = prefs.max_affected if strict else None
@@ -321,6 +359,11 @@ def write(state, table, prefs, method: str, query) -> ApiResponse:
     upsert = method == "PUT" or (method == "POST" and prefs.resolution in _RESOLUTION)
     watch_inserts = upsert and representation and not table.without_rowid
     columns = statements[0].columns if representation and statements else ()
+    if check is not None and columns:
+        columns = columns[:-1]  # the check column (sql.CHECK_COLUMN)
+    # roles: an upsert must not skip a conflicting row the role cannot see (USING)
+    guard_merge = row_filter is not None and (
+        method == "PUT" or (method == "POST" and prefs.resolution == "merge-duplicates"))
     if order and columns:
         columns = columns[:-len(order)]
 
@@ -334,11 +377,21 @@ def write(state, table, prefs, method: str, query) -> ApiResponse:
         for statement in statements:
             params_seq = getattr(statement, "params_seq", None)
             for params in (params_seq if params_seq is not None else (statement.params,)):
-                if returning is not None:
+                if check is not None:
+                    got = conn.execute(statement.sql, params).fetchall()
+                    for row in got:
+                        if not row[-1]:
+                            raise _rls_violation(rule, table)
+                    if returning is not None:
+                        rows.extend(row[:-1] for row in got)
+                elif returning is not None:
                     rows.extend(conn.execute(statement.sql, params).fetchall())
                 else:
                     conn.execute(statement.sql, params)
-                affected += conn.changes()
+                changed = conn.changes()
+                if guard_merge and changed == 0:
+                    raise _rls_violation(rule, table, using=True)
+                affected += changed
         if max_affected is not None and affected > max_affected:
             raise api_error("max_affected_exceeded",
                             details=f"The query affects {affected} rows",

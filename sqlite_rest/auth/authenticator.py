@@ -6,6 +6,10 @@
   rotate without a restart.
 - Each key only verifies its own algorithm family: an HS token is never checked against the
   RSA public key (the classic algorithm-confusion attack), and ``alg: none`` is never allowed.
+- --auth-jwks-file: a JWKS (RS*, PS*, ES*, EdDSA keys; a token's ``kid`` picks the key, a
+  token without one is tried against every key of its algorithm), re-read like the others.
+  Each JWKS key verifies only the algorithms of its key type (and its ``alg`` when given).
+- --auth-audience: the token's ``aud`` must name it (a token without ``aud`` is refused).
 - ``exp``/``nbf``/``iat`` are checked with `ServerConfig.auth_leeway_seconds` of skew.
 - Failures: 401 PGRST302 (no token), PGRST301 (bad token), PGRST303 (bad claims), each with a
   ``WWW-Authenticate: Bearer`` challenge; the `auth_failed` signal fires for metrics.
@@ -13,6 +17,7 @@
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -93,6 +98,42 @@ def _load_rsa_public_key(data: bytes) -> RSAPublicKey:
     return key
 
 
+#: Token algorithms a JWKS key may verify, by its key type (kty): a key only verifies its own
+#: family, never an HS token (algorithm confusion), and "oct" (HMAC) keys are not accepted.
+JWKS_ALGORITHMS = {
+    "RSA": ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512"),
+    "EC": ("ES256", "ES384", "ES512", "ES256K"),
+    "OKP": ("EdDSA",),
+}
+
+
+def _load_jwks(data: bytes):
+    """A JWKS file -> [(kid or None, kty, PyJWK)]; at least one usable key."""
+    try:
+        document = json.loads(data)
+    except ValueError as exc:
+        raise ValueError(f"the JWKS file is not JSON: {exc}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise ValueError('the JWKS file has no "keys" array')
+    keys = []
+    for i, entry in enumerate(document["keys"]):
+        kty = entry.get("kty") if isinstance(entry, dict) else None
+        if kty not in JWKS_ALGORITHMS:
+            raise ValueError(f"JWKS key {i}: kty {kty!r} is not accepted (RSA, EC, OKP)")
+        if entry.get("use", "sig") != "sig":
+            continue
+        try:
+            key = jwt.PyJWK(entry)
+        except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, KeyError) as exc:
+            raise ValueError(f"JWKS key {i} ({entry.get('kid')!r}): {exc}") from None
+        # PyJWK pins one algorithm (RS256 for an RSA key without "alg"): keep the public key
+        # itself, and let the key type (and "alg" when given) decide the algorithms.
+        keys.append((entry.get("kid"), kty, entry.get("alg"), key.key))
+    if not keys:
+        raise ValueError("the JWKS file has no signing key")
+    return keys
+
+
 def _challenge(error: Optional[str], description: Optional[str]) -> dict:
     if error is None:
         return {"WWW-Authenticate": "Bearer"}
@@ -104,8 +145,8 @@ class Authenticator:
     def __init__(self, config: ServerConfig):
         if not (config.auth_disabled or config.auth_configured):
             raise ValueError(
-                "authentication is required: pass --auth-token-file or --auth-rsa-public-key "
-                "(or --auth-disabled for local use)")
+                "authentication is required: pass --auth-token-file, --auth-rsa-public-key or "
+                "--auth-jwks-file (or --auth-disabled for local use)")
         self.disabled = config.auth_disabled
         self.leeway = config.auth_leeway_seconds
         interval = config.auth_key_check_interval
@@ -113,12 +154,15 @@ class Authenticator:
                      if config.auth_token_file else None)
         self.rsa = (KeyFile(config.auth_rsa_public_key, _load_rsa_public_key, interval)
                     if config.auth_rsa_public_key else None)
+        self.jwks = (KeyFile(config.auth_jwks_file, _load_jwks, interval)
+                     if config.auth_jwks_file else None)
+        self.audience = config.auth_audience
         self._cache: dict[str, dict] = {}
         self._cache_stamps: tuple = ()
 
     def check_keys(self) -> None:
         """Load every configured key now (at startup: a bad key file fails fast)."""
-        for keyfile in (self.hmac, self.rsa):
+        for keyfile in (self.hmac, self.rsa, self.jwks):
             if keyfile is not None:
                 keyfile.key()
 
@@ -136,7 +180,7 @@ class Authenticator:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise self._fail(app, "jwt_invalid", "Authorization must be 'Bearer <jwt>'")
-        keyfiles = [k for k in (self.hmac, self.rsa) if k is not None]
+        keyfiles = [k for k in (self.hmac, self.rsa, self.jwks) if k is not None]
         try:
             for keyfile in keyfiles:
                 keyfile.key()
@@ -173,24 +217,44 @@ class Authenticator:
         except jwt.InvalidTokenError as exc:
             raise self._fail(app, "jwt_invalid", f"malformed JWT: {exc}") from None
         alg = header.get("alg")
+        candidates = []
         if alg in HMAC_ALGORITHMS and self.hmac is not None:
-            key, algorithms = self.hmac.key(), list(HMAC_ALGORITHMS)
+            candidates.append((self.hmac.key(), list(HMAC_ALGORITHMS)))
         elif alg in RSA_ALGORITHMS and self.rsa is not None:
-            key, algorithms = self.rsa.key(), list(RSA_ALGORITHMS)
-        else:
+            candidates.append((self.rsa.key(), list(RSA_ALGORITHMS)))
+        if self.jwks is not None and alg not in HMAC_ALGORITHMS:
+            kid = header.get("kid")
+            for key_id, kty, key_alg, key in self.jwks.key():
+                if alg not in JWKS_ALGORITHMS[kty] or (key_alg and key_alg != alg):
+                    continue
+                if kid is not None and key_id != kid:
+                    continue
+                candidates.append((key, [alg]))
+        if not candidates:
+            if self.jwks is not None and header.get("kid") is not None:
+                raise self._fail(app, "jwt_invalid",
+                                 f"no key of the JWKS has kid {str(header.get('kid'))[:60]!r} "
+                                 f"for algorithm {alg!r}")
             raise self._fail(app, "jwt_invalid", f"JWT algorithm {alg!r} is not accepted")
-        try:
-            return jwt.decode(
-                token,
-                key=key,
-                algorithms=algorithms,
-                leeway=self.leeway,
-                options={"require": [], "verify_aud": False, "verify_iat": True},
-            )
-        except (jwt.ExpiredSignatureError, jwt.ImmatureSignatureError) as exc:
-            raise self._fail(app, "jwt_claims", _reason(exc)) from None
-        except jwt.InvalidTokenError as exc:
-            raise self._fail(app, "jwt_invalid", _reason(exc)) from None
+        error = None
+        for key, algorithms in candidates:
+            try:
+                return jwt.decode(
+                    token,
+                    key=key,
+                    algorithms=algorithms,
+                    leeway=self.leeway,
+                    audience=self.audience,
+                    options={"require": ["aud"] if self.audience else [],
+                             "verify_aud": self.audience is not None, "verify_iat": True},
+                )
+            except (jwt.ExpiredSignatureError, jwt.ImmatureSignatureError) as exc:
+                raise self._fail(app, "jwt_claims", _reason(exc)) from None
+            except (jwt.InvalidAudienceError, jwt.MissingRequiredClaimError) as exc:
+                raise self._fail(app, "jwt_invalid", _reason(exc)) from None
+            except jwt.InvalidTokenError as exc:
+                error = exc  # another key of the JWKS (no kid) may verify it
+        raise self._fail(app, "jwt_invalid", _reason(error)) from None
 
 
 def _reason(exc: Exception) -> str:
