@@ -165,7 +165,7 @@ def embed_sql(parent: Table, parent_ref: str, embed: Embed, params: list, ctx: E
             own: list = []
             for sql, name, kind in embed_sql(target, alias, item, own, ctx, compile_item,
                                              build_where, compile_order):
-                fields.append((sql, name, "embed" if kind == "json" else kind, own))
+                fields.append((sql, name, kind, own))
                 own = []  # a spread's columns: the params went with the first one
         elif item.aggregate is not None:
             raise api_error("query_parse", message="aggregates in an embedded resource are "
@@ -183,32 +183,37 @@ def embed_sql(parent: Table, parent_ref: str, embed: Embed, params: list, ctx: E
         for sql, name, kind, own in fields:
             params.extend(own)
             params.extend(where_params)
-            out.append((f"(SELECT {sql} FROM {source}{where})", name,
-                        "json" if kind == "embed" else kind))
+            out.append((f"(SELECT {sql} FROM {source}{where})", name, kind))
         return out
+    # The embedded rows' values come out of an inner SELECT (each expression once, its
+    # parameters bound once), and the JSON is built over them outside: no row is rendered to
+    # JSON text and parsed again, and only nested JSON needs json() (SQLite's JSON subtype
+    # does not cross a subquery).
+    columns = []
     parts = []
-    for sql, name, kind, own in fields:
-        text, times = _json_value(sql, kind)
-        parts.append(f"'{_sql_text(name)}', {text}")
-        params.extend(own * times)
+    for i, (sql, name, kind, own) in enumerate(fields):
+        columns.append(f"{sql} AS _c{i}")
+        params.extend(own)
+        parts.append(f"'{_sql_text(name)}', {_json_value(f'_c{i}', kind)}")
     obj = "json_object(" + ", ".join(parts) + ")"
     where = _embed_where(rel, parent_ref, alias, target, embed, params, ctx, build_where,
                          compile_order)
     source = f"{target.quoted} AS {alias}"
+    order_sql, page = "", ""
+    if not rel.to_one:
+        order_sql, order_params = compile_order(target, embed.order)
+        params.extend(order_params)
+        if embed.limit is not None or embed.offset:
+            page = " LIMIT ?"
+            params.append(-1 if embed.limit is None else embed.limit)
+            if embed.offset:
+                page += " OFFSET ?"
+                params.append(embed.offset)
+    rows = f"SELECT {', '.join(columns) or 'NULL'} FROM {source}{where}{order_sql}{page}"
     if rel.to_one:
-        return [(f"(SELECT {obj} FROM {source}{where})", embed.output_name, "json")]
-    order_sql, order_params = compile_order(target, embed.order)
-    params.extend(order_params)
-    page = ""
-    if embed.limit is not None or embed.offset:
-        page = " LIMIT ?"
-        params.append(-1 if embed.limit is None else embed.limit)
-        if embed.offset:
-            page += " OFFSET ?"
-            params.append(embed.offset)
-    rows = f"SELECT {obj} AS v FROM {source}{where}{order_sql}{page}"
-    return [(f"(SELECT COALESCE(json_group_array(json(v)), json('[]')) FROM ({rows}))",
-             embed.output_name, "json")]
+        return [(f"(SELECT {obj} FROM ({rows}))", embed.output_name, "embed")]
+    return [(f"(SELECT COALESCE(json_group_array({obj}), json('[]')) FROM ({rows}))",
+             embed.output_name, "embed")]
 
 
 def _embed_where(rel, parent_ref, alias, target, embed, params, ctx, build_where,
@@ -230,19 +235,17 @@ def _kind(column) -> str:
     return stored_kind(column)
 
 
-def _json_value(sql: str, kind: str) -> tuple[str, int]:
-    """A value inside json_object, and how many times it repeats ``sql`` (its parameters are
-    bound that many times): JSON text stays JSON (nested embeddings, JSON columns; SQLite's
-    JSON subtype does not cross a subquery, so the test is inline), booleans become
-    true/false."""
+def _json_value(column: str, kind: str) -> str:
+    """A value inside json_object, from a column of the inner SELECT: JSON text stays JSON
+    (nested embeddings, JSON columns), booleans become true/false."""
     if kind == "embed":  # always valid JSON
-        return f"json({sql})", 1
+        return f"json({column})"
     if kind == "json":
-        return f"CASE WHEN json_valid({sql}) THEN json({sql}) ELSE {sql} END", 3
+        return f"CASE WHEN json_valid({column}) THEN json({column}) ELSE {column} END"
     if kind == "boolean":
-        return (f"CASE WHEN {sql} IS NULL THEN NULL WHEN {sql} THEN json('true') "
-                f"ELSE json('false') END"), 2
-    return sql, 1
+        return (f"CASE WHEN {column} IS NULL THEN NULL WHEN {column} THEN json('true') "
+                f"ELSE json('false') END")
+    return column
 
 
 def _sql_text(name: str) -> str:

@@ -96,6 +96,8 @@ def shape_of(columns: tuple) -> Shape:
 def _convert(value, kind):
     if value is None:
         return None
+    if kind == "embed":  # an embedding: JSON the statement built itself, passed through
+        return orjson.Fragment(value)
     if kind == "json":
         # `->` yields JSON text: embed it as JSON rather than as a string
         if isinstance(value, str) and _is_json(value):
