@@ -260,3 +260,22 @@ def embedded_tables(select: tuple) -> set[str]:
             names.add(item.name)
             names |= embedded_tables(item.select)
     return names
+
+
+def check_embedded(state, table, names) -> None:
+    """Embeddings read only allow-listed tables: another is answered as if it were not
+    related at all (PGRST200), so the API never reveals which tables exist."""
+    for name in sorted(names):
+        if name not in state.allowed_tables:
+            raise api_error("no_relationship", parent=table.name, target=name[:200],
+                            details=f"Searched for a foreign key relationship between "
+                                    f"'{table.name}' and '{name[:200]}' in the schema, but no "
+                                    "matches were found.")
+
+
+def refuse_embedding_under_roles():
+    """Roles' row filters and column rules are not applied inside embeddings yet: refuse an
+    embedding rather than let it read rows or columns the role may not see."""
+    raise api_error("query_parse", message="resource embedding is not available with "
+                    "--permissions-file yet",
+                    hint="select the related table's rows with a request of their own")

@@ -11,7 +11,9 @@ transaction's snapshot, read inside that transaction, so it is exactly what was 
 """
 from __future__ import annotations
 
+import fcntl
 import math
+import os
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Iterator
@@ -69,24 +71,17 @@ class ReadFloor:
     def __init__(self, path: str | None):
         self._fd = None
         if path:
-            import os
-
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     def get(self) -> int:
         if self._fd is None:
             return 0
-        import os
-
         data = os.pread(self._fd, 8, 0)
         return int.from_bytes(data, "big") if len(data) == 8 else 0
 
     def raise_to(self, txid: int) -> None:
         if self._fd is None or txid <= self.get():
             return
-        import fcntl
-        import os
-
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
             data = os.pread(self._fd, 8, 0)
@@ -102,8 +97,6 @@ _floor: ReadFloor | None = None
 def read_floor() -> ReadFloor:
     global _floor
     if _floor is None:
-        import os
-
         _floor = ReadFloor(os.environ.get(REPLICA_FLOOR_ENV))
     return _floor
 
@@ -142,3 +135,11 @@ def replica_snapshot(state, environ, conn) -> Iterator[list]:
     finally:
         if as_of is not None:
             replica_set_time(conn, None)  # the next request of this thread reads the latest
+
+
+def refuse_write(config, verb: str, details: str, what: str = "send writes to"):
+    """405 25006 for a write on a read replica, naming --primary-url when it is known."""
+    primary = config.primary_url
+    raise api_error("read_only", verb=verb, details=details,
+                    hint=f"This server is a read replica; {what} the primary at {primary}"
+                    if primary else None)

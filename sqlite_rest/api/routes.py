@@ -30,7 +30,7 @@ from .query import (INT64_MAX, And, Filter, Not, RequestError, has_aggregates, i
                     shape_pairs, shown_text)
 from .representation import CONTENT_TYPES, negotiate, render, shape_of
 from .sql import build_count, build_select, shape_statement, slot_text
-from .embedding import embedded_tables
+from .embedding import check_embedded, embedded_tables, refuse_embedding_under_roles
 from .replica_reads import format_txid, replica_snapshot, replica_txid
 from .writes import write
 
@@ -227,25 +227,6 @@ def _query_plan(table, query_string: str, range_header: str | None, max_rows: in
     return ReadPlan(statement, count, offset, limit, binds_values=False,
                     aggregated=has_aggregates(query.select),
                     embedded=frozenset(embedded_tables(query.select)))
-
-
-def check_embedded(state, table, names) -> None:
-    """Embeddings read only allow-listed tables: another is answered as if it were not
-    related at all (PGRST200), so the API never reveals which tables exist."""
-    for name in sorted(names):
-        if name not in state.allowed_tables:
-            raise api_error("no_relationship", parent=table.name, target=name[:200],
-                            details=f"Searched for a foreign key relationship between "
-                                    f"'{table.name}' and '{name[:200]}' in the schema, but no "
-                                    "matches were found.")
-
-
-def refuse_embedding_under_roles():
-    """Roles' row filters and column rules are not applied inside embeddings yet: refuse an
-    embedding rather than let it read rows or columns the role may not see."""
-    raise api_error("query_parse", message="resource embedding is not available with "
-                    "--permissions-file yet",
-                    hint="select the related table's rows with a request of their own")
 
 
 def _read(state, environ, table, prefs, head: bool, replica_read=None) -> ApiResponse:

@@ -34,7 +34,8 @@ from .query import RESERVED_KEYS, parse_read_query, query_pairs, shown_text
 from .representation import CONTENT_TYPES, CSV, OBJECT, dumps, negotiate, render, shape_of
 from .routes import METHODS, _preflight, content_range, page_bounds
 from .sql import OutputColumn, build_count, build_select
-from .writes import _LONG_DIGIT_RUN, _body_bytes, _content_kind_of, _refuse_huge_integers
+from .replica_reads import refuse_write
+from .writes import _body_bytes, _content_kind_of, parse_json_body
 
 RPC_ALLOW = "GET, HEAD, POST, OPTIONS"
 #: `[not.]op[(any|all)].` at the start of a value: a filter, not an argument (GET).
@@ -138,12 +139,7 @@ def _post_arguments(environ, max_bytes: int, single_object: bool):
     if not data.strip():
         body = {}  # PostgREST: an empty body calls the function without arguments
     else:
-        try:
-            body = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise api_error("invalid_body", details=str(exc)[:300]) from None
-        if _LONG_DIGIT_RUN.search(data):
-            _refuse_huge_integers(data)
+        body = parse_json_body(data)
     if not single_object and type(body) is not dict:
         raise api_error("invalid_body", message="Expected a JSON object of arguments",
                         details=f"got a JSON {type(body).__name__}",
@@ -270,12 +266,8 @@ def call(state, name: str, method: str, prefs, environ) -> ApiResponse:
 
     headers = list(CORS_HEADERS)
     if function.writes and state.replica:  # a read replica: the primary takes the writes
-        primary = state.config.primary_url
-        raise api_error("read_only", verb="function",
-                        details=f"function {SCHEMA_NAME}.{name} writes; this server reads a "
-                                "replica of the database",
-                        hint=f"This server is a read replica; call it on the primary at "
-                             f"{primary}" if primary else None)
+        refuse_write(state.config, "function", f"function {SCHEMA_NAME}.{name} writes; this "
+                     "server reads a replica of the database", what="call it on")
     if function.writes:
         (rows, total, body), commit_result = state.db.write(
             run, rollback=prefs.tx == "rollback")

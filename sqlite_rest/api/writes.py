@@ -21,6 +21,8 @@ from ..responses import CORS_HEADERS, ApiResponse
 from ..errors import api_error
 from .query import (INT64_MAX, INT64_MIN, And, ColumnRef, Filter, SelectItem, has_aggregates,
                     int64, shown_text)
+from .replica_reads import refuse_write
+from .embedding import check_embedded, embedded_tables, refuse_embedding_under_roles
 from .representation import CONTENT_TYPES, OBJECT, negotiate, render, shape_of
 from .sql import build_delete, build_insert, build_update
 
@@ -96,6 +98,17 @@ def _refuse_huge_integers(data: bytes) -> None:
                                  "send a larger number as a string")
 
 
+def parse_json_body(data: bytes) -> object:
+    """A JSON request body; integers beyond 64 bits are refused, never rounded."""
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise api_error("invalid_body", details=str(exc)[:300]) from None
+    if _LONG_DIGIT_RUN.search(data):
+        _refuse_huge_integers(data)
+    return body
+
+
 def _read_body(environ, max_bytes: int) -> object:
     """The request body as JSON-like data (dict or list of dicts)."""
     kind = _content_kind_of(environ.get("CONTENT_TYPE"))
@@ -103,13 +116,7 @@ def _read_body(environ, max_bytes: int) -> object:
     if kind == "json":
         if not data.strip():
             raise api_error("invalid_body", details="the request body is empty")
-        try:
-            body = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise api_error("invalid_body", details=str(exc)[:300]) from None
-        if _LONG_DIGIT_RUN.search(data):
-            _refuse_huge_integers(data)
-        return body
+        return parse_json_body(data)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -258,11 +265,7 @@ def write(state, table, prefs, method: str, query) -> ApiResponse:
         return forward_write(state, request.environ,
                              _body_bytes(request.environ, config.max_body_bytes))
     if state.replica:  # a read replica: the primary takes the writes
-        primary = config.primary_url
-        raise api_error("read_only", verb=SQL_VERB[method],
-                        details="this server reads a replica of the database",
-                        hint=f"This server is a read replica; send writes to the primary at "
-                             f"{primary}" if primary else None)
+        refuse_write(config, SQL_VERB[method], "this server reads a replica of the database")
     return_ = prefs.return_
     representation = return_ == "representation"
     accept = request.environ.get("HTTP_ACCEPT")
@@ -296,8 +299,6 @@ def write(state, table, prefs, method: str, query) -> ApiResponse:
             filters = And((filters, row_filter))
     # --------------------------------------------------------------------------------------
     if representation:
-        from .embedding import embedded_tables
-        from .routes import check_embedded, refuse_embedding_under_roles
         names = embedded_tables(query.select)
         if names:
             check_embedded(state, table, names)
