@@ -60,6 +60,11 @@ def create_app(config: ServerConfig, *, metrics_registry=None) -> Flask:
             state.policy.check_schema(state.schema_cache.get(db.reader()))
         finally:
             db.close_thread_connections()
+    if config.dsn.replica:
+        try:  # this worker's replica snapshot, from its start (Database.hold_replica_open)
+            db.hold_replica_open()
+        except apsw.Error as exc:  # a store outage: reads answer 503 PGRST000 until it is back
+            log.warning("read replica: cannot open %s yet: %s", config.dsn.path, exc)
     if config.functions_file:
         from .api.functions import FunctionCatalog
 

@@ -310,6 +310,8 @@ class Database:
         # SQLite's write lock against each other (only other processes are polled); the
         # writes waiting for their turn queue in _pending, for the next group commit.
         self._write_turn = threading.Lock()
+        self._held: Optional[tuple] = None  # (fork generation, connection): hold_replica_open
+        self._hold_lock = threading.Lock()
         self._pending: collections.deque = collections.deque()
         self.checkpointer = BackgroundCheckpointer(dsn.path, dsn.busy_timeout_ms,
                                                    dsn.synchronous, self._write_turn)
@@ -331,15 +333,31 @@ class Database:
         local = self._connections()
         conn = local.reader
         if conn is None:
-            conn = local.reader = open_connection(
-                self.dsn.path,
-                read_only=self.dsn.read_only,
-                query_only=True,
-                create=self.create,
-                busy_timeout_ms=self.dsn.busy_timeout_ms,
-                replica_params=dict(self.dsn.vfs_params) if self.dsn.replica else None,
-            )
+            conn = local.reader = self._open_reader()
+            if self.dsn.replica:
+                self.hold_replica_open()
         return conn
+
+    def _open_reader(self) -> apsw.Connection:
+        return open_connection(
+            self.dsn.path,
+            read_only=self.dsn.read_only,
+            query_only=True,
+            create=self.create,
+            busy_timeout_ms=self.dsn.busy_timeout_ms,
+            replica_params=dict(self.dsn.vfs_params) if self.dsn.replica else None,
+        )
+
+    def hold_replica_open(self) -> None:
+        """A read replica: keep one connection of this process open for its whole life.
+        Connections to one replica share the VFS's index, page cache and poller, which live
+        while one of them is open; request threads come and go, and a thread whose first
+        connection opened during a replica-store outage failed with nothing to share, while
+        the others served the last snapshot (test_a_replica_store_outage_keeps_reads_on_the_
+        last_snapshot). Raises what opening raises (store unreachable: SQLITE_CANTOPEN)."""
+        with self._hold_lock:
+            if self._held is None or self._held[0] != _fork_generation:
+                self._held = (_fork_generation, self._open_reader())
 
     def writer(self) -> apsw.Connection:
         """This thread's write connection. On a read-only DSN it is opened read-only, so

@@ -288,6 +288,12 @@ _SQLITE_PRIMARY: dict[int, str] = {
 RETRY_AFTER_SECONDS = "1"
 
 
+#: apsw class -> primary code: an error raised in Python by a VFS callback (the read replica's
+#: `litestream` VFS, e.g. its store unreachable on open) reaches us as that exception itself,
+#: without the result codes SQLite's own errors carry.
+_CODE_OF_CLASS: dict[type, int] = {type(apsw.exception_for(code)): code for code in _SQLITE_PRIMARY}
+
+
 def sqlite_error_key(exc: apsw.Error) -> str:
     extended = getattr(exc, "extendedresult", None)
     if extended in _SQLITE_EXTENDED:
@@ -295,6 +301,8 @@ def sqlite_error_key(exc: apsw.Error) -> str:
     primary = getattr(exc, "result", None)
     if primary is None and extended is not None:
         primary = extended & 0xFF
+    if primary is None:
+        primary = _CODE_OF_CLASS.get(type(exc))
     return _SQLITE_PRIMARY.get(primary, "internal")
 
 

@@ -72,27 +72,13 @@ class Env:
 def _replica_client(env, **options):
     """An app that reads ``env.db`` as a read replica: the database as one LTX snapshot in a
     file:// replica, opened through the VFS."""
-    import io
-    import time
     from urllib.parse import quote
 
-    from replication import ltx
-    from replication.file_replica_client import FileReplicaClient
+    from tests.plugins.replicas import snapshot_replica
 
-    data = env.db.read_bytes()
-    ps = int.from_bytes(data[16:18], "big") or 65536
-    header = ltx.Header(ltx.HEADER_FLAG_NO_CHECKSUM, ps, len(data) // ps, 1, 1,
-                        int(time.time() * 1000))
-    buf = io.BytesIO()
-    enc = ltx.Encoder(buf, header)
-    for i in range(0, len(data), ps):
-        if i // ps + 1 != ltx.lock_pgno(ps):
-            enc.encode_page(i // ps + 1, data[i:i + ps])
-    enc.close()
-    root = env.tmp_path / "replica"
-    FileReplicaClient(str(root)).write_ltx_file(0, 1, 1, buf.getvalue(), header.timestamp)
-    dsn = (f"file:replica.db?vfs=litestream&replica_url={quote('file://' + str(root), safe='')}")
-    return env.client(dsn=dsn, **options)
+    url = snapshot_replica(env.db, env.tmp_path / "replica")
+    return env.client(dsn=f"file:replica.db?vfs=litestream&replica_url={quote(url, safe='')}",
+                      **options)
 
 
 def _closed_port() -> int:

@@ -14,7 +14,8 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from tests.plugins.replicas import file_replica, make_db, s3_replica, wait_for, write_config
+from tests.plugins.replicas import (file_replica, make_db, s3_replica, snapshot_replica, wait_for,
+                                    write_config)
 from tests.plugins.server import start_server
 
 TXID = re.compile(r"^[0-9a-f]{16}$")
@@ -379,3 +380,114 @@ def test_two_replica_servers_read_a_consistent_total_under_transfers_and_compact
     finally:
         for server in started:
             server.stop()
+
+
+def test_a_replica_store_outage_keeps_reads_on_the_last_snapshot(tmp_path, own_s3):
+    """#13 item 8: S3 goes away under a replica server. Reads go on from the last snapshot
+    (no 5xx), the lag grows and /ready turns 503 past --replica-max-lag; a position the replica
+    cannot reach is a 503 with Retry-After, not a 500. S3 comes back: it catches up.
+    One worker: what a worker serves in an outage is what its page cache holds (a page it
+    never read is a 503 PGRST000 until the store is back)."""
+    replica = s3_replica(own_s3.server)
+    db = tmp_path / "app.db"
+    make_db(db, ["seed"])
+    # The primary must outlive the outage: a retry budget longer than the test.
+    config = write_config(tmp_path / "litestream.yml", db, replica, retry_budget="600s")
+    primary = start_server(db, "--security-allow-table", "items", "--replication-enabled",
+                           "--replication-config", config, env=replica.server_env)
+    server = None
+    try:
+        wait_for(lambda: replica.spans(), 30, "the first upload")
+        server = start_server(replica_dsn(tmp_path, replica), "--security-allow-table", "items",
+                              "--replica-max-lag", "1", "--replica-wait-timeout", "1",
+                              "--workers", "1", "--threads", "4", env=replica.server_env)
+        wait_for(lambda: httpx.get(server.metrics_url + "/ready", timeout=5).status_code == 200,
+                 30, "the replica server to be ready")
+        w = httpx.post(f"{primary.base_url}/items", json={"name": "before"}, timeout=10)
+        assert w.status_code == 201, w.text
+        before = httpx.get(f"{server.base_url}/items", timeout=30, headers={
+            "X-Replication-Min-Txid": w.headers["X-Replication-Txid"]})
+        assert before.status_code == 200, before.text
+        snapshot = (before.json(), before.headers["X-Replication-Txid"])
+
+        own_s3.stop()
+        during = httpx.post(f"{primary.base_url}/items", json={"name": "during"}, timeout=10)
+        assert during.status_code == 201, during.text  # the primary keeps taking writes
+        statuses, lags = set(), []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            r = httpx.get(f"{server.base_url}/items", timeout=30)
+            statuses.add(r.status_code)
+            assert r.status_code == 200, r.text
+            assert (r.json(), r.headers["X-Replication-Txid"]) == snapshot
+            lags.append(httpx.get(server.metrics_url + "/status", timeout=5).json()
+                        ["replica"]["lag"])
+            if httpx.get(server.metrics_url + "/ready", timeout=5).status_code == 503 \
+                    and len(lags) > 3:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"/ready stayed 200 while S3 was down; lags {lags}")
+        assert lags[-1] > 1 and lags == sorted(lags), lags  # the lag grows with the outage
+        waited = httpx.get(f"{server.base_url}/items", timeout=30, headers={
+            "X-Replication-Min-Txid": during.headers["X-Replication-Txid"]})
+        assert waited.status_code == 503 and waited.json()["code"] == "55000", waited.text
+        assert waited.headers["Retry-After"]
+
+        own_s3.start()
+        after = httpx.get(f"{server.base_url}/items", timeout=60, headers={
+            "X-Replication-Min-Txid": during.headers["X-Replication-Txid"]})
+        for _ in range(60):  # Retry-After, as a client would
+            if after.status_code != 503:
+                break
+            time.sleep(float(after.headers["Retry-After"]))
+            after = httpx.get(f"{server.base_url}/items", timeout=60, headers={
+                "X-Replication-Min-Txid": during.headers["X-Replication-Txid"]})
+        assert after.status_code == 200, after.text
+        assert [row["name"] for row in after.json()] == ["seed", "before", "during"]
+        wait_for(lambda: httpx.get(server.metrics_url + "/ready", timeout=5).status_code == 200,
+                 30, "/ready to turn 200 once caught up")
+    finally:
+        if server is not None:
+            server.stop()
+        primary.stop()
+
+
+def test_a_worker_keeps_its_replica_snapshot_while_request_threads_come_and_go(tmp_path):
+    """Request threads end (granian drops idle ones) and take their connections with them;
+    the worker's held connection keeps the VFS's index and page cache, so a thread that
+    starts during a store outage still reads the last snapshot (it failed to open before)."""
+    import threading
+
+    from sqlite_rest.app import create_app
+    from sqlite_rest.config import ServerConfig
+    from sqlite_rest.state import state_of
+
+    db = tmp_path / "app.db"
+    make_db(db, ["seed", "more"])
+    url = snapshot_replica(db, tmp_path / "replica")
+    app = create_app(ServerConfig(
+        db_dsn=f"file:replica.db?vfs=litestream&replica_url={quote(url, safe='')}",
+        allow_tables=("items",), auth_disabled=True))
+
+    def get_in_a_thread_of_its_own():
+        out = {}
+
+        def request_thread():
+            try:
+                out["response"] = app.test_client().get("/items")
+            finally:
+                state_of(app).db.close_thread_connections()
+        thread = threading.Thread(target=request_thread)
+        thread.start()
+        thread.join()
+        return out["response"]
+
+    rows = [{"id": 1, "name": "seed"}, {"id": 2, "name": "more"}]
+    first = get_in_a_thread_of_its_own()
+    assert first.status_code == 200 and first.json == rows
+    (tmp_path / "replica").rename(tmp_path / "gone")  # the store is unreachable
+    during = get_in_a_thread_of_its_own()
+    assert during.status_code == 200, during.json
+    assert during.json == rows
+    assert during.headers["X-Replication-Txid"] == first.headers["X-Replication-Txid"]

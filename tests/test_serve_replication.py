@@ -26,7 +26,6 @@ import httpx
 import pytest
 from postgrest import SyncPostgrestClient
 
-from tests.plugins.s3 import _ready as s3_answers, _stop as stop_weed, start_seaweedfs
 from tests.plugins.replicas import (Replica, db_rows, descendants, file_replica,
                                     integrity, make_db, meta_dir, remove_db_files, s3_replica,
                                     sigkill_tree, txid_of, wait_for, write_config)
@@ -54,50 +53,6 @@ def replica_for(request, tmp_path, litestream_env):
             return file_replica(tmp_path, litestream_env, name)
         return s3_replica(request.getfixturevalue("s3_server"))
     return make
-
-
-class RestartableS3:
-    """A private SeaweedFS that a test may stop and start again on the same ports and data."""
-
-    def __init__(self, data_dir: Path):
-        self.server, self.proc = start_seaweedfs(data_dir)
-        self.args = list(self.proc.args)
-        self.data_dir = data_dir
-
-    def stop(self) -> None:
-        stop_weed(self.proc)
-
-    def start(self) -> None:
-        log = open(self.data_dir / "weed-restarted.log", "ab")
-        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=self.data_dir,
-                                     start_new_session=True)
-        log.close()
-        wait_for(lambda: s3_answers(self.server.endpoint), 30, "SeaweedFS to answer again", 0.1)
-        # Answering is not serving: right after a restart SeaweedFS can list objects and still
-        # fail reading them (InternalError until its volume is back), which a start would then
-        # report as an S3 failure (CI, 2026-11-21). Ready = an existing object reads back.
-        wait_for(self._reads_objects, 30, "SeaweedFS to read its objects again", 0.1)
-
-    def _reads_objects(self) -> bool:
-        client = self.server.client()
-        try:
-            page = client.list_objects_v2(Bucket=self.server.bucket, MaxKeys=1)
-            contents = page.get("Contents", [])
-            if contents:
-                client.get_object(Bucket=self.server.bucket, Key=contents[0]["Key"])["Body"].read()
-            return True
-        except Exception:  # noqa: BLE001 - any failure means not ready yet
-            return False
-
-
-@pytest.fixture
-def own_s3(tmp_path):
-    s3 = RestartableS3(tmp_path / "weed")
-    try:
-        yield s3
-    finally:
-        s3.stop()
 
 
 # -- the server ------------------------------------------------------------------------------

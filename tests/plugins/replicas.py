@@ -44,6 +44,28 @@ def make_db(path: Path, names=()) -> None:
         con.close()
 
 
+def snapshot_replica(db: Path, root: Path) -> str:
+    """A file:// replica holding ``db`` (a closed database: no WAL) as one LTX snapshot at
+    TXID 1; its URL."""
+    import io
+
+    from replication import ltx
+    from replication.file_replica_client import FileReplicaClient
+
+    data = db.read_bytes()
+    ps = int.from_bytes(data[16:18], "big") or 65536
+    header = ltx.Header(ltx.HEADER_FLAG_NO_CHECKSUM, ps, len(data) // ps, 1, 1,
+                        int(time.time() * 1000))
+    buf = io.BytesIO()
+    enc = ltx.Encoder(buf, header)
+    for i in range(0, len(data), ps):
+        if i // ps + 1 != ltx.lock_pgno(ps):
+            enc.encode_page(i // ps + 1, data[i:i + ps])
+    enc.close()
+    FileReplicaClient(str(root)).write_ltx_file(0, 1, 1, buf.getvalue(), header.timestamp)
+    return "file://" + str(root)
+
+
 def db_rows(path: Path) -> list:
     con = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
     try:

@@ -200,3 +200,56 @@ def s3_server(tmp_path_factory):
         yield server
     finally:
         _stop(proc)
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.1)
+
+
+class RestartableS3:
+    """A private SeaweedFS that a test may stop and start again on the same ports and data
+    (an S3 outage): ``own_s3.stop()`` … ``own_s3.start()``."""
+
+    def __init__(self, data_dir: Path):
+        self.server, self.proc = start_seaweedfs(data_dir)
+        self.args = list(self.proc.args)
+        self.data_dir = data_dir
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+    def start(self) -> None:
+        with open(self.data_dir / "weed-restarted.log", "ab") as log:
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, cwd=self.data_dir,
+                                         start_new_session=True)
+        _wait(lambda: _ready(self.server.endpoint), 30, "SeaweedFS to answer again")
+        # Answering is not serving: right after a restart SeaweedFS can list objects and still
+        # fail reading them (InternalError until its volume is back), which a start would then
+        # report as an S3 failure (CI, 2026-11-21). Ready = an existing object reads back.
+        _wait(self._reads_objects, 30, "SeaweedFS to read its objects again")
+
+    def _reads_objects(self) -> bool:
+        client = self.server.client()
+        try:
+            page = client.list_objects_v2(Bucket=self.server.bucket, MaxKeys=1)
+            contents = page.get("Contents", [])
+            if contents:
+                client.get_object(Bucket=self.server.bucket, Key=contents[0]["Key"])["Body"].read()
+            return True
+        except Exception:  # noqa: BLE001 - any failure means not ready yet
+            return False
+
+
+@pytest.fixture
+def own_s3(tmp_path):
+    """A SeaweedFS of this test's own (see :class:`RestartableS3`), stopped by PID at the end."""
+    s3 = RestartableS3(tmp_path / "weed")
+    try:
+        yield s3
+    finally:
+        s3.stop()
