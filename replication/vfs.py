@@ -377,6 +377,7 @@ class ReplicaDatabase:
         self._target: datetime | None = None   # time-travel target; None = follow latest
         self._pending: _View | None = None     # time travel asked for inside a transaction
         self._view = self._source.latest
+        self._page1: tuple = (None, b"")   # (view, its patched page 1)
         self._closed = False
 
     # -- public state ---------------------------------------------------------------------------
@@ -492,6 +493,10 @@ class ReplicaDatabase:
         return bytes(out)
 
     def _page(self, pgno: int) -> bytes:
+        if pgno == 1:  # read at every transaction start (the change counter): keep it patched
+            view, page = self._page1
+            if view is self._view:
+                return page
         source = self._source
         for attempt in range(VFS_NOT_FOUND_ATTEMPTS):
             view = self._view
@@ -515,7 +520,11 @@ class ReplicaDatabase:
                         time.sleep(VFS_NOT_FOUND_BACKOFF * attempt)
                     continue
                 source.cache_put(elem, data, view.page_size)
-            return _patch_page1(data, view) if pgno == 1 else data
+            if pgno == 1:
+                data = _patch_page1(data, view)
+                if source.config.cache_size:  # cache_size=0: nothing is kept, page 1 neither
+                    self._page1 = (view, data)
+            return data
         raise apsw.BusyError(
             f"litestream VFS {self.name}: page {pgno} of TXID {self._view.txid:016x} is no longer "
             "on the replica (compacted or removed by retention) and changed since; retry the "
@@ -765,13 +774,25 @@ def connect(uri_or_name: str, *, flags: int = _OPEN_READONLY_FLAGS) -> apsw.Conn
     return conn
 
 
+#: connection -> {schema: ReplicaDatabase}: a server asks for every request's TXID, and a
+#: file control costs a trip through SQLite and back into Python (two GIL hand-offs).
+_by_connection: "weakref.WeakKeyDictionary[apsw.Connection, dict]" = weakref.WeakKeyDictionary()
+
+
 def database(conn: apsw.Connection, schema: str = "main") -> ReplicaDatabase:
     """The :class:`ReplicaDatabase` behind ``conn`` (TXID, lag, stats for the server)."""
+    known = _by_connection.get(conn)
+    db = known.get(schema) if known is not None else None
+    if db is not None and not db._closed:
+        return db
     token = next(_tokens)
     if not conn.file_control(schema, FCNTL_BIND, token):
         raise ValueError(f"database {schema!r} of this connection is not opened through the "
                          f"{VFS_NAME!r} VFS")
-    return _bound.pop(token)
+    db = _bound.pop(token)
+    with _open_lock:
+        _by_connection.setdefault(conn, {})[schema] = db
+    return db
 
 
 def install_functions(conn: apsw.Connection, schema: str = "main") -> None:
