@@ -61,6 +61,7 @@ from .defaults import (
     VFS_POLLER_JOIN_TIMEOUT,
 )
 from .errors import ReplicationError, TxNotAvailableError
+from .hydration import Hydrator
 from .replica_client import (
     NotFoundError, client_from_url, fetch_ltx_header, fetch_page, fetch_page_index,
     format_rfc3339_nano, ms_to_datetime, parse_rfc3339,
@@ -122,6 +123,16 @@ class VFSStats:
     pages_fetched: int
     bytes_fetched: int          # bytes read from the replica (indexes, headers, pages)
     connections: int            # open connections sharing this index, cache and poller
+    hydration: str              # off, restoring, ready, failed (hydration.py)
+    hydration_txid: int         # the TXID the local file holds (0 until complete)
+    hydration_progress: float   # 0..1: bytes of the background restore done
+    hydration_reused: bool      # a persistent hydration file was reused at open
+    hydration_catch_ups: int    # times new TXIDs were written into the local file
+    hydration_reads: int        # pages read from the local file
+
+
+_NO_HYDRATION = {"hydration": "off", "hydration_txid": 0, "hydration_progress": 0.0,
+                 "hydration_reused": False, "hydration_catch_ups": 0, "hydration_reads": 0}
 
 
 class _Counted:
@@ -176,6 +187,8 @@ class _Source:
         except BaseException:
             self.client.close()
             raise
+        self.hydrator = Hydrator(self, config.hydration_path) if config.hydration_enabled \
+            else None
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll_loop, daemon=True,
                                         name=f"litestream-vfs-poll {name}")
@@ -235,6 +248,8 @@ class _Source:
                 if view.txid > self.latest.txid:
                     self.updates += 1
                 self.latest = view
+        if self.hydrator is not None:
+            self.hydrator.notify()
 
     # -- polling --------------------------------------------------------------------------------
 
@@ -293,6 +308,11 @@ class _Source:
             self.cache_hits += 1
             return data
 
+    def cache_peek(self, elem) -> bytes | None:
+        """A cached page without counting a hit or a miss (the hydrator's catch-up)."""
+        with self.mu:
+            return self.cache.get(elem)
+
     def cache_put(self, elem, data: bytes, page_size: int) -> None:
         with self.mu:
             self.pages_fetched += 1
@@ -328,6 +348,8 @@ class _Source:
         self._stop.set()
         if self._poller is not threading.current_thread():
             self._poller.join(VFS_POLLER_JOIN_TIMEOUT)
+        if self.hydrator is not None:
+            self.hydrator.close()
         try:
             self.client.close()
         except Exception as e:  # closing must not fail a connection's close
@@ -424,7 +446,8 @@ class ReplicaDatabase:
                 cache_hits=s.cache_hits, cache_misses=s.cache_misses,
                 cache_pages=cache_pages, cache_bytes=cache_pages * view.page_size,
                 cache_capacity_pages=s.capacity(view.page_size), pages_fetched=s.pages_fetched,
-                bytes_fetched=s.bytes_fetched, connections=s.users)
+                bytes_fetched=s.bytes_fetched, connections=s.users,
+                **(s.hydrator.stats() if s.hydrator is not None else _NO_HYDRATION))
 
     # -- time travel ----------------------------------------------------------------------------
 
@@ -507,7 +530,10 @@ class ReplicaDatabase:
                 raise apsw.CorruptError(
                     f"litestream VFS {self.name}: page {pgno} is in no LTX file of the restore "
                     f"plan up to TXID {view.txid:016x} (the replica is incomplete)")
-            data = source.cache_get(elem)
+            hydrator = source.hydrator
+            data = hydrator.read_page(view, pgno, elem) if hydrator is not None else None
+            if data is None:
+                data = source.cache_get(elem)
             if data is None:
                 try:
                     _, data = fetch_page(source.client, *elem, page_size=view.page_size)
@@ -688,6 +714,11 @@ def _pragma_value(db: ReplicaDatabase, name: str) -> str | None:
         return format_rfc3339_nano(db.view_time)
     if name == "litestream_lag":
         return str(int(db.lag))
+    hydrator = db._source.hydrator
+    if name == "litestream_hydration_progress":
+        return f"{hydrator.stats()['hydration_progress'] if hydrator else 0.0:g}"
+    if name == "litestream_hydration_file":
+        return hydrator.path if hydrator else ""
     return None
 
 

@@ -456,8 +456,8 @@ def test_registry_keeps_copies_and_validates():
     ({"write_enabled": "maybe"}, r"write_enabled='maybe'.*boolean"),
     ({"sync_interval": "1s"}, r"sync_interval is not supported: it configures write mode"),
     ({"buffer_path": "/tmp/b"}, r"buffer_path is not supported"),
-    ({"hydration_enabled": "true"}, r"hydration_enabled=true is not supported yet"),
-    ({"hydration_path": "/tmp/h"}, r"hydration_path is not supported yet"),
+    ({"hydration_enabled": "maybe"}, r"hydration_enabled='maybe'.*boolean"),
+    ({"hydration_path": "/tmp/h"}, r"hydration_path without hydration_enabled=true"),
     ({"immutable": "1"}, r"immutable=1 is not supported"),
     ({"nolock": "true"}, r"nolock=1 is not supported"),
 ])
