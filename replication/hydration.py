@@ -26,6 +26,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import mmap
 import os
 import shutil
 import tempfile
@@ -59,6 +60,7 @@ class Hydrator:
         self.local_reads = 0            # pages read from the local file
         self.error: str | None = None
         self._fd = -1
+        self._map = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True,
@@ -91,6 +93,7 @@ class Hydrator:
             if not self._reuse():
                 self._restore()
             self._fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+            self._remap()
             self.state = READY
             while not self._stop.is_set():
                 self._catch_up()
@@ -178,13 +181,14 @@ class Hydrator:
         try:
             ps = view.page_size
             if view.commit * ps > os.fstat(self._fd).st_size:
-                os.ftruncate(self._fd, view.commit * ps)
+                os.ftruncate(self._fd, view.commit * ps)  # grows only: a mapping never faults
             for pgno, data in pages:
                 os.pwrite(self._fd, data, (pgno - 1) * ps)
             lock = lock_pgno(ps)
             if self.commit < lock <= view.commit:
                 os.pwrite(self._fd, bytes(ps), (lock - 1) * ps)
             os.fdatasync(self._fd)
+            self._remap()
             self.txid, self.commit, self._stamp = view.txid, view.commit, view.timestamp_ms
         finally:
             self.generation += 1
@@ -201,11 +205,19 @@ class Hydrator:
                 or pgno > self.commit:
             return None
         ps = view.page_size
-        data = os.pread(self._fd, ps, (pgno - 1) * ps)
+        data = self._map[(pgno - 1) * ps:pgno * ps]
         if self.generation != gen or len(data) != ps:
             return None
         self.local_reads += 1
         return data
+
+    def _remap(self) -> None:
+        """Map the whole file (again, once it grew): a read is then a memory copy, with no
+        system call that would hand the GIL to another thread. The old mapping is left to
+        the garbage collector, so a read that still holds it never touches a closed one."""
+        size = os.fstat(self._fd).st_size
+        if self._map is None or len(self._map) != size:
+            self._map = mmap.mmap(self._fd, size, prot=mmap.PROT_READ) if size else b""
 
     # -- meta -------------------------------------------------------------------------------
 

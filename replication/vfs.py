@@ -500,6 +500,15 @@ class ReplicaDatabase:
         return view.commit * view.page_size
 
     def read(self, amount: int, offset: int) -> bytes:
+        view = self._view
+        ps = view.page_size
+        start = offset % ps
+        if start + amount <= ps and offset + amount <= view.commit * ps:
+            # Within one page: SQLite's every read (a page, or page 1's header at each
+            # transaction start).
+            page = self._page(offset // ps + 1)
+            self._read_in_txn = True
+            return page if amount == ps else page[start:start + amount]
         out = bytearray()
         pos, end = offset, offset + amount
         while pos < end:
