@@ -32,7 +32,8 @@ import shutil
 import tempfile
 import threading
 
-from .ltx import lock_pgno
+from .defaults import HYDRATION_WHOLE_FILE_PAGES
+from .ltx import Decoder, format_filename, lock_pgno
 from .replica_client import NotFoundError, fetch_ltx_header, fetch_page
 from .restore import calc_restore_plan, restore
 
@@ -164,18 +165,16 @@ class Hydrator:
             return
         if view.page_size != self._page_size:
             raise ValueError(f"page size changed from {self._page_size} to {view.page_size}")
-        changed = [(pgno, elem) for pgno, elem in view.index.items()
-                   if elem[2] > self.txid and pgno <= view.commit]
-        pages = []
-        for pgno, elem in changed:  # fetched before the file changes: reads go on meanwhile
-            data = self._source.cache_peek(elem)
-            if data is None:
-                try:
-                    _, data = fetch_page(self._source.client, *elem, page_size=view.page_size)
-                except NotFoundError:  # compacted meanwhile: a fresh plan has the new files
-                    self._source.publish(self._source.target_view(None))
-                    return
-            pages.append((pgno, data))
+        by_file: dict = {}  # (level, min, max) -> {pgno: index entry}
+        for pgno, elem in view.index.items():
+            if elem[2] > self.txid and pgno <= view.commit:
+                by_file.setdefault(elem[:3], {})[pgno] = elem
+        try:  # everything fetched before the file changes: reads go on meanwhile
+            pages = [page for key, wanted in by_file.items()
+                     for page in self._fetch(key, wanted, view.page_size)]
+        except NotFoundError:  # compacted meanwhile: a fresh plan has the new files
+            self._source.publish(self._source.target_view(None))
+            return
         self._remove_meta()
         self.generation += 1  # odd: reads of the file stop trusting it
         try:
@@ -194,6 +193,26 @@ class Hydrator:
             self.generation += 1
         self.catch_ups += 1
         self._write_meta()
+
+    def _fetch(self, key: tuple, wanted: dict, page_size: int) -> list:
+        """``(pgno, data)`` of the ``wanted`` pages of one LTX file."""
+        client = self._source.client
+        if len(wanted) >= HYDRATION_WHOLE_FILE_PAGES:
+            f = client.open_ltx_file(*key)
+            try:
+                dec = Decoder(f, name=format_filename(key[1], key[2]))
+                pages = [(pgno, data) for pgno, data in dec.pages() if pgno in wanted]
+                dec.close()
+            finally:
+                f.close()
+            return pages
+        out = []
+        for pgno, elem in wanted.items():
+            data = self._source.cache_peek(elem)
+            if data is None:
+                _, data = fetch_page(client, *elem, page_size=page_size)
+            out.append((pgno, data))
+        return out
 
     # -- reads ------------------------------------------------------------------------------
 

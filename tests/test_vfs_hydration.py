@@ -2,26 +2,32 @@
 background and kept caught up, on real replicas (file and the real SeaweedFS). No mocks."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import time
+from pathlib import Path
 
 import apsw
+import httpx
 import pytest
 
 import replication.vfs as lvfs
 from replication.restore import restore
 
-from tests import test_vfs
+from tests import test_replica_server, test_vfs
 from tests.test_vfs import STEPS, _states, _write_l0, one, snapshot_of, wait_for
 
 store = test_vfs.store  # the fixture: a fresh replica on file:// and on SeaweedFS
 
 BASE_TS = int(time.time() * 1000) - 600_000
+#: STEPS and one more that rewrites half of table a (TXID 8: a catch-up reads that whole file).
+STEPS_H = STEPS + ["UPDATE a SET body = randomblob(900) WHERE id % 2 = 0"]
 
 
 def replica_up_to(client, tmp_path, txid: int) -> list[bytes]:
     """The states of STEPS, and L0 files for TXIDs 1..txid of them on the replica."""
-    states = _states(tmp_path, STEPS)
+    states = _states(tmp_path, STEPS_H)
     _write_l0(client, states, 1, txid, BASE_TS)
     return states
 
@@ -70,14 +76,16 @@ def test_reads_equal_a_full_restore_while_hydrating_and_after(tmp_path, store):
         assert os.path.exists(one(conn, "PRAGMA litestream_hydration_file"))
 
         # Following: new TXIDs are read at once (from the replica), then written locally.
-        _write_l0(client, states, 5, 7, BASE_TS)
+        _write_l0(client, states, 5, 8, BASE_TS)
         assert lvfs.database(conn).poll()
-        want7 = restored(client, tmp_path / "want7.db")
-        assert snapshot_of(conn) == want7
-        wait_for(hydrated_at(conn, 7), what="catch-up to TXID 7")
+        want8 = restored(client, tmp_path / "want8.db")
+        assert snapshot_of(conn) == want8
+        wait_for(hydrated_at(conn, 8), what="catch-up to TXID 8")
         assert lvfs.database(conn).stats().hydration_catch_ups >= 1
-        assert snapshot_of(conn) == want7
-        assert one(conn, "SELECT litestream_txid()") == f"{7:016x}"
+        reads = lvfs.database(conn).stats().hydration_reads
+        assert snapshot_of(conn) == want8
+        assert lvfs.database(conn).stats().hydration_reads > reads
+        assert one(conn, "SELECT litestream_txid()") == f"{8:016x}"
     finally:
         conn.close()
 
@@ -164,5 +172,53 @@ def test_hydration_shows_on_the_replica_metrics(tmp_path, store):
         assert samples["sqlite_rest_read_replica_hydration_progress"] == 1.0
         assert samples["sqlite_rest_read_replica_hydration_txid"] == 2
         assert "sqlite_rest_read_replica_hydration_reads" in samples
+    finally:
+        conn.close()
+
+
+# --- a hydrated replica server ---------------------------------------------------------------
+
+cluster = test_replica_server.cluster  # the fixture: a replicating primary, replica servers
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("backend", ["file", "s3"])
+def test_a_hydrated_replica_server_reads_its_writes_and_reports_hydration(cluster, backend,
+                                                                          tmp_path):
+    c = cluster(backend)
+    path = tmp_path / "hydrated-app.db"
+    replica = c.replica_server(hydration_enabled="true", hydration_path=str(path))
+    with httpx.Client(timeout=10) as http:
+        wait_for(lambda: http.get(replica.metrics_url + "/status").json()["replica"]
+                 ["hydration"] == "ready", 60, "the supervisor's hydration")
+        for i in range(30):
+            w = http.post(f"{c.primary.base_url}/items", json={"name": f"h{i}"})
+            assert w.status_code == 201, w.text
+            r = http.get(f"{replica.base_url}/items?name=eq.h{i}",
+                         headers={"X-Replication-Min-Txid": w.headers["X-Replication-Txid"]})
+            assert r.status_code == 200 and [row["name"] for row in r.json()] == [f"h{i}"]
+        position = int(w.headers["X-Replication-Txid"], 16)
+        wait_for(lambda: http.get(replica.metrics_url + "/status").json()["replica"]
+                 ["hydration_txid"] >= position, 30, "the hydration to catch up")
+        status = http.get(replica.metrics_url + "/status").json()["replica"]
+        assert status["hydration_progress"] == 1.0 and status["hydration_catch_ups"] >= 1
+        metrics = http.get(replica.metrics_url + "/metrics").text
+        assert re.search(r"^sqlite_rest_read_replica_hydration_progress 1\.0$", metrics, re.M)
+        assert float(re.search(r"^sqlite_rest_read_replica_hydration_txid (\S+)$", metrics,
+                               re.M).group(1)) >= position
+        # The hydrated file is a database: the same rows as the primary's.
+        rows = http.get(f"{c.primary.base_url}/items?order=id").json()
+
+    def file_txid():  # the process that owns the path caught up too (it may be a worker)
+        try:
+            return json.loads(Path(f"{path}.meta").read_text())["txid"]
+        except (OSError, ValueError):
+            return 0
+    wait_for(lambda: file_txid() >= position, 30, "the hydration file to catch up")
+    want = [(row["id"], row["name"]) for row in rows]
+    replica.stop()
+    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        assert conn.execute("SELECT id, name FROM items ORDER BY id").fetchall() == want
     finally:
         conn.close()
