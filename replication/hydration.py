@@ -90,22 +90,37 @@ class Hydrator:
     # -- the thread -------------------------------------------------------------------------
 
     def _run(self) -> None:
-        try:
-            if not self._reuse():
-                self._restore()
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
-            self._remap()
-            self.state = READY
-            while not self._stop.is_set():
+        while not self._stop.is_set():
+            try:
+                if self.state != READY:
+                    self._hydrate()
                 self._catch_up()
-                self._wake.wait(self._source.config.poll_interval)
-                self._wake.clear()
-        except Exception as e:  # reads go on from the replica; stats say why
-            if self._stop.is_set():
-                return
-            self.state, self.error = FAILED, str(e)
-            self.generation += 1  # odd for good: no read trusts the file any more
-            log.warning("litestream VFS %s: hydration failed: %s", self._source.name, e)
+            except Exception as e:  # reads go on from the replica; stats say why
+                if self._stop.is_set():
+                    return
+                self.error = str(e)
+                if self.state != READY or self.generation & 1:
+                    # Not complete, or a catch-up failed while it wrote (the generation stays
+                    # odd: no read trusts the file): hydrate again at the next interval.
+                    self.state = FAILED
+                log.warning("litestream VFS %s: hydration: %s (retried in %gs)",
+                            self._source.name, e, self._source.config.poll_interval)
+            self._wake.wait(self._source.config.poll_interval)
+            self._wake.clear()
+
+    def _hydrate(self) -> None:
+        """Reuse the persistent file or restore one, then let reads trust it."""
+        self.state = RESTORING
+        if not self._reuse():
+            self._restore()
+        if self._fd >= 0:
+            os.close(self._fd)  # the file of a failed hydration (a restore renamed over it)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        self._map = None
+        self._remap()
+        self.generation += self.generation & 1  # even: the file holds TXID self.txid
+        self.error = None
+        self.state = READY
 
     def notify(self) -> None:
         """A newer view was published: catch up now rather than at the next interval."""
@@ -177,21 +192,19 @@ class Hydrator:
             return
         self._remove_meta()
         self.generation += 1  # odd: reads of the file stop trusting it
-        try:
-            ps = view.page_size
-            if view.commit * ps > os.fstat(self._fd).st_size:
-                os.ftruncate(self._fd, view.commit * ps)  # grows only: a mapping never faults
-            for pgno, data in pages:
-                os.pwrite(self._fd, data, (pgno - 1) * ps)
-            lock = lock_pgno(ps)
-            if self.commit < lock <= view.commit:
-                os.pwrite(self._fd, bytes(ps), (lock - 1) * ps)
-            os.fdatasync(self._fd)
-            self._remap()
-            self.txid, self.commit, self._stamp = view.txid, view.commit, view.timestamp_ms
-        finally:
-            self.generation += 1
-        self.catch_ups += 1
+        ps = view.page_size
+        if view.commit * ps > os.fstat(self._fd).st_size:
+            os.ftruncate(self._fd, view.commit * ps)  # grows only: a mapping never faults
+        for pgno, data in pages:
+            os.pwrite(self._fd, data, (pgno - 1) * ps)
+        lock = lock_pgno(ps)
+        if self.commit < lock <= view.commit:
+            os.pwrite(self._fd, bytes(ps), (lock - 1) * ps)
+        os.fdatasync(self._fd)
+        self._remap()
+        self.txid, self.commit, self._stamp = view.txid, view.commit, view.timestamp_ms
+        self.generation += 1  # even again: the file holds the new TXID (an error above
+        self.catch_ups += 1   # leaves it odd, and _run hydrates again)
         self._write_meta()
 
     def _fetch(self, key: tuple, wanted: dict, page_size: int) -> list:
