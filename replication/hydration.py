@@ -33,6 +33,7 @@ import tempfile
 import threading
 
 from .defaults import HYDRATION_WHOLE_FILE_PAGES
+from .errors import TxNotAvailableError
 from .ltx import Decoder, format_filename, lock_pgno
 from .replica_client import NotFoundError, fetch_ltx_header, fetch_page
 from .restore import calc_restore_plan, restore
@@ -62,6 +63,10 @@ class Hydrator:
         self.error: str | None = None
         self._fd = -1
         self._map = None
+        # Pages that views published since TXID _changed_from added, up to view _changed_txid
+        # (None: unknown, scan the whole index). A superset is harmless: pages are filtered.
+        self._changed: set | None = None
+        self._changed_txid = self._changed_from = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True,
@@ -91,6 +96,7 @@ class Hydrator:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._wake.clear()  # before the work: a view published during it wakes the next
             try:
                 if self.state != READY:
                     self._hydrate()
@@ -106,7 +112,6 @@ class Hydrator:
                 log.warning("litestream VFS %s: hydration: %s (retried in %gs)",
                             self._source.name, e, self._source.config.poll_interval)
             self._wake.wait(self._source.config.poll_interval)
-            self._wake.clear()
 
     def _hydrate(self) -> None:
         """Reuse the persistent file or restore one, then let reads trust it."""
@@ -122,8 +127,15 @@ class Hydrator:
         self.error = None
         self.state = READY
 
-    def notify(self) -> None:
-        """A newer view was published: catch up now rather than at the next interval."""
+    def notify(self, view) -> None:
+        """``view`` was published (under the source's lock): note its changed pages and
+        catch up now rather than at the next interval."""
+        if self._changed is not None and view.added is not None \
+                and view.base_txid == self._changed_txid:
+            self._changed |= view.added
+        else:
+            self._changed = None  # a full build (or a view missed): scan the index
+        self._changed_txid = view.txid
         self._wake.set()
 
     def _reuse(self) -> bool:
@@ -136,14 +148,14 @@ class Hydrator:
         except (OSError, ValueError, KeyError, TypeError):
             return False
         client = self._source.client
-        try:
+        try:  # a store error propagates: retried later, the file kept for then
             plan = calc_restore_plan(client, txid=txid)
-            last = plan[-1]
-            header = fetch_ltx_header(client, last.level, last.min_txid, last.max_txid)
-        except Exception as e:  # noqa: BLE001 - anything unexpected: rebuild, never trust
+        except TxNotAvailableError as e:  # the replica has no such TXID (any more)
             log.info("litestream VFS %s: hydration file %s at TXID %016x not reused: %s",
                      self._source.name, self.path, txid, e)
             return False
+        last = plan[-1]
+        header = fetch_ltx_header(client, last.level, last.min_txid, last.max_txid)
         if last.max_txid != txid or header.timestamp != stamp \
                 or header.page_size != meta.get("page_size") \
                 or size < int(meta.get("commit", 0)) * header.page_size:
@@ -175,13 +187,22 @@ class Hydrator:
     def _catch_up(self) -> None:
         """Bring the file to the source's newest view: write every page whose newest version
         comes from a file past ours (read from the page cache or the replica)."""
-        view = self._source.latest
+        with self._source.mu:
+            view = self._source.latest
+            changed = self._changed if self._changed_txid == view.txid else None
+            since = self._changed_from
+            self._changed, self._changed_txid = set(), view.txid
+            self._changed_from = view.txid
         if view.txid <= self.txid:
             return
         if view.page_size != self._page_size:
             raise ValueError(f"page size changed from {self._page_size} to {view.page_size}")
+        if changed is None or since > self.txid:  # the whole index, once
+            candidates = view.index.items()
+        else:  # the pages of the files published since (at most) our TXID
+            candidates = ((pgno, view.index[pgno]) for pgno in changed if pgno in view.index)
         by_file: dict = {}  # (level, min, max) -> {pgno: index entry}
-        for pgno, elem in view.index.items():
+        for pgno, elem in candidates:
             if elem[2] > self.txid and pgno <= view.commit:
                 by_file.setdefault(elem[:3], {})[pgno] = elem
         try:  # everything fetched before the file changes: reads go on meanwhile

@@ -97,6 +97,10 @@ class _View:
     page_size: int          # bytes
     index: dict             # pgno -> (level, min_txid, max_txid, frame offset, frame size)
     timestamp_ms: int       # LTX header Timestamp of the newest file
+    #: An incremental build: the pages its new files hold, and the TXID of the view it
+    #: extended (lets the hydrator catch up without scanning the whole index).
+    added: frozenset | None = None
+    base_txid: int = 0
 
 
 @dataclass(frozen=True)
@@ -230,7 +234,9 @@ class _Source:
             for pgno, (offset, size) in idx.items():
                 index[pgno] = (*key, offset, size)
         view = _View(txid=last.max_txid, commit=header.commit, page_size=header.page_size,
-                     index=index, timestamp_ms=header.timestamp)
+                     index=index, timestamp_ms=header.timestamp,
+                     added=frozenset().union(*indexes) if base is not None else None,
+                     base_txid=base.txid if base is not None else 0)
         return view, indexes
 
     def target_view(self, target: datetime | None) -> _View:
@@ -248,8 +254,8 @@ class _Source:
                 if view.txid > self.latest.txid:
                     self.updates += 1
                 self.latest = view
-        if self.hydrator is not None:
-            self.hydrator.notify()
+                if self.hydrator is not None:
+                    self.hydrator.notify(view)  # under mu: it sees views in publish order
 
     # -- polling --------------------------------------------------------------------------------
 
