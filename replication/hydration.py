@@ -33,7 +33,7 @@ import tempfile
 import threading
 
 from .defaults import HYDRATION_WHOLE_FILE_PAGES
-from .errors import TxNotAvailableError
+from .errors import ReplicationError, TxNotAvailableError
 from .ltx import Decoder, format_filename, lock_pgno
 from .replica_client import NotFoundError, fetch_ltx_header, fetch_page
 from .restore import calc_restore_plan, restore
@@ -79,7 +79,12 @@ class Hydrator:
         """The file this process hydrates into: ``path`` when no other process owns it."""
         if path:
             path = os.path.abspath(path)
-            lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as e:
+                raise ReplicationError(f"hydration_path {path}: {e.strerror or e}",
+                                       hint="give a path in an existing, writable directory") \
+                    from None
             try:
                 fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 self._lock_fd = lock_fd

@@ -186,13 +186,14 @@ class _Source:
         self.last_poll_ok: float | None = None   # monotonic; None until the first poll
         self.closed = False
         self.client = _MeteredClient(client_from_url(config.replica_url), self)
+        self.hydrator = None
         try:
             self.latest = self.target_view(None)
+            if config.hydration_enabled:
+                self.hydrator = Hydrator(self, config.hydration_path)
         except BaseException:
             self.client.close()
             raise
-        self.hydrator = Hydrator(self, config.hydration_path) if config.hydration_enabled \
-            else None
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll_loop, daemon=True,
                                         name=f"litestream-vfs-poll {name}")

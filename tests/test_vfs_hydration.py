@@ -158,6 +158,28 @@ def test_hydration_path_needs_hydration_enabled(tmp_path, store):
         lvfs.connect(lvfs.uri("h4.db", url, hydration_path=str(tmp_path / "h")))
 
 
+def test_a_failed_hydration_is_retried_and_reads_go_on(tmp_path, store):
+    client, url = store
+    replica_up_to(client, tmp_path, 4)
+    want = restored(client, tmp_path / "want.db")
+    path = tmp_path / "h" / "app.db"
+    with pytest.raises(apsw.CantOpenError, match=r"hydration_path .*h/app.db: No such file"):
+        open_hydrated(url, "h6.db", hydration_path=str(path))
+    path.parent.mkdir()
+    Path(f"{path}.tmp").mkdir()  # where the restore writes: it cannot
+    conn = open_hydrated(url, "h6.db", hydration_path=str(path), poll_interval="100ms")
+    try:
+        wait_for(lambda: lvfs.database(conn).stats().hydration == "failed", what="a failure")
+        assert snapshot_of(conn) == want  # from the replica meanwhile
+        Path(f"{path}.tmp").rmdir()
+        wait_for(hydrated_at(conn, 4), what="the retried hydration")
+        conn.execute("PRAGMA cache_size=0")
+        assert snapshot_of(conn) == want
+        assert lvfs.database(conn).stats().hydration_reads > 0
+    finally:
+        conn.close()
+
+
 def test_hydration_shows_on_the_replica_metrics(tmp_path, store):
     from sqlite_rest.observability.metrics import ReplicaCollector
 
