@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -13,10 +15,13 @@ import httpx
 import pytest
 
 import replication.vfs as lvfs
+from replication.file_replica_client import FileReplicaClient
 from replication.restore import restore
 
 from tests import test_replica_server, test_vfs
-from tests.test_vfs import STEPS, _states, _write_l0, one, snapshot_of, wait_for
+from tests.test_vfs import (
+    OURS, STEPS, _states, _write_l0, count, make_source, one, snapshot_of, wait_for, write_round,
+)
 
 store = test_vfs.store  # the fixture: a fresh replica on file:// and on SeaweedFS
 
@@ -32,9 +37,9 @@ def replica_up_to(client, tmp_path, txid: int) -> list[bytes]:
     return states
 
 
-def restored(client, out) -> dict:
-    """What a full restore of the replica holds, as a reader sees it."""
-    restore(client, str(out), force=True)
+def restored(client, out, **kw) -> dict:
+    """What a full restore of the replica (``txid=``: at that TXID) holds, as a reader sees it."""
+    restore(client, str(out), force=True, **kw)
     conn = apsw.Connection(str(out), flags=apsw.SQLITE_OPEN_READONLY)
     try:
         return snapshot_of(conn)
@@ -88,6 +93,57 @@ def test_reads_equal_a_full_restore_while_hydrating_and_after(tmp_path, store):
         assert one(conn, "SELECT litestream_txid()") == f"{8:016x}"
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("writer", ["ours", "litestream"])
+def test_follows_a_live_replicator_after_hydration(tmp_path, writer, request):
+    db, replica = tmp_path / "src.db", tmp_path / "replica"
+    config = tmp_path / "litestream.yml"
+    config.write_text(f"dbs:\n  - path: {db}\n    monitor-interval: 100ms\n    replica:\n"
+                      f"      type: file\n      path: {replica}\n      sync-interval: 100ms\n")
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+    binary = [request.getfixturevalue("litestream_bin"), "replicate"] if writer == "litestream" \
+        else OURS
+    src = make_source(db)
+    write_round(src, 0)
+    proc = subprocess.Popen([*binary, "-config", str(config)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    conn = None
+    try:
+        wait_for(lambda: list(FileReplicaClient(str(replica)).ltx_files(0)), 30, "first upload")
+        conn = open_hydrated(f"file://{replica}", "live-h.db", poll_interval="100ms")
+        wait_for(lambda: lvfs.database(conn).stats().hydration == "ready", what="hydration")
+        conn.execute("PRAGMA cache_size=0")
+        for i in range(1, 4):
+            write_round(src, i)
+            n = count(src)
+            wait_for(lambda: count(conn) == n, 15, f"round {i}")
+            txid = lvfs.database(conn).txid
+            wait_for(hydrated_at(conn, txid), what=f"the catch-up of round {i}")
+        stats = lvfs.database(conn).stats()
+        assert stats.hydration_catch_ups >= 3 and stats.hydration_reads > 0
+        conn.execute("BEGIN")  # one TXID for the snapshot and its position
+        seen, txid = snapshot_of(conn), lvfs.database(conn).txid
+        conn.execute("COMMIT")
+        assert seen == restored(FileReplicaClient(str(replica)), tmp_path / "at.db", txid=txid)
+    finally:
+        if conn is not None:
+            conn.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        src.close()
+    client = FileReplicaClient(str(replica))
+    after = open_hydrated(f"file://{replica}", "live-h2.db")
+    try:  # a fresh hydration of the final replica: what a restore gives
+        wait_for(hydrated_at(after, lvfs.database(after).txid), what="hydration")
+        after.execute("PRAGMA cache_size=0")
+        assert snapshot_of(after) == restored(client, tmp_path / "final.db")
+    finally:
+        after.close()
 
 
 def test_a_transaction_open_across_a_catch_up_keeps_its_txid(tmp_path, store):
