@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -20,7 +18,8 @@ from replication.restore import restore
 
 from tests import test_replica_server, test_vfs
 from tests.test_vfs import (
-    OURS, STEPS, _states, _write_l0, count, make_source, one, snapshot_of, wait_for, write_round,
+    STEPS, _states, _write_l0, count, make_source, one, snapshot_of, start_replicator, stop_process,
+    wait_for, write_round,
 )
 
 store = test_vfs.store  # the fixture: a fresh replica on file:// and on SeaweedFS
@@ -98,16 +97,9 @@ def test_reads_equal_a_full_restore_while_hydrating_and_after(tmp_path, store):
 @pytest.mark.parametrize("writer", ["ours", "litestream"])
 def test_follows_a_live_replicator_after_hydration(tmp_path, writer, request):
     db, replica = tmp_path / "src.db", tmp_path / "replica"
-    config = tmp_path / "litestream.yml"
-    config.write_text(f"dbs:\n  - path: {db}\n    monitor-interval: 100ms\n    replica:\n"
-                      f"      type: file\n      path: {replica}\n      sync-interval: 100ms\n")
-    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
-    binary = [request.getfixturevalue("litestream_bin"), "replicate"] if writer == "litestream" \
-        else OURS
     src = make_source(db)
     write_round(src, 0)
-    proc = subprocess.Popen([*binary, "-config", str(config)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_replicator(tmp_path, db, replica, writer, request)
     conn = None
     try:
         wait_for(lambda: list(FileReplicaClient(str(replica)).ltx_files(0)), 30, "first upload")
@@ -129,12 +121,7 @@ def test_follows_a_live_replicator_after_hydration(tmp_path, writer, request):
     finally:
         if conn is not None:
             conn.close()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         src.close()
     client = FileReplicaClient(str(replica))
     after = open_hydrated(f"file://{replica}", "live-h2.db")
