@@ -263,8 +263,8 @@ def test_a_hydrated_replica_server_reads_its_writes_and_reports_hydration(cluste
                          headers={"X-Replication-Min-Txid": w.headers["X-Replication-Txid"]})
             assert r.status_code == 200 and [row["name"] for row in r.json()] == [f"h{i}"]
         position = int(w.headers["X-Replication-Txid"], 16)
-        wait_for(lambda: http.get(replica.metrics_url + "/status").json()["replica"]
-                 ["hydration_txid"] >= position, 30, "the hydration to catch up")
+        wait_for(lambda: int(http.get(replica.metrics_url + "/status").json()["replica"]
+                             ["hydration_txid"], 16) >= position, 30, "the hydration to catch up")
         status = http.get(replica.metrics_url + "/status").json()["replica"]
         assert status["hydration_progress"] == 1.0 and status["hydration_catch_ups"] >= 1
         metrics = http.get(replica.metrics_url + "/metrics").text
