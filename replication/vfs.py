@@ -33,6 +33,10 @@ Each main database file opened through the VFS (one per connection) is a
   whose old version is gone from the replica and from our cache, fails the read with
   SQLITE_BUSY (Litestream returns SQLITE_BUSY there too); design/read-replicas.md.
 
+- **Hydration** (``hydration_enabled=true``, ``hydration_path``): a local copy restored in the
+  background and kept caught up (:mod:`replication.hydration`); pages it holds at a view's
+  TXID are read from it, the others as above.
+
 Configuration: :mod:`replication.vfs_config` (URI parameters > registry > environment).
 apsw cannot add SQL functions from a VFS, so :func:`connect` (or :func:`install_functions`)
 adds ``litestream_txid()``, ``litestream_time()``, ``litestream_lag()`` and
