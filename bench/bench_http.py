@@ -260,9 +260,10 @@ def main(argv=None) -> int:
     parser.add_argument("--compare-with", type=Path, metavar="DIR",
                         help="also run the sqlite-rest code in DIR (e.g. `git worktree add "
                              "/tmp/before <commit>`), same flags")
-    parser.add_argument("--compare-command", metavar="'CMD {db} {port}'",
+    parser.add_argument("--compare-command", metavar="'CMD {db} {port}'", action="append",
+                        default=[],
                         help="also run this server command line, {db} and {port} substituted "
-                             "(no shell; run in the current directory)")
+                             "(no shell; run in the current directory; repeatable: cmd, cmd2…)")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("error: wrk not found (hint: apt-get install wrk)", file=sys.stderr)
@@ -272,10 +273,10 @@ def main(argv=None) -> int:
     servers = {"this": ("code", REPO)}
     if args.compare_with is not None:
         servers["other"] = ("code", args.compare_with.resolve())
-    if args.compare_command is not None:
-        if "{port}" not in args.compare_command:
+    for i, command in enumerate(args.compare_command, 1):
+        if "{port}" not in command:
             parser.error("--compare-command needs {port} (and usually {db})")
-        servers["cmd"] = ("command", args.compare_command)
+        servers["cmd" if i == 1 else f"cmd{i}"] = ("command", command)
     labels = list(servers)
 
     caller_cwd = os.getcwd()

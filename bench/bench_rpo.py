@@ -33,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout, uninstalled
 from replication.ltx import Decoder, parse_filename  # noqa: E402
+from tests.plugins.replicas import stop_process as stop  # noqa: E402
 
 MARKER = re.compile(rb"SEQ:(\d{12})")
 
@@ -170,16 +171,6 @@ def start_replicator(kind: str, db: str, url: str, workdir: str, env: dict) -> s
         cmd = ["litestream", "replicate", db, url]
     log = open(os.path.join(workdir, f"{kind}.log"), "wb")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def run_case(kind: str, replica, rate: float, seconds: float, workdir: str, env: dict,

@@ -91,3 +91,6 @@ VFS_NOT_FOUND_BACKOFF = 0.015
 #: Seconds xClose waits for the database's poller thread to stop (ours): a poll stuck in an
 #: S3 request must not hang a connection's close.
 VFS_POLLER_JOIN_TIMEOUT = 5.0
+#: A hydration catch-up reads a whole LTX file (one GET, decoded) rather than one range read
+#: per page once it needs at least this many of the file's pages (ours).
+HYDRATION_WHOLE_FILE_PAGES = 8

@@ -33,6 +33,10 @@ Each main database file opened through the VFS (one per connection) is a
   whose old version is gone from the replica and from our cache, fails the read with
   SQLITE_BUSY (Litestream returns SQLITE_BUSY there too); design/read-replicas.md.
 
+- **Hydration** (``hydration_enabled=true``, ``hydration_path``): a local copy restored in the
+  background and kept caught up (:mod:`replication.hydration`); pages it holds at a view's
+  TXID are read from it, the others as above.
+
 Configuration: :mod:`replication.vfs_config` (URI parameters > registry > environment).
 apsw cannot add SQL functions from a VFS, so :func:`connect` (or :func:`install_functions`)
 adds ``litestream_txid()``, ``litestream_time()``, ``litestream_lag()`` and
@@ -61,6 +65,7 @@ from .defaults import (
     VFS_POLLER_JOIN_TIMEOUT,
 )
 from .errors import ReplicationError, TxNotAvailableError
+from .hydration import Hydrator
 from .replica_client import (
     NotFoundError, client_from_url, fetch_ltx_header, fetch_page, fetch_page_index,
     format_rfc3339_nano, ms_to_datetime, parse_rfc3339,
@@ -96,6 +101,10 @@ class _View:
     page_size: int          # bytes
     index: dict             # pgno -> (level, min_txid, max_txid, frame offset, frame size)
     timestamp_ms: int       # LTX header Timestamp of the newest file
+    #: An incremental build: the pages its new files hold, and the TXID of the view it
+    #: extended (lets the hydrator catch up without scanning the whole index).
+    added: frozenset | None = None
+    base_txid: int = 0
 
 
 @dataclass(frozen=True)
@@ -122,6 +131,16 @@ class VFSStats:
     pages_fetched: int
     bytes_fetched: int          # bytes read from the replica (indexes, headers, pages)
     connections: int            # open connections sharing this index, cache and poller
+    hydration: str              # off, restoring, ready, failed (hydration.py)
+    hydration_txid: int         # the TXID the local file holds (0 until complete)
+    hydration_progress: float   # 0..1: bytes of the background restore done
+    hydration_reused: bool      # a persistent hydration file was reused at open
+    hydration_catch_ups: int    # times new TXIDs were written into the local file
+    hydration_reads: int        # pages read from the local file
+
+
+_NO_HYDRATION = {"hydration": "off", "hydration_txid": 0, "hydration_progress": 0.0,
+                 "hydration_reused": False, "hydration_catch_ups": 0, "hydration_reads": 0}
 
 
 class _Counted:
@@ -171,8 +190,11 @@ class _Source:
         self.last_poll_ok: float | None = None   # monotonic; None until the first poll
         self.closed = False
         self.client = _MeteredClient(client_from_url(config.replica_url), self)
+        self.hydrator = None
         try:
             self.latest = self.target_view(None)
+            if config.hydration_enabled:
+                self.hydrator = Hydrator(self, config.hydration_path)
         except BaseException:
             self.client.close()
             raise
@@ -217,7 +239,9 @@ class _Source:
             for pgno, (offset, size) in idx.items():
                 index[pgno] = (*key, offset, size)
         view = _View(txid=last.max_txid, commit=header.commit, page_size=header.page_size,
-                     index=index, timestamp_ms=header.timestamp)
+                     index=index, timestamp_ms=header.timestamp,
+                     added=frozenset().union(*indexes) if base is not None else None,
+                     base_txid=base.txid if base is not None else 0)
         return view, indexes
 
     def target_view(self, target: datetime | None) -> _View:
@@ -235,6 +259,8 @@ class _Source:
                 if view.txid > self.latest.txid:
                     self.updates += 1
                 self.latest = view
+                if self.hydrator is not None:
+                    self.hydrator.notify(view)  # under mu: it sees views in publish order
 
     # -- polling --------------------------------------------------------------------------------
 
@@ -293,6 +319,11 @@ class _Source:
             self.cache_hits += 1
             return data
 
+    def cache_peek(self, elem) -> bytes | None:
+        """A cached page without counting a hit or a miss (the hydrator's catch-up)."""
+        with self.mu:
+            return self.cache.get(elem)
+
     def cache_put(self, elem, data: bytes, page_size: int) -> None:
         with self.mu:
             self.pages_fetched += 1
@@ -328,6 +359,8 @@ class _Source:
         self._stop.set()
         if self._poller is not threading.current_thread():
             self._poller.join(VFS_POLLER_JOIN_TIMEOUT)
+        if self.hydrator is not None:
+            self.hydrator.close()
         try:
             self.client.close()
         except Exception as e:  # closing must not fail a connection's close
@@ -377,6 +410,7 @@ class ReplicaDatabase:
         self._target: datetime | None = None   # time-travel target; None = follow latest
         self._pending: _View | None = None     # time travel asked for inside a transaction
         self._view = self._source.latest
+        self._page1: tuple = (None, b"")   # (view, its patched page 1)
         self._closed = False
 
     # -- public state ---------------------------------------------------------------------------
@@ -423,7 +457,8 @@ class ReplicaDatabase:
                 cache_hits=s.cache_hits, cache_misses=s.cache_misses,
                 cache_pages=cache_pages, cache_bytes=cache_pages * view.page_size,
                 cache_capacity_pages=s.capacity(view.page_size), pages_fetched=s.pages_fetched,
-                bytes_fetched=s.bytes_fetched, connections=s.users)
+                bytes_fetched=s.bytes_fetched, connections=s.users,
+                **(s.hydrator.stats() if s.hydrator is not None else _NO_HYDRATION))
 
     # -- time travel ----------------------------------------------------------------------------
 
@@ -476,6 +511,15 @@ class ReplicaDatabase:
         return view.commit * view.page_size
 
     def read(self, amount: int, offset: int) -> bytes:
+        view = self._view
+        ps = view.page_size
+        start = offset % ps
+        if start + amount <= ps and offset + amount <= view.commit * ps:
+            # Within one page: SQLite's every read (a page, or page 1's header at each
+            # transaction start).
+            page = self._page(offset // ps + 1)
+            self._read_in_txn = True
+            return page if amount == ps else page[start:start + amount]
         out = bytearray()
         pos, end = offset, offset + amount
         while pos < end:
@@ -492,6 +536,10 @@ class ReplicaDatabase:
         return bytes(out)
 
     def _page(self, pgno: int) -> bytes:
+        if pgno == 1:  # read at every transaction start (the change counter): keep it patched
+            view, page = self._page1
+            if view is self._view:
+                return page
         source = self._source
         for attempt in range(VFS_NOT_FOUND_ATTEMPTS):
             view = self._view
@@ -502,7 +550,10 @@ class ReplicaDatabase:
                 raise apsw.CorruptError(
                     f"litestream VFS {self.name}: page {pgno} is in no LTX file of the restore "
                     f"plan up to TXID {view.txid:016x} (the replica is incomplete)")
-            data = source.cache_get(elem)
+            hydrator = source.hydrator
+            data = hydrator.read_page(view, pgno, elem) if hydrator is not None else None
+            if data is None:
+                data = source.cache_get(elem)
             if data is None:
                 try:
                     _, data = fetch_page(source.client, *elem, page_size=view.page_size)
@@ -515,7 +566,11 @@ class ReplicaDatabase:
                         time.sleep(VFS_NOT_FOUND_BACKOFF * attempt)
                     continue
                 source.cache_put(elem, data, view.page_size)
-            return _patch_page1(data, view) if pgno == 1 else data
+            if pgno == 1:
+                data = _patch_page1(data, view)
+                if source.config.cache_size:  # cache_size=0: nothing is kept, page 1 neither
+                    self._page1 = (view, data)
+            return data
         raise apsw.BusyError(
             f"litestream VFS {self.name}: page {pgno} of TXID {self._view.txid:016x} is no longer "
             "on the replica (compacted or removed by retention) and changed since; retry the "
@@ -679,6 +734,11 @@ def _pragma_value(db: ReplicaDatabase, name: str) -> str | None:
         return format_rfc3339_nano(db.view_time)
     if name == "litestream_lag":
         return str(int(db.lag))
+    hydrator = db._source.hydrator
+    if name == "litestream_hydration_progress":
+        return f"{hydrator.stats()['hydration_progress'] if hydrator else 0.0:g}"
+    if name == "litestream_hydration_file":
+        return hydrator.path if hydrator else ""
     return None
 
 
@@ -765,13 +825,25 @@ def connect(uri_or_name: str, *, flags: int = _OPEN_READONLY_FLAGS) -> apsw.Conn
     return conn
 
 
+#: connection -> {schema: ReplicaDatabase}: a server asks for every request's TXID, and a
+#: file control costs a trip through SQLite and back into Python (two GIL hand-offs).
+_by_connection: "weakref.WeakKeyDictionary[apsw.Connection, dict]" = weakref.WeakKeyDictionary()
+
+
 def database(conn: apsw.Connection, schema: str = "main") -> ReplicaDatabase:
     """The :class:`ReplicaDatabase` behind ``conn`` (TXID, lag, stats for the server)."""
+    known = _by_connection.get(conn)
+    db = known.get(schema) if known is not None else None
+    if db is not None and not db._closed:
+        return db
     token = next(_tokens)
     if not conn.file_control(schema, FCNTL_BIND, token):
         raise ValueError(f"database {schema!r} of this connection is not opened through the "
                          f"{VFS_NAME!r} VFS")
-    return _bound.pop(token)
+    db = _bound.pop(token)
+    with _open_lock:
+        _by_connection.setdefault(conn, {})[schema] = db
+    return db
 
 
 def install_functions(conn: apsw.Connection, schema: str = "main") -> None:

@@ -14,8 +14,8 @@ lock, so a caller mutating its object never changes an open in flight.
 
 Settings Litestream has but this VFS does not implement are refused with the parameter's name:
 write mode (``write_enabled=true``, ``sync_interval``, ``buffer_path``) because this VFS is
-read-only, and hydration (``hydration_enabled=true``, ``hydration_path``) because it is not
-built yet. Refusing beats ignoring: a caller who asked for writes must not get a silent
+read-only; a ``hydration_path`` without ``hydration_enabled=true`` is refused too (it would
+do nothing). Refusing beats ignoring: a caller who asked for writes must not get a silent
 read-only database.
 """
 from __future__ import annotations
@@ -115,7 +115,7 @@ def parse_setting(name: str, value, *, source: str = ""):
 
 
 def check_supported(cfg: VFSConfig) -> None:
-    """Refuse what this VFS does not do (write mode, hydration), naming the parameter."""
+    """Refuse what this VFS does not do (write mode), naming the parameter."""
     if cfg.write_enabled:
         raise VFSConfigError("litestream VFS: write_enabled=true is not supported: this VFS is "
                              "read-only", hint="remove write_enabled (or set it to false)")
@@ -123,13 +123,9 @@ def check_supported(cfg: VFSConfig) -> None:
         if getattr(cfg, name) is not None:
             raise VFSConfigError(f"litestream VFS: {name} is not supported: it configures write "
                                  "mode, and this VFS is read-only", hint=f"remove {name}")
-    if cfg.hydration_enabled:
-        raise VFSConfigError("litestream VFS: hydration_enabled=true is not supported yet",
-                             hint="remove hydration_enabled; pages are read from the replica "
-                                  "on demand and cached (cache_size)")
-    if cfg.hydration_path is not None:
-        raise VFSConfigError("litestream VFS: hydration_path is not supported yet",
-                             hint="remove hydration_path")
+    if cfg.hydration_path is not None and not cfg.hydration_enabled:
+        raise VFSConfigError("litestream VFS: hydration_path without hydration_enabled=true",
+                             hint="add hydration_enabled=true (or remove hydration_path)")
 
 
 # --- the registry ------------------------------------------------------------------------------
@@ -178,6 +174,8 @@ class ResolvedConfig:
     replica_url: str
     poll_interval: float    # seconds
     cache_size: int         # bytes
+    hydration_enabled: bool = False
+    hydration_path: str | None = None   # None: a temporary file (when enabled)
 
 
 def env_config(environ: Mapping[str, str] | None = None) -> VFSConfig:
@@ -217,4 +215,6 @@ def resolve(name: str, uri_params: Mapping[str, str],
         replica_url=cfg.replica_url,
         poll_interval=cfg.poll_interval if cfg.poll_interval is not None else DEFAULT_VFS_POLL_INTERVAL,
         cache_size=cfg.cache_size if cfg.cache_size is not None else DEFAULT_VFS_CACHE_SIZE,
+        hydration_enabled=bool(cfg.hydration_enabled),
+        hydration_path=cfg.hydration_path,
     )

@@ -567,7 +567,8 @@ class _ReplicaWatch:
 
     def status(self) -> dict:
         stats = self.stats()
-        stats["txid"] = f"{stats['txid']:016x}"
+        for key in ("txid", "hydration_txid"):  # positions as the headers write them
+            stats[key] = f"{stats[key]:016x}"
         stats["max_lag"] = self.max_lag
         return stats
 

@@ -227,6 +227,10 @@ def test_readme_scale_reads_commands_run_as_written(tmp_path):
         codes = [line for line in out.stdout.split() if line.isdigit() and len(line) == 3]
         assert codes == ["200", "404"], (out.stdout, out.stderr)
         assert '"title":"Bloodchild"' in out.stderr
+        # The second server hydrates (hydration_enabled=true), the first reads in place.
+        hydration = {port: httpx.get(f"http://127.0.0.1:{port}/status", timeout=5).json()
+                     ["replica"]["hydration"] for port in (ports["9181"], ports["9182"])}
+        assert hydration[ports["9181"]] == "off" and hydration[ports["9182"]] != "off"
     finally:
         for pid in pids:
             try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from replication.replica_client import client_from_url, format_rfc3339_nano
 from replication.restore import restore
 from replication.vfs_config import VFSConfig, VFSConfigError
 
+from tests.plugins.replicas import stop_process
 from tests.test_restore import Workload, write_our_replica
 
 OURS = [sys.executable, "-m", "replication", "replicate"]
@@ -94,6 +94,20 @@ def write_round(conn, i: int) -> None:
         conn.execute("DELETE FROM items WHERE id % 17 = ?", (i,))
 
 
+def start_replicator(tmp_path: Path, db: Path, replica: Path, writer: str, request,
+                     stderr=subprocess.DEVNULL) -> subprocess.Popen:
+    """Ours or real Litestream replicating ``db`` to the file replica ``replica`` (100 ms
+    monitor and sync intervals); stop it with stop_process."""
+    config = tmp_path / "litestream.yml"
+    config.write_text(f"dbs:\n  - path: {db}\n    monitor-interval: 100ms\n    replica:\n"
+                      f"      type: file\n      path: {replica}\n      sync-interval: 100ms\n")
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+    binary = [request.getfixturevalue("litestream_bin"), "replicate"] if writer == "litestream" \
+        else OURS
+    return subprocess.Popen([*binary, "-config", str(config)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=stderr)
+
+
 def count(conn, table="items") -> int:
     return conn.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
 
@@ -154,24 +168,9 @@ def test_reads_match_a_full_restore(tmp_path, backend, writer, request, monkeypa
 def test_follows_a_live_replica_and_keeps_each_transaction_on_one_txid(tmp_path, writer,
                                                                         request):
     db, replica = tmp_path / "src.db", tmp_path / "replica"
-    config = tmp_path / "litestream.yml"
-    config.write_text(f"""
-dbs:
-  - path: {db}
-    monitor-interval: 100ms
-    replica:
-      type: file
-      path: {replica}
-      sync-interval: 100ms
-""")
-    env = dict(os.environ)
-    env.pop("AWS_CA_BUNDLE", None)
-    binary = [request.getfixturevalue("litestream_bin"), "replicate"] if writer == "litestream" \
-        else OURS
     src = make_source(db)
     write_round(src, 0)
-    proc = subprocess.Popen([*binary, "-config", str(config)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = start_replicator(tmp_path, db, replica, writer, request, stderr=subprocess.PIPE)
     conns = []
     try:
         wait_for(lambda: list(FileReplicaClient(str(replica)).ltx_files(0)), 30, "first upload")
@@ -206,12 +205,7 @@ dbs:
     finally:
         for c in conns:
             c.close()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         src.close()
     after = lvfs.connect(lvfs.uri("live2.db", f"file://{replica}"))
     try:
@@ -456,8 +450,8 @@ def test_registry_keeps_copies_and_validates():
     ({"write_enabled": "maybe"}, r"write_enabled='maybe'.*boolean"),
     ({"sync_interval": "1s"}, r"sync_interval is not supported: it configures write mode"),
     ({"buffer_path": "/tmp/b"}, r"buffer_path is not supported"),
-    ({"hydration_enabled": "true"}, r"hydration_enabled=true is not supported yet"),
-    ({"hydration_path": "/tmp/h"}, r"hydration_path is not supported yet"),
+    ({"hydration_enabled": "maybe"}, r"hydration_enabled='maybe'.*boolean"),
+    ({"hydration_path": "/tmp/h"}, r"hydration_path without hydration_enabled=true"),
     ({"immutable": "1"}, r"immutable=1 is not supported"),
     ({"nolock": "true"}, r"nolock=1 is not supported"),
 ])
@@ -693,12 +687,7 @@ dbs:
             writer_thread.join(10)
         if conn is not None:
             conn.close()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         src.close()
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import math
+import mmap
 import os
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -69,24 +70,27 @@ class ReadFloor:
     what it read; the read-modify-write is under an flock so two raises cannot lower it."""
 
     def __init__(self, path: str | None):
-        self._fd = None
+        self._fd = self._map = None
         if path:
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            if os.fstat(self._fd).st_size < 8:
+                os.ftruncate(self._fd, 8)  # zeros: floor 0 (a shorter file is only extended)
+            # Read through a shared mapping: no system call per request (each one would hand
+            # the GIL to another thread and wait to get it back).
+            self._map = mmap.mmap(self._fd, 8)
 
     def get(self) -> int:
-        if self._fd is None:
+        if self._map is None:
             return 0
-        data = os.pread(self._fd, 8, 0)
-        return int.from_bytes(data, "big") if len(data) == 8 else 0
+        return int.from_bytes(self._map[:8], "big")
 
     def raise_to(self, txid: int) -> None:
-        if self._fd is None or txid <= self.get():
+        if self._map is None or txid <= self.get():
             return
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
-            data = os.pread(self._fd, 8, 0)
-            if txid > (int.from_bytes(data, "big") if len(data) == 8 else 0):
-                os.pwrite(self._fd, txid.to_bytes(8, "big"), 0)
+            if txid > self.get():
+                self._map[:8] = txid.to_bytes(8, "big")
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 

@@ -187,13 +187,16 @@ class ReplicaCollector:
     GAUGES = (("txid", "TXID of the replica position this server reads"),
               ("lag", "Seconds since the last successful poll of the replica (-1 before the first)"),
               ("page_count", "Pages of the database at that position"),
-              ("cache_pages", "Pages held by the VFS page cache"))
+              ("cache_pages", "Pages held by the VFS page cache"),
+              ("hydration_progress", "Hydration: share of the local copy's restore done (0..1)"),
+              ("hydration_txid", "Hydration: TXID the local copy holds (0 until complete)"))
     COUNTERS = (("polls", "Polls of the replica for new LTX files"),
                 ("poll_errors", "Polls that failed (the next one retries)"),
                 ("updates", "New positions installed"),
                 ("cache_hits", "Page reads served by the VFS page cache"),
                 ("cache_misses", "Page reads fetched from the replica"),
-                ("bytes_fetched", "Bytes read from the replica (indexes, headers, pages)"))
+                ("bytes_fetched", "Bytes read from the replica (indexes, headers, pages)"),
+                ("hydration_reads", "Page reads served by the hydrated local copy"))
 
     #: Prefix of the names (``sqlite_rest_replica_*`` are the primary's replication gauges).
     PREFIX = f"{NAMESPACE}_read_replica_"

@@ -128,6 +128,18 @@ def sigkill_tree(server: ServerProcess) -> None:
     wait_for(lambda: all(_gone(p) for p in pids), 10, "the killed server's processes to go")
 
 
+def stop_process(proc: subprocess.Popen) -> None:
+    """A process a test (or a benchmark) started, stopped by its PID: SIGTERM, SIGKILL after
+    30 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 # -- replicas --------------------------------------------------------------------------------
 
 @dataclass
