@@ -742,8 +742,9 @@ def replica_catch_up(conn, txid: int, timeout: float, interval: float = 0.02) ->
 
 
 def replica_set_time(conn, when) -> None:
-    """Read as of ``when`` (a datetime; None: follow the latest again). Raises
-    ``TxNotAvailableError`` for a time the replica does not hold."""
+    """Read as of ``when`` (a datetime, or an int TXID that must be a state the replica
+    keeps; None: follow the latest again). Raises ``TxNotAvailableError`` for a point the
+    replica does not hold."""
     _replica(conn).set_time(when)
 
 

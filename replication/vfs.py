@@ -244,9 +244,16 @@ class _Source:
                      base_txid=base.txid if base is not None else 0)
         return view, indexes
 
-    def target_view(self, target: datetime | None) -> _View:
-        """A fresh view of the latest state, or of the state at ``target`` (time travel)."""
-        view, _ = self.build(self.plan(target))
+    def target_view(self, target: datetime | int | None) -> _View:
+        """A fresh view of the latest state, or of the state at ``target`` (time travel: a
+        time, or a TXID, which must then be exactly the view's)."""
+        if isinstance(target, int):
+            view, _ = self.build(self.plan(None, txid=target))
+            if view.txid != target:  # inside a compacted file: that state is not kept alone
+                raise TxNotAvailableError(f"TXID {target:016x} is not a state this replica "
+                                          f"keeps (the nearest before it is {view.txid:016x})")
+        else:
+            view, _ = self.build(self.plan(target))
         with self.mu:
             self.index_builds += 1
         return view
@@ -429,7 +436,9 @@ class ReplicaDatabase:
     @property
     def view_time(self) -> datetime:
         """The time-travel target, or the timestamp of the newest LTX file in the view."""
-        return self._target or ms_to_datetime(self._visible().timestamp_ms)
+        if isinstance(self._target, datetime):
+            return self._target
+        return ms_to_datetime(self._visible().timestamp_ms)
 
     def _visible(self) -> _View:
         """The current view, moved to the newest first when no transaction reads."""
@@ -451,7 +460,7 @@ class ReplicaDatabase:
             return VFSStats(
                 name=self.name, replica_url=self.config.replica_url, txid=view.txid,
                 page_size=view.page_size, page_count=view.commit, lag=s.lag,
-                time_travel=format_rfc3339_nano(self._target) if self._target else None,
+                time_travel=_format_target(self._target),
                 polls=s.polls, poll_errors=s.poll_errors, updates=s.updates,
                 index_builds=s.index_builds, not_found_recoveries=s.not_found,
                 cache_hits=s.cache_hits, cache_misses=s.cache_misses,
@@ -462,9 +471,9 @@ class ReplicaDatabase:
 
     # -- time travel ----------------------------------------------------------------------------
 
-    def set_time(self, target: datetime | None) -> None:
-        """Read the database as of ``target`` (None: follow the latest again). Takes effect
-        at once, or when the current read transaction ends."""
+    def set_time(self, target: datetime | int | None) -> None:
+        """Read the database as of ``target``, a time or a TXID (None: follow the latest
+        again). Takes effect at once, or when the current read transaction ends."""
         new = self._source.target_view(target)
         if target is None:
             self._source.publish(new)
@@ -823,6 +832,12 @@ def connect(uri_or_name: str, *, flags: int = _OPEN_READONLY_FLAGS) -> apsw.Conn
         conn.close()
         raise
     return conn
+
+
+def _format_target(target) -> str | None:
+    if target is None:
+        return None
+    return f"{target:016x}" if isinstance(target, int) else format_rfc3339_nano(target)
 
 
 #: connection -> {schema: ReplicaDatabase}: a server asks for every request's TXID, and a

@@ -156,8 +156,9 @@ ERROR_TABLE: tuple[ErrorCase, ...] = (
     ErrorCase("primary_unreachable", "a read replica with --forward-writes cannot reach the "
               "primary", 503, "08006", "the primary at {primary} cannot be reached",
               "retry later; the write was not applied by this server"),
-    ErrorCase("replica_point_unavailable", "X-Replication-As-Of names a time the replica does "
-              "not hold (before its first backup, or pruned by retention)",
+    ErrorCase("replica_point_unavailable", "X-Replication-As-Of names a time or TXID the replica "
+              "does not hold (before its first backup, pruned by retention, inside a compacted "
+              "file, or past the latest)",
               404, "22023", "the replica holds no database as of {when}",
               "ask for a later time; retention decides how far back a replica goes"),
     ErrorCase("busy", "SQLITE_BUSY / LOCKED after the busy timeout",

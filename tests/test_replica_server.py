@@ -134,6 +134,21 @@ def test_time_travel_over_rest(cluster):
                   timeout=10)
     assert r.status_code == 400
 
+    # As of a TXID (#13 item 7): the position a read or a write answered, exactly that state.
+    by_txid = httpx.get(f"{replica.base_url}/items?select=name", timeout=10,
+                        headers={"X-Replication-As-Of": then.headers["X-Replication-Txid"]})
+    assert by_txid.status_code == 200, by_txid.text
+    assert [r["name"] for r in by_txid.json()] == ["seed"]
+    assert by_txid.headers["X-Replication-Txid"] == then.headers["X-Replication-Txid"]
+    at_write = httpx.get(f"{replica.base_url}/items?select=name", timeout=10,
+                         headers={"X-Replication-As-Of": position})
+    assert [r["name"] for r in at_write.json()] == ["seed", "later"]
+    assert at_write.headers["X-Replication-Txid"] == position
+    beyond = f"{int(position, 16) + 1000:016x}"
+    r = httpx.get(f"{replica.base_url}/items", headers={"X-Replication-As-Of": beyond},
+                  timeout=10)
+    assert r.status_code == 404 and r.json()["code"] == "22023", r.text
+
 
 def test_health_and_a_killed_primary(cluster):
     c = cluster("file")

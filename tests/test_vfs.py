@@ -532,6 +532,40 @@ def test_sql_functions_and_time_travel(tmp_path, workload_states):
         conn.close()
 
 
+def test_time_travel_to_a_txid(tmp_path, workload_states):
+    """set_time(<int TXID>): exactly that state; a TXID the replica keeps only inside a
+    compacted file (its L0 files gone), or past the latest, is TxNotAvailableError."""
+    from replication.errors import TxNotAvailableError
+
+    write_our_replica(tmp_path / "replica", workload_states)  # L0 + L1 2-4 + L9 1-3
+    latest = len(workload_states)
+    conn = lvfs.connect(lvfs.uri("tx.db", f"file://{tmp_path / 'replica'}", poll_interval="1h"))
+    try:
+        db = lvfs.database(conn)
+        for txid in (2, 4, 1):
+            db.set_time(txid)
+            assert one(conn, "SELECT litestream_txid()") == f"{txid:016x}"
+            assert db.stats().time_travel == f"{txid:016x}"
+            expected = tmp_path / f"state-{txid}.db"
+            expected.write_bytes(workload_states[txid - 1])
+            plain = apsw.Connection(str(expected), flags=apsw.SQLITE_OPEN_READONLY)
+            assert conn.execute("SELECT * FROM items ORDER BY id").fetchall() == \
+                plain.execute("SELECT * FROM items ORDER BY id").fetchall()
+            plain.close()
+        with pytest.raises(TxNotAvailableError):
+            db.set_time(latest + 5)
+        for level, txid in ((0, 2), (0, 3), (0, 4), (9, 3)):  # 3 now lives only in L1 2-4
+            (tmp_path / "replica" / "ltx" / str(level)).joinpath(
+                ltx.format_filename(*(((1, 3) if level == 9 else (txid, txid))))).unlink()
+        with pytest.raises(TxNotAvailableError):
+            db.set_time(3)
+        assert one(conn, "SELECT litestream_txid()") == f"{1:016x}"  # unchanged by a refusal
+        db.set_time(None)
+        assert one(conn, "SELECT litestream_txid()") == f"{latest:016x}"
+    finally:
+        conn.close()
+
+
 @pytest.fixture(scope="module")
 def workload_states(tmp_path_factory) -> list[bytes]:
     return Workload(tmp_path_factory.mktemp("workload") / "src.db").run()

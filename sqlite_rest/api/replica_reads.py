@@ -6,8 +6,9 @@ transaction's snapshot, read inside that transaction, so it is exactly what was 
 - ``X-Replication-Min-Txid: <TXID>`` (what a write on the primary answered): the read waits
   until the replica has that position, polling it at once instead of at the next tick, for at
   most ``--replica-wait-timeout``; then 503 with ``Retry-After``.
-- ``X-Replication-As-Of: <RFC 3339 time>``: the database as it was then (the VFS's time
-  travel); a time the replica does not hold is 404.
+- ``X-Replication-As-Of: <RFC 3339 time | TXID>``: the database as it was then (the VFS's time
+  travel); a TXID is the 16 hex digits of ``X-Replication-Txid`` and must be a state the
+  replica keeps (not one inside a compacted file). A point the replica does not hold is 404.
 """
 from __future__ import annotations
 
@@ -49,13 +50,23 @@ def parse_txid(text: str, header: str) -> int:
                         hint="send back the X-Replication-Txid a write answered") from None
 
 
-def _parse_time(text: str) -> datetime:
+def _parse_as_of(text: str) -> datetime | int:
+    """A TXID (exactly 16 hex digits, as X-Replication-Txid: nothing else is read as one, so
+    no time is ever taken for a TXID) or an RFC 3339 time."""
+    text = text.strip()
+    if len(text) == 16:
+        try:
+            return int(text, 16)
+        except ValueError:
+            pass
     try:
-        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise api_error("query_parse",
-                        message=f"X-Replication-As-Of: {text[:60]!r} is not an RFC 3339 time",
-                        hint="e.g. X-Replication-As-Of: 2026-12-05T12:00:00Z") from None
+                        message=f"X-Replication-As-Of: {text[:60]!r} is not an RFC 3339 time "
+                                "nor a TXID",
+                        hint="e.g. X-Replication-As-Of: 2026-12-05T12:00:00Z, or the 16 hex "
+                             "digits of an X-Replication-Txid") from None
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
@@ -126,7 +137,7 @@ def replica_snapshot(state, environ, conn) -> Iterator[list]:
         if behind and replica_txid(conn) < behind:
             replica_catch_up(conn, behind, FLOOR_WAIT)
     if as_of is not None:
-        when = _parse_time(as_of)
+        when = _parse_as_of(as_of)
         try:
             replica_set_time(conn, when)
         except TxNotAvailableError:
