@@ -44,13 +44,11 @@ def make_db(path: Path, names=()) -> None:
         con.close()
 
 
-def snapshot_replica(db: Path, root: Path) -> str:
-    """A file:// replica holding ``db`` (a closed database: no WAL) as one LTX snapshot at
-    TXID 1; its URL."""
+def snapshot_ltx(db: Path) -> tuple[bytes, int]:
+    """``db`` (a closed database: no WAL) as one LTX snapshot at TXID 1, and its timestamp."""
     import io
 
     from replication import ltx
-    from replication.file_replica_client import FileReplicaClient
 
     data = db.read_bytes()
     ps = int.from_bytes(data[16:18], "big") or 65536
@@ -62,7 +60,14 @@ def snapshot_replica(db: Path, root: Path) -> str:
         if i // ps + 1 != ltx.lock_pgno(ps):
             enc.encode_page(i // ps + 1, data[i:i + ps])
     enc.close()
-    FileReplicaClient(str(root)).write_ltx_file(0, 1, 1, buf.getvalue(), header.timestamp)
+    return buf.getvalue(), header.timestamp
+
+
+def snapshot_replica(db: Path, root: Path) -> str:
+    """A file:// replica holding ``db`` as one LTX snapshot at TXID 1; its URL."""
+    from replication.file_replica_client import FileReplicaClient
+
+    FileReplicaClient(str(root)).write_ltx_file(0, 1, 1, *snapshot_ltx(db))
     return "file://" + str(root)
 
 
