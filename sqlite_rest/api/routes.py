@@ -30,7 +30,7 @@ from .query import (INT64_MAX, And, Filter, Not, RequestError, has_aggregates, i
                     shape_pairs, shown_text)
 from .representation import CONTENT_TYPES, negotiate, render, shape_of
 from .sql import build_count, build_select, shape_statement, slot_text
-from .embedding import check_embedded, embedded_tables, refuse_embedding_under_roles
+from .embedding import check_embedded, embedded_tables, embeds_under_role
 from .replica_reads import format_txid, replica_snapshot, replica_txid
 from .writes import write
 
@@ -241,7 +241,7 @@ def _read(state, environ, table, prefs, head: bool, replica_read=None) -> ApiRes
     else:
         plan, values = role_read_plan(table, *role, environ.get("QUERY_STRING", ""),
                                       environ.get("HTTP_RANGE"), state.config.max_rows,
-                                      prefs.count is not None)
+                                      prefs.count is not None, environ.get(ACCESS_ENVIRON))
     if plan.aggregated and not state.config.aggregates_enabled:
         raise api_error("aggregates_disabled")
     if plan.embedded:
@@ -292,6 +292,8 @@ def _read(state, environ, table, prefs, head: bool, replica_read=None) -> ApiRes
 #: The WSGI environ key of a request's (TableRule, claims) under a permissions file: set by
 #: table_endpoint before anything reads or writes, read by _read and writes.write.
 ROLE_ENVIRON = "sqlite_rest.role"
+#: ... and of its `policy.Access` (the rules of the other tables, for embeddings).
+ACCESS_ENVIRON = "sqlite_rest.access"
 
 def role_access(app, authenticator, policy, environ):
     """The request's `policy.Access`: no token is the anonymous role when the file names one
@@ -305,6 +307,7 @@ def role_access(app, authenticator, policy, environ):
 def role_rule(app, authenticator, policy, environ, table_name: str, method: str):
     """(the role's TableRule for the table or None, the claims); 42501 for a verb it lacks."""
     access = role_access(app, authenticator, policy, environ)
+    environ[ACCESS_ENVIRON] = access
     rule = access.rule(table_name)
     if rule is not None and method != "OPTIONS":
         rule.require_verb(method, table_name)
@@ -312,13 +315,14 @@ def role_rule(app, authenticator, policy, environ, table_name: str, method: str)
 
 
 def role_read_plan(table, rule, claims, query_string: str, range_header: str | None,
-                   max_rows: int | None, counted: bool) -> tuple[ReadPlan, tuple]:
+                   max_rows: int | None, counted: bool, access=None) -> tuple[ReadPlan, tuple]:
     """The plan of a GET under a role's rule: the rule's row filter ANDed to the request's,
     `*` expanded to the readable columns, every named column checked. The claim values of
-    the row filter are bound like the request's filter values, so a plan serves every user."""
-    if embedded_tables(query_of(query_string).select):
-        refuse_embedding_under_roles()
-    if not counted:
+    the row filter are bound like the request's filter values, so a plan serves every user.
+    Embeddings apply their own tables' rules (`access`; embedding.embeds_under_role) and
+    are planned per bound query."""
+    embedded = embedded_tables(query_of(query_string).select)
+    if not counted and not embedded:
         shape, values = query_shape(query_pairs(query_string))
         found = _role_shape_plan(table, rule, shape, range_header, max_rows)
         if found is not None:
@@ -334,25 +338,29 @@ def role_read_plan(table, rule, claims, query_string: str, range_header: str | N
             else:
                 return plan, values + tuple(bound)
     query = query_of(query_string)
-    return _role_query_plan(table, rule, _role_query(table, rule, query, claims), range_header,
-                            max_rows, counted), ()
+    return _role_query_plan(table, rule, _role_query(table, rule, query, claims, access),
+                            range_header, max_rows, counted, frozenset(embedded)), ()
 
 
-def _role_query(table, rule, query, claims):
+def _role_query(table, rule, query, claims, access):
     rule.check_query(table.name, query)
-    select = rule.readable_select(table, query.select)
+    select = query.select
+    if access is not None:
+        select = embeds_under_role(table, rule, select, access, claims)
+    select = rule.readable_select(table, select)
     row_filter, _readable = rule.read_filters(claims)
     filters = query.filters if row_filter is None else And(query.filters.items + (row_filter,))
     return dataclasses.replace(query, select=select, filters=filters)
 
 
 @functools.lru_cache(maxsize=4096)
-def _role_query_plan(table, rule, query, range_header, max_rows, counted) -> ReadPlan:
+def _role_query_plan(table, rule, query, range_header, max_rows, counted,
+                     embedded=frozenset()) -> ReadPlan:
     offset, limit = _limited(query, range_header, max_rows)
     statement = build_select(table, query, limit=limit, offset=offset)
     count = build_count(table, query) if counted else None
     return ReadPlan(statement, count, offset, limit, binds_values=False,
-                    aggregated=has_aggregates(query.select))
+                    aggregated=has_aggregates(query.select), embedded=embedded)
 
 
 @functools.lru_cache(maxsize=4096)
