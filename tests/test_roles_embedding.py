@@ -336,3 +336,23 @@ def test_refused_representation_writes_nothing(env, select, status, code):
                      headers={**ALICE, **REPRESENTATION})
     assert_error(r, status, code)
     assert {t: table_rows(db, t) for t in ("tasks", "projects")} == before
+
+
+def test_star_with_an_embedding_and_relationship_errors_under_a_role(env):
+    client, _db = env
+    assert rows(client, "/tasks?select=*,projects(title)&id=eq.1", ALICE) == [
+        {"id": 1, "project_id": 1, "owner_id": "alice", "body": "a-task",
+         "projects": {"title": "A-proj"}}]
+    # a readable table that is not related: PostgREST's PGRST200, as without roles
+    assert_error(client.get("/labels?select=id,projects(title)", headers=ALICE), 400,
+                 "PGRST200")
+
+
+def test_claims_of_any_json_value_plan_embeddings(env):
+    client, _db = env
+    odd = token(sub="alice", role="member", big=2 ** 70, nested={"b": [1.5, None, True]})
+    for _ in range(2):  # planned, then from the cache
+        assert rows(client, "/tasks?select=id,projects(title)&order=id", odd) == [
+            {"id": 1, "projects": {"title": "A-proj"}}, {"id": 4, "projects": None}]
+    assert rows(client, "/tasks?select=id,projects(title)&order=id", BOB)[1] == {
+        "id": 3, "projects": {"title": "B-proj"}}

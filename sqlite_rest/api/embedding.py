@@ -283,23 +283,24 @@ def _unrelated(parent: str, name: str):
 
 # --- roles (--permissions-file, design/roles.md) -----------------------------------------------
 
-def embeds_under_role(parent: Table, parent_rule, select: tuple, access, claims) -> tuple:
+def embeds_under_role(parent: Table, parent_rule, select: tuple, rule_of, claims) -> tuple:
     """``select`` with every embedding read as the role reads its table, at any depth: the
     table needs a rule with GET (no rule: PGRST200, as a table outside the allow-list; no GET:
     42501), its `*` becomes its readable columns, every column it names (select, filters,
     order, the foreign key columns the correlation compares) must be readable, and its row
     filter is ANDed to its filters. A many-to-many junction needs the same (its row filter
-    then limits the links). Parent rows are the caller's business (its own rule)."""
+    then limits the links). Parent rows are the caller's business (its own rule).
+    ``rule_of(name)``: the role's rule of a table (`policy.Access.rule`), None for none."""
     out = []
     for item in select:
         if type(item) is not Embed:
             out.append(item)
             continue
-        rule = _readable_rule(access, parent.name, item.name)
+        rule = _readable_rule(rule_of, parent.name, item.name)
         rel = find_relationship(parent, item)
         target = rel.target
         if rel.kind == "m2m":
-            junction_rule = _readable_rule(access, parent.name, rel.junction.name)
+            junction_rule = _readable_rule(rule_of, parent.name, rel.junction.name)
             parent_rule.check_readable(parent.name, (a for a, _ in rel.on))
             junction_rule.check_readable(rel.junction.name, (
                 *(b for _, b in rel.on), *(a for a, _ in rel.junction_on)))
@@ -314,15 +315,15 @@ def embeds_under_role(parent: Table, parent_rule, select: tuple, access, claims)
         filters = item.filters
         if row_filter is not None:
             filters = And((filters.items if filters is not None else ()) + (row_filter,))
-        nested = embeds_under_role(target, rule, item.select, access, claims)
+        nested = embeds_under_role(target, rule, item.select, rule_of, claims)
         out.append(dataclasses.replace(
             item, filters=filters, junction_filters=junction_filter,
             select=rule.readable_select(target, nested) if nested else nested))
     return tuple(out)
 
 
-def _readable_rule(access, parent: str, name: str):
-    rule = access.rule(name)
+def _readable_rule(rule_of, parent: str, name: str):
+    rule = rule_of(name)
     if rule is None:
         raise _unrelated(parent, name)
     rule.require_verb("GET", name)

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import re
 
+import orjson
 from flask import Blueprint, request
 
 from ..responses import CORS_HEADERS, ApiResponse
@@ -320,9 +322,13 @@ def role_read_plan(table, rule, claims, query_string: str, range_header: str | N
     `*` expanded to the readable columns, every named column checked. The claim values of
     the row filter are bound like the request's filter values, so a plan serves every user.
     Embeddings apply their own tables' rules (`access`; embedding.embeds_under_role) and
-    are planned per bound query."""
+    are planned per role and claims (their row filters bind the claims)."""
     embedded = embedded_tables(query_of(query_string).select)
-    if not counted and not embedded:
+    if embedded and access is not None:
+        return _role_embedding_plan(
+            table, rule, access.policy, access.role, _claims_key(claims), query_string,
+            range_header, max_rows, counted, frozenset(embedded)), ()
+    if not counted:
         shape, values = query_shape(query_pairs(query_string))
         found = _role_shape_plan(table, rule, shape, range_header, max_rows)
         if found is not None:
@@ -338,15 +344,34 @@ def role_read_plan(table, rule, claims, query_string: str, range_header: str | N
             else:
                 return plan, values + tuple(bound)
     query = query_of(query_string)
-    return _role_query_plan(table, rule, _role_query(table, rule, query, claims, access),
-                            range_header, max_rows, counted, frozenset(embedded)), ()
+    return _role_query_plan(table, rule, _role_query(table, rule, query, claims),
+                            range_header, max_rows, counted), ()
 
 
-def _role_query(table, rule, query, claims, access):
+@functools.lru_cache(maxsize=4096)
+def _role_embedding_plan(table, rule, policy, role: str, claims_json: bytes, query_string: str,
+                         range_header, max_rows, counted, embedded) -> ReadPlan:
+    """The plan of a GET with embeddings under a role, per claims (as JSON: hashable), so
+    that a token's repeated request skips rewriting and hashing its embeddings."""
+    query = _role_query(table, rule, query_of(query_string), json.loads(claims_json),
+                        functools.partial(policy.rule, role))
+    return _role_query_plan.__wrapped__(table, rule, query, range_header, max_rows, counted,
+                                        embedded)
+
+
+def _claims_key(claims) -> bytes:
+    try:
+        return orjson.dumps(claims, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # an integer beyond 64 bits (JSON allows it; orjson does not)
+        return json.dumps(claims, sort_keys=True).encode()
+
+
+def _role_query(table, rule, query, claims, rule_of=None):
+    """`rule_of(table name)`: the role's rule of another table, for embeddings."""
     rule.check_query(table.name, query)
     select = query.select
-    if access is not None:
-        select = embeds_under_role(table, rule, select, access, claims)
+    if rule_of is not None:
+        select = embeds_under_role(table, rule, select, rule_of, claims)
     select = rule.readable_select(table, select)
     row_filter, _readable = rule.read_filters(claims)
     filters = query.filters if row_filter is None else And(query.filters.items + (row_filter,))

@@ -305,7 +305,7 @@ def write(state, table, prefs, method: str, query) -> ApiResponse:
     returning = query.select if representation else None
     if rule is not None and returning is not None:
         returning = rule.readable_select(table, embeds_under_role(
-            table, rule, returning, request.environ["sqlite_rest.access"], claims))
+            table, rule, returning, request.environ["sqlite_rest.access"].rule, claims))
     # order= sorts the rows a write returns (PostgREST); RETURNING has no ORDER BY, so the
     # order keys ride along as extra columns, sorted on here and dropped.
     order = query.order if representation else ()
