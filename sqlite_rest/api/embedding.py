@@ -18,10 +18,11 @@ SQLite unless declared with ``CONSTRAINT``; as in PostgreSQL, an unnamed one is 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from ..errors import api_error
-from .query import Embed, Star
+from .query import And, Embed, Star
 from .schema import Table, quote_identifier
 
 
@@ -115,15 +116,19 @@ class EmbedContext:
         return f"_e{self.count}"
 
 
-def _correlation(rel: Relationship, parent_ref: str, alias: str) -> str:
-    """The WHERE that ties the embedded table (``alias``) to its parent row."""
+def _correlation(rel: Relationship, parent_ref: str, alias: str, embed: Embed,
+                 params: list, build_where) -> str:
+    """The WHERE that ties the embedded table (``alias``) to its parent row (many-to-many:
+    through junction rows passing the role's row filter of the junction, if any)."""
     if rel.kind == "m2m":
         j = rel.junction.quoted
         inner = " AND ".join(f"_j.{quote_identifier(jc)} = {parent_ref}.{quote_identifier(pc)}"
                              for pc, jc in rel.on)
         to_target = " AND ".join(f"_j.{quote_identifier(jc)} = {alias}.{quote_identifier(tc)}"
                                  for jc, tc in rel.junction_on)
-        return f"EXISTS (SELECT 1 FROM {j} AS _j WHERE {inner} AND {to_target})"
+        own = build_where(rel.junction, embed.junction_filters, params)
+        own = f" AND ({own[len(' WHERE '):]})" if own else ""
+        return f"EXISTS (SELECT 1 FROM {j} AS _j WHERE {inner} AND {to_target}{own})"
     return " AND ".join(f"{alias}.{quote_identifier(tc)} = {parent_ref}.{quote_identifier(pc)}"
                         for pc, tc in rel.on)
 
@@ -134,8 +139,8 @@ def embed_exists(parent: Table, parent_ref: str, embed: Embed, params: list,
     ``name=not.is.null``; NOT of it for ``name=is.null``)."""
     rel = find_relationship(parent, embed)
     alias = ctx.alias()
+    cond = _correlation(rel, parent_ref, alias, embed, params, build_where)
     where = build_where(rel.target, embed.filters, params)
-    cond = _correlation(rel, parent_ref, alias)
     cond = f"{cond} AND ({where[len(' WHERE '):]})" if where else cond
     return f"EXISTS (SELECT 1 FROM {rel.target.quoted} AS {alias} WHERE {cond})"
 
@@ -219,8 +224,8 @@ def embed_sql(parent: Table, parent_ref: str, embed: Embed, params: list, ctx: E
 def _embed_where(rel, parent_ref, alias, target, embed, params, ctx, build_where,
                  compile_order) -> str:
     """The embedded SELECT's WHERE: the correlation, its filters, its embeddings' !inner."""
+    correlation = _correlation(rel, parent_ref, alias, embed, params, build_where)
     where = build_where(target, embed.filters, params)
-    correlation = _correlation(rel, parent_ref, alias)
     where = f" WHERE {correlation}" + (f" AND ({where[len(' WHERE '):]})" if where else "")
     for item in embed.select:  # !inner / is.null of the embedding's own embeddings
         if type(item) is Embed and (item.inner or item.null_filter is not None):
@@ -267,15 +272,59 @@ def check_embedded(state, table, names) -> None:
     related at all (PGRST200), so the API never reveals which tables exist."""
     for name in sorted(names):
         if name not in state.allowed_tables:
-            raise api_error("no_relationship", parent=table.name, target=name[:200],
-                            details=f"Searched for a foreign key relationship between "
-                                    f"'{table.name}' and '{name[:200]}' in the schema, but no "
-                                    "matches were found.")
+            raise _unrelated(table.name, name)
 
 
-def refuse_embedding_under_roles():
-    """Roles' row filters and column rules are not applied inside embeddings yet: refuse an
-    embedding rather than let it read rows or columns the role may not see."""
-    raise api_error("query_parse", message="resource embedding is not available with "
-                    "--permissions-file yet",
-                    hint="select the related table's rows with a request of their own")
+def _unrelated(parent: str, name: str):
+    return api_error("no_relationship", parent=parent, target=name[:200],
+                     details=f"Searched for a foreign key relationship between '{parent}' and "
+                             f"'{name[:200]}' in the schema, but no matches were found.")
+
+
+# --- roles (--permissions-file, design/roles.md) -----------------------------------------------
+
+def embeds_under_role(parent: Table, parent_rule, select: tuple, rule_of, claims) -> tuple:
+    """``select`` with every embedding read as the role reads its table, at any depth: the
+    table needs a rule with GET (no rule: PGRST200, as a table outside the allow-list; no GET:
+    42501), its `*` becomes its readable columns, every column it names (select, filters,
+    order, the foreign key columns the correlation compares) must be readable, and its row
+    filter is ANDed to its filters. A many-to-many junction needs the same (its row filter
+    then limits the links). Parent rows are the caller's business (its own rule).
+    ``rule_of(name)``: the role's rule of a table (`policy.Access.rule`), None for none."""
+    out = []
+    for item in select:
+        if type(item) is not Embed:
+            out.append(item)
+            continue
+        rule = _readable_rule(rule_of, parent.name, item.name)
+        rel = find_relationship(parent, item)
+        target = rel.target
+        if rel.kind == "m2m":
+            junction_rule = _readable_rule(rule_of, parent.name, rel.junction.name)
+            parent_rule.check_readable(parent.name, (a for a, _ in rel.on))
+            junction_rule.check_readable(rel.junction.name, (
+                *(b for _, b in rel.on), *(a for a, _ in rel.junction_on)))
+            rule.check_readable(target.name, (b for _, b in rel.junction_on))
+            junction_filter, _ = junction_rule.read_filters(claims)
+        else:
+            parent_rule.check_readable(parent.name, (a for a, _ in rel.on))
+            rule.check_readable(target.name, (b for _, b in rel.on))
+            junction_filter = None
+        rule.check_filters(target.name, item.filters, item.order)
+        row_filter, _ = rule.read_filters(claims)
+        filters = item.filters
+        if row_filter is not None:
+            filters = And((filters.items if filters is not None else ()) + (row_filter,))
+        nested = embeds_under_role(target, rule, item.select, rule_of, claims)
+        out.append(dataclasses.replace(
+            item, filters=filters, junction_filters=junction_filter,
+            select=rule.readable_select(target, nested) if nested else nested))
+    return tuple(out)
+
+
+def _readable_rule(rule_of, parent: str, name: str):
+    rule = rule_of(name)
+    if rule is None:
+        raise _unrelated(parent, name)
+    rule.require_verb("GET", name)
+    return rule

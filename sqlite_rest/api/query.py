@@ -179,6 +179,8 @@ class Embed:
     limit: int | None = None
     offset: int | None = None
     null_filter: bool | None = None  # name=is.null (True: no match) / not.is.null (False)
+    #: many-to-many under a role: the junction table's row filter (roles, embedding.py)
+    junction_filters: "And" = None
 
     @property
     def output_name(self) -> str:

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import re
 
+import orjson
 from flask import Blueprint, request
 
 from ..responses import CORS_HEADERS, ApiResponse
@@ -30,7 +32,7 @@ from .query import (INT64_MAX, And, Filter, Not, RequestError, has_aggregates, i
                     shape_pairs, shown_text)
 from .representation import CONTENT_TYPES, negotiate, render, shape_of
 from .sql import build_count, build_select, shape_statement, slot_text
-from .embedding import check_embedded, embedded_tables, refuse_embedding_under_roles
+from .embedding import check_embedded, embedded_tables, embeds_under_role
 from .replica_reads import format_txid, replica_snapshot, replica_txid
 from .writes import write
 
@@ -241,7 +243,7 @@ def _read(state, environ, table, prefs, head: bool, replica_read=None) -> ApiRes
     else:
         plan, values = role_read_plan(table, *role, environ.get("QUERY_STRING", ""),
                                       environ.get("HTTP_RANGE"), state.config.max_rows,
-                                      prefs.count is not None)
+                                      prefs.count is not None, environ.get(ACCESS_ENVIRON))
     if plan.aggregated and not state.config.aggregates_enabled:
         raise api_error("aggregates_disabled")
     if plan.embedded:
@@ -292,6 +294,8 @@ def _read(state, environ, table, prefs, head: bool, replica_read=None) -> ApiRes
 #: The WSGI environ key of a request's (TableRule, claims) under a permissions file: set by
 #: table_endpoint before anything reads or writes, read by _read and writes.write.
 ROLE_ENVIRON = "sqlite_rest.role"
+#: ... and of its `policy.Access` (the rules of the other tables, for embeddings).
+ACCESS_ENVIRON = "sqlite_rest.access"
 
 def role_access(app, authenticator, policy, environ):
     """The request's `policy.Access`: no token is the anonymous role when the file names one
@@ -305,6 +309,7 @@ def role_access(app, authenticator, policy, environ):
 def role_rule(app, authenticator, policy, environ, table_name: str, method: str):
     """(the role's TableRule for the table or None, the claims); 42501 for a verb it lacks."""
     access = role_access(app, authenticator, policy, environ)
+    environ[ACCESS_ENVIRON] = access
     rule = access.rule(table_name)
     if rule is not None and method != "OPTIONS":
         rule.require_verb(method, table_name)
@@ -312,12 +317,17 @@ def role_rule(app, authenticator, policy, environ, table_name: str, method: str)
 
 
 def role_read_plan(table, rule, claims, query_string: str, range_header: str | None,
-                   max_rows: int | None, counted: bool) -> tuple[ReadPlan, tuple]:
+                   max_rows: int | None, counted: bool, access=None) -> tuple[ReadPlan, tuple]:
     """The plan of a GET under a role's rule: the rule's row filter ANDed to the request's,
     `*` expanded to the readable columns, every named column checked. The claim values of
-    the row filter are bound like the request's filter values, so a plan serves every user."""
-    if embedded_tables(query_of(query_string).select):
-        refuse_embedding_under_roles()
+    the row filter are bound like the request's filter values, so a plan serves every user.
+    Embeddings apply their own tables' rules (`access`; embedding.embeds_under_role) and
+    are planned per role and claims (their row filters bind the claims)."""
+    embedded = embedded_tables(query_of(query_string).select)
+    if embedded and access is not None:
+        return _role_embedding_plan(
+            table, rule, access.policy, access.role, _claims_key(claims), query_string,
+            range_header, max_rows, counted, frozenset(embedded)), ()
     if not counted:
         shape, values = query_shape(query_pairs(query_string))
         found = _role_shape_plan(table, rule, shape, range_header, max_rows)
@@ -334,25 +344,48 @@ def role_read_plan(table, rule, claims, query_string: str, range_header: str | N
             else:
                 return plan, values + tuple(bound)
     query = query_of(query_string)
-    return _role_query_plan(table, rule, _role_query(table, rule, query, claims), range_header,
-                            max_rows, counted), ()
+    return _role_query_plan(table, rule, _role_query(table, rule, query, claims),
+                            range_header, max_rows, counted), ()
 
 
-def _role_query(table, rule, query, claims):
+@functools.lru_cache(maxsize=4096)
+def _role_embedding_plan(table, rule, policy, role: str, claims_json: bytes, query_string: str,
+                         range_header, max_rows, counted, embedded) -> ReadPlan:
+    """The plan of a GET with embeddings under a role, per claims (as JSON: hashable), so
+    that a token's repeated request skips rewriting and hashing its embeddings."""
+    query = _role_query(table, rule, query_of(query_string), json.loads(claims_json),
+                        functools.partial(policy.rule, role))
+    return _role_query_plan.__wrapped__(table, rule, query, range_header, max_rows, counted,
+                                        embedded)
+
+
+def _claims_key(claims) -> bytes:
+    try:
+        return orjson.dumps(claims, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # an integer beyond 64 bits (JSON allows it; orjson does not)
+        return json.dumps(claims, sort_keys=True).encode()
+
+
+def _role_query(table, rule, query, claims, rule_of=None):
+    """`rule_of(table name)`: the role's rule of another table, for embeddings."""
     rule.check_query(table.name, query)
-    select = rule.readable_select(table, query.select)
+    select = query.select
+    if rule_of is not None:
+        select = embeds_under_role(table, rule, select, rule_of, claims)
+    select = rule.readable_select(table, select)
     row_filter, _readable = rule.read_filters(claims)
     filters = query.filters if row_filter is None else And(query.filters.items + (row_filter,))
     return dataclasses.replace(query, select=select, filters=filters)
 
 
 @functools.lru_cache(maxsize=4096)
-def _role_query_plan(table, rule, query, range_header, max_rows, counted) -> ReadPlan:
+def _role_query_plan(table, rule, query, range_header, max_rows, counted,
+                     embedded=frozenset()) -> ReadPlan:
     offset, limit = _limited(query, range_header, max_rows)
     statement = build_select(table, query, limit=limit, offset=offset)
     count = build_count(table, query) if counted else None
     return ReadPlan(statement, count, offset, limit, binds_values=False,
-                    aggregated=has_aggregates(query.select))
+                    aggregated=has_aggregates(query.select), embedded=embedded)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -22,7 +22,7 @@ from ..errors import api_error
 from .query import (INT64_MAX, INT64_MIN, And, ColumnRef, Filter, SelectItem, has_aggregates,
                     int64, shown_text)
 from .replica_reads import refuse_write
-from .embedding import check_embedded, embedded_tables, refuse_embedding_under_roles
+from .embedding import check_embedded, embedded_tables, embeds_under_role
 from .representation import CONTENT_TYPES, OBJECT, negotiate, render, shape_of
 from .sql import build_delete, build_insert, build_update
 
@@ -302,11 +302,10 @@ def write(state, table, prefs, method: str, query) -> ApiResponse:
         names = embedded_tables(query.select)
         if names:
             check_embedded(state, table, names)
-            if rule is not None:
-                refuse_embedding_under_roles()
     returning = query.select if representation else None
     if rule is not None and returning is not None:
-        returning = rule.readable_select(table, returning)
+        returning = rule.readable_select(table, embeds_under_role(
+            table, rule, returning, request.environ["sqlite_rest.access"].rule, claims))
     # order= sorts the rows a write returns (PostgREST); RETURNING has no ORDER BY, so the
     # order keys ride along as extra columns, sorted on here and dropped.
     order = query.order if representation else ()

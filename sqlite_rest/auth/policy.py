@@ -26,8 +26,9 @@ value and bound as an SQL parameter like any filter value: a claim can never cha
 text. A claim the token lacks makes the filter match nothing.
 
 Enforcement entry point: `TableRule.read_filters(claims)` (the filters to AND into every read
-of the table, and the readable columns) — the SQL builder calls it per table, embedded tables
-included; `TableRule.readable_select` / `check_readable` guard the columns a query names.
+of the table, and the readable columns) — called per table, embedded tables included
+(api/embedding.embeds_under_role); `TableRule.readable_select` / `check_readable` guard the
+columns a query names.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ from typing import Optional
 import yaml
 
 from ..api.operators import OPERATOR_BY_NAME, ValueKind
-from ..api.query import (And, ColumnRef, Filter, Not, Or, QueryError, SelectItem, Star,
+from ..api.query import (And, ColumnRef, Embed, Filter, Not, Or, QueryError, SelectItem, Star,
                          parse_filter, parse_logic)
 from ..errors import ApiError, api_error
 
@@ -365,6 +366,8 @@ class TableRule:
             if type(item) is Star:
                 out.extend(SelectItem(ColumnRef(c.name)) for c in table.columns
                            if c.name in self.read_columns)
+            elif type(item) is Embed:  # its own table's rule: embedding.embeds_under_role
+                out.append(item)
             else:
                 if item.column is not None:  # None: an aggregate's count() of rows (main)
                     self.check_readable(table.name, (item.column.name,))
@@ -375,12 +378,17 @@ class TableRule:
 
     def check_query(self, table_name: str, query) -> None:
         """Every column the query's filters, order, on_conflict name must be readable."""
-        if self.read_columns is None:
-            return
-        self.check_readable(table_name, filter_columns(query.filters))
-        self.check_readable(table_name, (t.column.name for t in query.order))
+        self.check_filters(table_name, query.filters, query.order)
         if query.on_conflict:
             self.check_readable(table_name, query.on_conflict)
+
+    def check_filters(self, table_name: str, filters, order) -> None:
+        """Every column of a logic tree (None: none) and of order terms must be readable."""
+        if self.read_columns is None:
+            return
+        if filters is not None:
+            self.check_readable(table_name, filter_columns(filters))
+        self.check_readable(table_name, (t.column.name for t in order))
 
 
 def permissions_markdown() -> str:
