@@ -324,7 +324,9 @@ def role_read_plan(table, rule, claims, query_string: str, range_header: str | N
     Embeddings apply their own tables' rules (`access`; embedding.embeds_under_role) and
     are planned per role and claims (their row filters bind the claims)."""
     embedded = embedded_tables(query_of(query_string).select)
-    if embedded and access is not None:
+    if embedded:
+        if access is None:  # fail closed: an embedding is never read without its tables' rules
+            raise RuntimeError("an embedding under roles needs the request's policy.Access")
         return _role_embedding_plan(
             table, rule, access.policy, access.role, _claims_key(claims), query_string,
             range_header, max_rows, counted, frozenset(embedded)), ()
