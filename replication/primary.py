@@ -38,7 +38,7 @@ from . import ltx
 from .config import Config, DBConfig, load_config, normalize_db_path
 from .defaults import (DEFAULT_LOCK_WAIT, DEFAULT_PRIMARY_MIN_SYNC_GAP,
                        DEFAULT_PRIMARY_RETRY_BUDGET, DEFAULT_READY_MAX_LAG)
-from .errors import ConfigError, ReplicationError, TxNotAvailableError
+from .errors import ConfigError, ReplicationError, TruncatedLTXError, TxNotAvailableError
 from .notify import COMMIT_SOCKET_ENV, CommitListener, CommitSignal, CommitWaiter
 from .position import POSITION_BOARD_ENV, CommitPositions, PositionBoard
 from .replica_client import read_whole_ltx_file
@@ -444,7 +444,22 @@ class Primary:
                 continue
             with open(path, "rb") as f:
                 mine = f.read()
-            theirs = read_whole_ltx_file(self.client, info)
+            try:
+                theirs = read_whole_ltx_file(self.client, info)
+            except TruncatedLTXError:
+                if info.size >= len(mine):
+                    raise
+                # An upload cut short: a SIGKILL in the middle of a PutObject once left a
+                # 0-byte L0 object on SeaweedFS (crash torture, CI 2026-12-05), which every
+                # later start refused and every restore would fail on. Ours is the whole
+                # file of the same TXIDs (an older common file is compared next): upload it
+                # again over the broken one.
+                ltx.verify(mine, os.path.basename(path))
+                log.warning("the replica's L0 file %016x-%016x is cut short (%d of %d bytes): "
+                            "uploading it again", min_txid, max_txid, info.size, len(mine))
+                self.client.write_ltx_file(0, min_txid, max_txid, mine,
+                                           ltx.Header.unmarshal(mine[:ltx.HEADER_SIZE]).timestamp)
+                continue
             if mine != theirs:
                 raise DivergedError(
                     f"the replica's L0 file {min_txid:016x}-{max_txid:016x} differs from the "
