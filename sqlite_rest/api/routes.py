@@ -24,7 +24,7 @@ from flask import Blueprint, request
 
 from ..responses import CORS_HEADERS, ApiResponse
 from ..auth.authenticator import access_denied
-from ..auth.policy import _claim_text, claim_at
+from ..auth.policy import ACCESS_ENVIRON, ROLE_ENVIRON, _claim_text, claim_at
 from ..errors import api_error
 from .prefer import DEFAULT as DEFAULT_PREFERENCES, parse_prefer
 from .query import (INT64_MAX, And, Filter, Not, RequestError, has_aggregates, int64,
@@ -290,12 +290,6 @@ def _read(state, environ, table, prefs, head: bool, replica_read=None) -> ApiRes
 
 
 # -- roles (--permissions-file; auth/policy.py, design/roles.md) ------------------------------
-
-#: The WSGI environ key of a request's (TableRule, claims) under a permissions file: set by
-#: table_endpoint before anything reads or writes, read by _read and writes.write.
-ROLE_ENVIRON = "sqlite_rest.role"
-#: ... and of its `policy.Access` (the rules of the other tables, for embeddings).
-ACCESS_ENVIRON = "sqlite_rest.access"
 
 def role_access(app, authenticator, policy, environ):
     """The request's `policy.Access`: no token is the anonymous role when the file names one

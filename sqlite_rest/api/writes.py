@@ -18,6 +18,7 @@ from flask import request
 from werkzeug.exceptions import ClientDisconnected
 
 from ..responses import CORS_HEADERS, ApiResponse
+from ..auth.policy import ACCESS_ENVIRON, ROLE_ENVIRON
 from ..errors import api_error
 from .query import (INT64_MAX, INT64_MIN, And, ColumnRef, Filter, SelectItem, has_aggregates,
                     int64, shown_text)
@@ -283,9 +284,9 @@ def write(state, table, prefs, method: str, query) -> ApiResponse:
 
     if representation and has_aggregates(query.select):
         raise api_error("aggregates_disabled")
-    # -- roles (--permissions-file, design/roles.md): the role's TableRule (routes.ROLE_ENVIRON)
+    # -- roles (--permissions-file, design/roles.md): the role's TableRule (policy.ROLE_ENVIRON)
     # restricts the columns named, the rows touched and the rows written
-    rule, claims = request.environ.get("sqlite_rest.role") or (None, None)
+    rule, claims = request.environ.get(ROLE_ENVIRON) or (None, None)
     row_filter = check = None
     filters = query.filters
     if rule is not None:
@@ -305,7 +306,7 @@ def write(state, table, prefs, method: str, query) -> ApiResponse:
     returning = query.select if representation else None
     if rule is not None and returning is not None:
         returning = rule.readable_select(table, embeds_under_role(
-            table, rule, returning, request.environ["sqlite_rest.access"].rule, claims))
+            table, rule, returning, request.environ[ACCESS_ENVIRON].rule, claims))
     # order= sorts the rows a write returns (PostgREST); RETURNING has no ORDER BY, so the
     # order keys ride along as extra columns, sorted on here and dropped.
     order = query.order if representation else ()

@@ -49,6 +49,13 @@ from ..errors import ApiError, api_error
 
 VERBS = ("GET", "HEAD", "POST", "PATCH", "PUT", "DELETE")
 
+#: The WSGI environ keys of a request under a permissions file, set by the table route before
+#: anything reads or writes (api/routes.py), read by its reads and writes (api/writes.py):
+#: the role's (TableRule, claims) for the table, and its `Access` (the rules of the other
+#: tables, for embeddings).
+ROLE_ENVIRON = "sqlite_rest.role"
+ACCESS_ENVIRON = "sqlite_rest.access"
+
 FILE_KEYS = {
     "role_claim": "Where the role is in the token: PostgREST's jwt-role-claim-key syntax "
                   "(`.role`, `.app.role`, `.\"x-role\"`, `.roles[0]`). Default `.role`.",
