@@ -17,8 +17,8 @@ from urllib.parse import urlsplit, unquote
 from . import ltx
 from .errors import ReplicaClientError, ReplicationError
 from .replica_client import (
-    DELETE, EPOCH, GET, LIST, PUT, ConflictError, FileInfo, NotFoundError, ReplicaClient,
-    as_bytes_source, check_level,
+    DELETE, EPOCH, GET, LIST, PUT, ConflictError, FileInfo, NotFoundError, ObjectInfo,
+    ReplicaClient, as_bytes_source, check_level,
     ltx_file_path, ltx_level_dir, ms_to_datetime, register_client,
 )
 
@@ -126,12 +126,10 @@ class FileReplicaClient(ReplicaClient):
                     infos.append(FileInfo(level, txids[0], txids[1], st.st_size, created))
             return iter(self._filter_sorted(infos, seek))
 
-    # -- v0.3 replicas (read only; replication/v3.py) --------------------------------
+    # -- objects beside ltx/ (v0.3 generations: v3.py; lineage records: lineage.py) --------
 
-    def list_v3(self, subdir: str) -> list:
+    def list_objects(self, subdir: str) -> list:
         """The entries of ``<path>/<subdir>`` (none when it is missing)."""
-        from .v3 import V3Object
-
         out = []
         with self._operation(LIST):
             try:
@@ -147,10 +145,10 @@ class FileReplicaClient(ReplicaClient):
                     except FileNotFoundError:
                         continue
                     created = EPOCH + timedelta(microseconds=st.st_mtime_ns // 1000)
-                    out.append(V3Object(entry.name, st.st_size, created, entry.is_dir()))
+                    out.append(ObjectInfo(entry.name, st.st_size, created, entry.is_dir()))
         return out
 
-    def open_v3(self, relpath: str) -> BinaryIO:
+    def open_object(self, relpath: str) -> BinaryIO:
         path = os.path.join(self.path, relpath)
         with self._operation(GET):
             try:
@@ -159,6 +157,23 @@ class FileReplicaClient(ReplicaClient):
                 raise ReplicaClientError(f"file: {relpath} not found in {self.path}") from None
             except OSError as e:
                 raise _os_error(e, f"open {relpath}") from e
+
+    def write_object(self, relpath: str, data: bytes) -> None:
+        path = os.path.join(self.path, relpath)
+        directory = os.path.dirname(path)
+        with self._operation(PUT) as moved:
+            try:
+                os.makedirs(directory, exist_ok=True)
+                with open(path + ".tmp", "wb") as out:
+                    out.write(data)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(path + ".tmp", path)
+                _fsync_dir(directory)
+            except OSError as e:
+                _remove_quietly(path + ".tmp")
+                raise _os_error(e, f"write {path}") from e
+            moved[0] = len(data)
 
     def open_ltx_file(self, level: int, min_txid: int, max_txid: int,
                       offset: int = 0, size: int = 0) -> BinaryIO:

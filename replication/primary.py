@@ -34,7 +34,7 @@ import threading
 import time
 from typing import Callable, Optional, Protocol
 
-from . import ltx
+from . import lineage, ltx
 from .config import Config, DBConfig, load_config, normalize_db_path
 from .defaults import (DEFAULT_LOCK_WAIT, DEFAULT_PRIMARY_MIN_SYNC_GAP,
                        DEFAULT_PRIMARY_RETRY_BUDGET, DEFAULT_READY_MAX_LAG)
@@ -138,6 +138,8 @@ class Primary:
         self.store = None
         self.db = None
         self.restored_txid: Optional[int] = None
+        #: The history this database's TXIDs belong to (lineage.py); set by ``prepare``.
+        self.lineage: Optional[lineage.Lineage] = None
         #: Where ``force_restore`` moved the replaced database (None: nothing was replaced).
         self.replaced_path: Optional[str] = None
         self.first_sync_done = threading.Event()
@@ -172,6 +174,10 @@ class Primary:
 
     def _prepare_locked(self, restore_if_missing: bool, create_if_no_backup: bool) -> None:
         self.client.init()
+        # Decided before anything changes: only a database that keeps its local history
+        # continues its lineage; a restore, a reset or a replaced file begins a new one.
+        carried_forward = (os.path.exists(self.db_path) and not self.force_restore
+                           and not self.reset_replica and self._identity_matches())
         if self.reset_replica:
             log.warning("--replication-reset-replica: deleting every file of %s", self.url)
             self.client.delete_all()
@@ -190,6 +196,11 @@ class Primary:
         elif exists and self.guard_divergence:
             self._check_divergence()
         self._write_identity()
+        if os.path.exists(self.db_path):
+            local = self._local_l0()
+            self.lineage = lineage.settle(self.client, self.meta_path,
+                                          carried_forward=carried_forward,
+                                          after_txid=local[-1][1] if local else 0)
 
     def _move_aside(self, why: str) -> None:
         """Keep the database a force-restore replaces: checkpointed (its WAL copied in), then
@@ -295,6 +306,7 @@ class Primary:
         import shutil
 
         shutil.rmtree(os.path.join(self.meta_path, "ltx"), ignore_errors=True)
+        lineage.remove_local(self.meta_path)
         try:
             os.unlink(os.path.join(self.meta_path, IDENTITY_FILE))
         except FileNotFoundError:
@@ -706,6 +718,8 @@ class _ProgressLog:
 
 #: The VFS name a DSN's ``vfs=`` must give for a replica server.
 REPLICA_VFS = "litestream"
+#: Environment variable naming the lineage of a primary's writes for its HTTP workers.
+LINEAGE_ENV = lineage.LINEAGE_ENV
 
 
 def replica_uri(name: str, params: dict) -> str:
@@ -754,6 +768,21 @@ def replica_catch_up(conn, txid: int, timeout: float, interval: float = 0.02) ->
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
+
+
+def replica_position_state(conn, txid: int, lineage_id: str, *, listing: bool = True):
+    """Whether the position ``txid@lineage_id`` belongs to the history this replica connection
+    follows: ``("ok" | "lost" | "unknown", the lineage that replaced it when lost)``
+    (lineage.py; at most one LIST of the replica's lineage records, none with
+    ``listing=False``)."""
+    db = _replica(conn)
+    return lineage.history_cache(db.config.replica_url).state(txid, lineage_id, db.txid,
+                                                              listing=listing)
+
+
+def current_lineage() -> Optional[str]:
+    """The lineage id of this HTTP worker's writes (set by the primary's supervisor), or None."""
+    return lineage.current_id()
 
 
 def replica_set_time(conn, when) -> None:

@@ -97,6 +97,17 @@ class FileInfo:
         return ltx.format_filename(self.min_txid, self.max_txid)
 
 
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One entry of a listing of the objects beside ``ltx/`` (``list_objects``): Litestream
+    v0.3 generations, our lineage records."""
+
+    name: str
+    size: int                  # bytes
+    created_at: datetime       # UTC-aware: mtime (file) or LastModified (S3)
+    is_dir: bool = False
+
+
 def ms_to_datetime(timestamp_ms: int) -> datetime:
     """LTX header Timestamp (ms since the epoch) as an exact UTC datetime."""
     return EPOCH + timedelta(milliseconds=timestamp_ms)
@@ -200,6 +211,22 @@ class ReplicaClient(abc.ABC):
     @abc.abstractmethod
     def delete_all(self) -> None:
         """Delete every LTX file of this replica (``litestream reset`` of the remote side)."""
+
+    # Objects beside ``ltx/``, which Litestream 0.5 never reads: v0.3 generations (v3.py, read
+    # only) and our lineage records (lineage.py). Optional for a backend: without them, v0.3
+    # restores and lineage records are not available on it.
+
+    def list_objects(self, subdir: str) -> list[ObjectInfo]:
+        """The entries of ``<replica>/<subdir>`` (none when it is missing)."""
+        raise NotImplementedError(f"{self.type} replicas list no objects beside ltx/")
+
+    def open_object(self, relpath: str) -> BinaryIO:
+        """A reader of the object ``<replica>/<relpath>``; ReplicaClientError when missing."""
+        raise NotImplementedError(f"{self.type} replicas open no objects beside ltx/")
+
+    def write_object(self, relpath: str, data: bytes) -> None:
+        """Store a small object ``<replica>/<relpath>`` atomically (replacing one of that name)."""
+        raise NotImplementedError(f"{self.type} replicas write no objects beside ltx/")
 
     def close(self) -> None:
         """Release connections and threads. The client is unusable afterwards."""

@@ -40,9 +40,7 @@ from .defaults import DEFAULT_RESTORE_PARALLELISM
 from .errors import ReplicaClientError, ReplicationError
 from .replica_client import (
     DELETE, EPOCH, GET, LIST, PUT, AccessDeniedError, BucketNotFoundError, ConflictError,
-    FileInfo,
-    NotFoundError,
-    ReplicaClient, UnreachableError, check_level, format_rfc3339_nano, ms_to_datetime,
+    FileInfo, NotFoundError, ObjectInfo, ReplicaClient, UnreachableError, check_level, format_rfc3339_nano, ms_to_datetime,
     parse_rfc3339, register_client,
 )
 
@@ -506,13 +504,11 @@ class S3ReplicaClient(ReplicaClient):
             moved[0] = out.get("ContentLength") or 0
             return _Body(out["Body"], f"L{level}/{ltx.format_filename(min_txid, max_txid)}")
 
-    # -- v0.3 replicas (read only; replication/v3.py) --------------------------------
+    # -- objects beside ltx/ (v0.3 generations: v3.py; lineage records: lineage.py) --------
 
-    def list_v3(self, subdir: str) -> list:
+    def list_objects(self, subdir: str) -> list:
         """The entries under ``<path>/<subdir>/``: objects, and "directories" (common
         prefixes, with no size or time)."""
-        from .v3 import V3Object
-
         prefix = f"{self.path}/{subdir.strip('/')}/"
         out = []
         with self._operation(LIST):
@@ -522,15 +518,15 @@ class S3ReplicaClient(ReplicaClient):
                 for page in pages:
                     for common in page.get("CommonPrefixes", ()):
                         name = common["Prefix"][len(prefix):].rstrip("/")
-                        out.append(V3Object(name, 0, EPOCH, is_dir=True))
+                        out.append(ObjectInfo(name, 0, EPOCH, is_dir=True))
                     for obj in page.get("Contents", ()):
-                        out.append(V3Object(obj["Key"][len(prefix):], obj["Size"],
+                        out.append(ObjectInfo(obj["Key"][len(prefix):], obj["Size"],
                                             obj["LastModified"].astimezone(timezone.utc)))
             except Exception as e:
                 raise self._error(e, f"list {subdir}") from e
         return out
 
-    def open_v3(self, relpath: str) -> BinaryIO:
+    def open_object(self, relpath: str) -> BinaryIO:
         key = f"{self.path}/{relpath}"
         with self._operation(GET) as moved:
             try:
@@ -540,6 +536,15 @@ class S3ReplicaClient(ReplicaClient):
                 raise self._error(e, f"open {relpath}") from e
             moved[0] = out.get("ContentLength") or 0
             return _Body(out["Body"], relpath)
+
+    def write_object(self, relpath: str, data: bytes) -> None:
+        with self._operation(PUT) as moved:
+            try:
+                self.s3.put_object(Bucket=self.bucket, Key=f"{self.path}/{relpath}", Body=data,
+                                   **self._sse_args)
+            except Exception as e:
+                raise self._error(e, f"write {relpath}") from e
+            moved[0] = len(data)
 
     def write_ltx_file(self, level: int, min_txid: int, max_txid: int,
                        data: bytes | BinaryIO, timestamp_ms: int, *,

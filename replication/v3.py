@@ -16,7 +16,8 @@ snapshot's index on (created at or before the timestamp), each WAL index rebuilt
 segments (offsets contiguous from 0) beside the database and checkpointed with
 ``wal_checkpoint(TRUNCATE)``. ``choose`` picks v0.3 over the LTX chain when v0.3 holds the
 newer backup, as ``Replica.shouldUseV3Restore`` does. A replica client supports v0.3 when it
-has ``list_v3(subdir)`` and ``open_v3(path)`` (file and s3 do).
+has ``list_objects(subdir)`` and ``open_object(path)`` (file and s3 do: the objects beside
+``ltx/``, replica_client.py).
 """
 from __future__ import annotations
 
@@ -37,16 +38,6 @@ _SNAPSHOT = re.compile(r"([0-9a-f]{8})\.snapshot\.lz4\Z")
 _WAL_SEGMENT = re.compile(r"([0-9a-f]{8})_([0-9a-f]{8,16})\.wal\.lz4\Z")
 #: Bytes per read while decompressing a snapshot or a segment.
 COPY_CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class V3Object:
-    """One entry of a v0.3 directory listing (what a replica client's ``list_v3`` returns)."""
-
-    name: str
-    size: int                  # bytes, compressed
-    created_at: datetime       # UTC-aware: mtime (file) or LastModified (S3)
-    is_dir: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,19 +86,22 @@ class PlanV3:
 
 
 def supports_v3(client) -> bool:
-    return hasattr(client, "list_v3") and hasattr(client, "open_v3")
+    from .replica_client import ReplicaClient
+
+    base = ReplicaClient.list_objects
+    return getattr(type(client), "list_objects", base) is not base
 
 
 # --- listing -----------------------------------------------------------------------------------
 
 def generations(client) -> list[str]:
-    return sorted(o.name for o in client.list_v3(GENERATIONS_DIR)
+    return sorted(o.name for o in client.list_objects(GENERATIONS_DIR)
                   if o.is_dir and _GENERATION.match(o.name))
 
 
 def snapshots(client, generation: str) -> list[SnapshotV3]:
     out = []
-    for o in client.list_v3(f"{GENERATIONS_DIR}/{generation}/snapshots"):
+    for o in client.list_objects(f"{GENERATIONS_DIR}/{generation}/snapshots"):
         m = _SNAPSHOT.match(o.name)
         if m and not o.is_dir:
             out.append(SnapshotV3(generation, int(m.group(1), 16), o.size, o.created_at))
@@ -116,7 +110,7 @@ def snapshots(client, generation: str) -> list[SnapshotV3]:
 
 def wal_segments(client, generation: str) -> list[WALSegmentV3]:
     out = []
-    for o in client.list_v3(f"{GENERATIONS_DIR}/{generation}/wal"):
+    for o in client.list_objects(f"{GENERATIONS_DIR}/{generation}/wal"):
         m = _WAL_SEGMENT.match(o.name)
         if m and not o.is_dir:
             out.append(WALSegmentV3(generation, int(m.group(1), 16), int(m.group(2), 16),
@@ -259,7 +253,7 @@ def write_database(client, plan: PlanV3, path: str,
 def _decompress_into(client, relpath: str, out) -> int:
     """Decompress one LZ4-framed object into ``out``; the number of bytes written."""
     written = 0
-    src = client.open_v3(relpath)
+    src = client.open_object(relpath)
     try:
         decompressor = lz4.frame.LZ4FrameDecompressor()
         while True:

@@ -765,6 +765,7 @@ def _wire_replication(supervisor, replication) -> None:
     on worker commits, answer their position requests, stop the server if it gives up, final
     sync after the workers stopped (design/process-model.md, "Wiring the replicator")."""
     from replication.errors import ReplicationError
+    from replication.primary import LINEAGE_ENV
 
     from .process import StartupError
 
@@ -775,6 +776,8 @@ def _wire_replication(supervisor, replication) -> None:
             supervisor.http_server_fds.append(replication.lock_fd)
             replication.start(commit_listener=supervisor.commit_listener,
                               position_board=supervisor.position_board_path)
+            if replication.lineage is not None:  # X-Replication-Position of the writes
+                supervisor.http_server_env[LINEAGE_ENV] = replication.lineage.id
         except ReplicationError as exc:
             raise StartupError(exc.message, hint=exc.hint) from None
 

@@ -153,6 +153,11 @@ ERROR_TABLE: tuple[ErrorCase, ...] = (
               "--replica-wait-timeout (with Retry-After)",
               503, "55000", "the replica has not reached position {txid} yet",
               "retry later, or read from the primary"),
+    ErrorCase("position_lost", "X-Replication-Min-Txid names a write the replica's history does "
+              "not hold: the primary was restored from its replica before uploading it (the "
+              "lineage of the position was replaced), or a lineage the replica never had",
+              409, "40003", "the write at position {position} is not in this replica's history",
+              "the write was lost with its primary; read the current state and write it again"),
     ErrorCase("primary_unreachable", "a read replica with --forward-writes cannot reach the "
               "primary", 503, "08006", "the primary at {primary} cannot be reached",
               "retry later; the write was not applied by this server"),

@@ -9,7 +9,8 @@ from werkzeug.utils import get_content_type
 CORS_HEADERS = (
     ("Access-Control-Allow-Origin", "*"),
     ("Access-Control-Expose-Headers",
-     "Content-Range, Range-Unit, Location, Preference-Applied, X-Replication-Txid"),
+     "Content-Range, Range-Unit, Location, Preference-Applied, X-Replication-Txid, "
+     "X-Replication-Position"),
 )
 
 

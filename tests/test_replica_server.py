@@ -68,12 +68,15 @@ def test_read_your_writes_through_a_replica_server(cluster, backend):
     replica = c.replica_server()
     seen = []
     with httpx.Client(timeout=10) as http:
-        for i in range(60):
+        for i in range(200):
             w = http.post(f"{c.primary.base_url}/items", json={"name": f"n{i}"})
             assert w.status_code == 201, w.text
             position = w.headers["X-Replication-Txid"]
+            assert w.headers["X-Replication-Position"].startswith(position + "@")
+            # The full position (TXID and lineage); the bare TXID works too.
+            sent = w.headers["X-Replication-Position"] if i % 2 else position
             r = http.get(f"{replica.base_url}/items?name=eq.n{i}",
-                         headers={"X-Replication-Min-Txid": position})
+                         headers={"X-Replication-Min-Txid": sent})
             assert r.status_code == 200, r.text
             assert [row["name"] for row in r.json()] == [f"n{i}"], (i, position, r.headers)
             assert TXID.match(r.headers["X-Replication-Txid"])

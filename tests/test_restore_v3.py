@@ -185,7 +185,7 @@ def test_a_missing_segment_or_a_damaged_snapshot_fails_with_nothing_left(v3, req
         restore(client, str(out), timestamp=moment)
     assert not any(p.name.startswith("out.db") for p in tmp_path.iterdir())
     latest = choose_plan(client).snapshot
-    with client.open_v3(latest.path) as f:
+    with client.open_object(latest.path) as f:
         original = f.read()
     _damage(request, replica.url, latest.path, b"not lz4")
     try:

@@ -3,9 +3,11 @@
 Every answer names the position it read (``X-Replication-Txid``: the TXID of the read
 transaction's snapshot, read inside that transaction, so it is exactly what was served).
 
-- ``X-Replication-Min-Txid: <TXID>`` (what a write on the primary answered): the read waits
-  until the replica has that position, polling it at once instead of at the next tick, for at
-  most ``--replica-wait-timeout``; then 503 with ``Retry-After``.
+- ``X-Replication-Min-Txid: <TXID>[@<lineage>]`` (what a write on the primary answered): the
+  read waits until the replica has that position, polling it at once instead of at the next
+  tick, for at most ``--replica-wait-timeout``; then 503 with ``Retry-After``. A position whose
+  lineage the replica's history abandoned (the write was lost by a restore of the primary) is
+  409 at once (positions.py, replication/lineage.py).
 - ``X-Replication-As-Of: <RFC 3339 time | TXID>``: the database as it was then (the VFS's time
   travel); a TXID is the 16 hex digits of ``X-Replication-Txid`` and must be a state the
   replica keeps (not one inside a compacted file). A point the replica does not hold is 404.
@@ -21,9 +23,11 @@ from datetime import datetime, timezone
 from typing import Iterator
 
 from replication.errors import TxNotAvailableError
-from replication.primary import replica_catch_up, replica_set_time, replica_txid  # noqa: F401
+from replication.primary import (replica_catch_up, replica_position_state,  # noqa: F401
+                                 replica_set_time, replica_txid)
 
 from ..errors import api_error
+from .positions import format_txid, parse_position
 
 #: Environment variable naming the file that holds a replica server's read floor.
 REPLICA_FLOOR_ENV = "SQLITEREST_REPLICA_FLOOR"
@@ -32,22 +36,6 @@ FLOOR_WAIT = 1.0
 
 MIN_TXID_HEADER = "HTTP_X_REPLICATION_MIN_TXID"
 AS_OF_HEADER = "HTTP_X_REPLICATION_AS_OF"
-
-
-def format_txid(txid: int) -> str:
-    return f"{txid:016x}"  # as the primary's X-Replication-Txid
-
-
-def parse_txid(text: str, header: str) -> int:
-    text = text.strip()
-    try:
-        if not text or len(text) > 16:
-            raise ValueError
-        return int(text, 16)
-    except ValueError:
-        raise api_error("query_parse", message=f"{header}: {text[:40]!r} is not a position",
-                        details="a position is the 16 hex digits of X-Replication-Txid",
-                        hint="send back the X-Replication-Txid a write answered") from None
 
 
 def _parse_as_of(text: str) -> datetime | int:
@@ -123,13 +111,17 @@ def replica_snapshot(state, environ, conn) -> Iterator[list]:
     transaction, the position it read (``[txid]``)."""
     min_txid = environ.get(MIN_TXID_HEADER)
     if min_txid is not None:
-        wanted = parse_txid(min_txid, "X-Replication-Min-Txid")
+        wanted, lineage = parse_position(min_txid, "X-Replication-Min-Txid")
         timeout = state.config.replica_wait_timeout
+        if lineage is not None:  # a position known lost needs no wait
+            _refuse_lost_position(conn, wanted, lineage, listing=False)
         if not replica_catch_up(conn, wanted, timeout):
             raise api_error("replica_behind", txid=format_txid(wanted),
                             details=f"the replica is at {format_txid(replica_txid(conn))}; "
                                     f"waited {timeout:g} s",
                             headers={"Retry-After": str(max(1, math.ceil(timeout)))})
+        if lineage is not None:
+            _refuse_lost_position(conn, wanted, lineage, listing=True)
     as_of = environ.get(AS_OF_HEADER)
     floor = read_floor()
     if as_of is None:
@@ -150,6 +142,24 @@ def replica_snapshot(state, environ, conn) -> Iterator[list]:
     finally:
         if as_of is not None:
             replica_set_time(conn, None)  # the next request of this thread reads the latest
+
+
+def _refuse_lost_position(conn, txid: int, lineage: str, *, listing: bool) -> None:
+    """409 for a position whose write the replica's history no longer holds (its primary was
+    restored from the replica before uploading it) or, once the replica reached its TXID, for
+    a lineage the replica never recorded (lineage.py)."""
+    found, replaced_by = replica_position_state(conn, txid, lineage, listing=listing)
+    position = f"{format_txid(txid)}@{lineage}"
+    if found == "lost":
+        raise api_error("position_lost", position=position,
+                        details=f"the primary was restored at TXID "
+                                f"{format_txid(replaced_by.after_txid)} before this write "
+                                f"reached its replica; the history continues as lineage "
+                                f"{replaced_by.id}")
+    if found == "unknown" and listing:
+        raise api_error("position_lost", position=position,
+                        details=f"the replica holds no lineage {lineage}: the position comes "
+                                "from another database, or from a replica since deleted")
 
 
 def refuse_write(config, verb: str, details: str, what: str = "send writes to"):

@@ -33,7 +33,8 @@ from .query import (INT64_MAX, And, Filter, Not, RequestError, has_aggregates, i
 from .representation import CONTENT_TYPES, negotiate, render, shape_of
 from .sql import build_count, build_select, shape_statement, slot_text
 from .embedding import check_embedded, embedded_tables, embeds_under_role
-from .replica_reads import format_txid, replica_snapshot, replica_txid
+from .positions import format_txid
+from .replica_reads import replica_snapshot, replica_txid
 from .writes import write
 
 METHODS = ["GET", "HEAD", "POST", "PATCH", "PUT", "DELETE", "OPTIONS"]

@@ -34,6 +34,7 @@ from .query import RESERVED_KEYS, parse_read_query, query_pairs, shown_text
 from .representation import CONTENT_TYPES, CSV, OBJECT, dumps, negotiate, render, shape_of
 from .routes import METHODS, _preflight, content_range, page_bounds
 from .sql import OutputColumn, build_count, build_select
+from .positions import commit_headers
 from .replica_reads import refuse_write
 from .writes import _body_bytes, _content_kind_of, parse_json_body
 
@@ -271,8 +272,7 @@ def call(state, name: str, method: str, prefs, environ) -> ApiResponse:
     if function.writes:
         (rows, total, body), commit_result = state.db.write(
             run, rollback=prefs.tx == "rollback")
-        if commit_result is not None:
-            headers.append(("X-Replication-Txid", str(commit_result)))
+        headers.extend(commit_headers(commit_result))
     elif counted or function.before:
         with state.db.read() as conn:  # one snapshot for every statement
             rows, total, body = run(conn)

@@ -22,6 +22,7 @@ from ..auth.policy import ACCESS_ENVIRON, ROLE_ENVIRON
 from ..errors import api_error
 from .query import (INT64_MAX, INT64_MIN, And, ColumnRef, Filter, SelectItem, has_aggregates,
                     int64, shown_text)
+from .positions import commit_headers
 from .replica_reads import refuse_write
 from .embedding import check_embedded, embedded_tables, embeds_under_role
 from .representation import CONTENT_TYPES, OBJECT, negotiate, render, shape_of
@@ -413,8 +414,7 @@ def write(state, table, prefs, method: str, query) -> ApiResponse:
     else:  # an empty PATCH (or POST of []) writes nothing: no transaction, no position
         (rows, affected, body_bytes, inserted), commit_result = work(None), None
     headers = list(CORS_HEADERS)
-    if commit_result is not None:
-        headers.append(("X-Replication-Txid", str(commit_result)))
+    headers.extend(commit_headers(commit_result))
     if location_columns and rows:
         headers.append(("Location", _location(table, rows[0], location_columns)))
     # PostgREST: a write's range names no rows, only the count when one was asked for.

@@ -101,6 +101,9 @@ class Supervisor:
         #: Descriptors the HTTP server and its workers inherit and hold until they exit, e.g.
         #: the replication lock: no new start proceeds while an old worker may still write.
         self.http_server_fds: List[int] = []
+        #: Variables the HTTP server's processes get beside the supervisor's own (set by the
+        #: before-start hooks, e.g. the lineage of the replicator's history).
+        self.http_server_env: dict = {}
         self._listening = False
         self._admin_servers: List[AdminServer] = []
         self._threads: List[threading.Thread] = []
@@ -306,7 +309,7 @@ class Supervisor:
             "wait_for_txid": self.options.wait_for_replication_txid,
             "shutdown_grace_s": SHUTDOWN_GRACE_S,
         }
-        env = dict(os.environ)
+        env = dict(os.environ, **self.http_server_env)
         env[CHILD_SPEC_ENV] = json.dumps(spec)
         env[MULTIPROC_ENV] = self.multiproc_dir
         env[COMMIT_SOCKET_ENV] = self.commit_socket_path
