@@ -43,11 +43,16 @@ def create_app(config: ServerConfig, *, metrics_registry=None) -> Flask:
     authenticator.check_keys()  # a missing/bad key file fails at startup, not per request
     db = Database(config.dsn, writer_hook=config.writer_hook,
                   create_missing=config.create_missing_database)
+    declared = ()
+    if config.relationships_file:
+        from .api.relationships_file import parse_relationships_file
+
+        declared = parse_relationships_file(config.relationships_file)
     state = AppState(
         config=config,
         db=db,
         schema_cache=SchemaCache(on_reload=_warn_when_allowed_tables_go_missing(
-            frozenset(config.allow_tables))),
+            frozenset(config.allow_tables)), declared=declared),
         authenticator=authenticator,
         allowed_tables=frozenset(config.allow_tables),
     )
@@ -58,6 +63,14 @@ def create_app(config: ServerConfig, *, metrics_registry=None) -> Flask:
         state.policy = load_policy(config.permissions_file, config.allow_tables)
         try:
             state.policy.check_schema(state.schema_cache.get(db.reader()))
+        finally:
+            db.close_thread_connections()
+    if declared:
+        from .api.relationships_file import check_relationships
+
+        try:
+            check_relationships(state.schema_cache.get(db.reader()), declared,
+                                config.relationships_file)
         finally:
             db.close_thread_connections()
     if config.dsn.replica:

@@ -45,8 +45,8 @@ def client(tmp_path):
         yield c
 
 
-def get(client, url, status=200):
-    r = client.get(url)
+def get(client, url, status=200, **kw):
+    r = client.get(url, **kw)
     assert r.status_code == status, r.data
     return r.get_json()
 
