@@ -2,9 +2,10 @@
 // Usage: NODE_PATH=<node_modules> node postgrest_js_roles.cjs BASE_URL ALICE_TOKEN VIEWER_TOKEN
 // Prints one JSON object: for each call, what postgrest-js gave back (data, error, count, status).
 const { PostgrestClient } = require('@supabase/postgrest-js')
+const { run } = require('./calls.cjs')
 
-async function main () {
-  const [url, alice, viewer] = process.argv.slice(2)
+run((argv) => {
+  const [url, alice, viewer] = argv
   const as = (token) => new PostgrestClient(url, token ? { headers: { Authorization: `Bearer ${token}` } } : {})
   const a = as(alice)
   const v = as(viewer)
@@ -34,12 +35,5 @@ async function main () {
     // the one allowed write, last
     insertOwn: a.from('notes').insert({ id: 12, owner_id: 'alice', body: 'from js' }).select()
   }
-  const out = {}
-  for (const [name, call] of Object.entries(calls)) {
-    const { data, error, count, status } = await call // one at a time, in order
-    out[name] = { data, error, count, status }
-  }
-  process.stdout.write(JSON.stringify(out))
-}
-
-main().catch((err) => { console.error(err); process.exit(1) })
+  return calls
+})
