@@ -264,7 +264,7 @@ def json_body_sql(sql: str, columns) -> str | None:
     the whole JSON body: one row (the body's text, the number of rows). The embeddings' JSON is
     spliced in as text, never parsed again, and no row becomes Python objects: by string
     concatenation, since json_object() would parse each embedding's text once more
-    (in SQL and rendering, measured: one-to-many ~220 → ~160 µs, many-to-one ~140 → ~80).
+    (statement and rendering: one-to-many 236 → 160 µs, many-to-one 155 → 81; bench/README.md).
     Each value is written as the row path (representation.py) writes it. None when two output
     names are the same to SQLite (it matches names case-insensitively; a dict keeps the last)."""
     if len({c.name.lower() for c in columns}) != len(columns):
