@@ -51,8 +51,8 @@ def create_app(config: ServerConfig, *, metrics_registry=None) -> Flask:
     state = AppState(
         config=config,
         db=db,
-        schema_cache=SchemaCache(on_reload=_warn_when_allowed_tables_go_missing(
-            frozenset(config.allow_tables)), declared=declared),
+        schema_cache=SchemaCache(on_reload=_warn_about_schema_changes(
+            frozenset(config.allow_tables), declared), declared=declared),
         authenticator=authenticator,
         allowed_tables=frozenset(config.allow_tables),
     )
@@ -112,10 +112,11 @@ def create_app(config: ServerConfig, *, metrics_registry=None) -> Flask:
     return app
 
 
-def _warn_when_allowed_tables_go_missing(allowed: frozenset):
-    """A schema change that removes an allow-listed table is logged (the start-up check is
-    the supervisor's: cli._warn_about_unknown_tables); a first load is not, so N workers do
-    not repeat the start-up warning."""
+def _warn_about_schema_changes(allowed: frozenset, declared: tuple):
+    """A schema change that removes an allow-listed table, or what a --relationships-file
+    entry names, is logged (the start-up checks are the supervisor's:
+    cli._warn_about_unknown_tables, cli._check_relationships); a first load is not, so N
+    workers do not repeat the start-up warning."""
     from .api.schema import missing_tables
 
     def on_reload(previous, schema) -> None:
@@ -125,6 +126,11 @@ def _warn_when_allowed_tables_go_missing(allowed: frozenset):
         if gone:
             log.warning("--security-allow-table names tables the schema no longer has: %s "
                         "(they answer 404 until they exist again)", ", ".join(gone))
+        for key in declared:
+            problem = key.problem(schema.tables)
+            if problem is not None and key.problem(previous.tables) is None:
+                log.warning("--relationships-file %s no longer fits the schema: %s (left out "
+                            "until it fits again)", key.label, problem)
     return on_reload
 
 

@@ -19,7 +19,8 @@ through a junction table whose primary key holds it, hints, PGRST200/PGRST201, r
 
 `parse_relationships_file` reads the file without the database; `check_relationships` checks
 every entry against a schema (unknown table or column, column counts) and raises one line naming
-the entry. On a later schema change an entry that no longer fits is left out, not fatal.
+the entry. On a later schema change an entry that no longer fits is left out (app.py
+logs it), not fatal.
 """
 from __future__ import annotations
 
