@@ -43,11 +43,16 @@ def create_app(config: ServerConfig, *, metrics_registry=None) -> Flask:
     authenticator.check_keys()  # a missing/bad key file fails at startup, not per request
     db = Database(config.dsn, writer_hook=config.writer_hook,
                   create_missing=config.create_missing_database)
+    declared = ()
+    if config.relationships_file:
+        from .api.relationships_file import parse_relationships_file
+
+        declared = parse_relationships_file(config.relationships_file)
     state = AppState(
         config=config,
         db=db,
-        schema_cache=SchemaCache(on_reload=_warn_when_allowed_tables_go_missing(
-            frozenset(config.allow_tables))),
+        schema_cache=SchemaCache(on_reload=_warn_about_schema_changes(
+            frozenset(config.allow_tables), declared), declared=declared),
         authenticator=authenticator,
         allowed_tables=frozenset(config.allow_tables),
     )
@@ -58,6 +63,14 @@ def create_app(config: ServerConfig, *, metrics_registry=None) -> Flask:
         state.policy = load_policy(config.permissions_file, config.allow_tables)
         try:
             state.policy.check_schema(state.schema_cache.get(db.reader()))
+        finally:
+            db.close_thread_connections()
+    if declared:
+        from .api.relationships_file import check_relationships
+
+        try:
+            check_relationships(state.schema_cache.get(db.reader()), declared,
+                                config.relationships_file)
         finally:
             db.close_thread_connections()
     if config.dsn.replica:
@@ -99,10 +112,11 @@ def create_app(config: ServerConfig, *, metrics_registry=None) -> Flask:
     return app
 
 
-def _warn_when_allowed_tables_go_missing(allowed: frozenset):
-    """A schema change that removes an allow-listed table is logged (the start-up check is
-    the supervisor's: cli._warn_about_unknown_tables); a first load is not, so N workers do
-    not repeat the start-up warning."""
+def _warn_about_schema_changes(allowed: frozenset, declared: tuple):
+    """A schema change that removes an allow-listed table, or what a --relationships-file
+    entry names, is logged (the start-up checks are the supervisor's:
+    cli._warn_about_unknown_tables, cli._check_relationships); a first load is not, so N
+    workers do not repeat the start-up warning."""
     from .api.schema import missing_tables
 
     def on_reload(previous, schema) -> None:
@@ -112,6 +126,11 @@ def _warn_when_allowed_tables_go_missing(allowed: frozenset):
         if gone:
             log.warning("--security-allow-table names tables the schema no longer has: %s "
                         "(they answer 404 until they exist again)", ", ".join(gone))
+        for key in declared:
+            problem = key.problem(schema.tables)
+            if problem is not None and key.problem(previous.tables) is None:
+                log.warning("--relationships-file %s no longer fits the schema: %s (left out "
+                            "until it fits again)", key.label, problem)
     return on_reload
 
 

@@ -158,6 +158,10 @@ SERVE_FLAGS = (
     Flag("functions-file", "YAML file of functions (named, parameterised SQL) served as "
          "PostgREST functions under /rpc/<name>; checked against the database at start-up "
          "(see the README, RPC).", metavar="PATH"),
+    Flag("relationships-file", "YAML (or JSON) file of foreign keys declared for views, so "
+         "that resource embedding can follow them (SQLite views have none); checked against "
+         "the database at start-up (see the README, \"Relationships of views\").",
+         metavar="PATH"),
     Flag("max-rows", "Most rows a read returns when the client asks for no limit "
          "(PostgREST's db-max-rows). Default: unlimited.", default=None, kind=_positive_int,
          metavar="N"),
@@ -439,6 +443,7 @@ def _serve(common: dict, flags: dict) -> int:
             refuse_filterless_writes=flags["refuse_filterless_writes"],
             primary_url=flags["primary_url"] or None,
             functions_file=flags["functions_file"] or None,
+            relationships_file=flags["relationships_file"] or None,
         )
     except DSNError as exc:
         return _fail(f"--db-dsn: {exc}", getattr(exc, "hint", None))
@@ -471,6 +476,7 @@ def _serve(common: dict, flags: dict) -> int:
         replication = None
         if config.dsn.replica:
             _check_replica(config)
+            _read_relationships_file(config)  # its schema check: each worker's create_app
             supervisor = Supervisor(config, options)
             supervisor.validate()
             _wire_replica_reads(supervisor, config, flags["replica_max_lag"])
@@ -488,6 +494,7 @@ def _serve(common: dict, flags: dict) -> int:
         _check_auth_keys(config)
         functions = _read_functions_file(config)
         policy = _read_permissions_file(config)
+        declared = _read_relationships_file(config)
         supervisor = Supervisor(config, options)
         supervisor.validate()
         if replication is not None:
@@ -501,6 +508,8 @@ def _serve(common: dict, flags: dict) -> int:
         supervisor.before_http_start.append(lambda: _warn_about_unknown_tables(config))
         if policy is not None:  # after a restore: the tables it names are there
             supervisor.before_http_start.append(lambda: _check_permissions(config, policy))
+        if declared is not None:  # after a restore: the views it names are there
+            supervisor.before_http_start.append(lambda: _check_relationships(config, declared))
         if functions is not None:  # after a restore: the tables the functions read are there
             supervisor.before_http_start.append(lambda: _prepare_functions(config, functions))
         return supervisor.run()
@@ -628,30 +637,56 @@ def _check_database(config, create: bool = True) -> None:
         raise StartupError(f"--db-dsn: cannot open database {path}: {exc}") from None
 
 
-def _read_functions_file(config):
-    """The --functions-file's functions, checked without the database (StartupError)."""
-    from .api.functions import FunctionsFileError, parse_functions_file
+def _read_file(path, parse, error_type):
+    """A config file's contents, checked without the database (StartupError); None without
+    one."""
     from .process import StartupError
 
-    if not config.functions_file:
+    if not path:
         return None
     try:
-        return parse_functions_file(config.functions_file)
-    except FunctionsFileError as exc:
+        return parse(path)
+    except error_type as exc:
         raise StartupError(str(exc)) from None
+
+
+def _read_functions_file(config):
+    from .api.functions import FunctionsFileError, parse_functions_file
+
+    return _read_file(config.functions_file, parse_functions_file, FunctionsFileError)
 
 
 def _read_permissions_file(config):
-    """The --permissions-file's Policy, checked without the database (StartupError)."""
     from .auth.policy import PermissionsFileError, load_policy
+
+    return _read_file(config.permissions_file,
+                      lambda path: load_policy(path, config.allow_tables), PermissionsFileError)
+
+
+def _read_relationships_file(config):
+    from .api.relationships_file import RelationshipsFileError, parse_relationships_file
+
+    return _read_file(config.relationships_file, parse_relationships_file,
+                      RelationshipsFileError)
+
+
+def _check_relationships(config, declared) -> None:
+    """The tables and columns the relationships file names must exist (StartupError)."""
+    import apsw
+
+    from .api.relationships_file import RelationshipsFileError, check_relationships
+    from .api.schema import load_schema
     from .process import StartupError
 
-    if not config.permissions_file:
-        return None
+    if not os.path.exists(config.dsn.path):
+        return
+    conn = apsw.Connection(config.dsn.path, flags=apsw.SQLITE_OPEN_READONLY)
     try:
-        return load_policy(config.permissions_file, config.allow_tables)
-    except PermissionsFileError as exc:
+        check_relationships(load_schema(conn), declared, config.relationships_file)
+    except RelationshipsFileError as exc:
         raise StartupError(str(exc)) from None
+    finally:
+        conn.close()
 
 
 def _check_permissions(config, policy) -> None:

@@ -191,6 +191,9 @@ class ServerConfig:
     #: --functions-file: YAML file of the functions served under /rpc/<name> (api/functions.py);
     #: None = no functions.
     functions_file: Optional[str] = None
+    #: --relationships-file: YAML/JSON foreign keys declared for views (embedding;
+    #: api/relationships_file.py); None = only the schema's FOREIGN KEYs.
+    relationships_file: Optional[str] = None
     #: Where the primary is, named in the hint of 25006 (write on a read-only database).
     primary_url: Optional[str] = None
     #: Aggregates in select (total.sum(), count()): PostgREST's db-aggregates-enabled.

@@ -32,6 +32,7 @@ def sections() -> dict[str, str]:
     from .api.functions import functions_markdown
     from .api.prefer import preferences_markdown
     from .auth.policy import permissions_markdown
+    from .api.relationships_file import relationships_markdown
 
     return {
         "operators": operators_markdown(),
@@ -41,6 +42,7 @@ def sections() -> dict[str, str]:
         "migrate-flags": flags_markdown(MIGRATE_FLAGS),
         "functions-file": functions_markdown(),
         "permissions-file": permissions_markdown(),
+        "relationships-file": relationships_markdown(),
     }
 
 

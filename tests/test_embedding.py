@@ -45,8 +45,8 @@ def client(tmp_path):
         yield c
 
 
-def get(client, url, status=200):
-    r = client.get(url)
+def get(client, url, status=200, **kw):
+    r = client.get(url, **kw)
     assert r.status_code == status, r.data
     return r.get_json()
 
@@ -190,3 +190,82 @@ def test_one_statement_per_request(client, monkeypatch):
         assert len(c.get("/authors?select=name,books!author_id(title,tags(label))").get_json()) == 3
     selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
     assert len(selects) == 1, statements
+
+
+# -- the JSON body SQLite writes for reads with embeddings (embedding.json_body_sql) ---------
+
+ODD_SCHEMA = '''
+CREATE TABLE owners (id INTEGER PRIMARY KEY, "Näme 'q' ""x""" TEXT);
+CREATE TABLE things (id INTEGER PRIMARY KEY, owner_id INTEGER REFERENCES owners(id),
+                     price REAL, flag BOOLEAN, doc JSON, raw BLOB, loose);
+INSERT INTO owners VALUES (1, 'o''ne'), (2, NULL);
+INSERT INTO things VALUES
+  (1, 1, 0.30000000000000004, 1, '{"a": [1, 2.5, "x"]}', x'00ff', 'text'),
+  (2, 1, -2.5e-7, 0, 'not json', NULL, 12),
+  (3, NULL, 1e20, 'yes', '7', x'', 3.5),
+  (4, 2, NULL, '', '"s"', NULL, x'41'),
+  (5, 2, 12345678901234.5, 2, NULL, NULL, NULL),
+  (6, 1, 1.0, NULL, '[]', NULL, 'tab	and "quote" and \\ and é and ☃');
+'''
+
+
+@pytest.mark.parametrize("url", [
+    "/things?select=*,owners(*)&order=id",
+    "/things?select=id,o:owners(*),price,flag,doc,raw,loose&order=id.desc",
+    "/owners?select=*,things(id,price,flag,doc)&order=id",  # BLOBs: not inside embeddings
+    "/owners?select=id,things(price,doc,flag)&things.order=id.desc&things.limit=2",
+    "/owners?select=*,things(id)&id=eq.99",                       # no row: []
+    "/things?select=flag::boolean,doc->a,t:doc->>a,x:owners(id)&order=id",
+    "/things?select=id,...owners(*)&order=id",
+    "/owners?select=*,things!inner(id)&order=id",
+])
+def test_json_body_written_by_sqlite_equals_the_row_path(tmp_path, url):
+    """The whole body SQLite writes (json_body_sql) says what the Python row path says, for
+    every kind of value: REAL, BOOLEAN truth, JSON and non-JSON text, no affinity, odd names,
+    null embeddings, empty results, order; with a BLOB the server takes the row path (base64)."""
+    import orjson
+
+    from sqlite_rest.api import routes
+    from sqlite_rest.api.representation import render
+    from sqlite_rest.state import state_of
+
+    conn = apsw.Connection(str(tmp_path / "odd.db"))
+    conn.execute(ODD_SCHEMA)
+    conn.close()
+    app = create_app(ServerConfig(db_dsn=str(tmp_path / "odd.db"), allow_tables=(
+        "owners", "things"), auth_disabled=True))
+    state = state_of(app)
+    path, _, query = url.partition("?")
+    reader = state.db.reader()
+    table = state.schema_cache.get(reader).table(path[1:])
+    plan, values = routes.read_plan(table, query, None, None, False)
+    rows = reader.execute(plan.statement.sql, plan.params(values)).fetchall()
+    expected = orjson.loads(render("application/json", plan.output, rows))
+    has_blob = any(type(v) is bytes for row in rows for v in row)
+    if "embed" in plan.output.kinds:
+        assert plan.json_sql is not None
+        try:
+            text, count = reader.execute(plan.json_sql, plan.params(values)).fetchall()[0]
+            assert orjson.loads(text) == expected and count == len(rows)
+            assert not has_blob
+        except apsw.SQLError:  # JSON has no BLOB: the server falls back to the row path
+            assert has_blob
+    with app.test_client() as c:
+        r = c.get(url)
+        assert r.status_code == 200, r.data
+        assert orjson.loads(r.data) == expected
+        assert r.headers["Content-Range"] == (f"0-{len(rows) - 1}/*" if rows else "*/*")
+    assert expected or "id=eq.99" in url  # the other cases are not vacuous
+
+
+def test_names_sqlite_would_confuse_keep_the_row_path(client):
+    from sqlite_rest.api import routes
+    from sqlite_rest.state import state_of
+
+    table = state_of(client.application).schema_cache.get(
+        state_of(client.application).db.reader()).table("authors")
+    plan, _ = routes.read_plan(table, "select=id,ID:name,books!author_id(id)", None, None,
+                               False)
+    assert plan.json_sql is None  # SQLite matches names case-insensitively
+    assert get(client, "/authors?select=id,ID:name,books!author_id(id)&id=eq.2") == [
+        {"id": 2, "ID": "Herbert", "books": [{"id": 3}]}]

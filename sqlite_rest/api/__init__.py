@@ -8,5 +8,6 @@
 | ``schema.py`` | the schema cache |
 | ``routes.py``, ``writes.py``, ``representation.py`` | the ``/<table>`` routes: reads, writes, output formats |
 | ``openapi.py`` | the Swagger 2.0 description at ``/`` |
+| ``embedding.py``, ``relationships_file.py`` | resource embedding; the foreign keys of views (``--relationships-file``) |
 | ``functions.py``, ``rpc.py`` | the functions file (``--functions-file``) and the ``/rpc/<name>`` calls |
 """

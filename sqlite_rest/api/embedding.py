@@ -257,6 +257,48 @@ def _sql_text(name: str) -> str:
     return name.replace("'", "''")
 
 
+# --- the whole JSON body of a read with embeddings ---------------------------------------------
+
+def json_body_sql(sql: str, columns) -> str | None:
+    """``sql`` (a read with embeddings, its output ``columns``) wrapped so that SQLite writes
+    the whole JSON body: one row (the body's text, the number of rows). The embeddings' JSON is
+    spliced in as text, never parsed again, and no row becomes Python objects: by string
+    concatenation, since json_object() would parse each embedding's text once more
+    (statement and rendering: one-to-many 236 → 160 µs, many-to-one 155 → 81; bench/README.md).
+    Each value is written as the row path (representation.py) writes it. None when two output
+    names are the same to SQLite (it matches names case-insensitively; a dict keeps the last)."""
+    if len({c.name.lower() for c in columns}) != len(columns):
+        return None
+    parts = []
+    for i, column in enumerate(columns):
+        key = ("{" if i == 0 else ",") + _json_string(column.name) + ":"
+        parts.append(f"'{_sql_text(key)}' || {_json_text(quote_identifier(column.name), column.kind)}")
+    row = " || ".join(parts) + " || '}'"
+    return f"SELECT '[' || COALESCE(group_concat({row}, ','), '') || ']', count(*) FROM ({sql})"
+
+
+def _json_string(text: str) -> str:
+    import orjson
+
+    return orjson.dumps(text).decode()
+
+
+def _json_text(column: str, kind: str) -> str:
+    """The JSON text of one value, as representation.py renders it: embeddings as they are,
+    JSON text as JSON, booleans by Python's truth. json_quote() refuses a BLOB (JSON has no
+    such value): the caller then takes the row path, which writes it in base64."""
+    if kind == "embed":
+        return f"COALESCE({column}, 'null')"
+    if kind == "json":
+        return (f"(CASE WHEN typeof({column}) = 'text' AND json_valid({column}) THEN {column} "
+                f"ELSE json_quote({column}) END)")
+    if kind == "boolean":
+        return (f"(CASE WHEN {column} IS NULL THEN 'null' WHEN CASE typeof({column}) "
+                f"WHEN 'integer' THEN {column} <> 0 WHEN 'real' THEN {column} <> 0 "
+                f"ELSE length({column}) > 0 END THEN 'true' ELSE 'false' END)")
+    return f"json_quote({column})"
+
+
 def embedded_tables(select: tuple) -> set[str]:
     """Names of every table an embedding in ``select`` reads (for the allow-list)."""
     names: set[str] = set()

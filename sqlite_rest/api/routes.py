@@ -19,6 +19,7 @@ import functools
 import json
 import re
 
+import apsw
 import orjson
 from flask import Blueprint, request
 
@@ -30,9 +31,9 @@ from .prefer import DEFAULT as DEFAULT_PREFERENCES, parse_prefer
 from .query import (INT64_MAX, And, Filter, Not, RequestError, has_aggregates, int64,
                     lifted_columns, parse_read_query, query_pairs, query_shape,
                     shape_pairs, shown_text)
-from .representation import CONTENT_TYPES, negotiate, render, shape_of
+from .representation import CONTENT_TYPES, JSON, negotiate, render, shape_of
 from .sql import build_count, build_select, shape_statement, slot_text
-from .embedding import check_embedded, embedded_tables, embeds_under_role
+from .embedding import check_embedded, embedded_tables, embeds_under_role, json_body_sql
 from .positions import format_txid
 from .replica_reads import replica_snapshot, replica_txid
 from .writes import write
@@ -170,7 +171,7 @@ class ReadPlan:
     shareable shape gets a plan of its own, per query string."""
 
     __slots__ = ("statement", "count", "offset", "limit", "output", "binds_values",
-                 "aggregated", "embedded")
+                 "aggregated", "embedded", "json_sql")
 
     def __init__(self, statement, count, offset: int, limit: int | None, binds_values: bool,
                  aggregated: bool = False, embedded: frozenset = frozenset()):
@@ -182,6 +183,10 @@ class ReadPlan:
         self.limit = limit
         self.output = shape_of(statement.columns)
         self.binds_values = binds_values  # a ShapeStatement: params(values) of the request
+        # With embeddings, SQLite writes the whole JSON body (same parameters): their JSON is
+        # spliced in as text instead of passing through Python objects and orjson.
+        self.json_sql = (json_body_sql(statement.sql, statement.columns)
+                         if "embed" in self.output.kinds else None)
 
     def params(self, values) -> list:
         return self.statement.params(values) if self.binds_values else self.statement.params
@@ -249,28 +254,28 @@ def _read(state, environ, table, prefs, head: bool, replica_read=None) -> ApiRes
         raise api_error("aggregates_disabled")
     if plan.embedded:
         check_embedded(state, table, plan.embedded)
-    offset, statement = plan.offset, plan.statement
+    offset = plan.offset
+    json_sql = plan.json_sql if media == JSON else None
     total = None
     position = None
     if replica_read is not None:  # a read replica: the read names its position
         conn, read_at = replica_read
-        rows = conn.execute(statement.sql, plan.params(values)).fetchall()
+        rows, returned, body = _fetch(conn, plan, values, json_sql)
         if plan.count is not None:
             total = conn.execute(plan.count.sql, plan.count.params).fetchall()[0][0]
         position = format_txid(replica_txid(conn))  # inside the read: what it read
         read_at.append(position)
     elif plan.count is None:
-        rows = state.db.reader().execute(statement.sql, plan.params(values)).fetchall()
+        rows, returned, body = _fetch(state.db.reader(), plan, values, json_sql)
     else:
         with state.db.read() as conn:  # one snapshot for the page and its count
-            rows = conn.execute(statement.sql, plan.params(values)).fetchall()
+            rows, returned, body = _fetch(conn, plan, values, json_sql)
             total = conn.execute(plan.count.sql, plan.count.params).fetchall()[0][0]
     if total is not None and offset > 0 and offset >= total:
         raise api_error(
             "invalid_range",
             details=f"An offset of {offset} was requested, but there are only {total} rows.",
             headers={"Content-Range": f"*/{total}"})
-    returned = len(rows)
     status = 200
     if total is not None and (offset > 0 or offset + returned < total):
         status = 206
@@ -284,10 +289,25 @@ def _read(state, environ, table, prefs, head: bool, replica_read=None) -> ApiRes
     applied = prefs.applied("HEAD" if head else "GET") if prefs.given else None
     if applied:
         response_headers.append(("Preference-Applied", applied))
-    body = render(media, plan.output, rows)  # also checks singular on HEAD
+    if body is None:
+        body = render(media, plan.output, rows)  # also checks singular on HEAD
     if head:
         body = b""
     return ApiResponse(body, status, response_headers, CONTENT_TYPES[media])
+
+
+def _fetch(conn, plan, values, json_sql) -> tuple:
+    """(rows, their number, None); with ``json_sql`` (plan.json_sql): ((), the number of
+    rows, the JSON body SQLite wrote)."""
+    params = plan.params(values)
+    if json_sql is not None:
+        try:
+            text, count = conn.execute(json_sql, params).fetchall()[0]
+            return (), count, text.encode()
+        except apsw.SQLError:  # a BLOB, which JSON cannot hold: the row path writes base64
+            pass
+    rows = conn.execute(plan.statement.sql, params).fetchall()
+    return rows, len(rows), None
 
 
 # -- roles (--permissions-file; auth/policy.py, design/roles.md) ------------------------------

@@ -61,6 +61,7 @@ class ForeignKey:
     columns: tuple[str, ...]
     ref_table: str
     ref_columns: tuple[str, ...]  # empty when it references the other table's primary key
+    name: str | None = None       # declared in --relationships-file (SQLite reports none)
 
 
 @dataclass(frozen=True, eq=False)
@@ -111,8 +112,10 @@ def is_exposable(name: str) -> bool:
     return not name.lower().startswith("sqlite_") and name not in INTERNAL_TABLES
 
 
-def load_schema(conn: apsw.Connection) -> Schema:
-    """Read the `main` schema in one read transaction, so it is self-consistent."""
+def load_schema(conn: apsw.Connection, declared=()) -> Schema:
+    """Read the `main` schema in one read transaction, so it is self-consistent.
+    ``declared``: the foreign keys of --relationships-file (api/relationships_file.py), added
+    to their tables; one that no longer fits the schema is left out."""
     cursor = conn.cursor()
     with conn:  # a savepoint: a consistent snapshot across the pragmas
         version = cursor.execute("PRAGMA schema_version").fetchall()[0][0]
@@ -134,6 +137,11 @@ def load_schema(conn: apsw.Connection) -> Schema:
         index = tables.get(name + "_fts")
         if index is not None and index.fts5 and not table.fts5 and not table.without_rowid:
             tables[name] = replace(table, fts_index=index)
+    for key in declared:
+        if key.problem(tables) is None:
+            table = tables[key.table]
+            tables[key.table] = replace(table, foreign_keys=table.foreign_keys
+                                        + (key.foreign_key(tables),))
     _link_relationships(tables, sql_of)
     return Schema(version, tables)
 
@@ -171,8 +179,8 @@ def _link_relationships(tables: dict, sql_of: dict) -> None:
 
     named = {name: constraint_names(sql_of.get(name)) for name in tables}
 
-    def fk_name(table: str, columns) -> str:
-        return named.get(table, {}).get(tuple(columns)) or default_name(table, columns)
+    def fk_name(table: str, fk) -> str:
+        return fk.name or named.get(table, {}).get(fk.columns) or default_name(table, fk.columns)
 
     def pairs(table, fk):
         target = tables.get(fk.ref_table)
@@ -189,7 +197,7 @@ def _link_relationships(tables: dict, sql_of: dict) -> None:
             if on is None:
                 continue
             target = tables[fk.ref_table]
-            name = fk_name(table.name, fk.columns)
+            name = fk_name(table.name, fk)
             table.relations.setdefault(target.name, []).append(
                 Relationship("m2o", target, on, name))
             target.relations.setdefault(table.name, []).append(
@@ -203,8 +211,7 @@ def _link_relationships(tables: dict, sql_of: dict) -> None:
                 a, b = tables[fk_a.ref_table], tables[fk_b.ref_table]
                 if a is b:
                     continue
-                name_a, name_b = fk_name(junction.name, fk_a.columns), \
-                    fk_name(junction.name, fk_b.columns)
+                name_a, name_b = fk_name(junction.name, fk_a), fk_name(junction.name, fk_b)
                 a.relations.setdefault(b.name, []).append(Relationship(
                     "m2m", b, tuple((t, j) for j, t in on_a), name_a, junction,
                     tuple((j, t) for j, t in on_b), name_b))
@@ -262,8 +269,11 @@ class SchemaCache:
     connection to the same database may be passed: the version is per file.
     """
 
-    def __init__(self, on_reload: Callable[[Schema | None, Schema], None] | None = None):
+    def __init__(self, on_reload: Callable[[Schema | None, Schema], None] | None = None,
+                 declared=()):
         self._schema: Schema | None = None
+        #: --relationships-file's foreign keys, added at every (re)load.
+        self.declared = tuple(declared)
         self._lock = threading.Lock()
         #: Called with (previous schema or None, new schema) after every (re)load.
         self.on_reload = on_reload
@@ -276,7 +286,7 @@ class SchemaCache:
         with self._lock:
             schema = self._schema
             if schema is None or schema.version != version:
-                previous, schema = schema, load_schema(conn)
+                previous, schema = schema, load_schema(conn, self.declared)
                 self._schema = schema
                 if self.on_reload is not None:
                     self.on_reload(previous, schema)

@@ -2,9 +2,10 @@
 // Usage: NODE_PATH=<node_modules> node postgrest_js_rpc.cjs BASE_URL TOKEN
 // Prints one JSON object: for each call, what postgrest-js gave back (data, error, count, status).
 const { PostgrestClient } = require('@supabase/postgrest-js')
+const { run } = require('./calls.cjs')
 
-async function main () {
-  const [url, token] = process.argv.slice(2)
+run((argv) => {
+  const [url, token] = argv
   const client = new PostgrestClient(url, { headers: { Authorization: `Bearer ${token}` } })
   const calls = {
     rows: client.rpc('cheaper_than', { price: 5 }).gte('price', 1)
@@ -18,12 +19,5 @@ async function main () {
     write_by_get: client.rpc('restock', { id: 3, qty: 5 }, { get: true }),
     unknown: client.rpc('cheaper_thn', { price: 1 })
   }
-  const out = {}
-  for (const [name, call] of Object.entries(calls)) {
-    const { data, error, count, status } = await call // one at a time, in order
-    out[name] = { data, error, count, status }
-  }
-  process.stdout.write(JSON.stringify(out))
-}
-
-main().catch((err) => { console.error(err); process.exit(1) })
+  return calls
+})
