@@ -6,7 +6,8 @@ Starts the real primary (`serve --replication-enabled`, file:// replica, or Seaw
 ``--s3``) and one replica server reading that replica through the VFS, for each poll interval.
 Each sample POSTs one row to the primary, then GETs it from the replica server every 5 ms
 until it is there: the time from the POST's answer to the first GET that shows the row. Also
-times a read-your-writes GET (``X-Replication-Min-Txid`` set to the POST's position): from the
+times a read-your-writes GET (``X-Replication-Min-Txid`` set to the POST's
+``X-Replication-Position``, so the lineage check is in the time): from the
 POST's answer to that GET's answer. Prints p50/p99 of both per poll interval.
 """
 from __future__ import annotations
@@ -52,7 +53,7 @@ def measure(primary, replica_server, samples: int) -> tuple[list[float], list[fl
             w = http.post(f"{primary.base_url}/items", json={"name": name2})
             acked = time.perf_counter()
             r = http.get(f"{replica_server.base_url}/items?name=eq.{name2}",
-                         headers={"X-Replication-Min-Txid": w.headers["X-Replication-Txid"]})
+                         headers={"X-Replication-Min-Txid": w.headers["X-Replication-Position"]})
             assert r.json(), (r.status_code, r.text)
             ryw.append(time.perf_counter() - acked)
             time.sleep(0.05)
