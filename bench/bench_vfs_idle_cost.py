@@ -18,12 +18,9 @@ that idle window are the cost. Readers:
 from __future__ import annotations
 
 import argparse
-import re
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -32,65 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runs from a checkout, uninstalled
 
 from replication.replica_client import client_from_url  # noqa: E402
+from tests.plugins.counting_proxy import CountingProxy  # noqa: E402
 from tests.plugins.replicas import make_db, snapshot_ltx  # noqa: E402
 from tests.plugins.s3 import _stop as stop_seaweedfs, start_seaweedfs  # noqa: E402
 from tests.plugins.server import start_server  # noqa: E402
-
-REQUEST_LINE = re.compile(rb"(?:GET|HEAD|PUT|POST|DELETE) \S+ HTTP/1\.[01]\r\n")
-
-
-class CountingProxy:
-    """127.0.0.1:<port> -> the S3 endpoint, counting the requests that pass."""
-
-    def __init__(self, target_port: int):
-        self.target_port = target_port
-        self.requests = 0
-        self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, False),
-                             daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, counted: bool) -> None:
-        tail = b""
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                if counted:  # a request line split across reads is found in tail + data
-                    window = tail + data
-                    n = len(REQUEST_LINE.findall(window)) - len(REQUEST_LINE.findall(tail))
-                    with self._lock:
-                        self.requests += n
-                    tail = window[-200:]
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def count(self) -> int:
-        with self._lock:
-            return self.requests
-
-    def close(self) -> None:
-        self._listener.close()
-
 
 READER = r"""
 import os, sys, time

@@ -45,6 +45,7 @@ ACCEPTS = {
     "write_enabled": "a boolean (true/false/1/0)",
     "sync_interval": "a Go duration",
     "buffer_path": "a path",
+    "poll_share": "a path (a file the processes that read this replica share one poller through)",
 }
 
 #: Litestream's environment variable of each setting (spec §6.2); poll_interval and
@@ -56,6 +57,8 @@ ENV_VARS = {
     "buffer_path": "LITESTREAM_BUFFER_PATH",
     "hydration_enabled": "LITESTREAM_HYDRATION_ENABLED",
     "hydration_path": "LITESTREAM_HYDRATION_PATH",
+    # Ours (poll_share.py): set by a replica server's supervisor for its workers.
+    "poll_share": "SQLITEREST_VFS_POLL_SHARE",
 }
 
 
@@ -71,6 +74,7 @@ class VFSConfig:
     write_enabled: bool | None = None
     sync_interval: float | None = None      # seconds
     buffer_path: str | None = None
+    poll_share: str | None = None           # ours: one poller for every process (poll_share.py)
 
     def set(self, name: str, value: str, *, source: str = "") -> None:
         """Set ``name`` from its text form (URI parameter or environment variable), checked;
@@ -176,6 +180,7 @@ class ResolvedConfig:
     cache_size: int         # bytes
     hydration_enabled: bool = False
     hydration_path: str | None = None   # None: a temporary file (when enabled)
+    poll_share: str | None = None       # None: this process polls on its own
 
 
 def env_config(environ: Mapping[str, str] | None = None) -> VFSConfig:
@@ -217,4 +222,5 @@ def resolve(name: str, uri_params: Mapping[str, str],
         cache_size=cfg.cache_size if cfg.cache_size is not None else DEFAULT_VFS_CACHE_SIZE,
         hydration_enabled=bool(cfg.hydration_enabled),
         hydration_path=cfg.hydration_path,
+        poll_share=cfg.poll_share,
     )

@@ -534,12 +534,13 @@ def _check_replica(config) -> None:
 
 class _ReplicaWatch:
     """The supervisor's own connection to the replica (opened on first use, after the
-    workers are started): /ready and /status of a read replica."""
+    workers are started): /ready and /status of a read replica. It shares the workers' one
+    poller (``poll_share``) rather than polling the store on its own."""
 
-    def __init__(self, config, max_lag: float):
+    def __init__(self, config, max_lag: float, poll_share=None):
         import threading
 
-        self.config, self.max_lag = config, max_lag
+        self.config, self.max_lag, self.poll_share = config, max_lag, poll_share
         self._conn = None
         self._lock = threading.Lock()
 
@@ -548,10 +549,12 @@ class _ReplicaWatch:
 
         with self._lock:
             if self._conn is None:
+                share = self.poll_share() if self.poll_share else None
                 self._conn = open_connection(
                     self.config.dsn.path, read_only=True,
                     busy_timeout_ms=self.config.dsn.busy_timeout_ms,
-                    replica_params=dict(self.config.dsn.vfs_params))
+                    replica_params={**({"poll_share": share} if share else {}),
+                                    **dict(self.config.dsn.vfs_params)})
             return self._conn
 
     def ready(self) -> bool:
@@ -585,7 +588,7 @@ def _wire_replica_reads(supervisor, config, max_lag: float) -> None:
 
     from .observability.metrics import ReplicaCollector
 
-    watch = _ReplicaWatch(config, max_lag)
+    watch = _ReplicaWatch(config, max_lag, lambda: supervisor.replica_poll_share_path)
     supervisor.health.add_ready_check("replica", watch.ready)
     supervisor.health.add_status("replica", watch.status)
     REGISTRY.register(ReplicaCollector(watch.stats))
