@@ -297,7 +297,8 @@ class _Source:
                 if share is None:
                     self._list()
                     continue
-                if not share.leading and time.monotonic() >= try_lead_at:
+                if self.config.poll_lead and not share.leading \
+                        and time.monotonic() >= try_lead_at:
                     try_lead_at = time.monotonic() + interval  # one flock per interval
                     share.try_lead()  # the leader died or closed: poll at once
                 if share.leading:

@@ -46,6 +46,7 @@ ACCEPTS = {
     "sync_interval": "a Go duration",
     "buffer_path": "a path",
     "poll_share": "a path (a file the processes that read this replica share one poller through)",
+    "poll_lead": "a boolean (true/false/1/0)",
 }
 
 #: Litestream's environment variable of each setting (spec §6.2); poll_interval and
@@ -75,6 +76,7 @@ class VFSConfig:
     sync_interval: float | None = None      # seconds
     buffer_path: str | None = None
     poll_share: str | None = None           # ours: one poller for every process (poll_share.py)
+    poll_lead: bool | None = None           # ours: false = only ever follow the poll_share
 
     def set(self, name: str, value: str, *, source: str = "") -> None:
         """Set ``name`` from its text form (URI parameter or environment variable), checked;
@@ -109,7 +111,7 @@ def parse_setting(name: str, value, *, source: str = ""):
             return seconds
         if name == "cache_size":
             return parse_byte_size(value)
-        if name in ("hydration_enabled", "write_enabled"):
+        if name in ("hydration_enabled", "write_enabled", "poll_lead"):
             return parse_bool(value)
         if not isinstance(value, str) or not value:
             raise bad
@@ -130,6 +132,9 @@ def check_supported(cfg: VFSConfig) -> None:
     if cfg.hydration_path is not None and not cfg.hydration_enabled:
         raise VFSConfigError("litestream VFS: hydration_path without hydration_enabled=true",
                              hint="add hydration_enabled=true (or remove hydration_path)")
+    if cfg.poll_lead is not None and not cfg.poll_share:
+        raise VFSConfigError("litestream VFS: poll_lead without poll_share",
+                             hint="add poll_share=<path> (or remove poll_lead)")
 
 
 # --- the registry ------------------------------------------------------------------------------
@@ -181,6 +186,7 @@ class ResolvedConfig:
     hydration_enabled: bool = False
     hydration_path: str | None = None   # None: a temporary file (when enabled)
     poll_share: str | None = None       # None: this process polls on its own
+    poll_lead: bool = True              # False: never list on the poller's tick, follow
 
 
 def env_config(environ: Mapping[str, str] | None = None) -> VFSConfig:
@@ -223,4 +229,5 @@ def resolve(name: str, uri_params: Mapping[str, str],
         hydration_enabled=bool(cfg.hydration_enabled),
         hydration_path=cfg.hydration_path,
         poll_share=cfg.poll_share,
+        poll_lead=cfg.poll_lead is not False,
     )

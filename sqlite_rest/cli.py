@@ -534,8 +534,8 @@ def _check_replica(config) -> None:
 
 class _ReplicaWatch:
     """The supervisor's own connection to the replica (opened on first use, after the
-    workers are started): /ready and /status of a read replica. It shares the workers' one
-    poller (``poll_share``) rather than polling the store on its own."""
+    workers are started): /ready and /status of a read replica. It follows the workers' one
+    poller (``poll_share``, never leading: its lag is theirs) rather than polling the store."""
 
     def __init__(self, config, max_lag: float, poll_share=None):
         import threading
@@ -553,7 +553,8 @@ class _ReplicaWatch:
                 self._conn = open_connection(
                     self.config.dsn.path, read_only=True,
                     busy_timeout_ms=self.config.dsn.busy_timeout_ms,
-                    replica_params={**({"poll_share": share} if share else {}),
+                    replica_params={**({"poll_share": share, "poll_lead": "false"}
+                                       if share else {}),
                                     **dict(self.config.dsn.vfs_params)})
             return self._conn
 

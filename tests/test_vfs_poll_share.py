@@ -120,3 +120,38 @@ def test_a_bad_poll_share_fails_the_open_by_name(tmp_path, value):
     _write_l0(FileReplicaClient(str(tmp_path / "r")), _states(tmp_path, STEPS), 1, 1, 0)
     with pytest.raises(apsw.CantOpenError, match="poll_share"):
         lvfs.connect(lvfs.uri("x.db", f"file://{tmp_path / 'r'}", poll_share=value))
+
+
+def test_a_source_that_may_not_lead_only_follows(tmp_path, store):  # noqa: F811 (the fixture)
+    """poll_lead=false (a replica server's supervisor): it never lists on its own tick, even
+    with the lead free; it sees what the leader publishes, and its lag is the leader's."""
+    client, url = store
+    states = _states(tmp_path, STEPS)
+    ts = int(time.time() * 1000) - 60_000
+    _write_l0(client, states, 1, 2, ts)
+    share = tmp_path / "poll"
+    watcher = lvfs.connect(lvfs.uri("w.db", url, poll_interval="100ms", poll_share=str(share),
+                                    poll_lead="false"))
+    try:
+        watch = lvfs.database(watcher)
+        time.sleep(0.5)
+        stats = watch.stats()
+        assert (stats.poll_share, stats.polls, stats.lag) == ("follower", 0, -1.0)
+        worker = _open(url, "a.db", share)
+        try:
+            wait_for(lambda: lvfs.database(worker).stats().poll_share == "leader", 5, "a leader")
+            _write_l0(client, states, 3, 3, ts)
+            wait_for(lambda: watch.txid == 3, 5, "the watcher to see TXID 3")
+            assert watch.stats().polls == 0 and 0 <= watch.lag < 0.5
+        finally:
+            worker.close()  # nobody polls any more: the watcher's lag grows
+        time.sleep(0.5)
+        assert watch.lag >= 0.45 and watch.stats().poll_share == "follower"
+    finally:
+        watcher.close()
+
+
+def test_poll_lead_needs_poll_share(tmp_path):
+    _write_l0(FileReplicaClient(str(tmp_path / "r")), _states(tmp_path, STEPS), 1, 1, 0)
+    with pytest.raises(apsw.CantOpenError, match="poll_lead without poll_share"):
+        lvfs.connect(lvfs.uri("x.db", f"file://{tmp_path / 'r'}", poll_lead="false"))
