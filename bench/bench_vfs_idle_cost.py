@@ -12,8 +12,8 @@ that idle window are the cost. Readers:
   connection (its poll interval is fixed at 1 s);
 - our VFS (replication/vfs.py), one connection, ``poll_interval`` = --poll;
 - our VFS, four connections in one process (they share one source and one poller);
-- a replica server (`sqlite-rest serve` on the replica: 2 workers and the supervisor's
-  health connection, each process with its own source and poller).
+- a replica server (`sqlite-rest serve` on the replica) with 2 and with 4 workers, plus the
+  supervisor's health connection: one of its processes polls for all (``poll_share``).
 """
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 from urllib.parse import quote
+
+import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runs from a checkout, uninstalled
@@ -106,12 +108,19 @@ def main() -> None:
                  reader("ours", url, args.poll, 4, env)),
             ]
 
-            def replica_server():
-                dsn = (f"file:{tmp / 'server.db'}?vfs=litestream&replica_url="
-                       f"{quote(url, safe='')}&poll_interval={args.poll}")
-                return start_server(dsn, "--security-allow-table", "items", env=env)
-            rows.append((f"replica server, 2 workers + supervisor (poll {args.poll})",
-                         replica_server))
+            def replica_server(workers: int):
+                def start():
+                    dsn = (f"file:{tmp / 'server.db'}?vfs=litestream&replica_url="
+                           f"{quote(url, safe='')}&poll_interval={args.poll}")
+                    server = start_server(dsn, "--security-allow-table", "items",
+                                          "--workers", str(workers), env=env)
+                    # the supervisor's health connection opens at the first /status
+                    httpx.get(server.metrics_url + "/status", timeout=10).raise_for_status()
+                    return server
+                return start
+            for workers in (2, 4):
+                rows.append((f"replica server, {workers} workers + supervisor (poll {args.poll})",
+                             replica_server(workers)))
             print(f"S3 requests per minute while idle ({args.idle:g} s each), "
                   f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
             for name, start in rows:

@@ -22,7 +22,8 @@ Each main database file opened through the VFS (one per connection) is a
   ``-shm`` and ``-journal`` never exist: SQLite sees a plain read-only rollback-journal DB.
 - **Following.** A poller thread per source lists L0 every ``poll_interval`` and publishes
   a new immutable view with the contiguous new files; a gap (files compacted away before we
-  saw them) or a vanished file rebuilds the index from a fresh plan.
+  saw them) or a vanished file rebuilds the index from a fresh plan. With ``poll_share``
+  the processes reading one replica list it from one of them (:mod:`replication.poll_share`).
 - **Snapshot isolation.** A read transaction sees exactly one TXID. SQLite takes a SHARED
   lock for every read transaction (xLock from NONE); only then does a connection move to the
   newest published view, so an update found while a transaction reads waits for its end.
