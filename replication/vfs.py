@@ -333,10 +333,11 @@ class _Source:
         now = time.monotonic_ns()
         with self.mu:
             self.last_poll_ok = now / 1e9
+        if self.share is not None:
+            # Before we serve it: a worker behind a read floor we raise finds it shared.
+            self.share.publish(files, max(new.txid if new else 0, base.txid), now)
         if new is not None:
             self.publish(new)
-        if self.share is not None:
-            self.share.publish(files, self.latest.txid, now)
         return new is not None
 
     def _follow(self) -> bool:
