@@ -41,6 +41,7 @@ import mmap
 import os
 import struct
 import threading
+import weakref
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -87,6 +88,7 @@ class PollShare:
         # flock excludes open file descriptions, not threads: this process's threads (the
         # poller, request threads polling explicitly) take turns here first.
         self._mu = threading.Lock()
+        _shares.add(self)
 
     # -- the lead -------------------------------------------------------------------------------
 
@@ -169,6 +171,14 @@ class PollShare:
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
 
+    def _forget_lead(self) -> None:
+        """In a forked child: the inherited lock is the parent's (the child has no poller
+        thread); dropping our descriptor lets the lock go when the parent goes."""
+        self._mu = threading.Lock()
+        if self._lead_fd is not None:
+            os.close(self._lead_fd)
+            self._lead_fd = None
+
     def close(self) -> None:
         with self._mu:
             if self._lead_fd is not None:
@@ -176,3 +186,14 @@ class PollShare:
                 self._lead_fd = None
             self._map.close()
             os.close(self._fd)
+
+
+_shares: "weakref.WeakSet[PollShare]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for share in list(_shares):
+        share._forget_lead()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

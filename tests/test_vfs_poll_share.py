@@ -155,3 +155,30 @@ def test_poll_lead_needs_poll_share(tmp_path):
     _write_l0(FileReplicaClient(str(tmp_path / "r")), _states(tmp_path, STEPS), 1, 1, 0)
     with pytest.raises(apsw.CantOpenError, match="poll_lead without poll_share"):
         lvfs.connect(lvfs.uri("x.db", f"file://{tmp_path / 'r'}", poll_lead="false"))
+
+
+def test_a_forked_child_does_not_keep_the_lead(tmp_path):
+    """flock belongs to the open file, which fork shares: a child of the leading process
+    (it has no poller thread) must not keep the lead once the leader closes."""
+    import os
+    import signal
+
+    _write_l0(FileReplicaClient(str(tmp_path / "r")), _states(tmp_path, STEPS), 1, 1, 0)
+    url, share = f"file://{tmp_path / 'r'}", tmp_path / "poll"
+    first = _open(url, "a.db", share)
+    wait_for(lambda: lvfs.database(first).stats().poll_share == "leader", 5, "a leader")
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child only waits to be killed
+        time.sleep(30)
+        os._exit(0)
+    second = None
+    try:
+        first.close()
+        second = _open(url, "b.db", share)
+        wait_for(lambda: lvfs.database(second).stats().poll_share == "leader", 2,
+                 "the lead to be free while the child lives")
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        if second is not None:
+            second.close()
