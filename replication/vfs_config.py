@@ -7,7 +7,8 @@ setting the first layer that has it wins:
 2. the registry, :func:`set_vfs_config` keyed by the database name as written in the URI
    (``app.db`` above), so a program can configure a database without touching the process
    environment (``setenv`` is not thread-safe);
-3. Litestream's ``LITESTREAM_*`` environment variables (spec §6.2), the last fallback;
+3. Litestream's ``LITESTREAM_*`` environment variables (spec §6.2), the last fallback (and
+   ours, ``SQLITEREST_VFS_POLL_SHARE``, which a replica server's supervisor sets);
 
 then the defaults of :mod:`replication.defaults`. The registry keeps and returns copies under a
 lock, so a caller mutating its object never changes an open in flight.
