@@ -516,7 +516,8 @@ def _replica_status(server) -> dict:
     return httpx.get(server.metrics_url + "/status", timeout=5).json()["replica"]
 
 
-def test_a_killed_leading_worker_hands_the_poll_to_another_process(cluster):
+@pytest.mark.parametrize("backend", ["file", "s3"])
+def test_a_killed_leading_worker_hands_the_poll_to_another_process(cluster, backend):
     """A replica server polls the store from one process (replication/poll_share.py): a
     worker leads, the other processes (the other worker, the supervisor's health connection)
     follow. SIGKILL the leader: another process leads within a poll interval, and plain reads
@@ -526,7 +527,7 @@ def test_a_killed_leading_worker_hands_the_poll_to_another_process(cluster):
 
     from tests.plugins.replicas import descendants
 
-    c = cluster("file")
+    c = cluster(backend)
     server = c.replica_server("--workers", "2")
     wait_for(lambda: httpx.get(server.metrics_url + "/ready", timeout=5).status_code == 200,
              30, "the replica server to be ready")
