@@ -12,85 +12,29 @@ that idle window are the cost. Readers:
   connection (its poll interval is fixed at 1 s);
 - our VFS (replication/vfs.py), one connection, ``poll_interval`` = --poll;
 - our VFS, four connections in one process (they share one source and one poller);
-- a replica server (`sqlite-rest serve` on the replica: 2 workers and the supervisor's
-  health connection, each process with its own source and poller).
+- a replica server (`sqlite-rest serve` on the replica) with 2 and with 4 workers, plus the
+  supervisor's health connection: one of its processes polls for all (``poll_share``).
 """
 from __future__ import annotations
 
 import argparse
-import re
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from urllib.parse import quote
+
+import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runs from a checkout, uninstalled
 
 from replication.replica_client import client_from_url  # noqa: E402
+from tests.plugins.counting_proxy import CountingProxy  # noqa: E402
 from tests.plugins.replicas import make_db, snapshot_ltx  # noqa: E402
 from tests.plugins.s3 import _stop as stop_seaweedfs, start_seaweedfs  # noqa: E402
 from tests.plugins.server import start_server  # noqa: E402
-
-REQUEST_LINE = re.compile(rb"(?:GET|HEAD|PUT|POST|DELETE) \S+ HTTP/1\.[01]\r\n")
-
-
-class CountingProxy:
-    """127.0.0.1:<port> -> the S3 endpoint, counting the requests that pass."""
-
-    def __init__(self, target_port: int):
-        self.target_port = target_port
-        self.requests = 0
-        self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, False),
-                             daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, counted: bool) -> None:
-        tail = b""
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                if counted:  # a request line split across reads is found in tail + data
-                    window = tail + data
-                    n = len(REQUEST_LINE.findall(window)) - len(REQUEST_LINE.findall(tail))
-                    with self._lock:
-                        self.requests += n
-                    tail = window[-200:]
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def count(self) -> int:
-        with self._lock:
-            return self.requests
-
-    def close(self) -> None:
-        self._listener.close()
-
 
 READER = r"""
 import os, sys, time
@@ -164,12 +108,19 @@ def main() -> None:
                  reader("ours", url, args.poll, 4, env)),
             ]
 
-            def replica_server():
-                dsn = (f"file:{tmp / 'server.db'}?vfs=litestream&replica_url="
-                       f"{quote(url, safe='')}&poll_interval={args.poll}")
-                return start_server(dsn, "--security-allow-table", "items", env=env)
-            rows.append((f"replica server, 2 workers + supervisor (poll {args.poll})",
-                         replica_server))
+            def replica_server(workers: int):
+                def start():
+                    dsn = (f"file:{tmp / 'server.db'}?vfs=litestream&replica_url="
+                           f"{quote(url, safe='')}&poll_interval={args.poll}")
+                    server = start_server(dsn, "--security-allow-table", "items",
+                                          "--workers", str(workers), env=env)
+                    # the supervisor's health connection opens at the first /status
+                    httpx.get(server.metrics_url + "/status", timeout=10).raise_for_status()
+                    return server
+                return start
+            for workers in (2, 4):
+                rows.append((f"replica server, {workers} workers + supervisor (poll {args.poll})",
+                             replica_server(workers)))
             print(f"S3 requests per minute while idle ({args.idle:g} s each), "
                   f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
             for name, start in rows:

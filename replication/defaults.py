@@ -91,6 +91,11 @@ VFS_NOT_FOUND_BACKOFF = 0.015
 #: Seconds xClose waits for the database's poller thread to stop (ours): a poll stuck in an
 #: S3 request must not hang a connection's close.
 VFS_POLLER_JOIN_TIMEOUT = 5.0
+#: poll_share (poll_share.py, ours): seconds between two looks of a follower at the shared
+#: poll file (a memory read; a new state is installed at most this long after the leader
+#: published it), and the newest L0 files the file lists (a follower further behind lists).
+VFS_POLL_SHARE_CHECK_INTERVAL = 0.02
+VFS_POLL_SHARE_FILES = 128
 #: A hydration catch-up reads a whole LTX file (one GET, decoded) rather than one range read
 #: per page once it needs at least this many of the file's pages (ours).
 HYDRATION_WHOLE_FILE_PAGES = 8

@@ -42,6 +42,7 @@ from .errors import ConfigError, ReplicationError, TruncatedLTXError, TxNotAvail
 from .notify import COMMIT_SOCKET_ENV, CommitListener, CommitSignal, CommitWaiter
 from .position import POSITION_BOARD_ENV, CommitPositions, PositionBoard
 from .replica_client import read_whole_ltx_file
+from .vfs_config import ENV_VARS as _VFS_ENV_VARS
 
 log = logging.getLogger(__name__)
 
@@ -720,6 +721,9 @@ class _ProgressLog:
 REPLICA_VFS = "litestream"
 #: Environment variable naming the lineage of a primary's writes for its HTTP workers.
 LINEAGE_ENV = lineage.LINEAGE_ENV
+#: Names the file through which a replica server's processes share one poller (the VFS
+#: setting ``poll_share``, poll_share.py); the supervisor sets it for its workers.
+REPLICA_POLL_SHARE_ENV = _VFS_ENV_VARS["poll_share"]
 
 
 def replica_uri(name: str, params: dict) -> str:

@@ -22,7 +22,8 @@ Each main database file opened through the VFS (one per connection) is a
   ``-shm`` and ``-journal`` never exist: SQLite sees a plain read-only rollback-journal DB.
 - **Following.** A poller thread per source lists L0 every ``poll_interval`` and publishes
   a new immutable view with the contiguous new files; a gap (files compacted away before we
-  saw them) or a vanished file rebuilds the index from a fresh plan.
+  saw them) or a vanished file rebuilds the index from a fresh plan. With ``poll_share``
+  the processes reading one replica list it from one of them (:mod:`replication.poll_share`).
 - **Snapshot isolation.** A read transaction sees exactly one TXID. SQLite takes a SHARED
   lock for every read transaction (xLock from NONE); only then does a connection move to the
   newest published view, so an update found while a transaction reads waits for its end.
@@ -62,10 +63,11 @@ import apsw
 from . import ltx
 from .defaults import (
     VFS_INDEX_FETCH_CONCURRENCY, VFS_NOT_FOUND_ATTEMPTS, VFS_NOT_FOUND_BACKOFF,
-    VFS_POLLER_JOIN_TIMEOUT,
+    VFS_POLL_SHARE_CHECK_INTERVAL, VFS_POLLER_JOIN_TIMEOUT,
 )
 from .errors import ReplicationError, TxNotAvailableError
 from .hydration import Hydrator
+from .poll_share import PollShare
 from .replica_client import (
     NotFoundError, client_from_url, fetch_ltx_header, fetch_page, fetch_page_index,
     format_rfc3339_nano, ms_to_datetime, parse_rfc3339,
@@ -137,6 +139,8 @@ class VFSStats:
     hydration_reused: bool      # a persistent hydration file was reused at open
     hydration_catch_ups: int    # times new TXIDs were written into the local file
     hydration_reads: int        # pages read from the local file
+    poll_share: str             # off (this process polls), leader or follower (poll_share.py)
+    poll_leader_pid: int        # the process that polls for every sharer (0: off)
 
 
 _NO_HYDRATION = {"hydration": "off", "hydration_txid": 0, "hydration_progress": 0.0,
@@ -191,11 +195,21 @@ class _Source:
         self.closed = False
         self.client = _MeteredClient(client_from_url(config.replica_url), self)
         self.hydrator = None
+        self.share: PollShare | None = None
+        self._followed = -1             # the share's generation last installed
         try:
             self.latest = self.target_view(None)
             if config.hydration_enabled:
                 self.hydrator = Hydrator(self, config.hydration_path)
+            if config.poll_share:
+                try:
+                    self.share = PollShare(config.poll_share)
+                except OSError as e:
+                    raise VFSConfigError(f"poll_share {config.poll_share!r}: {e.strerror}",
+                                         hint="a file in a directory this process can write")
         except BaseException:
+            if self.hydrator is not None:
+                self.hydrator.close()
             self.client.close()
             raise
         self._stop = threading.Event()
@@ -206,6 +220,10 @@ class _Source:
     @property
     def lag(self) -> float:
         last = self.last_poll_ok
+        if self.share is not None:  # the leader's listing counts as ours
+            shared = self.share.poll_ns() / 1e9
+            if shared and (last is None or shared > last):
+                last = shared
         return -1.0 if last is None else max(0.0, time.monotonic() - last)
 
     def capacity(self, page_size: int) -> int:
@@ -272,30 +290,82 @@ class _Source:
     # -- polling --------------------------------------------------------------------------------
 
     def _poll_loop(self) -> None:
-        while not self._stop.wait(self.config.poll_interval):
+        share, interval = self.share, self.config.poll_interval
+        delay = interval if share is None else min(interval, VFS_POLL_SHARE_CHECK_INTERVAL)
+        try_lead_at = 0.0
+        while not self._stop.wait(delay):
             try:
-                self.poll()
+                if share is None:
+                    self._list()
+                    continue
+                if self.config.poll_lead and not share.leading \
+                        and time.monotonic() >= try_lead_at:
+                    try_lead_at = time.monotonic() + interval  # one flock per interval
+                    share.try_lead()  # the leader died or closed: poll at once
+                if share.leading:
+                    delay = interval
+                    self._list()
+                else:
+                    delay = min(interval, VFS_POLL_SHARE_CHECK_INTERVAL)
+                    self._follow()
             except Exception as e:  # the next poll tries again; lag shows the outage
+                delay = interval
                 with self.mu:
                     self.poll_errors += 1
                 log.warning("litestream VFS %s: poll failed: %s", self.name, e)
 
     def poll(self) -> bool:
+        """Look for a newer state now: what another process published, else the store."""
+        share = self.share
+        if share is not None and share.generation() != self._followed and self._follow():
+            return True
+        return self._list()
+
+    def _list(self) -> bool:
+        """One poll of the store: list L0 past our TXID (and publish it when shared)."""
         with self.mu:
             if self.closed:
                 return False
             base = self.latest
             self.polls += 1
-        new = self._next_view(base)
-        with self.mu:
-            self.last_poll_ok = time.monotonic()
-        if new is None:
-            return False
-        self.publish(new)
-        return True
-
-    def _next_view(self, base: _View) -> _View | None:
         files = list(self.client.ltx_files(0, seek=base.txid + 1))
+        new = self._next_view(base, files)
+        now = time.monotonic_ns()
+        with self.mu:
+            self.last_poll_ok = now / 1e9
+        if self.share is not None:
+            # Before we serve it: a worker behind a read floor we raise finds it shared.
+            self.share.publish(files, max(new.txid if new else 0, base.txid), now)
+        if new is not None:
+            self.publish(new)
+        return new is not None
+
+    def _follow(self) -> bool:
+        """A follower's tick: install what the leader's listing published, if it is newer.
+        Fetches the new files' indexes; lists only when the published files do not reach."""
+        share = self.share
+        if share.generation() == self._followed:
+            return False  # a memory read: the idle case costs nothing
+        published = share.read()
+        with self.mu:
+            if self.closed:
+                return False
+            base = self.latest
+        found = False
+        if published.txid > base.txid:
+            files = [f for f in published.files if f.min_txid > base.txid]
+            new = self._next_view(base, files) if files else None
+            if new is not None:
+                self.publish(new)
+                found = True
+            if self.latest.txid < published.txid:
+                # Too far behind for the published files, or the leader rebuilt from a plan.
+                found = self._list() or found
+        self._followed = published.generation
+        return found
+
+    def _next_view(self, base: _View, files: list) -> _View | None:
+        """The view after ``base`` given the L0 files past its TXID (a listing)."""
         if not files:
             return None
         if files[0].min_txid != base.txid + 1:
@@ -368,6 +438,8 @@ class _Source:
             self._poller.join(VFS_POLLER_JOIN_TIMEOUT)
         if self.hydrator is not None:
             self.hydrator.close()
+        if self.share is not None:
+            self.share.close()
         try:
             self.client.close()
         except Exception as e:  # closing must not fail a connection's close
@@ -398,6 +470,13 @@ def _release_source(source: _Source) -> None:
         if _sources.get((source.name, source.config)) is source:
             del _sources[(source.name, source.config)]
     source.close()
+
+
+def _share_stats(share: PollShare | None) -> dict:
+    if share is None:
+        return {"poll_share": "off", "poll_leader_pid": 0}
+    return {"poll_share": "leader" if share.leading else "follower",
+            "poll_leader_pid": share.leader_pid()}
 
 
 # --- one connection's database -----------------------------------------------------------------
@@ -467,7 +546,8 @@ class ReplicaDatabase:
                 cache_pages=cache_pages, cache_bytes=cache_pages * view.page_size,
                 cache_capacity_pages=s.capacity(view.page_size), pages_fetched=s.pages_fetched,
                 bytes_fetched=s.bytes_fetched, connections=s.users,
-                **(s.hydrator.stats() if s.hydrator is not None else _NO_HYDRATION))
+                **(s.hydrator.stats() if s.hydrator is not None else _NO_HYDRATION),
+                **_share_stats(s.share))
 
     # -- time travel ----------------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ setting the first layer that has it wins:
 2. the registry, :func:`set_vfs_config` keyed by the database name as written in the URI
    (``app.db`` above), so a program can configure a database without touching the process
    environment (``setenv`` is not thread-safe);
-3. Litestream's ``LITESTREAM_*`` environment variables (spec §6.2), the last fallback;
+3. Litestream's ``LITESTREAM_*`` environment variables (spec §6.2), the last fallback (and
+   ours, ``SQLITEREST_VFS_POLL_SHARE``, which a replica server's supervisor sets);
 
 then the defaults of :mod:`replication.defaults`. The registry keeps and returns copies under a
 lock, so a caller mutating its object never changes an open in flight.
@@ -45,6 +46,8 @@ ACCEPTS = {
     "write_enabled": "a boolean (true/false/1/0)",
     "sync_interval": "a Go duration",
     "buffer_path": "a path",
+    "poll_share": "a path (a file the processes that read this replica share one poller through)",
+    "poll_lead": "a boolean (true/false/1/0)",
 }
 
 #: Litestream's environment variable of each setting (spec §6.2); poll_interval and
@@ -56,6 +59,8 @@ ENV_VARS = {
     "buffer_path": "LITESTREAM_BUFFER_PATH",
     "hydration_enabled": "LITESTREAM_HYDRATION_ENABLED",
     "hydration_path": "LITESTREAM_HYDRATION_PATH",
+    # Ours (poll_share.py): set by a replica server's supervisor for its workers.
+    "poll_share": "SQLITEREST_VFS_POLL_SHARE",
 }
 
 
@@ -71,6 +76,8 @@ class VFSConfig:
     write_enabled: bool | None = None
     sync_interval: float | None = None      # seconds
     buffer_path: str | None = None
+    poll_share: str | None = None           # ours: one poller for every process (poll_share.py)
+    poll_lead: bool | None = None           # ours: false = only ever follow the poll_share
 
     def set(self, name: str, value: str, *, source: str = "") -> None:
         """Set ``name`` from its text form (URI parameter or environment variable), checked;
@@ -105,7 +112,7 @@ def parse_setting(name: str, value, *, source: str = ""):
             return seconds
         if name == "cache_size":
             return parse_byte_size(value)
-        if name in ("hydration_enabled", "write_enabled"):
+        if name in ("hydration_enabled", "write_enabled", "poll_lead"):
             return parse_bool(value)
         if not isinstance(value, str) or not value:
             raise bad
@@ -126,6 +133,9 @@ def check_supported(cfg: VFSConfig) -> None:
     if cfg.hydration_path is not None and not cfg.hydration_enabled:
         raise VFSConfigError("litestream VFS: hydration_path without hydration_enabled=true",
                              hint="add hydration_enabled=true (or remove hydration_path)")
+    if cfg.poll_lead is not None and not cfg.poll_share:
+        raise VFSConfigError("litestream VFS: poll_lead without poll_share",
+                             hint="add poll_share=<path> (or remove poll_lead)")
 
 
 # --- the registry ------------------------------------------------------------------------------
@@ -176,6 +186,8 @@ class ResolvedConfig:
     cache_size: int         # bytes
     hydration_enabled: bool = False
     hydration_path: str | None = None   # None: a temporary file (when enabled)
+    poll_share: str | None = None       # None: this process polls on its own
+    poll_lead: bool = True              # False: never list on the poller's tick, follow
 
 
 def env_config(environ: Mapping[str, str] | None = None) -> VFSConfig:
@@ -217,4 +229,6 @@ def resolve(name: str, uri_params: Mapping[str, str],
         cache_size=cfg.cache_size if cfg.cache_size is not None else DEFAULT_VFS_CACHE_SIZE,
         hydration_enabled=bool(cfg.hydration_enabled),
         hydration_path=cfg.hydration_path,
+        poll_share=cfg.poll_share,
+        poll_lead=cfg.poll_lead is not False,
     )

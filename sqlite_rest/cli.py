@@ -543,12 +543,13 @@ def _check_replica(config) -> None:
 
 class _ReplicaWatch:
     """The supervisor's own connection to the replica (opened on first use, after the
-    workers are started): /ready and /status of a read replica."""
+    workers are started): /ready and /status of a read replica. It follows the workers' one
+    poller (``poll_share``, never leading: its lag is theirs) rather than polling the store."""
 
-    def __init__(self, config, max_lag: float):
+    def __init__(self, config, max_lag: float, poll_share=None):
         import threading
 
-        self.config, self.max_lag = config, max_lag
+        self.config, self.max_lag, self.poll_share = config, max_lag, poll_share
         self._conn = None
         self._lock = threading.Lock()
 
@@ -557,10 +558,13 @@ class _ReplicaWatch:
 
         with self._lock:
             if self._conn is None:
+                share = self.poll_share() if self.poll_share else None
                 self._conn = open_connection(
                     self.config.dsn.path, read_only=True,
                     busy_timeout_ms=self.config.dsn.busy_timeout_ms,
-                    replica_params=dict(self.config.dsn.vfs_params))
+                    replica_params={**({"poll_share": share, "poll_lead": "false"}
+                                       if share else {}),
+                                    **dict(self.config.dsn.vfs_params)})
             return self._conn
 
     def ready(self) -> bool:
@@ -594,7 +598,7 @@ def _wire_replica_reads(supervisor, config, max_lag: float) -> None:
 
     from .observability.metrics import ReplicaCollector
 
-    watch = _ReplicaWatch(config, max_lag)
+    watch = _ReplicaWatch(config, max_lag, lambda: supervisor.replica_poll_share_path)
     supervisor.health.add_ready_check("replica", watch.ready)
     supervisor.health.add_status("replica", watch.status)
     REGISTRY.register(ReplicaCollector(watch.stats))

@@ -513,3 +513,107 @@ def test_a_worker_keeps_its_replica_snapshot_while_request_threads_come_and_go(t
     assert during.status_code == 200, during.json
     assert during.json == rows
     assert during.headers["X-Replication-Txid"] == first.headers["X-Replication-Txid"]
+
+
+def _replica_status(server) -> dict:
+    return httpx.get(server.metrics_url + "/status", timeout=5).json()["replica"]
+
+
+@pytest.mark.parametrize("backend", ["file", "s3"])
+def test_a_killed_leading_worker_hands_the_poll_to_another_process(cluster, backend):
+    """A replica server polls the store from one process (replication/poll_share.py): a
+    worker leads, the other processes (the other worker, the supervisor's health connection)
+    follow. SIGKILL the leader: another process leads within a poll interval, and plain reads
+    (no position) keep following the primary."""
+    import os
+    import signal
+
+    from tests.plugins.replicas import descendants
+
+    c = cluster(backend)
+    server = c.replica_server("--workers", "2")
+    wait_for(lambda: httpx.get(server.metrics_url + "/ready", timeout=5).status_code == 200,
+             30, "the replica server to be ready")
+    status = _replica_status(server)
+    leader = status["poll_leader_pid"]
+    assert status["poll_share"] == "follower" and status["polls"] == 0  # the supervisor
+    assert leader in descendants(server.pid) and leader != server.pid
+
+    os.kill(leader, signal.SIGKILL)
+    killed = time.monotonic()
+    wait_for(lambda: _replica_status(server)["poll_leader_pid"] != leader, 10, "a new leader",
+             interval=0.01)
+    took = time.monotonic() - killed
+    assert took < 0.2 + 0.5, f"the lead was taken {took:.2f} s after the kill (poll 0.2 s)"
+    assert _replica_status(server)["poll_leader_pid"] in [server.pid, *descendants(server.pid)]
+
+    w = httpx.post(f"{c.primary.base_url}/items", json={"name": "after"}, timeout=10)
+    assert w.status_code == 201, w.text
+    wanted = int(w.headers["X-Replication-Txid"], 16)
+
+    def seen() -> bool:
+        r = httpx.get(f"{server.base_url}/items", timeout=10)
+        assert r.status_code in (200, 502, 503), r.text  # a worker respawning: never a 500
+        return r.status_code == 200 and int(r.headers["X-Replication-Txid"], 16) >= wanted \
+            and "after" in [row["name"] for row in r.json()]
+    wait_for(seen, 15, "the write to reach the replica server without a position")
+    assert 0 <= _replica_status(server)["lag"] < 1
+    assert httpx.get(server.metrics_url + "/ready", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_an_idle_replica_server_costs_the_s3_requests_of_one_reader(tmp_path, s3_server,
+                                                                    monkeypatch, workers):
+    """#13 "cost when idle": whatever its --workers, a replica server (workers + the
+    supervisor's health connection) sends the store the requests of one VFS connection at
+    the same poll interval, counted by a proxy in front of SeaweedFS."""
+    import replication.vfs as lvfs
+    from replication.replica_client import client_from_url
+
+    from tests.plugins.counting_proxy import CountingProxy
+    from tests.plugins.replicas import snapshot_ltx
+
+    s3 = s3_server
+    proxy = CountingProxy(int(s3.endpoint.rsplit(":", 1)[1]))
+    try:
+        db = tmp_path / "app.db"
+        make_db(db, ["seed"])
+        url = (f"s3://{s3.bucket}/{s3.new_path('idle')}?endpoint=http://127.0.0.1:{proxy.port}"
+               f"&forcePathStyle=true&region={s3.region}")
+        client = client_from_url(url, access_key_id=s3.access_key,
+                                 secret_access_key=s3.secret_key)
+        client.write_ltx_file(0, 1, 1, *snapshot_ltx(db))
+        client.close()
+        env = s3.env()
+
+        def idle_requests(seconds: float = 5.0) -> int:
+            time.sleep(1.0)  # past the opens
+            before = proxy.count()
+            time.sleep(seconds)
+            return proxy.count() - before
+
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
+            monkeypatch.setenv(key, env[key])
+        one = lvfs.connect(lvfs.uri("idle.db", url, poll_interval=POLL))
+        try:
+            assert one.execute("SELECT count(*) FROM items").fetchall() == [(1,)]
+            lone = idle_requests()
+        finally:
+            one.close()
+
+        dsn = (f"file:{tmp_path / 'server.db'}?vfs=litestream&replica_url={quote(url, safe='')}"
+               f"&poll_interval={POLL}")
+        server = start_server(dsn, "--security-allow-table", "items", "--workers", str(workers),
+                              env=env)
+        try:
+            assert httpx.get(f"{server.base_url}/items", timeout=10).status_code == 200
+            status = _replica_status(server)  # opens the supervisor's own connection
+            assert status["poll_share"] == "follower"
+            served = idle_requests()
+            assert _replica_status(server)["polls"] == 0
+        finally:
+            server.stop()
+    finally:
+        proxy.close()
+    assert lone >= 15, lone  # 5 s at 200 ms: one LIST per poll
+    assert served <= lone * 1.1 + 2, f"{workers} workers: {served} requests, one reader {lone}"

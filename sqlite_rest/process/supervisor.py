@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional
 
-from replication.primary import COMMIT_SOCKET_ENV, POSITION_BOARD_ENV, CommitListener
+from replication.primary import (COMMIT_SOCKET_ENV, POSITION_BOARD_ENV, REPLICA_POLL_SHARE_ENV,
+                                 CommitListener)
 
 from ..api.replica_reads import REPLICA_FLOOR_ENV
 
@@ -187,6 +188,11 @@ class Supervisor:
         return os.path.join(self._tmpdir, "replica-floor") if self._tmpdir else None
 
     @property
+    def replica_poll_share_path(self) -> Optional[str]:
+        """A read replica's one poller for all its processes (replication/poll_share.py)."""
+        return os.path.join(self._tmpdir, "replica-poll") if self._tmpdir else None
+
+    @property
     def commit_socket_path(self) -> Optional[str]:
         return os.path.join(self._tmpdir, "commit.sock") if self._tmpdir else None
 
@@ -317,6 +323,7 @@ class Supervisor:
         env[READY_FILE_ENV] = self.ready_file
         env[POSITION_BOARD_ENV] = self.position_board_path
         env[REPLICA_FLOOR_ENV] = self.replica_floor_path
+        env[REPLICA_POLL_SHARE_ENV] = self.replica_poll_share_path
         if self.pprof_bind is not None:
             env[PPROF_DIR_ENV] = self.pprof_dir
         else:
