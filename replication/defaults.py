@@ -83,6 +83,10 @@ DEFAULT_VFS_POLL_INTERVAL = 1.0
 DEFAULT_VFS_CACHE_SIZE = 10 * 1024 * 1024
 #: Page-index fetches in flight while an open builds its index from the restore plan (ours).
 VFS_INDEX_FETCH_CONCURRENCY = 8
+#: Bytes up to which the VFS reads an LTX file whole (its index read is the whole file anyway,
+#: replica_client.ESTIMATED_PAGE_INDEX_SIZE) and caches its pages: most L0 files a poll finds,
+#: whose pages the next reads want (ours; the follow lag on SeaweedFS paid a GET per page).
+VFS_WHOLE_FILE_MAX = 32 * 1024
 #: Attempts to recover from a page whose LTX file vanished (compaction, retention) before the
 #: read fails with SQLITE_BUSY, and the pause before the next attempt (seconds; Litestream
 #: retries 6 times with a linear 15 ms backoff).

@@ -24,6 +24,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Optional
 
@@ -114,15 +115,14 @@ class HistoryCache:
     lineage that view's files belong to. Otherwise, and for an unknown lineage, list again —
     one LIST per new view that a position check meets, none while idle."""
 
-    def __init__(self, client):
-        self.client = client
+    def __init__(self):
         self._mu = threading.Lock()
         self._lineages: list[Lineage] = []
         self._listed_at: Optional[float] = None   # monotonic start of the last listing
         self._view_txid = -1
         self._view_seen_at = 0.0
 
-    def state(self, txid: int, lineage_id: str, view_txid: int, *,
+    def state(self, client, txid: int, lineage_id: str, view_txid: int, *,
               listing: bool = True) -> tuple[str, Optional[Lineage]]:
         """``position_state`` against the records; ``listing=False`` answers from the cache
         alone (UNKNOWN when it cannot be trusted)."""
@@ -136,22 +136,21 @@ class HistoryCache:
             if not listing:
                 return UNKNOWN, None
             started = time.monotonic()
-            self._lineages, self._listed_at = history(self.client), started
+            self._lineages, self._listed_at = history(client), started
             return position_state(self._lineages, txid, lineage_id)
 
 
-_caches: dict[str, HistoryCache] = {}
+_caches: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _caches_lock = threading.Lock()
 
 
-def history_cache(replica_url: str) -> HistoryCache:
-    """The process's cache of the lineages of the replica at ``replica_url``."""
+def history_cache(client) -> HistoryCache:
+    """The process's cache of the lineages on the replica ``client`` reads (one per client:
+    the VFS shares one per replica, already connected, so the first check pays no setup)."""
     with _caches_lock:
-        cache = _caches.get(replica_url)
+        cache = _caches.get(client)
         if cache is None:
-            from .replica_client import client_from_url
-
-            cache = _caches[replica_url] = HistoryCache(client_from_url(replica_url))
+            cache = _caches[client] = HistoryCache()
         return cache
 
 

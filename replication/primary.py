@@ -780,8 +780,9 @@ def replica_position_state(conn, txid: int, lineage_id: str, *, listing: bool = 
     (lineage.py; at most one LIST of the replica's lineage records, none with
     ``listing=False``)."""
     db = _replica(conn)
-    return lineage.history_cache(db.config.replica_url).state(txid, lineage_id, db.txid,
-                                                              listing=listing)
+    client = db.replica_client
+    return lineage.history_cache(client).state(client, txid, lineage_id, db.txid,
+                                               listing=listing)
 
 
 def current_lineage() -> Optional[str]:

@@ -62,7 +62,7 @@ import apsw
 
 from . import ltx
 from .defaults import (
-    VFS_INDEX_FETCH_CONCURRENCY, VFS_NOT_FOUND_ATTEMPTS, VFS_NOT_FOUND_BACKOFF,
+    VFS_INDEX_FETCH_CONCURRENCY, VFS_NOT_FOUND_ATTEMPTS, VFS_NOT_FOUND_BACKOFF, VFS_WHOLE_FILE_MAX,
     VFS_POLL_SHARE_CHECK_INTERVAL, VFS_POLLER_JOIN_TIMEOUT,
 )
 from .errors import ReplicationError, TxNotAvailableError
@@ -70,7 +70,7 @@ from .hydration import Hydrator
 from .poll_share import PollShare
 from .replica_client import (
     NotFoundError, client_from_url, fetch_ltx_header, fetch_page, fetch_page_index,
-    format_rfc3339_nano, ms_to_datetime, parse_rfc3339,
+    format_rfc3339_nano, ms_to_datetime, parse_rfc3339, read_whole_ltx_file,
 )
 from .restore import SNAPSHOT_LEVEL, calc_restore_plan
 from .vfs_config import (  # noqa: F401  (re-exported: the registry is part of this API)
@@ -237,17 +237,41 @@ class _Source:
         return calc_restore_plan(self.client, timestamp=target)
 
     def indexes(self, infos: list) -> list[dict]:
+        return [idx for idx, _, _ in self._fetch_indexes(infos)]
+
+    def _fetch_indexes(self, infos: list, pages: bool = False) -> list[tuple]:
         if len(infos) == 1:
-            return [fetch_page_index(self.client, infos[0])]
+            return [self._index_of(infos[0], pages)]
         with ThreadPoolExecutor(max_workers=min(VFS_INDEX_FETCH_CONCURRENCY, len(infos)),
                                 thread_name_prefix="litestream-vfs-index") as pool:
-            return list(pool.map(lambda info: fetch_page_index(self.client, info), infos))
+            return list(pool.map(lambda info: self._index_of(info, pages), infos))
+
+    def _index_of(self, info, pages: bool) -> tuple[dict, "ltx.Header | None", dict]:
+        """One file's page index. A small file is read whole (one GET: index, header and,
+        with ``pages``, its decoded pages: {pgno: (index element, page)}; verified): (index, header, pages)."""
+        if info.size > VFS_WHOLE_FILE_MAX:
+            return fetch_page_index(self.client, info), None, {}
+        name = f"L{info.level}/{info.filename}"
+        data = memoryview(read_whole_ltx_file(self.client, info))
+        header = ltx.Header.unmarshal(data[:ltx.HEADER_SIZE], name)
+        index = ltx.decode_page_index(data, name)
+        decoded = {}
+        if pages:
+            key = (info.level, info.min_txid, info.max_txid)
+            for pgno, (offset, size) in index.items():
+                _, page = ltx.decode_page_frame(data[offset:offset + size], header.page_size,
+                                                name)
+                decoded[pgno] = ((*key, offset, size), page)
+        return index, header, decoded
 
     def build(self, infos: list, *, base: _View | None = None) -> tuple[_View, list[dict]]:
-        """A view of ``base`` plus ``infos`` (newest file wins), and each file's index."""
-        indexes = self.indexes(infos)
+        """A view of ``base`` plus ``infos`` (newest file wins), and each file's index. On a
+        poll (a ``base``) the pages of small new files are cached: the next reads want them."""
+        found = self._fetch_indexes(infos, pages=base is not None)
+        indexes = [idx for idx, _, _ in found]
         last = infos[-1]
-        header = fetch_ltx_header(self.client, last.level, last.min_txid, last.max_txid)
+        header = found[-1][1] or fetch_ltx_header(self.client, last.level, last.min_txid,
+                                                  last.max_txid)
         if base is not None and header.page_size != base.page_size:
             raise ReplicationError(f"page size changed from {base.page_size} to "
                                    f"{header.page_size} at TXID {last.min_txid:016x}")
@@ -256,6 +280,10 @@ class _Source:
             key = (info.level, info.min_txid, info.max_txid)
             for pgno, (offset, size) in idx.items():
                 index[pgno] = (*key, offset, size)
+        for _, _, decoded in found:
+            for pgno, (elem, page) in decoded.items():
+                if index[pgno] == elem:  # not a version a newer file replaced
+                    self.cache_put(elem, page, header.page_size)
         view = _View(txid=last.max_txid, commit=header.commit, page_size=header.page_size,
                      index=index, timestamp_ms=header.timestamp,
                      added=frozenset().union(*indexes) if base is not None else None,
@@ -500,6 +528,11 @@ class ReplicaDatabase:
         self._closed = False
 
     # -- public state ---------------------------------------------------------------------------
+
+    @property
+    def replica_client(self):
+        """The replica client this database reads through (shared by its connections)."""
+        return self._source.client
 
     @property
     def txid(self) -> int:

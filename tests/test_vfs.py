@@ -614,6 +614,34 @@ def test_page_cache_is_bounded_and_counted(tmp_path, workload_states):
     assert small.bytes_fetched > big.bytes_fetched
 
 
+def test_a_poll_reads_a_small_new_file_whole_and_its_pages_need_no_fetch(tmp_path, store):
+    """A poll that finds a small L0 file (what a POST makes) reads it whole, index, header and
+    pages in one GET, and caches the pages no newer file replaces: the reads that follow the
+    new TXID fetch nothing more (on SeaweedFS each was a GET of its own, in the follow lag)."""
+    states = _states(tmp_path, STEPS)
+    client, url = store
+    base_ts = int(time.time() * 1000) - 60_000
+    _write_l0(client, states, 1, 4, base_ts)
+    conn = lvfs.connect(lvfs.uri("whole.db", url, poll_interval="1h"))
+    try:
+        assert count(conn, "b") == 7
+        db = lvfs.database(conn)
+        _write_l0(client, states, 5, 6, base_ts)  # two small files in one poll
+        before = db.stats()
+        assert db.poll() and db.txid == 6
+        polled = db.stats()
+        assert polled.pages_fetched > before.pages_fetched  # the new pages, cached by the poll
+        assert [r[0] for r in conn.execute("SELECT v FROM b WHERE id > 7 ORDER BY id")] == \
+            ["five", "six"]
+        after = db.stats()
+        assert after.pages_fetched == polled.pages_fetched
+        assert after.bytes_fetched == polled.bytes_fetched
+        assert after.cache_misses == polled.cache_misses
+        assert after.cache_hits > polled.cache_hits
+    finally:
+        conn.close()
+
+
 # --- under load: compaction and retention deleting files while readers read ----------------
 
 @pytest.mark.parametrize("writer", ["ours", "litestream"])
