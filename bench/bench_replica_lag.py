@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -35,8 +36,10 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-def measure(primary, replica_server, samples: int) -> tuple[list[float], list[float]]:
+def measure(primary, replica_server, samples: int,
+            spread: float) -> tuple[list[float], list[float]]:
     follow, ryw = [], []
+    rng = random.Random(11)
     with httpx.Client(timeout=30) as http:
         for i in range(samples):
             name = f"lag-{time.monotonic_ns()}-{i}"
@@ -56,7 +59,10 @@ def measure(primary, replica_server, samples: int) -> tuple[list[float], list[fl
                          headers={"X-Replication-Min-Txid": w.headers["X-Replication-Position"]})
             assert r.json(), (r.status_code, r.text)
             ryw.append(time.perf_counter() - acked)
-            time.sleep(0.05)
+            # A random pause: a fixed one phase-locks the samples to the poller (each would
+            # start right after the poll that found the previous one, one interval before
+            # the next).
+            time.sleep(0.05 + rng.uniform(0, spread))
     return follow, ryw
 
 
@@ -95,7 +101,8 @@ def main() -> int:
                                                          for k, v in query.items())
                 rs = start_server(dsn, "--security-allow-table", "items", env=replica.server_env)
                 servers.append(rs)
-                follow, ryw = measure(primary, rs, args.samples)
+                seconds = float(poll[:-2]) / 1000 if poll.endswith("ms") else float(poll[:-1])
+                follow, ryw = measure(primary, rs, args.samples, seconds)
                 print(f"| {backend} | {poll} | {statistics.median(follow) * 1000:.0f} ms | "
                       f"{pct(follow, 0.99) * 1000:.0f} ms | {statistics.median(ryw) * 1000:.0f} ms"
                       f" | {pct(ryw, 0.99) * 1000:.0f} ms |", flush=True)
