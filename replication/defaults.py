@@ -74,6 +74,13 @@ RESTORE_SLOW_STREAM_BYTES_PER_S = 100e6
 RESTORE_PART_SIZE = 8 << 20
 DEFAULT_RESTORE_PARALLELISM = 4
 
+#: A restore decodes one replica file in worker processes (forked, one run of its pages each),
+#: up to RESTORE_DECODE_WORKERS and no more than the CPUs it may use, when the file is a local
+#: one of at least RESTORE_PARALLEL_MIN_BYTES (bytes); smaller files, and files from S3, are
+#: decoded in one stream (replication/parallel_decode.py).
+RESTORE_DECODE_WORKERS = 4
+RESTORE_PARALLEL_MIN_BYTES = 32 << 20
+
 # -- the read-replica VFS (vfs.py) ----------------------------------------------------------
 #: Seconds between two polls of the replica for new L0 files (Litestream's
 #: ``DefaultPollInterval``).
