@@ -185,9 +185,11 @@ class ParallelFile:
         """Read the workers' messages until each has ended; raise on the first failure."""
         live = {run.rfd: run for run in runs}
         bufs = {run.rfd: b"" for run in runs}
+        poller = select.poll()  # not select(): a server may hold descriptors past 1024
+        for rfd in live:
+            poller.register(rfd, select.POLLIN)
         while live:
-            ready, _, _ = select.select(list(live), [], [])
-            for rfd in ready:
+            for rfd, _ in poller.poll():
                 run = live[rfd]
                 data = os.read(rfd, 1 << 16)
                 if data:
@@ -195,6 +197,7 @@ class ParallelFile:
                     if report:
                         report(sum(r.read for r in runs))
                     continue
+                poller.unregister(rfd)
                 del live[rfd]
                 os.close(rfd)
                 run.rfd = -1

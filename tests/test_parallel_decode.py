@@ -228,3 +228,22 @@ def test_a_killed_worker_fails_the_restore(tmp_path, monkeypatch):
         restore(client, str(out), progress=kill_one)
     assert killed
     assert leftovers(out) == []
+
+
+def test_a_restore_in_a_thread_forks_its_workers_from_there(tmp_path, big_db, parallel):
+    """Hydration restores in a thread of a server process: the workers start from it."""
+    import threading
+    client = write_replica(tmp_path / "replica", snapshot_file(big_db))
+    errors = []
+    thread = threading.Thread(target=lambda: _restore_or_record(client, tmp_path / "o.db",
+                                                                 errors))
+    thread.start()
+    thread.join(60)
+    assert errors == [] and parallel and (tmp_path / "o.db").read_bytes() == big_db
+
+
+def _restore_or_record(client, out: Path, errors: list) -> None:
+    try:
+        restore(client, str(out))
+    except BaseException as e:  # the assertion in the test names it
+        errors.append(e)
