@@ -129,10 +129,9 @@ class ParallelFile:
             self._verify(runs)
             if len(written) <= h.commit:
                 written.extend(bytes(h.commit + 1 - len(written)))
-            marks = shared[:]
-            # 0/1 bytes: a translate-free OR of the two bitmaps
+            # bytes of 0 or 1: OR-ed as two big integers, no carries
             merged = (int.from_bytes(written[:h.commit + 1], "little")
-                      | int.from_bytes(marks, "little"))
+                      | int.from_bytes(shared[:], "little"))
             written[:h.commit + 1] = merged.to_bytes(h.commit + 1, "little")
             return written
         finally:
@@ -141,7 +140,12 @@ class ParallelFile:
 
     def _fork(self, run: _Run, out_fd: int, shared, apply_pages: ApplyPages) -> None:
         rfd, wfd = os.pipe()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(rfd)
+            os.close(wfd)
+            raise
         if pid == 0:  # the worker: never returns into the caller's code
             code = 1
             try:

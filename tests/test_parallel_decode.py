@@ -14,7 +14,7 @@ import pytest
 import replication.restore as restore_mod
 from replication import ltx
 from replication.defaults import RESTORE_PARALLEL_MIN_BYTES
-from replication.errors import LTXError
+from replication.errors import LTXError, ReplicationError
 from replication.file_replica_client import FileReplicaClient
 from replication.parallel_decode import ParallelFile
 from replication.replica_client import client_from_url
@@ -247,3 +247,17 @@ def _restore_or_record(client, out: Path, errors: list) -> None:
         restore(client, str(out))
     except BaseException as e:  # the assertion in the test names it
         errors.append(e)
+
+
+def test_a_restore_stopped_by_its_progress_callback_stops_its_workers(tmp_path, big_db,
+                                                                      parallel):
+    """Hydration stops a restore by raising from its progress callback."""
+    client = write_replica(tmp_path / "replica", snapshot_file(big_db))
+
+    def stop(done, total):
+        raise InterruptedError("closed")
+
+    out = tmp_path / "out.db"
+    with pytest.raises(ReplicationError, match="closed"):  # an OSError: "cannot write"
+        restore(client, str(out), progress=stop)
+    assert parallel and leftovers(out) == []
