@@ -9,6 +9,8 @@ pages of each plan file are written in place with ``os.pwritev`` in runs, later 
 overwriting earlier ones, and the file is cut to the last Commit at the end. That is the same
 "newest version wins, pages past Commit dropped" rule as the compactor, at one write per page.
 A bitmap of written pages proves the result is complete before it is renamed into place.
+A big plan file read from a local file is decoded and written by worker processes, one run of
+its pages each (``parallel_decode.py``), with the same checks.
 """
 from __future__ import annotations
 
