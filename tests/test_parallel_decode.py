@@ -206,22 +206,25 @@ def test_a_damaged_file_fails_the_parallel_restore(tmp_path, big_db, parallel, d
         assert parallel  # the workers found it, not a fallback to one stream
 
 
-def test_a_killed_worker_fails_the_restore(tmp_path, monkeypatch):
-    db = make_database(tmp_path / "src.db", rows=25000)  # ~16 MiB: workers run for a while
-    client = write_replica(tmp_path / "replica", snapshot_file(db))
+def test_a_killed_worker_fails_the_restore(tmp_path, big_db, monkeypatch):
+    client = write_replica(tmp_path / "replica", snapshot_file(big_db))
     force_parallel(monkeypatch, workers=2)
+    test_pid, real = os.getpid(), restore_mod._apply_pages
+
+    def slow_in_workers(fd, dec, page_size, written, report=None):
+        """Workers pause after each run they report, so one is surely alive to kill."""
+        def paced():
+            report()
+            time.sleep(0.2)
+        return real(fd, dec, page_size, written, paced if os.getpid() != test_pid else report)
+
+    monkeypatch.setattr(restore_mod, "_apply_pages", slow_in_workers)
     killed, others = [], children()
 
     def kill_one(done, total):
-        if killed:
-            return
-        for pid in children() - others:
-            with open(f"/proc/{pid}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-            if state != "Z":  # not one that has already finished (even so, it fails the file)
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-                return
+        if not killed:  # at the first report: both workers are in their first pause
+            killed.append(min(children() - others))
+            os.kill(killed[0], signal.SIGKILL)
 
     out = tmp_path / "out.db"
     with pytest.raises(LTXError, match=r"restore worker for pages .* was killed by signal 9"):
