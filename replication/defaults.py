@@ -74,6 +74,15 @@ RESTORE_SLOW_STREAM_BYTES_PER_S = 100e6
 RESTORE_PART_SIZE = 8 << 20
 DEFAULT_RESTORE_PARALLELISM = 4
 
+#: A restore decodes one replica file in worker processes (forked, one run of its pages each),
+#: up to RESTORE_DECODE_WORKERS and no more than the CPUs it may use, when the file is a local
+#: one of at least RESTORE_PARALLEL_MIN_BYTES (bytes); smaller files, and files from S3, are
+#: decoded in one stream (replication/parallel_decode.py). The threshold is where 2 workers
+#: stopped losing on a shared 2-core VM (bench/README.md: medians 32 MiB 71 vs 51 ms in one
+#: stream, 64 MiB 108 vs 113 ms, 256 MiB 314 vs 358 ms).
+RESTORE_DECODE_WORKERS = 4
+RESTORE_PARALLEL_MIN_BYTES = 64 << 20
+
 # -- the read-replica VFS (vfs.py) ----------------------------------------------------------
 #: Seconds between two polls of the replica for new L0 files (Litestream's
 #: ``DefaultPollInterval``).

@@ -69,6 +69,41 @@ def crc64(data, crc: int | None = None) -> int:
     return _fastcrc64.go_iso(data) if crc is None else _fastcrc64.go_iso(data, initial=crc)
 
 
+_CRC64_POLY = 0xD800000000000000  # ISO polynomial, reflected (Go's crc64.ISO)
+
+
+def _crc64_mulmod(a: int, b: int) -> int:
+    """a * b modulo the CRC polynomial, both reflected (bit 63 is x^0)."""
+    p = 0
+    m = 1 << 63
+    while a:
+        if a & m:
+            p ^= b
+            a ^= m
+        m >>= 1
+        b = (b >> 1) ^ _CRC64_POLY if b & 1 else b >> 1
+    return p
+
+
+_X_POW_2N = [1 << 62]  # x^(2^n) modulo the polynomial, n = 0..63
+for _ in range(63):
+    _X_POW_2N.append(_crc64_mulmod(_X_POW_2N[-1], _X_POW_2N[-1]))
+
+
+def crc64_combine(crc1: int, crc2: int, len2: int) -> int:
+    """``crc64(a + b)`` from ``crc64(a)``, ``crc64(b)`` and ``len(b)`` (zlib's crc32_combine
+    for CRC-64: ``crc1`` shifted over ``len2`` zero bytes, then xored with ``crc2``); lets
+    pieces of one file be checksummed apart, e.g. in parallel."""
+    shift = 1 << 63  # x^0
+    n, k = len2, 3   # x^(8 * len2)
+    while n:
+        if n & 1:
+            shift = _crc64_mulmod(_X_POW_2N[k & 63], shift)
+        n >>= 1
+        k += 1
+    return _crc64_mulmod(shift, crc1) ^ crc2
+
+
 def page_checksum(pgno: int, data) -> int:
     """The rolling-checksum term of one page: CRC of the 4-byte BE pgno then the page, flagged."""
     return crc64(data, crc64(pgno.to_bytes(4, "big"))) | CHECKSUM_FLAG
@@ -226,6 +261,48 @@ def _decode_index_vectorized(index_bytes, name: str) -> dict[int, tuple[int, int
     entries = values[:-1].reshape(-1, 3)
     return dict(zip(entries[:, 0].tolist(),
                     zip(entries[:, 1].tolist(), entries[:, 2].tolist())))
+
+
+_VARINT_ENDS = bytes(int(b < 0x80) for b in range(256))  # translate table: 1 ends a varint
+
+
+def page_index_entries(index: bytes, picks: list[int],
+                       name: str = "") -> tuple[int, list[tuple[int, int, int]]]:
+    """A few entries of a page index (its bytes, end marker included) without decoding the
+    others: ``(entry count, [(pgno, frame offset, frame size) for each of picks])``. An entry
+    starts after 3 × its number varint ends, found by counting bytes < 0x80 (a restore splits
+    a 1 GiB file's 264k entries into runs in a few ms, without numpy's memory)."""
+    ends = index.translate(_VARINT_ENDS)
+    varints = ends.count(1)
+    if varints % 3 != 1 or not index or index[-1] != 0:
+        raise LTXError(f"{_label(name)}: corrupt page index: {varints} varints, not 3 per "
+                       "page plus the end marker")
+    count = varints // 3
+    entries = []
+    for pick in picks:
+        if not 0 <= pick < count:
+            raise ValueError(f"page index entry {pick} of {count}")
+        pos = _after_nth(ends, 3 * pick)
+        pgno, pos = _read_uvarint(index, pos)
+        offset, pos = _read_uvarint(index, pos)
+        entries.append((pgno, offset, _read_uvarint(index, pos)[0]))
+    return count, entries
+
+
+def _after_nth(ends: bytes, n: int) -> int:
+    """The position just past the ``n``-th 1 of ``ends`` (0 for n = 0), by bisection where
+    each step counts only the half it keeps looking in."""
+    lo, hi, seen = 0, len(ends), 0  # seen: ones in ends[:lo]; the n-th one lies in [lo, hi)
+    if n == 0:
+        return 0
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        left = ends.count(1, lo, mid)
+        if seen + left >= n:
+            hi = mid
+        else:
+            lo, seen = mid, seen + left
+    return hi
 
 
 def decode_page_index(tail, name: str = "") -> dict[int, tuple[int, int]]:
@@ -467,6 +544,23 @@ class Decoder:
     """
 
     def __init__(self, fileobj: BinaryIO, name: str = ""):
+        self._start(fileobj, name)
+        hdr = self._take(HEADER_SIZE, "header")
+        self._begin(Header.unmarshal(hdr, name=name), crc64(hdr), 0)
+
+    @classmethod
+    def continuing(cls, fileobj: BinaryIO, header: Header, prev_pgno: int,
+                   name: str = "") -> "Decoder":
+        """A decoder of a run of pages from the middle of ``header``'s file: ``fileobj`` starts
+        at a page frame and ends with an end-of-pages marker, ``prev_pgno`` is the page before
+        the run. Its ``checksum`` then covers only the run's pages, for :func:`crc64_combine`
+        (a restore decodes one big file's runs in parallel; it calls no ``close()``)."""
+        self = cls.__new__(cls)
+        self._start(fileobj, name)
+        self._begin(header, 0, prev_pgno)
+        return self
+
+    def _start(self, fileobj: BinaryIO, name: str) -> None:
         self.name = name
         self._f = fileobj
         # Read window: ``_buf[_pos:]``. After a refill that had leftover bytes, ``_buf`` is the
@@ -480,16 +574,24 @@ class Decoder:
         self._eof = False
         self.bytes_read = 0   # bytes consumed from fileobj so far (for progress reports)
         self.page_count = 0
-        hdr = self._take(HEADER_SIZE, "header")
-        self.header = Header.unmarshal(hdr, name=name)
-        self.header.validate(name)
-        self._stitch = 2 * self.header.page_size + 64
-        self._crc = crc64(hdr)
+        self.block_pages = 0  # pages in block encoding (their CRC'd header is 4 bytes longer)
+
+    def _begin(self, header: Header, crc: int, prev_pgno: int) -> None:
+        header.validate(self.name)
+        self.header = header
+        self._stitch = 2 * header.page_size + 64
+        self._crc = crc
+        self._prev_pgno = prev_pgno
         self._pages_done = False
         self._iterating = False
         self._trailer: Trailer | None = None
-        self._track = self.header.is_snapshot and not self.header.no_checksum
-        self._db_checksum = 0
+        self._track = header.is_snapshot and not header.no_checksum
+        self.db_checksum = 0  # rolling checksum of the pages so far, when the file tracks one
+
+    @property
+    def checksum(self) -> int:
+        """CRC-64 of what has been decoded so far (before the FileChecksum's flag bit)."""
+        return self._crc
 
     def _fill(self, n: int) -> bool:
         """Make ``n`` bytes available from ``_pos``; False if the stream ends first."""
@@ -533,8 +635,9 @@ class Decoder:
         self._pos += n
         return b
 
-    def _drain_window(self) -> bytes:
-        """Whatever is buffered but not yet parsed; empties the window."""
+    def drain_window(self) -> bytes:
+        """Whatever is buffered but not yet parsed (after ``pages()``: what follows the
+        end-of-pages marker); empties the window."""
         buf, pos, nxt = self._buf, self._pos, self._next
         if nxt is None:
             rest = buf[pos:]
@@ -571,7 +674,7 @@ class Decoder:
         block_head = PAGE_HEADER_SIZE + SIZE_PREFIX_SIZE
         max_block = 2 * page_size + 64
         crc = self._crc
-        prev = count = 0
+        prev, count, blocks = self._prev_pgno, 0, 0
         buf = mv = None
         while True:
             if len(self._buf) - self._pos < PAGE_HEADER_SIZE and not fill(PAGE_HEADER_SIZE):
@@ -584,8 +687,7 @@ class Decoder:
             if pgno == 0:
                 if flags:
                     raise LTXError(f"{_label(name)}: end-of-pages marker has flags 0x{flags:04x}")
-                crc = crc_of(_ZERO_PAGE_HEADER, initial=crc)
-                self._pos = pos + PAGE_HEADER_SIZE
+                self._pos = pos + PAGE_HEADER_SIZE  # close() adds the marker to the CRC
                 break
             if pgno <= prev or pgno > commit or pgno == lock or flags & ~PAGE_FLAG_SIZE:
                 self._bad_page(pgno, flags, prev, commit, lock)
@@ -617,6 +719,7 @@ class Decoder:
                     raise LTXError(f"{_label(name)}: page {pgno}: decompressed to {len(data)} "
                                    f"bytes, expected page size {page_size}")
                 crc = crc_of(data, initial=crc_of(mv[pos:pos + block_head], initial=crc))
+                blocks += 1
             else:  # frame encoding: one LZ4 frame per page
                 data = None
                 if buf.startswith(_GO_FRAME_PREFIX, pos + 6) and len(buf) - pos >= 17:
@@ -658,12 +761,19 @@ class Decoder:
             self._pos = end
             count += 1
             if track:
-                self._db_checksum = (self._db_checksum ^ page_checksum(pgno, data)) | CHECKSUM_FLAG
+                self.db_checksum = (self.db_checksum ^ page_checksum(pgno, data)) | CHECKSUM_FLAG
             prev = pgno
             yield pgno, data
         self._crc = crc
         self.page_count = count
+        self.block_pages = blocks
+        self._prev_pgno = prev
         self._pages_done = True
+
+    @property
+    def last_pgno(self) -> int:
+        """The last page decoded (or the page before the run, before any)."""
+        return self._prev_pgno
 
     def _bad_page(self, pgno: int, flags: int, prev: int, commit: int, lock: int):
         where = _label(self.name)
@@ -687,10 +797,10 @@ class Decoder:
                 raise LTXError(f"{_label(self.name)}: close() during page iteration")
         # The rest is index + trailer: CRC all of it except the last 8 bytes (the FileChecksum),
         # keeping only a 24-byte tail (index length, post-apply, file checksum) in memory.
-        crc = self._crc
+        crc = crc64(_ZERO_PAGE_HEADER, self._crc)  # the end-of-pages marker
         total = 0
         hold = b""
-        chunk = self._drain_window()
+        chunk = self.drain_window()
         while True:
             if not chunk:
                 if self._eof:
@@ -717,22 +827,31 @@ class Decoder:
         if index_len + 24 != total:
             raise LTXError(f"{where}: page index length {index_len} does not match the "
                            f"{total - 24} bytes between the pages and the trailer")
-        crc = crc64(hold[:16], crc) | CHECKSUM_FLAG
-        if crc != file_checksum:
-            raise LTXError(f"{where}: file checksum mismatch (computed {crc:016x}, "
-                           f"stored {file_checksum:016x})",
-                           hint="the file is corrupt; restore from another copy or level")
-        h = self.header
-        if h.no_checksum:
-            if post:
-                raise LTXError(f"{where}: post-apply checksum must be zero with NoChecksum set")
-        elif not post & CHECKSUM_FLAG:
-            raise LTXError(f"{where}: post-apply checksum flag bit unset")
-        elif self._track and post != self._db_checksum:
-            raise LTXError(f"{where}: snapshot post-apply checksum mismatch (pages give "
-                           f"{self._db_checksum:016x}, trailer says {post:016x})")
-        self._trailer = Trailer(post, file_checksum)
+        self._trailer = check_trailer(self.header, crc64(hold[:16], crc), post, file_checksum,
+                                      self.db_checksum if self._track else None, self.name)
         return self._trailer
+
+
+def check_trailer(header: Header, crc: int, post: int, file_checksum: int,
+                  db_checksum: int | None, name: str = "") -> Trailer:
+    """The trailer's checks, once ``crc`` covers everything before the FileChecksum:
+    that checksum, and the post-apply checksum's rules (against ``db_checksum``, the pages'
+    rolling checksum, when the file tracks one)."""
+    where = _label(name)
+    crc |= CHECKSUM_FLAG
+    if crc != file_checksum:
+        raise LTXError(f"{where}: file checksum mismatch (computed {crc:016x}, "
+                       f"stored {file_checksum:016x})",
+                       hint="the file is corrupt; restore from another copy or level")
+    if header.no_checksum:
+        if post:
+            raise LTXError(f"{where}: post-apply checksum must be zero with NoChecksum set")
+    elif not post & CHECKSUM_FLAG:
+        raise LTXError(f"{where}: post-apply checksum flag bit unset")
+    elif db_checksum is not None and post != db_checksum:
+        raise LTXError(f"{where}: snapshot post-apply checksum mismatch (pages give "
+                       f"{db_checksum:016x}, trailer says {post:016x})")
+    return Trailer(post, file_checksum)
 
 
 def verify(data: bytes, name: str = "") -> Trailer:

@@ -9,6 +9,8 @@ pages of each plan file are written in place with ``os.pwritev`` in runs, later 
 overwriting earlier ones, and the file is cut to the last Commit at the end. That is the same
 "newest version wins, pages past Commit dropped" rule as the compactor, at one write per page.
 A bitmap of written pages proves the result is complete before it is renamed into place.
+A big plan file read from a local file is decoded and written by worker processes, one run of
+its pages each (``parallel_decode.py``), with the same checks.
 """
 from __future__ import annotations
 
@@ -20,10 +22,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Iterator
 
-from replication.defaults import SHORT_READ_ATTEMPTS, SHORT_READ_BACKOFF
+from replication.defaults import (
+    RESTORE_DECODE_WORKERS, RESTORE_PARALLEL_MIN_BYTES, SHORT_READ_ATTEMPTS, SHORT_READ_BACKOFF,
+)
 from replication.errors import LTXError, ReplicaClientError, ReplicationError, TxNotAvailableError
 from replication import v3
 from replication.ltx import Decoder, format_filename, lock_pgno
+from replication.parallel_decode import ParallelFile, local_fd
 from replication.range_reader import open_for_restore
 
 log = logging.getLogger(__name__)
@@ -310,20 +315,28 @@ def _write_database(client, plan: list, path: str, progress: ProgressFn | None) 
     written = bytearray()       # written[pgno] == 1 once some file supplied that page
     page_size = commit = 0
     prev = prev_info = None
+    workers = _decode_workers()
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     writeback = _EarlyWriteback(fd)
     try:
         for info in plan:
             name = _file_label(info)
             for attempt in range(1, SHORT_READ_ATTEMPTS + 1):
-                f = _Counted(open_for_restore(client, info))
+                raw = open_for_restore(client, info)
+                f = _Counted(raw)
                 try:
-                    dec = Decoder(f, name=name)
-                    h = dec.header
+                    par = _parallel_file(raw, info, name, workers)
+                    dec = None if par else Decoder(f, name=name)
+                    h = par.header if par else dec.header
                     _check_link(h, info, name, prev, prev_info, page_size)
                     if not page_size:
                         page_size = h.page_size
                         _reserve(fd, h.commit * page_size)
+                    if par:
+                        report = (lambda n, base=done: progress(base + n, total)) \
+                            if progress else None
+                        written = par.apply(fd, written, _apply_pages, report)
+                        break
                     report = (lambda d=dec, base=done: progress(base + d.bytes_read, total)) \
                         if progress else None
                     written = _apply_pages(fd, dec, page_size, written, report)
@@ -370,6 +383,23 @@ def _write_database(client, plan: list, path: str, progress: ProgressFn | None) 
         writeback.stop()
         os.close(fd)
     return page_size, commit
+
+
+def _decode_workers() -> int:
+    """Worker processes a big local file is decoded with (1: in this process)."""
+    return max(1, min(RESTORE_DECODE_WORKERS, len(os.sched_getaffinity(0))))
+
+
+def _parallel_file(raw, info, name: str, workers: int) -> ParallelFile | None:
+    """The plan file prepared for decoding in ``workers`` processes, or None for one stream:
+    one CPU, a small file (forking costs more than it saves), a stream that is not a local
+    file of the listed size (S3: streamed as it comes), or an index the workers cannot use."""
+    if workers < 2 or info.size < RESTORE_PARALLEL_MIN_BYTES:
+        return None
+    fd = local_fd(raw)
+    if fd is None or os.fstat(fd).st_size != info.size:
+        return None
+    return ParallelFile.open(fd, workers, name)
 
 
 class _EarlyWriteback:

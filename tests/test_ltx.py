@@ -82,6 +82,19 @@ def test_crc64_incremental_equals_one_shot():
     assert ltx.crc64(memoryview(data)[10:20]) == ltx.crc64(data[10:20])
 
 
+def test_crc64_combine_joins_pieces_checksummed_apart():
+    rnd = random.Random(11)
+    for _ in range(200):
+        a, b = rnd.randbytes(rnd.randrange(0, 5000)), rnd.randbytes(rnd.randrange(0, 5000))
+        assert ltx.crc64_combine(ltx.crc64(a), ltx.crc64(b), len(b)) == ltx.crc64(a + b)
+    big = rnd.randbytes(3 << 20)  # lengths past the small powers of two
+    parts = [big[:1], big[1:(1 << 20) + 7], big[(1 << 20) + 7:]]
+    crc = ltx.crc64(parts[0])
+    for part in parts[1:]:
+        crc = ltx.crc64_combine(crc, ltx.crc64(part), len(part))
+    assert crc == ltx.crc64(big)
+
+
 def test_rolling_checksum_agrees_with_litestream(litestream_bin, litestream_env,
                                                  litestream_vectors, tmp_path):
     """The real Litestream is the oracle: it restores a file whose post-apply checksum is ours
@@ -128,6 +141,46 @@ def test_litestream_file_decodes_and_verifies(encoding, kind, litestream_vectors
         assert got_pgno == pgno and page == by_pgno[pgno]
     flag = 0 if encoding == "frame" else ltx.PAGE_FLAG_SIZE
     assert data[104:106] == flag.to_bytes(2, "big")
+
+
+@pytest.mark.parametrize("encoding,kind", REAL_FILES)
+def test_a_run_of_pages_decodes_on_its_own(encoding, kind, litestream_vectors):
+    """Decoder.continuing over a run of frames (what one restore worker reads): the run's
+    pages, and a checksum that joins the header's and the rest into the FileChecksum."""
+    data = getattr(litestream_vectors[encoding], kind)
+    _, pages, trailer = decode(data)
+    index = list(ltx.decode_page_index(data).items())
+    cut = len(index) // 2
+    header = ltx.Header.unmarshal(data)
+    crc = ltx.crc64(data[:ltx.HEADER_SIZE])
+    runs = [(0, index[0][1][0], index[cut][1][0]),
+            (index[cut - 1][0], index[cut][1][0], index[-1][1][0] + index[-1][1][1])]
+    got = []
+    for prev, start, end in runs:
+        dec = ltx.Decoder.continuing(io.BytesIO(data[start:end] + bytes(6)), header, prev)
+        got += list(dec.pages())
+        assert dec.drain_window() == b"" and dec.last_pgno == got[-1][0]
+        hashed = dec.page_count * (6 + PAGE_SIZE) + dec.block_pages * 4
+        crc = ltx.crc64_combine(crc, dec.checksum, hashed)
+    assert got == pages
+    end = runs[-1][2]
+    crc = ltx.crc64(data[end:-8], crc) | ltx.CHECKSUM_FLAG
+    assert crc == trailer.file_checksum
+    if kind == "snapshot":  # a run must continue from the page the index puts before it
+        with pytest.raises(LTXError, match="nonsequential"):
+            list(ltx.Decoder.continuing(io.BytesIO(data[runs[1][1]:end] + bytes(6)), header,
+                                        runs[1][0] - 1).pages())
+
+
+def test_page_index_entries_picks_entries_without_decoding_the_rest():
+    rng = random.Random(3)
+    entries = [(pgno, rng.randrange(1 << 40), rng.randrange(1, 1 << 17))
+               for pgno in range(1, 3000)]
+    index = _index_tail(entries)[:-8 - ltx.TRAILER_SIZE]
+    picks = [0, 1, 1499, 1500, 2998]
+    assert ltx.page_index_entries(index, picks) == (2999, [entries[i] for i in picks])
+    with pytest.raises(LTXError, match="corrupt page index"):
+        ltx.page_index_entries(index[:-1], [0])
 
 
 @pytest.mark.parametrize("encoding,kind", REAL_FILES)
