@@ -172,6 +172,9 @@ TRIGGERS = {
     "aggregates_disabled": lambda e: e.client().get("/books?select=pages.sum()"),
     "replica_behind": lambda e: _replica_client(e, replica_wait_timeout=0.05).get(
         "/books", headers={"X-Replication-Min-Txid": "00000000000fffff"}),
+    # a lineage this replica never recorded (a position of another database's history)
+    "position_lost": lambda e: _replica_client(e).get(
+        "/books", headers={"X-Replication-Min-Txid": "0000000000000001@" + "0" * 16}),
     "replica_point_unavailable": lambda e: _replica_client(e).get(
         "/books", headers={"X-Replication-As-Of": "2001-01-01T00:00:00Z"}),
     "primary_unreachable": lambda e: _replica_client(
