@@ -475,7 +475,10 @@ class _Source:
 
 
 _sources: dict[tuple, _Source] = {}
-_sources_lock = threading.Lock()
+# Reentrant: a connection the garbage collector finalizes (apsw closes it, and so releases its
+# source) can do so on a thread that is inside _acquire_source, building another source; a
+# plain Lock deadlocked the test suite there (test_errors_contract, many replica apps).
+_sources_lock = threading.RLock()
 
 
 def _acquire_source(name: str, config: ResolvedConfig) -> _Source:

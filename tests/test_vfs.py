@@ -394,6 +394,38 @@ def two_replicas(tmp_path):
     return f"file://{tmp_path / 'a'}", f"file://{tmp_path / 'b'}"
 
 
+def test_a_connection_collected_while_another_source_opens_does_not_deadlock(two_replicas,
+                                                                            monkeypatch):
+    """The garbage collector may finalize a forgotten connection (closing it releases its
+    source) on a thread that is building another source under the registry's lock."""
+    import gc
+    import threading
+
+    url_a, url_b = two_replicas
+    forgotten = [lvfs.connect(lvfs.uri("gc-a.db", url_a, poll_interval="1h"))]
+    forgotten.append(forgotten)  # a cycle: only the collector frees it
+    del forgotten
+    plan = lvfs._Source.plan
+
+    def plan_after_a_collection(self, *args, **kwargs):
+        gc.collect()  # finalizes the forgotten connection here, inside _acquire_source
+        return plan(self, *args, **kwargs)
+
+    monkeypatch.setattr(lvfs._Source, "plan", plan_after_a_collection)
+    opened = []
+    gc.disable()
+    try:
+        worker = threading.Thread(target=lambda: opened.append(
+            lvfs.connect(lvfs.uri("gc-b.db", url_b, poll_interval="1h"))), daemon=True)
+        worker.start()
+        worker.join(20)
+    finally:
+        gc.enable()
+    assert not worker.is_alive(), "deadlocked: a finalized connection waited for the open"
+    assert count(opened[0], "b") == 7
+    opened[0].close()
+
+
 def _opened(target: str):
     conn = lvfs.connect(target)
     try:
