@@ -19,6 +19,7 @@ lineage recorded after its own began after a lower TXID: that restore did not ho
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -81,10 +82,14 @@ def parse_id(text: str) -> Optional[str]:
 
 # -- the replica's side -----------------------------------------------------------------------
 
+def _as_json(lineage: Lineage) -> str:
+    """The body of a record, and the local file: the name's fields, for people."""
+    return json.dumps({"id": lineage.id, "after_txid": f"{lineage.after_txid:016x}",
+                       "created_ms": lineage.created_ms})
+
+
 def upload(client, lineage: Lineage) -> None:
-    body = json.dumps({"id": lineage.id, "after_txid": f"{lineage.after_txid:016x}",
-                       "created_ms": lineage.created_ms}).encode()
-    client.write_object(f"{LINEAGE_DIR}/{lineage.record_name}", body)
+    client.write_object(f"{LINEAGE_DIR}/{lineage.record_name}", _as_json(lineage).encode())
 
 
 def history(client) -> list[Lineage]:
@@ -168,8 +173,7 @@ def read_local(meta_path: str) -> Optional[Lineage]:
 def write_local(meta_path: str, lineage: Lineage) -> None:
     path = os.path.join(meta_path, LOCAL_LINEAGE_FILE)
     with open(path + ".tmp", "w") as f:
-        json.dump({"id": lineage.id, "after_txid": f"{lineage.after_txid:016x}",
-                   "created_ms": lineage.created_ms}, f)
+        f.write(_as_json(lineage))
         f.flush()
         os.fsync(f.fileno())
     os.replace(path + ".tmp", path)
@@ -198,6 +202,8 @@ def settle(client, meta_path: str, *, carried_forward: bool, after_txid: int) ->
 
 # -- positions ---------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=1)
 def current_id() -> Optional[str]:
-    """The lineage of this process's writes (a primary's HTTP worker), or None."""
+    """The lineage of this process's writes (a primary's HTTP worker), or None. Read once: the
+    supervisor sets it before the workers start, and every write asks."""
     return parse_id(os.environ.get(LINEAGE_ENV, ""))

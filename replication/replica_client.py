@@ -218,15 +218,15 @@ class ReplicaClient(abc.ABC):
 
     def list_objects(self, subdir: str) -> list[ObjectInfo]:
         """The entries of ``<replica>/<subdir>`` (none when it is missing)."""
-        raise NotImplementedError(f"{self.type} replicas list no objects beside ltx/")
+        raise _no_objects(self, "list")
 
     def open_object(self, relpath: str) -> BinaryIO:
         """A reader of the object ``<replica>/<relpath>``; ReplicaClientError when missing."""
-        raise NotImplementedError(f"{self.type} replicas open no objects beside ltx/")
+        raise _no_objects(self, "open")
 
     def write_object(self, relpath: str, data: bytes) -> None:
         """Store a small object ``<replica>/<relpath>`` atomically (replacing one of that name)."""
-        raise NotImplementedError(f"{self.type} replicas write no objects beside ltx/")
+        raise _no_objects(self, "write")
 
     def close(self) -> None:
         """Release connections and threads. The client is unusable afterwards."""
@@ -271,6 +271,13 @@ class ReplicaClient(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.url if hasattr(self, 'url') else ''}>"
+
+
+def _no_objects(client: ReplicaClient, verb: str) -> ReplicaClientError:
+    return ReplicaClientError(
+        f"{client.type}: this backend cannot {verb} objects beside ltx/",
+        hint="v0.3 restores and lineage records (positions that name a history) need a "
+             "backend with list_objects, open_object and write_object, as file and s3 have")
 
 
 # --- registry ----------------------------------------------------------------------------------

@@ -247,21 +247,19 @@ class _Source:
             return list(pool.map(lambda info: self._index_of(info, pages), infos))
 
     def _index_of(self, info, pages: bool) -> tuple[dict, "ltx.Header | None", dict]:
-        """One file's page index. A small file is read whole (one GET: index, header and,
-        with ``pages``, its decoded pages: {pgno: (index element, page)}; verified): (index, header, pages)."""
-        if info.size > VFS_WHOLE_FILE_MAX:
+        """One file's page index. With ``pages`` (a poll), a small file is read whole and
+        verified: (index, header, its decoded pages {pgno: (index element, page)})."""
+        if not pages or info.size > VFS_WHOLE_FILE_MAX:  # an open, or a big file: the index
             return fetch_page_index(self.client, info), None, {}
         name = f"L{info.level}/{info.filename}"
         data = memoryview(read_whole_ltx_file(self.client, info))
         header = ltx.Header.unmarshal(data[:ltx.HEADER_SIZE], name)
         index = ltx.decode_page_index(data, name)
+        key = (info.level, info.min_txid, info.max_txid)
         decoded = {}
-        if pages:
-            key = (info.level, info.min_txid, info.max_txid)
-            for pgno, (offset, size) in index.items():
-                _, page = ltx.decode_page_frame(data[offset:offset + size], header.page_size,
-                                                name)
-                decoded[pgno] = ((*key, offset, size), page)
+        for pgno, (offset, size) in index.items():
+            _, page = ltx.decode_page_frame(data[offset:offset + size], header.page_size, name)
+            decoded[pgno] = ((*key, offset, size), page)
         return index, header, decoded
 
     def build(self, infos: list, *, base: _View | None = None) -> tuple[_View, list[dict]]:
