@@ -12,13 +12,11 @@ import logging
 import apsw
 import orjson
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException
 
 from .auth import authenticator as auth_module
 from .config import ServerConfig
 from .db import Database
-from .errors import (JSON_MIMETYPE, ApiError, api_error, from_http_exception, from_sqlite,
-                     render_error)
+from .errors import JSON_MIMETYPE, error_response
 from .responses import CORS_HEADERS, ApiResponse
 from .api.schema import SchemaCache
 from .state import EXTENSION, AppState, state_of
@@ -86,18 +84,25 @@ def create_app(config: ServerConfig, *, metrics_registry=None) -> Flask:
         finally:
             db.close_thread_connections()  # the factory's thread serves no request
 
-    from .api.routes import make_blueprint
+    from .api.dispatch import ApiDispatch
     from .api.openapi import openapi_view
+    from .api.routes import METHODS, make_table_view
+    from .api.rpc import make_rpc_view
 
+    table_view = make_table_view(app, state)
+    rpc_view = make_rpc_view(app, state)
     app.add_url_rule("/live", "live", _live, methods=["GET", "HEAD"])
     app.add_url_rule("/ready", "ready", _ready, methods=["GET", "HEAD"])
     app.add_url_rule("/", "openapi", openapi_view, methods=["GET", "HEAD", "OPTIONS"],
                      provide_automatic_options=False)
-    app.register_blueprint(make_blueprint(app, state))
-    from .api.rpc import make_rpc_blueprint
-
-    app.register_blueprint(make_rpc_blueprint(app, state))
-    app.register_error_handler(Exception, _handle_exception)
+    # The API rules, for the forms ApiDispatch leaves to Flask (`/items/`, an unknown method):
+    # the same views, so both answer alike.
+    app.add_url_rule("/<table_name>", "table", lambda table_name: table_view(
+        request.environ, table_name), methods=METHODS, provide_automatic_options=False)
+    app.add_url_rule("/rpc/<function_name>", "rpc", lambda function_name: rpc_view(
+        request.environ, function_name), methods=METHODS, provide_automatic_options=False)
+    app.register_error_handler(
+        Exception, lambda exc: error_response(exc, request.environ, state))
     from prometheus_client import CollectorRegistry
 
     from .observability.logs import RequestLog
@@ -108,7 +113,10 @@ def create_app(config: ServerConfig, *, metrics_registry=None) -> Flask:
                              else CollectorRegistry())
     metrics.connect_signals(app)
     app.extensions["sqlite_rest.metrics"] = metrics
-    app.wsgi_app = RequestObserver(app.wsgi_app, metrics=metrics, request_log=RequestLog())
+    reserved = [rule.rule for rule in app.url_map.iter_rules() if not rule.arguments]
+    app.wsgi_app = RequestObserver(
+        ApiDispatch(app.wsgi_app, state, table_view, rpc_view, METHODS, reserved),
+        metrics=metrics, request_log=RequestLog())
     return app
 
 
@@ -162,33 +170,3 @@ def _ready():
     if status_hook is not None:
         body["replication"] = status_hook()
     return _json(body, 200 if not problems else 503)
-
-
-def _handle_exception(exc: Exception):
-    from flask import current_app
-
-    state = current_app.extensions.get(EXTENSION)
-    if isinstance(exc, ApiError):
-        error = exc
-    elif isinstance(exc, HTTPException):
-        error = from_http_exception(
-            exc, method=request.method,
-            max_body_bytes=state.config.max_body_bytes if state else 0)
-    else:
-        from .api.query import RequestError
-
-        error = None
-        if isinstance(exc, RequestError):
-            error = ApiError(exc.code, exc.message, exc.details, exc.hint, status=exc.status)
-        elif isinstance(exc, apsw.Error):
-            error = from_sqlite(exc, verb=request.method,
-                                primary_url=state.config.primary_url if state else None)
-        if error is None:
-            log.exception("unhandled error on %s %s", request.method, request.path)
-            error = api_error("internal")
-    if error.code == "XX001" and state is not None:
-        state.database_corrupt = True
-    response = render_error(error)
-    for name, value in CORS_HEADERS:
-        response.headers[name] = value
-    return response

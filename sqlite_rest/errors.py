@@ -19,6 +19,8 @@ import orjson
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
+from .responses import CORS_HEADERS
+
 log = logging.getLogger("sqlite_rest.errors")
 
 JSON_MIMETYPE = "application/json; charset=utf-8"
@@ -363,5 +365,36 @@ def render_error(error: ApiError) -> Response:
     response = Response(orjson.dumps(error.body()), status=error.status, mimetype=JSON_MIMETYPE)
     response.headers["Content-Type"] = JSON_MIMETYPE
     for name, value in error.headers.items():
+        response.headers[name] = value
+    return response
+
+
+def error_response(exc: Exception, environ, state) -> Response:
+    """The one JSON error handler: any exception a request raised, as PostgREST's JSON body
+    with the CORS headers. Used by api/dispatch.py for the API routes and registered with
+    Flask for the others; `state` is the app's AppState (None before the app has one)."""
+    method = environ.get("REQUEST_METHOD", "")
+    if isinstance(exc, ApiError):
+        error = exc
+    elif isinstance(exc, HTTPException):
+        error = from_http_exception(
+            exc, method=method, max_body_bytes=state.config.max_body_bytes if state else 0)
+    else:
+        from .api.query import RequestError
+
+        error = None
+        if isinstance(exc, RequestError):
+            error = ApiError(exc.code, exc.message, exc.details, exc.hint, status=exc.status)
+        elif isinstance(exc, apsw.Error):
+            error = from_sqlite(exc, verb=method,
+                                primary_url=state.config.primary_url if state else None)
+        if error is None:
+            log.error("unhandled error on %s %s", method, environ.get("PATH_INFO", ""),
+                      exc_info=exc)
+            error = api_error("internal")
+    if error.code == "XX001" and state is not None:
+        state.database_corrupt = True  # /ready answers 503 from now on
+    response = render_error(error)
+    for name, value in CORS_HEADERS:
         response.headers[name] = value
     return response

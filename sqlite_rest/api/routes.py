@@ -21,7 +21,6 @@ import re
 
 import apsw
 import orjson
-from flask import Blueprint, request
 
 from ..responses import CORS_HEADERS, ApiResponse
 from ..auth.authenticator import access_denied
@@ -53,21 +52,19 @@ DEFAULT_ALLOWED_REQUEST_HEADERS = (
 _RANGE = re.compile(r"\s*(?:items\s*=\s*)?([0-9]+)\s*-\s*([0-9]*)\s*\Z")
 
 
-def make_blueprint(app, state) -> Blueprint:
-    """The table routes, bound to one app's state (no proxy lookups per request)."""
-    blueprint = Blueprint("api", __name__)
+def make_table_view(app, state):
+    """The `/<table>` view, bound to one app's state: ``view(environ, table_name)`` ->
+    ApiResponse. Called by api/dispatch.py (the WSGI environ is all it reads)."""
     authenticator = state.authenticator
     allowed_tables = state.allowed_tables
     schema_cache = state.schema_cache
     db = state.db
     policy = state.policy
 
-    @blueprint.route("/<table_name>", methods=METHODS, provide_automatic_options=False)
-    def table_endpoint(table_name: str):
-        environ = request.environ
+    def table_endpoint(environ, table_name: str):
         method = environ["REQUEST_METHOD"]
         if method == "OPTIONS":
-            return _preflight()
+            return _preflight(environ)
         if policy is None:
             if not authenticator.disabled:
                 authenticator.authenticate(app, environ.get("HTTP_AUTHORIZATION"))
@@ -95,13 +92,14 @@ def make_blueprint(app, state) -> Blueprint:
             raise api_error("unknown_table", table=table_name[:200])
         if method == "GET" or method == "HEAD":
             return _read(state, environ, table, prefs, method == "HEAD")
-        return write(state, table, prefs, method, query_of(environ.get("QUERY_STRING", "")))
+        return write(state, environ, table, prefs, method,
+                     query_of(environ.get("QUERY_STRING", "")))
 
-    return blueprint
+    return table_endpoint
 
 
-def _preflight() -> ApiResponse:
-    requested = request.environ.get("HTTP_ACCESS_CONTROL_REQUEST_HEADERS")
+def _preflight(environ) -> ApiResponse:
+    requested = environ.get("HTTP_ACCESS_CONTROL_REQUEST_HEADERS")
     if requested and ("\r" in requested or "\n" in requested or len(requested) > 2000):
         requested = None  # echoed unvalidated by ApiResponse: never echo anything odd
     headers = PREFLIGHT_HEADERS + (

@@ -22,7 +22,6 @@ import re
 from urllib.parse import parse_qsl
 
 import orjson
-from flask import Blueprint, request
 
 from ..auth.policy import bound_claims
 from ..errors import api_error
@@ -32,7 +31,7 @@ from .operators import OPERATOR_BY_NAME
 from .prefer import DEFAULT as DEFAULT_PREFERENCES, parse_prefer
 from .query import RESERVED_KEYS, parse_read_query, query_pairs, shown_text
 from .representation import CONTENT_TYPES, CSV, OBJECT, dumps, negotiate, render, shape_of
-from .routes import METHODS, _preflight, content_range, page_bounds
+from .routes import _preflight, content_range, page_bounds
 from .sql import OutputColumn, build_count, build_select
 from .positions import commit_headers
 from .replica_reads import refuse_write
@@ -43,16 +42,15 @@ RPC_ALLOW = "GET, HEAD, POST, OPTIONS"
 _FILTER_VALUE = re.compile(r"(?:not\.)?([a-z]+)(?:\((?:any|all)\))?\.")
 
 
-def make_rpc_blueprint(app, state) -> Blueprint:
-    blueprint = Blueprint("rpc", __name__)
+def make_rpc_view(app, state):
+    """The `/rpc/<function>` view: ``view(environ, function_name)`` -> ApiResponse (called by
+    api/dispatch.py)."""
     authenticator = state.authenticator
 
-    @blueprint.route("/rpc/<function_name>", methods=METHODS, provide_automatic_options=False)
-    def rpc_endpoint(function_name: str):
-        environ = request.environ
+    def rpc_endpoint(environ, function_name: str):
         method = environ["REQUEST_METHOD"]
         if method == "OPTIONS":
-            return _preflight()
+            return _preflight(environ)
         if state.policy is not None:  # roles: only the functions listed for the role
             environ[CLAIMS_ENVIRON] = _check_function_access(app, state, environ,
                                                              function_name)
@@ -65,7 +63,7 @@ def make_rpc_blueprint(app, state) -> Blueprint:
         prefs = parse_prefer([prefer]) if prefer else DEFAULT_PREFERENCES
         return call(state, function_name, method, prefs, environ)
 
-    return blueprint
+    return rpc_endpoint
 
 
 #: The WSGI environ key of the caller's claims (request_claim() in function SQL).

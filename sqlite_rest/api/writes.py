@@ -14,8 +14,8 @@ import re
 from urllib.parse import parse_qsl, quote
 
 import orjson
-from flask import request
 from werkzeug.exceptions import ClientDisconnected
+from werkzeug.wrappers import Request
 
 from ..responses import CORS_HEADERS, ApiResponse
 from ..auth.policy import ACCESS_ENVIRON, ROLE_ENVIRON
@@ -76,7 +76,9 @@ def _body_bytes(environ, max_bytes: int) -> bytes:
         if len(data) != size:
             raise ClientDisconnected()
         return data
-    return request.get_data(cache=False)  # 413 past MAX_CONTENT_LENGTH
+    slow = Request(environ)
+    slow.max_content_length = max_bytes  # werkzeug answers 413 past it
+    return slow.get_data(cache=False)
 
 
 # orjson reads an integer literal beyond its range (-2**63 .. 2**64-1) as a float, silently
@@ -260,17 +262,17 @@ def _location(table, row: tuple, key_columns) -> str:
     return "/" + quote(table.name, safe="") + "?" + "&".join(parts)
 
 
-def write(state, table, prefs, method: str, query) -> ApiResponse:
+def write(state, environ, table, prefs, method: str, query) -> ApiResponse:
     config = state.config
     if state.replica and config.forward_writes:
         from .forward import forward_write
-        return forward_write(state, request.environ,
-                             _body_bytes(request.environ, config.max_body_bytes))
+        return forward_write(state, environ,
+                             _body_bytes(environ, config.max_body_bytes))
     if state.replica:  # a read replica: the primary takes the writes
         refuse_write(config, SQL_VERB[method], "this server reads a replica of the database")
     return_ = prefs.return_
     representation = return_ == "representation"
-    accept = request.environ.get("HTTP_ACCEPT")
+    accept = environ.get("HTTP_ACCEPT")
     # Without a representation only the object media type matters: it still asks for exactly
     # one row (PostgREST answers 406 and rolls back a DELETE that matched five).
     media = negotiate(accept) if representation or (accept and "pgrst.object" in accept) \
@@ -287,7 +289,7 @@ def write(state, table, prefs, method: str, query) -> ApiResponse:
         raise api_error("aggregates_disabled")
     # -- roles (--permissions-file, design/roles.md): the role's TableRule (policy.ROLE_ENVIRON)
     # restricts the columns named, the rows touched and the rows written
-    rule, claims = request.environ.get(ROLE_ENVIRON) or (None, None)
+    rule, claims = environ.get(ROLE_ENVIRON) or (None, None)
     row_filter = check = None
     filters = query.filters
     if rule is not None:
@@ -307,7 +309,7 @@ def write(state, table, prefs, method: str, query) -> ApiResponse:
     returning = query.select if representation else None
     if rule is not None and returning is not None:
         returning = rule.readable_select(table, embeds_under_role(
-            table, rule, returning, request.environ[ACCESS_ENVIRON].rule, claims))
+            table, rule, returning, environ[ACCESS_ENVIRON].rule, claims))
     # order= sorts the rows a write returns (PostgREST); RETURNING has no ORDER BY, so the
     # order keys ride along as extra columns, sorted on here and dropped.
     order = query.order if representation else ()
@@ -324,7 +326,7 @@ def write(state, table, prefs, method: str, query) -> ApiResponse:
     if method == "DELETE":
         statements = [build_delete(table, filters, returning=returning)]
     else:
-        body = _read_body(request.environ, config.max_body_bytes)
+        body = _read_body(environ, config.max_body_bytes)
         if rule is not None and rule.write_columns is not None and query.columns is None:
             rule.check_writable(table.name, {key for row in (
                 body if type(body) is list else [body]) if type(row) is dict for key in row})
