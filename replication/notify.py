@@ -5,9 +5,15 @@ commit; the replicator's :meth:`replication.db.DB.monitor` polls the listening s
 with its inotify descriptor and syncs at once. The signal only shortens latency: losing one
 (listener not up yet, queue full) is harmless, because the monitor also watches the ``-wal``
 file and ticks every monitor-interval. So the sender never blocks and never raises.
+
+Signals coalesce before they are sent: a one-byte flag beside the socket (`PENDING_SUFFIX`) is
+1 while a signal is on its way and not yet drained, and a writer that finds it set sends
+nothing. Why: at 12,000 commits/s one datagram per commit, and the listener's wake-up for each,
+cost 20 µs of CPU per POST (#11, 14 % of it), to wake a replicator that syncs once per round.
 """
 from __future__ import annotations
 
+import mmap
 import os
 import socket
 import threading
@@ -15,6 +21,26 @@ import time
 
 #: Environment variable naming the listener's socket path for writer processes.
 COMMIT_SOCKET_ENV = "SQLITEREST_COMMIT_SOCKET"
+#: The listener's "a signal is pending" flag: the socket's path + this, one byte.
+PENDING_SUFFIX = ".pending"
+#: A writer sends even when the flag says a signal is pending if it has sent none for this
+#: long (seconds): a flag left set (a listener gone, its file replaced) costs at most this.
+PENDING_TRUST_S = 1.0
+
+
+def _map_pending_flag(path: str) -> "mmap.mmap | None":
+    """The listener's pending flag, shared; None when there is none (then every commit
+    signals, as before the flag existed)."""
+    try:
+        fd = os.open(path + PENDING_SUFFIX, os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        return mmap.mmap(fd, 1)
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
 
 
 class CommitSignal:
@@ -23,9 +49,12 @@ class CommitSignal:
     def __init__(self, path: str | os.PathLike | None):
         self.path = os.fspath(path) if path else None
         self._sock: socket.socket | None = None
+        self._pending: mmap.mmap | None = None
+        self._last_sent = 0.0
         if self.path:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._sock.setblocking(False)
+            self._pending = _map_pending_flag(self.path)
 
     @classmethod
     def from_env(cls) -> "CommitSignal":
@@ -46,13 +75,23 @@ class CommitSignal:
         pass
 
     def send(self) -> None:
-        """Signal one commit. Never blocks, never raises (a lost signal only costs latency)."""
+        """Signal one commit, unless a signal is already pending: the listener clears the flag
+        before it drains, so the sync that signal starts sees this commit too. Never blocks,
+        never raises (a lost signal only costs latency)."""
         if self._sock is None:
             return
+        pending = self._pending
+        if pending is not None:
+            now = time.monotonic()
+            if pending[0] and now - self._last_sent < PENDING_TRUST_S:
+                return
+            pending[0] = 1
+            self._last_sent = now
         try:
             self._sock.sendto(b"c", self.path)
         except OSError:
-            pass
+            if pending is not None:
+                pending[0] = 0  # nothing is on its way: the next commit tries again
 
     __call__ = send  # after COMMIT: signal, and no position to tell
 
@@ -60,6 +99,9 @@ class CommitSignal:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        if self._pending is not None:
+            self._pending.close()
+            self._pending = None
 
 
 _WAIT = b"w"   # a position request: b"w" + 8-byte sequence number, from a bound socket
@@ -143,6 +185,18 @@ class CommitListener:
         self._sock.setblocking(False)
         self._sock.bind(self.path)
         self.waiters: list[tuple[object, bytes]] = []
+        # A new file (never one a writer of an earlier run still maps), cleared.
+        flag = self.path + PENDING_SUFFIX
+        try:
+            os.unlink(flag)
+        except FileNotFoundError:
+            pass
+        fd = os.open(flag, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"\0")
+            self._pending = mmap.mmap(fd, 1)
+        finally:
+            os.close(fd)
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -150,7 +204,9 @@ class CommitListener:
     def drain(self) -> int:
         """Empty the queue; returns how many signals were pending. Position requests of
         :class:`CommitWaiter` count as signals too and are kept in :attr:`waiters` until
-        the caller takes them (:meth:`take_waiters`) and answers them (:meth:`reply`)."""
+        the caller takes them (:meth:`take_waiters`) and answers them (:meth:`reply`).
+        Clears the pending flag first, so a commit after it signals again."""
+        self._pending[0] = 0
         n = 0
         while True:
             try:
@@ -179,10 +235,12 @@ class CommitListener:
 
     def close(self) -> None:
         self._sock.close()
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        self._pending.close()
+        for path in (self.path, self.path + PENDING_SUFFIX):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
 
     def __enter__(self) -> "CommitListener":
         return self

@@ -19,7 +19,7 @@ from replication import ltx, metrics
 from replication.config import DBConfig
 from replication.db import DB
 from replication.file_replica_client import FileReplicaClient
-from replication.notify import COMMIT_SOCKET_ENV, CommitListener, CommitSignal
+from replication.notify import COMMIT_SOCKET_ENV, PENDING_SUFFIX, CommitListener, CommitSignal
 from replication.wal import read_wal_backfill
 from tests.plugins.background import Background
 
@@ -645,11 +645,50 @@ def test_commit_signal_roundtrip(tmp_path, monkeypatch):
     CommitSignal(sock).send()  # no listener yet: swallowed
     with CommitListener(sock) as listener:
         monkeypatch.setenv(COMMIT_SOCKET_ENV, sock)
-        sig = CommitSignal.from_env()
+        sig, other = CommitSignal.from_env(), CommitSignal(sock)
         for _ in range(3):
             sig.send()
         time.sleep(0.05)
-        assert listener.drain() == 3 and listener.drain() == 0
+        assert listener.drain() == 1 and listener.drain() == 0
+        # drained: the next commit signals again, and a pending signal covers another
+        # writer's commit too (once that writer has sent one itself: PENDING_TRUST_S)
+        other.send()
+        sig.send()
+        time.sleep(0.05)
+        assert listener.drain() == 1
+        sig.send()
+        other.send()
+        time.sleep(0.05)
+        assert listener.drain() == 1
+        sig.close()
+        other.close()
+
+
+def test_a_signal_without_the_pending_flag_is_sent_for_every_commit(tmp_path):
+    """A listener of an earlier version (no flag file): nothing is coalesced."""
+    sock = str(tmp_path / "commit.sock")
+    with CommitListener(sock) as listener:
+        os.unlink(sock + PENDING_SUFFIX)
+        sig = CommitSignal(sock)
+        for _ in range(3):
+            sig.send()
+        time.sleep(0.05)
+        assert listener.drain() == 3
+        sig.close()
+
+
+def test_a_pending_flag_left_set_delays_a_signal_at_most_its_trust_time(tmp_path, monkeypatch):
+    """A flag nobody clears (its listener gone or replaced) never silences a writer for good."""
+    sock = str(tmp_path / "commit.sock")
+    with CommitListener(sock) as listener:
+        sig = CommitSignal(sock)
+        sig.send()
+        listener._sock.recv(64)  # received, but the flag not cleared (no drain)
+        sig.send()  # skipped: the flag says a signal is on its way
+        monkeypatch.setattr("replication.notify.PENDING_TRUST_S", 0.0)
+        sig.send()
+        time.sleep(0.05)
+        assert listener.drain() == 1  # the second send was skipped, the third was not
         sig.close()
 
 

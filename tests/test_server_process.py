@@ -83,11 +83,16 @@ def test_two_workers_serve_requests_and_metrics_add_up(serve, db):
 
 def test_commit_signals_reach_the_supervisor(serve, db):
     srv = serve(db, "--security-allow-table", "items")
+
+    def received():
+        return httpx.get(srv.metrics_url + "/status").json()["commit_signals"]["received"]
+
+    # One at a time: a commit while a signal is still pending sends none (notify.py).
     for i in range(5):
         assert httpx.post(f"{srv.base_url}/items", json={"name": f"c{i}"}).status_code == 201
+        assert wait_for(lambda: received() == i + 1), received()
     httpx.patch(f"{srv.base_url}/items", params={"id": "eq.1"}, json={"qty": 7})
-    assert wait_for(lambda: httpx.get(srv.metrics_url + "/status").json()
-                    ["commit_signals"]["received"] == 6), httpx.get(srv.metrics_url + "/status").json()
+    assert wait_for(lambda: received() == 6), received()
 
 
 def test_sigterm_finishes_in_flight_requests_and_exits_zero(serve, db):
