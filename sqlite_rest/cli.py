@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from .observability import logs
 from . import __version__
+from .process.http_server import DEFAULT_THREADS
 
 log = logging.getLogger("sqlite_rest.cli")
 
@@ -185,8 +186,10 @@ SERVE_FLAGS = (
     Flag("workers", "HTTP worker processes (default: one per CPU core, here "
          f"{os.cpu_count() or 1}; at most {MAX_PROCESS_COUNT}).", default=None,
          kind=_process_count, metavar="N"),
-    Flag("threads", "Request threads per worker process; each thread holds its own SQLite "
-         "connections.", default=None, kind=_process_count, metavar="N"),
+    Flag("threads", f"Request threads per worker process (default {DEFAULT_THREADS}); each "
+         "thread holds its own SQLite connections. 1 halves the tail latency when every "
+         "request is short, but a slow one then holds up its worker (design/process-model.md).",
+         default=None, kind=_process_count, metavar="N"),
     Flag("server", "Production HTTP server running the workers (granian: measured fastest, "
          "see design/process-model.md).", default="granian", metavar="NAME"),
     Flag("replication-enabled", "Replicate the database with the built-in Litestream 0.5 "
