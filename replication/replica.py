@@ -33,6 +33,9 @@ from .errors import ReplicationError
 from .ltx import Decoder, Header
 from .replica_client import ConflictError
 
+CONFLICT_HINT = ("run one replicator per replica path; stop the other server, or point this "
+                 "one at its own path")
+
 log = logging.getLogger(__name__)
 
 SNAPSHOT_LEVEL = 9
@@ -133,7 +136,9 @@ class Replica:
         #: When several L0 files wait, upload them merged as one (see _merge_backlog). Off by
         #: default: every TXID stays a restore point on the replica, as with Litestream, which
         #: X-Replication-Txid relies on (`restore -txid <header>` must find a plan). On, the
-        #: replica catches up faster after a backlog (one PUT per run of files).
+        #: replica catches up faster after a backlog (one PUT per run of files), but a lagging
+        #: second writer can then upload inside a merged range unseen (design/replication.md,
+        #: "Two writers on one replica path"): only for a replica known to have one writer.
         self.merge_backlog = False
         #: Seconds of continuous failure before ``on_fatal``; ``None`` = retry forever.
         self.retry_budget = retry_budget
@@ -141,6 +146,10 @@ class Replica:
         self.max_backoff = max_backoff
 
         self._pos: int | None = None  # replica max TXID; None = unknown, list it again
+        #: L0 names (min, max) on the replica known to be ours: the last one we uploaded, or
+        #: one verified byte-identical to our local file (positioning needs no GET then).
+        self._ours: set[tuple[int, int]] = set()
+        self._positioned = False  # a first positioning happened (hand-over only before it)
         self._sync_lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -222,13 +231,24 @@ class Replica:
         if self._pos is None:
             remote = self.calc_pos()
             local = self.db.pos().txid
-            if remote > local:
+            if remote > local and not self._positioned:
                 # Hand-over: the replica is ahead of our meta dir (a previous run, another
                 # writer, or a restore). Continue the remote's TXIDs; the DB's next sync then
                 # writes a full-page L0 at remote+1 (Litestream's checkDatabaseBehindReplica).
                 log.info("replica is ahead of the local db (replica txid %d > local %d); "
                          "continuing from the replica", remote, local, extra={"db": self.db.path})
                 self.db.reset_to_replica(self.client)
+                self._adopt_newest(remote)
+            elif remote > local:
+                # Once running, nobody but us extends the replica: TXIDs past our own DB's
+                # were written by another writer (the old code quietly handed over to it).
+                raise ConflictError(
+                    f"the replica reached TXID {remote:016x} beyond this database's "
+                    f"{local:016x} while we were replicating: another writer uses this "
+                    f"replica path", hint=CONFLICT_HINT)
+            elif remote > 0:
+                self._check_same_as_local(remote)
+            self._positioned = True
             self._pos = remote
             self._set_health(replica_txid=remote)
         pos = self._pos
@@ -269,12 +289,64 @@ class Replica:
                 if max_txid > min_txid:
                     self._check_no_overlap(min_txid, max_txid)
                 self.client.write_ltx_file(0, min_txid, max_txid, source, ts, exclusive=True)
+                self._ours = {(min_txid, max_txid)}
             log.debug("uploaded L0/%016x-%016x, %d ms after it was written", min_txid,
                       max_txid, time.time() * 1000 - ts, extra={"db": self.db.path})
             pos = self._pos = max_txid
             uploaded += 1
             self._set_health(replica_txid=pos)
         return uploaded
+
+    # -- another writer on this replica path --------------------------------------------
+
+    def _check_same_as_local(self, remote: int) -> None:
+        """Positioning at ``remote`` <= our DB's TXID: the replica's file ending there must be
+        our own (byte-identical to our local file of that name), else the replica holds
+        another history we would silently continue (one GET per positioning)."""
+        newest = [f for f in self.client.ltx_files(0, seek=max(0, remote - MAX_MERGE_FILES))
+                  if f.max_txid == remote]
+        if not newest:
+            return  # only a snapshot/compaction reaches there (L0 empty): nothing to compare
+        info = newest[0]
+        key = (info.min_txid, info.max_txid)
+        if key in self._ours:
+            return
+        mine = self._local_bytes(*key)
+        if mine is None:
+            if any(f.max_txid == remote for f in self.db.local_ltx_files(0)):
+                raise ConflictError(
+                    f"L0/{info.min_txid:016x}-{info.max_txid:016x} on the replica is not a file "
+                    f"of this database's history: another writer uses this replica path",
+                    hint=CONFLICT_HINT)
+            return
+        with self.client.open_ltx_file(0, *key) as f:
+            theirs = f.read()
+        if theirs != mine:
+            raise ConflictError(
+                f"L0/{info.min_txid:016x}-{info.max_txid:016x} on the replica differs from this "
+                f"database's: another writer uses this replica path", hint=CONFLICT_HINT)
+        self._ours = {key}
+
+    def _local_bytes(self, lo: int, hi: int) -> bytes | None:
+        """Our local L0 file ``lo-hi``, or what _merge_backlog made of ``lo..hi`` (a merged
+        upload of an earlier run), or None when the meta dir no longer has them."""
+        try:
+            return self._read_local(lo, hi)
+        except FileNotFoundError:
+            pass
+        if lo == hi or hi - lo >= MAX_MERGE_FILES:
+            return None
+        try:
+            first = self._read_local(lo, lo)
+        except FileNotFoundError:
+            return None
+        got = self._merge_backlog(lo, first, limit=hi - lo + 1)
+        return got[2] if got[:2] == (lo, hi) else None
+
+    def _adopt_newest(self, remote: int) -> None:
+        for f in self.client.ltx_files(0, seek=max(0, remote - MAX_MERGE_FILES)):
+            if f.max_txid == remote:
+                self._ours = {(f.min_txid, f.max_txid)}
 
     def _next_local(self, pos: int) -> tuple[int, int] | None:
         """The local L0 file that starts at ``pos + 1`` as ``(min, max)``, or ``None`` when

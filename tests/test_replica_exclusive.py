@@ -105,3 +105,108 @@ def test_a_merged_upload_over_another_writers_files_is_a_conflict(tmp_path):
     finally:
         db.close()
         conn.close()
+
+
+# -- another writer met when positioning (library level: two DBs, one file replica) ----------
+
+class _Writer:
+    """One writer: its own SQLite file, DB and Replica on the shared replica directory."""
+
+    def __init__(self, path, root, rows=(), from_replica=False):
+        import apsw
+
+        from replication.db import DB
+        from replication.replica import Replica
+        from replication.restore import restore
+
+        self.client = FileReplicaClient(str(root))
+        self.client.init()
+        if from_replica:  # what serve does for a missing DB: restore, continue its history
+            restore(self.client, str(path))
+            DB(str(path)).reset_to_replica(self.client)
+        self.con = apsw.Connection(str(path))
+        self.con.execute("PRAGMA journal_mode=wal").fetchall()
+        self.con.execute("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v TEXT)")
+        self.put(*rows, sync=False)
+        self.db = DB(str(path))
+        self.db.open()
+        if not from_replica:
+            self.db.sync()
+        self.replica = Replica(self.db, self.client)
+
+    def put(self, *rows, sync=True):
+        for r in rows:
+            self.con.execute("INSERT INTO t(v) VALUES (?)", (r,))
+            if sync:
+                self.db.sync()
+
+    def rows(self):
+        return [r[0] for r in self.con.execute("SELECT v FROM t ORDER BY id")]
+
+    def close(self):
+        self.db.close()
+        self.con.close()
+
+
+def _restored_rows(root, tmp_path, litestream_bin, litestream_env):
+    import subprocess
+
+    import apsw
+
+    out = tmp_path / "restored.db"
+    proc = subprocess.run([litestream_bin, "restore", "-o", str(out), f"file://{root}"],
+                          env=litestream_env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    con = apsw.Connection(str(out))
+    try:
+        assert con.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        return [r[0] for r in con.execute("SELECT v FROM t ORDER BY id")]
+    finally:
+        con.close()
+
+
+def test_a_writer_never_adopts_another_writers_newest_file_at_its_own_txid(
+        tmp_path, litestream_bin, litestream_env):
+    """Both new on an empty replica (serve's both-new-on-empty-replica): W1 uploads TXID 1
+    first; W2, also at TXID 1 locally, used to take the replica's 1-1 as its own without
+    looking, upload 2-2 on top of it and get the rightful W1 stopped later."""
+    root = tmp_path / "replica"
+    w1 = _Writer(tmp_path / "a.db", root, ["W1-only"])
+    w2 = _Writer(tmp_path / "b.db", root, ["W2-x", "W2-y"])
+    try:
+        w1.replica.sync()
+        with pytest.raises(ConflictError, match="differs"):
+            w2.replica.sync()
+        w1.put("W1-next")
+        w1.replica.sync()
+        assert _restored_rows(root, tmp_path, litestream_bin, litestream_env) == w1.rows()
+    finally:
+        w1.close()
+        w2.close()
+
+
+def test_a_running_writer_never_hands_over_to_another_writer(
+        tmp_path, litestream_bin, litestream_env):
+    """After a failed round the loop lists the replica again; finding it past our own DB used
+    to reset us onto the other writer's history and upload our whole DB over it (a
+    full-page L0), stopping the other writer, whose acknowledged rows a restore then lacked."""
+    root = tmp_path / "replica"
+    w1 = _Writer(tmp_path / "a.db", root, ["base"])
+    try:
+        w1.replica.sync()
+        w2 = _Writer(tmp_path / "b.db", root, from_replica=True)
+        try:
+            w2.replica.sync()
+            w2.put("W2-a", "W2-b")
+            w2.replica.sync()
+            w1.put("W1-a")
+            w1.replica._pos = None                # what monitor() does after a failed round
+            with pytest.raises(ConflictError, match="beyond this database"):
+                w1.replica.sync()
+            w2.put("W2-c")
+            w2.replica.sync()
+            assert _restored_rows(root, tmp_path, litestream_bin, litestream_env) == w2.rows()
+        finally:
+            w2.close()
+    finally:
+        w1.close()

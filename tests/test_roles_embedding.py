@@ -75,7 +75,9 @@ roles:
 
 
 def token(**claims) -> dict:
-    claims.setdefault("exp", int(time.time()) + 600)
+    # A day, not minutes: these tokens are made when the module is imported, and a slow
+    # CI machine once reached this file 25 minutes later (every request "JWT expired").
+    claims.setdefault("exp", int(time.time()) + 86400)
     return {"Authorization": "Bearer " + jwt.encode(claims, SECRET, algorithm="HS256")}
 
 
