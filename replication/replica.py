@@ -30,7 +30,7 @@ from typing import Any, Callable
 from . import compactor
 from .defaults import DEFAULT_RETRY_BUDGET
 from .errors import ReplicationError
-from .ltx import Decoder, Header
+from .ltx import TRAILER_SIZE, Decoder, Header
 from .replica_client import ConflictError
 
 CONFLICT_HINT = ("run one replicator per replica path; stop the other server, or point this "
@@ -238,7 +238,6 @@ class Replica:
                 log.info("replica is ahead of the local db (replica txid %d > local %d); "
                          "continuing from the replica", remote, local, extra={"db": self.db.path})
                 self.db.reset_to_replica(self.client)
-                self._adopt_newest(remote)
             elif remote > local:
                 # Once running, nobody but us extends the replica: TXIDs past our own DB's
                 # were written by another writer (the old code quietly handed over to it).
@@ -302,7 +301,8 @@ class Replica:
     def _check_same_as_local(self, remote: int) -> None:
         """Positioning at ``remote`` <= our DB's TXID: the replica's file ending there must be
         our own (byte-identical to our local file of that name), else the replica holds
-        another history we would silently continue (one GET per positioning)."""
+        another history we would silently continue. Compared by size and trailer (its file
+        checksum covers every byte): one LIST and a 16-byte ranged GET per positioning."""
         newest = [f for f in self.client.ltx_files(0, seek=max(0, remote - MAX_MERGE_FILES))
                   if f.max_txid == remote]
         if not newest:
@@ -319,9 +319,12 @@ class Replica:
                     f"of this database's history: another writer uses this replica path",
                     hint=CONFLICT_HINT)
             return
-        with self.client.open_ltx_file(0, *key) as f:
-            theirs = f.read()
-        if theirs != mine:
+        theirs = b""
+        if info.size == len(mine):
+            with self.client.open_ltx_file(0, *key, offset=info.size - TRAILER_SIZE,
+                                           size=TRAILER_SIZE) as f:
+                theirs = f.read()
+        if theirs != mine[-TRAILER_SIZE:]:
             raise ConflictError(
                 f"L0/{info.min_txid:016x}-{info.max_txid:016x} on the replica differs from this "
                 f"database's: another writer uses this replica path", hint=CONFLICT_HINT)
@@ -342,11 +345,6 @@ class Replica:
             return None
         got = self._merge_backlog(lo, first, limit=hi - lo + 1)
         return got[2] if got[:2] == (lo, hi) else None
-
-    def _adopt_newest(self, remote: int) -> None:
-        for f in self.client.ltx_files(0, seek=max(0, remote - MAX_MERGE_FILES)):
-            if f.max_txid == remote:
-                self._ours = {(f.min_txid, f.max_txid)}
 
     def _next_local(self, pos: int) -> tuple[int, int] | None:
         """The local L0 file that starts at ``pos + 1`` as ``(min, max)``, or ``None`` when
