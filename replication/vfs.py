@@ -319,7 +319,7 @@ class _Source:
         share, interval = self.share, self.config.poll_interval
         delay = interval if share is None else min(interval, VFS_POLL_SHARE_CHECK_INTERVAL)
         try_lead_at = 0.0
-        while not self._stop.wait(delay):
+        while not self._stop.wait(delay) and not self.closed:
             try:
                 if share is None:
                     self._list()
@@ -459,9 +459,11 @@ class _Source:
             if self.closed:
                 return
             self.closed = True
-        self._stop.set()
         if self._poller is not threading.current_thread():
+            self._stop.set()
             self._poller.join(VFS_POLLER_JOIN_TIMEOUT)
+        # else: a finalizer on the poller itself, maybe inside _stop.wait() holding the Event's
+        # plain lock; the loop sees self.closed instead
         if self.hydrator is not None:
             self.hydrator.close()
         if self.share is not None:
@@ -479,16 +481,28 @@ _sources: dict[tuple, _Source] = {}
 _sources_lock = threading.RLock()
 
 
+# Serialises source builds (two connections opening at once build one source). Never taken by
+# a finalizer: _sources_lock must not be held while a build waits for another thread (the
+# poller's start, index workers), because a collection on that thread can finalize a forgotten
+# connection, whose _release_source needs _sources_lock: a deadlock across the two threads.
+_build_lock = threading.Lock()
+
+
 def _acquire_source(name: str, config: ResolvedConfig) -> _Source:
-    """The shared source of (name, config), opened on first use (under the lock, so two
-    connections opening at once build it once)."""
+    """The shared source of (name, config), opened on first use (built once, outside
+    _sources_lock)."""
     key = (name, config)
-    with _sources_lock:
-        source = _sources.get(key)
-        if source is None:
-            source = _sources[key] = _Source(name, config)
-        source.users += 1
-        return source
+    with _build_lock:
+        with _sources_lock:
+            source = _sources.get(key)
+            if source is not None:
+                source.users += 1
+                return source
+        source = _Source(name, config)
+        with _sources_lock:
+            _sources[key] = source
+            source.users += 1
+            return source
 
 
 def _release_source(source: _Source) -> None:

@@ -426,6 +426,40 @@ def test_a_connection_collected_while_another_source_opens_does_not_deadlock(two
     opened[0].close()
 
 
+def test_a_connection_collected_on_a_starting_poller_does_not_deadlock(two_replicas,
+                                                                     monkeypatch):
+    """The same finalizer on another thread: a collection on the new source's poller thread
+    before ``Thread.start()`` returns (CI 2026-12-05, test_errors_contract hung 600 s). The
+    build waits for that thread, so it must not hold the lock the finalizer needs."""
+    import gc
+    import threading
+
+    url_a, url_b = two_replicas
+    forgotten = [lvfs.connect(lvfs.uri("gc-a.db", url_a, poll_interval="1h"))]
+    forgotten.append(forgotten)  # a cycle: only the collector frees it
+    del forgotten
+    set_ident = threading.Thread._set_ident
+
+    def set_ident_then_collect(self):  # on the new thread, before start() returns in the opener
+        set_ident(self)
+        if self.name.startswith("litestream-vfs-poll"):
+            gc.collect()
+
+    monkeypatch.setattr(threading.Thread, "_set_ident", set_ident_then_collect)
+    opened = []
+    gc.disable()
+    try:
+        worker = threading.Thread(target=lambda: opened.append(
+            lvfs.connect(lvfs.uri("gc-b.db", url_b, poll_interval="1h"))), daemon=True)
+        worker.start()
+        worker.join(20)
+    finally:
+        gc.enable()
+    assert not worker.is_alive(), "deadlocked: the poller's finalizer waited for the open"
+    assert count(opened[0], "b") == 7
+    opened[0].close()
+
+
 def _opened(target: str):
     conn = lvfs.connect(target)
     try:
