@@ -273,8 +273,7 @@ def _link_exclusive(tmp: str, path: str) -> None:
         if not same:
             raise ConflictError(
                 f"file: {path} already exists with other content: another writer uses this "
-                f"replica path", hint="run one replicator per replica path; stop the other "
-                                      "server, or point this one at its own path") from None
+                f"replica path", hint=ConflictError.HINT) from None
         return
     _remove_quietly(tmp)
 

@@ -33,9 +33,6 @@ from .errors import ReplicationError
 from .ltx import TRAILER_SIZE, Decoder, Header
 from .replica_client import ConflictError
 
-CONFLICT_HINT = ("run one replicator per replica path; stop the other server, or point this "
-                 "one at its own path")
-
 log = logging.getLogger(__name__)
 
 SNAPSHOT_LEVEL = 9
@@ -244,7 +241,7 @@ class Replica:
                 raise ConflictError(
                     f"the replica reached TXID {remote:016x} beyond this database's "
                     f"{local:016x} while we were replicating: another writer uses this "
-                    f"replica path", hint=CONFLICT_HINT)
+                    f"replica path", hint=ConflictError.HINT)
             elif remote > 0:
                 self._check_same_as_local(remote)
             self._positioned = True
@@ -317,7 +314,7 @@ class Replica:
                 raise ConflictError(
                     f"L0/{info.min_txid:016x}-{info.max_txid:016x} on the replica is not a file "
                     f"of this database's history: another writer uses this replica path",
-                    hint=CONFLICT_HINT)
+                    hint=ConflictError.HINT)
             return
         theirs = b""
         if info.size == len(mine):
@@ -327,7 +324,7 @@ class Replica:
         if theirs != mine[-TRAILER_SIZE:]:
             raise ConflictError(
                 f"L0/{info.min_txid:016x}-{info.max_txid:016x} on the replica differs from this "
-                f"database's: another writer uses this replica path", hint=CONFLICT_HINT)
+                f"database's: another writer uses this replica path", hint=ConflictError.HINT)
         self._ours = {key}
 
     def _local_bytes(self, lo: int, hi: int) -> bytes | None:
@@ -385,8 +382,7 @@ class Replica:
                     f"L0/{f.min_txid:016x}-{f.max_txid:016x} is already on the replica, "
                     f"overlapping TXIDs {min_txid:016x}-{max_txid:016x} we are about to upload: "
                     f"another writer uses this replica path",
-                    hint="run one replicator per replica path; stop the other server, or point "
-                         "this one at its own path")
+                    hint=ConflictError.HINT)
 
     def _merge_backlog(self, txid: int, data: bytes, *,
                        limit: float) -> tuple[int, int, bytes]:

@@ -72,6 +72,10 @@ class ConflictError(ReplicaClientError):
     code = "Conflict"
     retryable = False
 
+    #: The hint every conflict carries.
+    HINT = ("run one replicator per replica path; stop the other server, or point this one "
+            "at its own path")
+
 
 class UnreachableError(ReplicaClientError):
     """The backend could not be reached within our bounded retries (may recover later)."""

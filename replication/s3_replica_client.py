@@ -620,8 +620,7 @@ class S3ReplicaClient(ReplicaClient):
             raise ConflictError(
                 f"s3: L{level}/{ltx.format_filename(min_txid, max_txid)} already exists in "
                 f"{self._where()} with other content: another writer uses this replica path",
-                hint="run one replicator per replica path; stop the other server, or point "
-                     "this one at its own path")
+                hint=ConflictError.HINT)
 
     def delete_ltx_files(self, infos: Iterable[FileInfo]) -> None:
         keys = [self.key(i.level, i.min_txid, i.max_txid) for i in infos]

@@ -394,17 +394,38 @@ def two_replicas(tmp_path):
     return f"file://{tmp_path / 'a'}", f"file://{tmp_path / 'b'}"
 
 
+def _forget_a_connection(url: str) -> None:
+    """Leave a connection to ``url`` in a reference cycle: only the collector closes it."""
+    forgotten = [lvfs.connect(lvfs.uri("gc-a.db", url, poll_interval="1h"))]
+    forgotten.append(forgotten)
+
+
+def _open_with_collections_off(url: str):
+    """Open ``url`` on a thread, automatic collections off (the tests place one); (the
+    thread, after at most 20 s; the list that holds the connection once opened)."""
+    import gc
+    import threading
+
+    opened = []
+    gc.disable()
+    try:
+        worker = threading.Thread(target=lambda: opened.append(
+            lvfs.connect(lvfs.uri("gc-b.db", url, poll_interval="1h"))), daemon=True)
+        worker.start()
+        worker.join(20)
+    finally:
+        gc.enable()
+    return worker, opened
+
+
 def test_a_connection_collected_while_another_source_opens_does_not_deadlock(two_replicas,
                                                                             monkeypatch):
     """The garbage collector may finalize a forgotten connection (closing it releases its
     source) on a thread that is building another source under the registry's lock."""
     import gc
-    import threading
 
     url_a, url_b = two_replicas
-    forgotten = [lvfs.connect(lvfs.uri("gc-a.db", url_a, poll_interval="1h"))]
-    forgotten.append(forgotten)  # a cycle: only the collector frees it
-    del forgotten
+    _forget_a_connection(url_a)
     plan = lvfs._Source.plan
 
     def plan_after_a_collection(self, *args, **kwargs):
@@ -412,15 +433,7 @@ def test_a_connection_collected_while_another_source_opens_does_not_deadlock(two
         return plan(self, *args, **kwargs)
 
     monkeypatch.setattr(lvfs._Source, "plan", plan_after_a_collection)
-    opened = []
-    gc.disable()
-    try:
-        worker = threading.Thread(target=lambda: opened.append(
-            lvfs.connect(lvfs.uri("gc-b.db", url_b, poll_interval="1h"))), daemon=True)
-        worker.start()
-        worker.join(20)
-    finally:
-        gc.enable()
+    worker, opened = _open_with_collections_off(url_b)
     assert not worker.is_alive(), "deadlocked: a finalized connection waited for the open"
     assert count(opened[0], "b") == 7
     opened[0].close()
@@ -435,9 +448,7 @@ def test_a_connection_collected_on_a_starting_poller_does_not_deadlock(two_repli
     import threading
 
     url_a, url_b = two_replicas
-    forgotten = [lvfs.connect(lvfs.uri("gc-a.db", url_a, poll_interval="1h"))]
-    forgotten.append(forgotten)  # a cycle: only the collector frees it
-    del forgotten
+    _forget_a_connection(url_a)
     set_ident = threading.Thread._set_ident
 
     def set_ident_then_collect(self):  # on the new thread, before start() returns in the opener
@@ -446,15 +457,7 @@ def test_a_connection_collected_on_a_starting_poller_does_not_deadlock(two_repli
             gc.collect()
 
     monkeypatch.setattr(threading.Thread, "_set_ident", set_ident_then_collect)
-    opened = []
-    gc.disable()
-    try:
-        worker = threading.Thread(target=lambda: opened.append(
-            lvfs.connect(lvfs.uri("gc-b.db", url_b, poll_interval="1h"))), daemon=True)
-        worker.start()
-        worker.join(20)
-    finally:
-        gc.enable()
+    worker, opened = _open_with_collections_off(url_b)
     assert not worker.is_alive(), "deadlocked: the poller's finalizer waited for the open"
     assert count(opened[0], "b") == 7
     opened[0].close()
