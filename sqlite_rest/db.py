@@ -52,13 +52,28 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def force_wal(conn: apsw.Connection) -> None:
+def force_wal(conn: apsw.Connection, busy_timeout_ms: int = 5000) -> None:
     """Run the database in WAL mode: readers never block the writer, and Litestream-style
     replication reads the WAL. The mode is persistent in the file, so a read-only connection
-    only checks it."""
-    mode = conn.execute("PRAGMA journal_mode").fetchall()[0][0]
-    if str(mode).lower() != "wal":
-        conn.execute("PRAGMA journal_mode=WAL").fetchall()
+    only checks it.
+
+    The switch upgrades a read transaction to a write one, and SQLite answers a busy upgrade
+    at once, without the busy handler: the first requests of several threads on a fresh file
+    all tried it and one got SQLITE_BUSY → 503 (test_concurrent_writers_in_threads_all_commit,
+    1 run in 10). So a busy switch is retried until another connection has made it or
+    `busy_timeout_ms` has passed."""
+    deadline = time.monotonic() + busy_timeout_ms / 1000.0
+    while True:
+        mode = conn.execute("PRAGMA journal_mode").fetchall()[0][0]
+        if str(mode).lower() == "wal":
+            return
+        try:
+            conn.execute("PRAGMA journal_mode=WAL").fetchall()
+            return
+        except apsw.BusyError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.001)
 
 
 def set_busy_timeout(conn: apsw.Connection, milliseconds: int) -> None:
@@ -266,7 +281,7 @@ def open_connection(
         else:
             set_busy_timeout(conn, busy_timeout_ms)
         if not read_only:
-            force_wal(conn)
+            force_wal(conn, busy_timeout_ms)
             set_synchronous(conn, synchronous)
         enable_foreign_keys(conn)
         if query_only:

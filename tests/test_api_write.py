@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import apsw
 import orjson
@@ -9,6 +10,7 @@ import pytest
 
 from sqlite_rest.app import create_app
 from sqlite_rest.config import ServerConfig
+from sqlite_rest.db import open_connection
 
 SCHEMA = """
 CREATE TABLE authors (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
@@ -390,6 +392,30 @@ def test_concurrent_writers_in_threads_all_commit(db):
         t.join()
     assert statuses == [201] * 100
     assert rows(db, "SELECT count(*) FROM books WHERE id >= 1000") == [(100,)]
+
+
+def test_switching_to_wal_waits_for_a_writer_of_the_rollback_journal(tmp_path):
+    """The switch to WAL upgrades a read transaction to a write one, and SQLite answers a busy
+    upgrade at once, without the busy handler (it could deadlock): the first connections of
+    several threads on a fresh file failed with 503 (1 run in 10 of the test above) while one
+    of them was switching. force_wal retries until the lock is free."""
+    path = str(tmp_path / "fresh.db")
+    setup = apsw.Connection(path)
+    setup.execute("CREATE TABLE t(x); INSERT INTO t VALUES (1)")
+    holder = apsw.Connection(path)
+    holder.execute("BEGIN IMMEDIATE")  # the RESERVED lock of a rollback-journal writer
+    probe = apsw.Connection(path)
+    probe.set_busy_timeout(2000)
+    started = time.monotonic()
+    with pytest.raises(apsw.BusyError):  # what SQLite does on its own, despite the timeout
+        probe.execute("PRAGMA journal_mode=WAL").fetchall()
+    assert time.monotonic() - started < 1.0
+    probe.close()
+    threading.Timer(0.2, lambda: holder.execute("COMMIT")).start()
+    conn = open_connection(path)  # force_wal inside, with the default 5 s timeout
+    assert conn.execute("PRAGMA journal_mode").fetchall() == [("wal",)]
+    for c in (conn, holder, setup):
+        c.close()
 
 
 # --- PostgREST's finer points (#14 item 8), as its own test suite states them ---------------
