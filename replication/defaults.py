@@ -104,6 +104,9 @@ VFS_NOT_FOUND_BACKOFF = 0.015
 #: Seconds xClose waits for the database's poller thread to stop (ours): a poll stuck in an
 #: S3 request must not hang a connection's close.
 VFS_POLLER_JOIN_TIMEOUT = 5.0
+#: Seconds a source's close waits for its hydrator thread (ours): a catch-up stuck in a read
+#: must not hang the close; a thread still running then releases the local file as it ends.
+VFS_HYDRATOR_JOIN_TIMEOUT = 10.0
 #: poll_share (poll_share.py, ours): seconds between two looks of a follower at the shared
 #: poll file (a memory read; a new state is installed at most this long after the leader
 #: published it), and the newest L0 files the file lists (a follower further behind lists).

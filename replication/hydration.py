@@ -32,7 +32,7 @@ import shutil
 import tempfile
 import threading
 
-from .defaults import HYDRATION_WHOLE_FILE_PAGES
+from .defaults import HYDRATION_WHOLE_FILE_PAGES, VFS_HYDRATOR_JOIN_TIMEOUT
 from .errors import ReplicationError, TxNotAvailableError
 from .ltx import Decoder, format_filename, lock_pgno
 from .replica_client import NotFoundError, fetch_ltx_header, fetch_page
@@ -68,7 +68,10 @@ class Hydrator:
         self._changed: set | None = None
         self._changed_txid = self._changed_from = 0
         self._wake = threading.Event()
-        self._stop = threading.Event()
+        # Set by close(): the thread ends at its next check. A plain attribute, not an Event:
+        # close() may run in a finalizer on this very thread, perhaps inside an Event's lock.
+        self._closing = False
+        self._released = threading.Lock()   # taken once, by whoever releases the file
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"litestream-vfs-hydrate {source.name}")
         self._thread.start()
@@ -99,15 +102,27 @@ class Hydrator:
 
     # -- the thread -------------------------------------------------------------------------
 
+    def runs_on(self, thread: threading.Thread) -> bool:
+        return thread is self._thread
+
     def _run(self) -> None:
-        while not self._stop.is_set():
+        try:
+            self._loop()
+        finally:
+            if self._closing:
+                # close() may not have waited for us (its timeout, or it ran on this very
+                # thread): whoever of the two is last releases the file.
+                self._release()
+
+    def _loop(self) -> None:
+        while not self._closing:
             self._wake.clear()  # before the work: a view published during it wakes the next
             try:
                 if self.state != READY:
                     self._hydrate()
                 self._catch_up()
             except Exception as e:  # reads go on from the replica; stats say why
-                if self._stop.is_set():
+                if self._closing:
                     return
                 self.error = str(e)
                 if self.state != READY or self.generation & 1:
@@ -116,6 +131,8 @@ class Hydrator:
                     self.state = FAILED
                 log.warning("litestream VFS %s: hydration: %s (retried in %gs)",
                             self._source.name, e, self._source.config.poll_interval)
+            if self._closing:
+                return
             self._wake.wait(self._source.config.poll_interval)
 
     def _hydrate(self) -> None:
@@ -180,7 +197,7 @@ class Hydrator:
 
         def progress(done: int, total: int) -> None:
             self.restore_done, self.restore_total = done, total
-            if self._stop.is_set():
+            if self._closing:
                 raise InterruptedError("closed")
 
         result = restore(self._source.client, self.path, plan=plan, force=True,
@@ -305,9 +322,23 @@ class Hydrator:
                 "hydration_catch_ups": self.catch_ups, "hydration_reads": self.local_reads}
 
     def close(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._thread.join()
+        """Stop the thread and release the file. Never waits for the thread it runs on (a
+        finalizer on the hydrator thread: the thread ends after it and releases the file
+        itself), nor longer than VFS_HYDRATOR_JOIN_TIMEOUT (a catch-up stuck in a read: the
+        thread releases the file when it ends; closing its descriptor under it could make
+        its writes land in a file opened later with the same number)."""
+        self._closing = True
+        if not self.runs_on(threading.current_thread()):
+            self._wake.set()
+            self._thread.join(VFS_HYDRATOR_JOIN_TIMEOUT)
+        if not self._thread.is_alive():
+            self._release()
+
+    def _release(self) -> None:
+        """Close the file, give up the path's ownership, remove a private file (once: by
+        close() or by the ending thread, whichever comes last)."""
+        if not self._released.acquire(blocking=False):
+            return
         self.state = CLOSED
         self.generation |= 1
         if self._fd >= 0:
@@ -315,5 +346,6 @@ class Hydrator:
             self._fd = -1
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
+            self._lock_fd = -1
         if self._own_dir:
             shutil.rmtree(self._own_dir, ignore_errors=True)

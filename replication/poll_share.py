@@ -42,6 +42,7 @@ import os
 import struct
 import threading
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -86,9 +87,26 @@ class PollShare:
             raise
         self._lead_fd: int | None = None
         # flock excludes open file descriptions, not threads: this process's threads (the
-        # poller, request threads polling explicitly) take turns here first.
+        # poller, request threads polling explicitly) take turns here first (_locked()).
         self._mu = threading.Lock()
+        self._holder: int | None = None   # the thread inside _locked()
+        self._close_pending = False
+        self._closed = False
         _shares.add(self)
+
+    @contextmanager
+    def _locked(self):
+        """Hold ``_mu``; a close() asked meanwhile on this thread is done on the way out."""
+        with self._mu:
+            if self._closed:  # its descriptor number may name another file by now
+                raise ValueError(f"poll share {self.path} is closed")
+            self._holder = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._holder = None
+                if self._close_pending:
+                    self._close_locked()
 
     # -- the lead -------------------------------------------------------------------------------
 
@@ -98,7 +116,7 @@ class PollShare:
 
     def try_lead(self) -> bool:
         """Take the lead if nobody holds it (one non-blocking flock); True while leading."""
-        with self._mu:
+        with self._locked():
             if self._lead_fd is not None:
                 return True
             fd = os.open(self.path + ".lead", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -131,7 +149,7 @@ class PollShare:
                 return int.from_bytes(a, "big")
 
     def read(self) -> Published:
-        with self._mu:
+        with self._locked():
             fcntl.flock(self._fd, fcntl.LOCK_SH)
             try:
                 return self._decode()
@@ -150,7 +168,7 @@ class PollShare:
 
     def publish(self, files: list, txid: int, poll_ns: int) -> None:
         """Add an L0 listing (``files``), the TXID it led to and when it was taken."""
-        with self._mu:
+        with self._locked():
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
                 old = self._decode()
@@ -175,17 +193,31 @@ class PollShare:
         """In a forked child: the inherited lock is the parent's (the child has no poller
         thread); dropping our descriptor lets the lock go when the parent goes."""
         self._mu = threading.Lock()
+        self._holder = None
         if self._lead_fd is not None:
             os.close(self._lead_fd)
             self._lead_fd = None
 
     def close(self) -> None:
+        """Give up the lead and the file. ``_mu`` is not reentrant: on a thread inside this
+        share (a finalizer that closed the last connection of its source while this thread
+        published or read) close() only asks, and that method closes as it leaves — after
+        its last use of the file, and without deadlocking on its own lock."""
+        if self._holder == threading.get_ident():
+            self._close_pending = True
+            return
         with self._mu:
-            if self._lead_fd is not None:
-                os.close(self._lead_fd)  # the kernel drops the lock: another process leads
-                self._lead_fd = None
-            self._map.close()
-            os.close(self._fd)
+            self._close_locked()
+
+    def _close_locked(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._lead_fd is not None:
+            os.close(self._lead_fd)  # the kernel drops the lock: another process leads
+            self._lead_fd = None
+        self._map.close()
+        os.close(self._fd)
 
 
 _shares: "weakref.WeakSet[PollShare]" = weakref.WeakSet()

@@ -46,13 +46,16 @@ forms work on any connection of the VFS.
 """
 from __future__ import annotations
 
+import atexit
+import gc
 import itertools
 import logging
+import os
 import re
 import threading
 import time
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -192,7 +195,8 @@ class _Source:
         self.polls = self.poll_errors = self.updates = self.index_builds = 0
         self.not_found = self.cache_hits = self.cache_misses = self.pages_fetched = 0
         self.last_poll_ok: float | None = None   # monotonic; None until the first poll
-        self.closed = False
+        self.closed = False             # read without the lock by the poller's loop
+        self._shut = False              # close() ran (under mu)
         self.client = _MeteredClient(client_from_url(config.replica_url), self)
         self.hydrator = None
         self.share: PollShare | None = None
@@ -454,15 +458,24 @@ class _Source:
             current = step.max_txid
         return chain
 
+    def owns(self, thread: threading.Thread) -> bool:
+        """``thread`` is this source's poller or hydrator."""
+        return thread is getattr(self, "_poller", None) or (
+            self.hydrator is not None and self.hydrator.runs_on(thread))
+
     def close(self) -> None:
+        """Stop the poller and the hydrator, release the share and the client. It takes
+        their locks and waits for their threads (with timeouts, never for its own thread):
+        call it from a thread that holds none of them — :func:`_release_source` hands the
+        close of a finalizer, or of the source's own thread, to :data:`_closer`."""
         with self.mu:
-            if self.closed:
+            if self._shut:
                 return
-            self.closed = True
+            self._shut = self.closed = True
         if self._poller is not threading.current_thread():
             self._stop.set()
             self._poller.join(VFS_POLLER_JOIN_TIMEOUT)
-        # else: a finalizer on the poller itself, maybe inside _stop.wait() holding the Event's
+        # else: called on the poller itself, maybe inside _stop.wait() holding the Event's
         # plain lock; the loop sees self.closed instead
         if self.hydrator is not None:
             self.hydrator.close()
@@ -498,6 +511,7 @@ def _acquire_source(name: str, config: ResolvedConfig) -> _Source:
             if source is not None:
                 source.users += 1
                 return source
+        _closer.start()
         source = _Source(name, config)
         with _sources_lock:
             _sources[key] = source
@@ -506,13 +520,92 @@ def _acquire_source(name: str, config: ResolvedConfig) -> _Source:
 
 
 def _release_source(source: _Source) -> None:
+    """One connection fewer; the last one closes the source. A connection the garbage
+    collector finalizes is closed on whatever thread collects, in the middle of what that
+    thread was doing: maybe the source's own poller or hydrator (which close() would join),
+    maybe holding a lock close() needs (the source's, its poll share's, an Event's of its
+    threads, the S3 client's). There, and on the source's own threads, the source is only
+    marked closed (its loops stop at their next check) and the closer thread closes it."""
     with _sources_lock:
         source.users -= 1
         if source.users > 0:
             return
         if _sources.get((source.name, source.config)) is source:
             del _sources[(source.name, source.config)]
-    source.close()
+    if _collecting_on == threading.get_ident() or source.owns(threading.current_thread()):
+        source.closed = True
+        _closer.submit(source)
+    else:
+        source.close()
+
+
+#: The thread running a garbage collection (and so the finalizers it calls), else None. One
+#: collection runs at a time; the callbacks run on its thread.
+_collecting_on: int | None = None
+
+
+def _note_collection(phase: str, info: dict, _ident=threading.get_ident) -> None:
+    global _collecting_on
+    _collecting_on = _ident() if phase == "start" else None
+
+
+gc.callbacks.append(_note_collection)
+
+
+class _Closer:
+    """A daemon thread that closes the sources :func:`_release_source` could not close where
+    it ran. :meth:`submit` never blocks (a finalizer calls it): a deque append, and the
+    release of a plain lock used as a semaphore (held while nothing is pending)."""
+
+    def __init__(self) -> None:
+        self._pending: deque = deque()
+        self._wake = threading.Lock()
+        self._wake.acquire()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Run the thread (from :func:`_acquire_source`, never from a finalizer: starting a
+        thread waits for it and takes threading's own locks)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, daemon=True,
+                                            name="litestream-vfs-closer")
+            self._thread.start()
+
+    def submit(self, source: _Source) -> None:
+        self._pending.append(source)
+        try:
+            self._wake.release()
+        except RuntimeError:  # not held: the thread takes what is pending before it waits
+            pass
+
+    def _run(self) -> None:
+        while True:
+            self._wake.acquire()
+            self.drain()
+
+    def drain(self) -> None:
+        """Close every pending source (on the closer thread; at exit, on the main one)."""
+        while True:
+            try:
+                source = self._pending.popleft()
+            except IndexError:
+                return
+            try:
+                source.close()
+            except Exception as e:  # the next ones are closed all the same
+                log.warning("litestream VFS %s: closing: %s", source.name, e)
+
+
+_closer = _Closer()
+atexit.register(lambda: _closer.drain())  # a private hydration file is removed at exit too
+
+
+def _new_closer_in_child() -> None:
+    global _closer
+    _closer = _Closer()  # the parent's thread is not in the child; the next open starts one
+
+
+os.register_at_fork(after_in_child=_new_closer_in_child)
 
 
 def _share_stats(share: PollShare | None) -> dict:

@@ -1,4 +1,6 @@
 """Shared pytest set-up: each plugin module owns one kind of real resource."""
+import logging
+
 import pytest
 
 pytest_plugins = [
@@ -25,3 +27,25 @@ def replica_client(request, tmp_path):
     c.init()
     yield c
     c.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Each test (its fixtures included) leaves the root logger as it found it.
+    ``cli.main()`` run in-process configures logging as the command does
+    (``logs.configure``: it replaces every root handler and sets the level); a handler left
+    behind wrote every later record of the session, and one bound to a test's captured
+    stderr failed each ("--- Logging error ---", I/O operation on closed file)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        return (yield)
+    finally:
+        for handler in list(root.handlers):
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        for handler in handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(level)

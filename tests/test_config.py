@@ -37,9 +37,15 @@ def parse(text: str, **kw) -> Config:
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
+    """Each test starts without the variables the parser reads, and every later test finds
+    them as they were: load_config() itself writes AWS_* (it copies LITESTREAM_*, as
+    Litestream does). A bare ``delenv(raising=False)`` of an unset variable records nothing,
+    so what load_config() wrote stayed for the rest of the session: setenv first makes
+    monkeypatch note the variable (unset) and remove it at teardown whoever set it."""
     for name in ("LOG_LEVEL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                  "LITESTREAM_ACCESS_KEY_ID", "LITESTREAM_SECRET_ACCESS_KEY"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
 
 
 # --- the spec example ----------------------------------------------------------------------------

@@ -105,3 +105,22 @@ def test_pending_lines_are_written_at_exit(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60,
                          cwd=str(tmp_path), env={**os.environ, "PYTHONPATH": str(REPO)})
     assert [json.loads(line)["n"] for line in out.stdout.splitlines()] == [0, 1, 2]
+
+
+def test_the_root_handler_writes_to_stderr_as_it_is_at_each_record(monkeypatch):
+    """``cli.main()`` run in-process (tests) configures logging while ``sys.stderr`` is a
+    captured stream, closed when the test ends: a handler bound to that stream failed every
+    later record of the session ("--- Logging error ---", I/O operation on closed file)."""
+    import io
+
+    from sqlite_rest.observability import logs
+
+    captured, later = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", captured)
+    logs.configure(logs.DEFAULT_LOG_LEVEL)
+    logging.getLogger("sqlite_rest.test").info("during")
+    captured.close()
+    monkeypatch.setattr(sys, "stderr", later)
+    logging.getLogger("sqlite_rest.test").info("after")
+    assert "Logging error" not in later.getvalue()
+    assert [json.loads(line)["msg"] for line in later.getvalue().splitlines()] == ["after"]

@@ -66,9 +66,12 @@ def real_restore(litestream_bin, env, url: str, out: Path, *extra) -> None:
 
 
 def client_for(url: str, env: dict):
-    keys = {k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if k in env}
-    os.environ.update(keys)  # the S3 client takes its keys from the environment
-    return client_from_url(url)
+    """A client of ``url`` with the S3 keys of ``env`` as settings (put into os.environ, they
+    stayed there for every later test of the session)."""
+    if not url.startswith("s3://"):
+        return client_from_url(url)
+    return client_from_url(url, access_key_id=env.get("AWS_ACCESS_KEY_ID"),
+                           secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"))
 
 
 def test_the_replica_has_what_the_tests_need(v3):

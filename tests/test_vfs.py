@@ -3,12 +3,15 @@ file and SeaweedFS S3), real replicators following live writes, real compactions
 readers, the configuration layers, the SQL functions and the page cache. No mocks."""
 from __future__ import annotations
 
+import gc
 import io
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import apsw
@@ -394,18 +397,40 @@ def two_replicas(tmp_path):
     return f"file://{tmp_path / 'a'}", f"file://{tmp_path / 'b'}"
 
 
+def forgotten(conn: apsw.Connection) -> "lvfs.ReplicaDatabase":
+    """Leave ``conn`` in a reference cycle: only the collector closes it (the caller drops
+    its own reference). Its database, which does not keep it alive."""
+    db = lvfs.database(conn)
+    cycle = [conn]
+    cycle.append(cycle)
+    return db
+
+
+@contextmanager
+def collections_off():
+    """No automatic collection: a finalizer runs where the test collects, on the thread it
+    chose, and not before."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def blocked_in(thread: threading.Thread, function: str) -> bool:
+    """``thread`` runs ``function`` now (e.g. waits there for a lock: no other frame above)."""
+    frame = sys._current_frames().get(thread.ident)
+    return frame is not None and frame.f_code.co_name == function
+
+
 def _forget_a_connection(url: str) -> None:
     """Leave a connection to ``url`` in a reference cycle: only the collector closes it."""
-    forgotten = [lvfs.connect(lvfs.uri("gc-a.db", url, poll_interval="1h"))]
-    forgotten.append(forgotten)
+    forgotten(lvfs.connect(lvfs.uri("gc-a.db", url, poll_interval="1h")))
 
 
 def _open_with_collections_off(url: str):
     """Open ``url`` on a thread, automatic collections off (the tests place one); (the
     thread, after at most 20 s; the list that holds the connection once opened)."""
-    import gc
-    import threading
-
     opened = []
     gc.disable()
     try:
@@ -422,8 +447,6 @@ def test_a_connection_collected_while_another_source_opens_does_not_deadlock(two
                                                                             monkeypatch):
     """The garbage collector may finalize a forgotten connection (closing it releases its
     source) on a thread that is building another source under the registry's lock."""
-    import gc
-
     url_a, url_b = two_replicas
     _forget_a_connection(url_a)
     plan = lvfs._Source.plan
@@ -444,9 +467,6 @@ def test_a_connection_collected_on_a_starting_poller_does_not_deadlock(two_repli
     """The same finalizer on another thread: a collection on the new source's poller thread
     before ``Thread.start()`` returns (CI 2026-12-05, test_errors_contract hung 600 s). The
     build waits for that thread, so it must not hold the lock the finalizer needs."""
-    import gc
-    import threading
-
     url_a, url_b = two_replicas
     _forget_a_connection(url_a)
     set_ident = threading.Thread._set_ident
@@ -461,6 +481,29 @@ def test_a_connection_collected_on_a_starting_poller_does_not_deadlock(two_repli
     assert not worker.is_alive(), "deadlocked: the poller's finalizer waited for the open"
     assert count(opened[0], "b") == 7
     opened[0].close()
+
+
+def test_a_connection_collected_under_its_sources_lock_does_not_wait_for_the_poller(
+        two_replicas):
+    """A thread that holds a source's lock (``stats()`` builds its answer under it) may
+    collect, and so finalize the source's last connection, while the poller waits for that
+    lock. Closing the source right there joined the poller, which could not stop before the
+    lock was released: the finalizer stalled VFS_POLLER_JOIN_TIMEOUT (5 s). Now the source
+    is only marked closed there, and the closer thread closes it."""
+    url_a, _ = two_replicas
+    with collections_off():
+        db = forgotten(lvfs.connect(lvfs.uri("gc-mu.db", url_a, poll_interval="20ms")))
+        source, poller = db._source, db._source._poller
+        with source.mu:
+            wait_for(lambda: blocked_in(poller, "_list"), 10, "the poller to wait for the lock")
+            started = time.monotonic()
+            gc.collect()  # finalizes the forgotten connection here, under the source's lock
+            elapsed = time.monotonic() - started
+            assert source.closed
+    assert elapsed < 1.0, f"the finalizer waited {elapsed:.1f} s for the poller"
+    poller.join(10)
+    assert not poller.is_alive()
+    assert lvfs._sources.get((source.name, source.config)) is None
 
 
 def _opened(target: str):

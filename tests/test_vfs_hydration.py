@@ -2,9 +2,12 @@
 background and kept caught up, on real replicas (file and the real SeaweedFS). No mocks."""
 from __future__ import annotations
 
+import fcntl
+import gc
 import json
 import os
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -14,12 +17,13 @@ import pytest
 
 import replication.vfs as lvfs
 from replication.file_replica_client import FileReplicaClient
+from replication.hydration import Hydrator
 from replication.restore import restore
 
 from tests import test_replica_server, test_vfs
 from tests.test_vfs import (
-    STEPS, _states, _write_l0, count, make_source, one, snapshot_of, start_replicator, stop_process,
-    wait_for, write_round,
+    STEPS, _states, _write_l0, blocked_in, collections_off, count, forgotten, make_source, one,
+    snapshot_of, start_replicator, stop_process, wait_for, write_round,
 )
 
 store = test_vfs.store  # the fixture: a fresh replica on file:// and on SeaweedFS
@@ -239,6 +243,113 @@ def test_hydration_shows_on_the_replica_metrics(tmp_path, store):
         assert "sqlite_rest_read_replica_hydration_reads" in samples
     finally:
         conn.close()
+
+
+# --- closing from a finalizer (a collection on any thread) --------------------------------------
+
+def _file_replica(tmp_path):
+    client = FileReplicaClient(str(tmp_path / "replica"))
+    return client, f"file://{tmp_path / 'replica'}"
+
+
+def _assert_ended(*threads):
+    for thread in threads:
+        thread.join(10)
+        assert not thread.is_alive(), f"{thread.name} did not end"
+
+
+def test_a_connection_collected_on_its_hydrator_thread_releases_the_hydration_file(
+        tmp_path, monkeypatch):
+    """A collection on a hydrator thread may finalize the last connection of its own source.
+    Closing the source there joined the hydrator, the current thread: RuntimeError, and the
+    rest of the close never ran (the file's lock, the client stayed open for good). Now the
+    source is only marked closed there; the hydrator ends after the finalizer and releases
+    the file (its lock: the path can be hydrated again)."""
+    client, url = _file_replica(tmp_path)
+    replica_up_to(client, tmp_path, 2)
+    path = tmp_path / "gc-hydrated.db"
+    forgot, collected = threading.Event(), threading.Event()
+    catch_up = Hydrator._catch_up
+
+    def collect_then_catch_up(self):
+        if self.path == str(path) and not collected.is_set():
+            forgot.wait(10)
+            gc.collect()  # on the hydrator thread: finalizes the forgotten connection here
+            collected.set()
+        return catch_up(self)
+
+    monkeypatch.setattr(Hydrator, "_catch_up", collect_then_catch_up)
+    with collections_off():
+        source = forgotten(open_hydrated(url, "gc-h1.db", hydration_path=str(path)))._source
+        forgot.set()
+        assert collected.wait(20), "the hydrator did not collect"
+    hydrator = source.hydrator
+    _assert_ended(hydrator._thread, source._poller)
+    assert hydrator.state == "closed"
+    fd = os.open(f"{path}.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: still owned
+    finally:
+        os.close(fd)
+
+
+def test_a_connection_collected_on_the_poller_while_the_hydrator_waits_does_not_deadlock(
+        tmp_path, monkeypatch):
+    """The poller publishes a view under the source's lock and wakes the hydrator, whose
+    catch-up then waits for that lock. A collection on the poller there that finalized the
+    source's last connection closed the source on the poller: it joined the hydrator with no
+    timeout, and the hydrator waited for the lock the poller held — both, forever."""
+    client, url = _file_replica(tmp_path)
+    states = replica_up_to(client, tmp_path, 2)
+    armed, collected = threading.Event(), threading.Event()
+    notify = Hydrator.notify
+
+    def notify_then_collect(self, view):  # on the poller, under the source's lock
+        notify(self, view)  # wakes the hydrator: its catch-up waits for our lock
+        if armed.is_set() and not collected.is_set() and self._source.name == "gc-h2.db":
+            wait_for(lambda: blocked_in(self._thread, "_catch_up"), 10,
+                     "the hydrator to wait for the source's lock")
+            gc.collect()  # finalizes the forgotten connection here
+            collected.set()
+
+    monkeypatch.setattr(Hydrator, "notify", notify_then_collect)
+    with collections_off():
+        source = forgotten(open_hydrated(url, "gc-h2.db", poll_interval="20ms"))._source
+        wait_for(lambda: source.hydrator.state == "ready", what="hydration")
+        armed.set()
+        _write_l0(client, states, 3, 4, BASE_TS)  # the poller publishes TXID 4
+        assert collected.wait(20), "deadlocked: the poller's finalizer joined the hydrator"
+    _assert_ended(source._poller, source.hydrator._thread)
+    assert source.hydrator.state == "closed"
+
+
+def test_a_connection_collected_inside_the_hydrators_wake_up_does_not_deadlock(
+        tmp_path, monkeypatch):
+    """Event.set() notifies under the Event's plain lock, and notifying allocates: a
+    collection may run there — on the poller, waking the hydrator for a view it publishes.
+    Closing the source there set that same Event again: the poller waited for itself."""
+    client, url = _file_replica(tmp_path)
+    states = replica_up_to(client, tmp_path, 2)
+    armed, collected = threading.Event(), threading.Event()
+    wake: dict = {}
+    cond_notify = threading.Condition.notify
+
+    def collect_then_notify(self, n=1):
+        if armed.is_set() and not collected.is_set() and self is wake.get("cond"):
+            gc.collect()  # inside the wake-up Event's set(), its lock held
+            collected.set()
+        return cond_notify(self, n)
+
+    monkeypatch.setattr(threading.Condition, "notify", collect_then_notify)
+    with collections_off():
+        source = forgotten(open_hydrated(url, "gc-h3.db", poll_interval="20ms"))._source
+        wait_for(lambda: source.hydrator.state == "ready", what="hydration")
+        wake["cond"] = source.hydrator._wake._cond
+        armed.set()
+        _write_l0(client, states, 3, 4, BASE_TS)  # the poller publishes: wakes the hydrator
+        assert collected.wait(20), "deadlocked: the finalizer set the Event it was setting"
+    _assert_ended(source._poller, source.hydrator._thread)
+    assert source.hydrator.state == "closed"
 
 
 # --- a hydrated replica server ---------------------------------------------------------------

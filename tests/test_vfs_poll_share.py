@@ -6,6 +6,8 @@ sides of the lead lock here; the server tests (tests/test_replica_server.py) kil
 leading worker and count real S3 requests. Real replicas: file:// and SeaweedFS."""
 from __future__ import annotations
 
+import gc
+import threading
 import time
 
 import apsw
@@ -13,7 +15,10 @@ import pytest
 
 import replication.vfs as lvfs
 from replication.file_replica_client import FileReplicaClient
-from tests.test_vfs import STEPS, _states, _write_l0, count, store, wait_for  # noqa: F401
+from replication.poll_share import PollShare
+from tests.test_vfs import (  # noqa: F401 (store: the fixture)
+    STEPS, _states, _write_l0, collections_off, count, forgotten, store, wait_for,
+)
 
 POLL = 0.1
 
@@ -182,3 +187,67 @@ def test_a_forked_child_does_not_keep_the_lead(tmp_path):
         os.waitpid(child, 0)
         if second is not None:
             second.close()
+
+
+# --- closing from a finalizer (a collection on any thread) --------------------------------------
+
+def test_a_connection_collected_while_its_poller_publishes_does_not_deadlock(tmp_path,
+                                                                            monkeypatch):
+    """The leader's poller publishes its listing under the share's lock, which is not
+    reentrant. A collection there that finalized the source's last connection closed the
+    share on the poller: it waited for the lock its own thread held, forever, and the lead
+    was never given up."""
+    _write_l0(FileReplicaClient(str(tmp_path / "r")), _states(tmp_path, STEPS), 1, 1, 0)
+    url, share = f"file://{tmp_path / 'r'}", tmp_path / "poll"
+    armed, collected = threading.Event(), threading.Event()
+    decode = PollShare._decode
+
+    def collect_then_decode(self):  # under the share's lock
+        if armed.is_set() and not collected.is_set() \
+                and threading.current_thread().name == "litestream-vfs-poll gc-p1.db":
+            gc.collect()  # finalizes the forgotten connection here
+            collected.set()
+        return decode(self)
+
+    monkeypatch.setattr(PollShare, "_decode", collect_then_decode)
+    with collections_off():
+        source = forgotten(_open(url, "gc-p1.db", share))._source
+        wait_for(lambda: source.share.leading, 5, "the lead")
+        armed.set()
+        assert collected.wait(10), "deadlocked: the finalizer waited for the share's lock"
+    source._poller.join(10)
+    assert not source._poller.is_alive()
+    other = _open(url, "gc-p2.db", share)
+    try:
+        wait_for(lambda: lvfs.database(other).stats().poll_share == "leader", 5,
+                 "the lead to be given up")
+    finally:
+        other.close()
+
+
+def test_a_share_closed_by_a_thread_inside_it_closes_as_that_thread_leaves(tmp_path,
+                                                                          monkeypatch):
+    """PollShare.close() on a thread that is inside the share (a finalizer that ran there)
+    must not wait for the share's lock, which that thread holds: the method it is in closes
+    the share once it no longer uses the file."""
+    path = str(tmp_path / "poll")
+    share = PollShare(path)
+    assert share.try_lead()
+    decode = PollShare._decode
+
+    def decode_then_close(self):
+        published = decode(self)
+        self.close()
+        return published
+
+    monkeypatch.setattr(PollShare, "_decode", decode_then_close)
+    reader = threading.Thread(target=share.read, daemon=True)
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive(), "deadlocked: close() waited for its own thread's lock"
+    monkeypatch.undo()
+    other = PollShare(path)
+    try:
+        assert other.try_lead(), "the closed share kept the lead"
+    finally:
+        other.close()

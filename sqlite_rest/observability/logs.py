@@ -70,9 +70,25 @@ class DevelFormatter(logging.Formatter):
         return f"{text}  {' '.join(extras)}" if extras else text
 
 
+class StderrHandler(logging.StreamHandler):
+    """A StreamHandler on ``sys.stderr`` as it is when a record is written, not as it was
+    when the handler was made (as the standard library's last-resort handler). ``main()``
+    run in-process (tests) installs this on the root logger while ``sys.stderr`` is a
+    captured stream, closed once the test ends: a plain StreamHandler bound to it failed
+    every later record ("--- Logging error ---", I/O operation on closed file)."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)  # no stream of its own
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+
 def configure(go_level: int = DEFAULT_LOG_LEVEL, devel: bool = False, stream=None) -> None:
-    """Install the one stderr handler on the root logger (idempotent)."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    """Install the one stderr handler on the root logger (idempotent): ``stream``, else
+    whatever ``sys.stderr`` is at each record (:class:`StderrHandler`)."""
+    handler = logging.StreamHandler(stream) if stream is not None else StderrHandler()
     handler.setFormatter(DevelFormatter() if devel else JSONFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
@@ -209,6 +225,10 @@ def _writes_json_to_stderr(log: logging.Logger) -> bool:
         if not current.propagate:
             break
         current = current.parent
-    return (len(handlers) == 1 and isinstance(handlers[0], logging.StreamHandler)
-            and isinstance(handlers[0].formatter, JSONFormatter)
-            and getattr(handlers[0].stream, "fileno", lambda: -1)() == 2)
+    if not (len(handlers) == 1 and isinstance(handlers[0], logging.StreamHandler)
+            and isinstance(handlers[0].formatter, JSONFormatter)):
+        return False
+    try:
+        return handlers[0].stream.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # no descriptor (a captured stream), closed
+        return False
