@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.plugins.s3 import S3Server, _stop as stop_seaweedfs, start_seaweedfs  # noqa: E402
 from tests.plugins.server import start_server  # noqa: E402
-from bench_http import parse_wrk  # noqa: E402  (same wrk output, one parser)
+from bench_http import parse_wrk, tree_cpu_s  # noqa: E402  (same wrk output, one parser)
 
 TXID_HEADER = "X-Replication-Txid"
 POST_LUA = """
@@ -158,15 +158,21 @@ def throughput(modes: list, tmp: Path, args) -> dict:
             try:
                 wait_ready(server)
                 run_wrk(server.base_url + "/items", script, 2, args)  # warm-up
+                cpu_before = tree_cpu_s(server.pid)
                 r = run_wrk(server.base_url + "/items", script, args.duration, args)
+                # the server's whole tree: workers and the replicator in the parent
+                r["cpu_us"] = ((tree_cpu_s(server.pid) - cpu_before) / r["requests"] * 1e6
+                               if r["requests"] else float("nan"))
             finally:
                 stop(server)
             results[mode.name].append(r)
             print(f"  POST {mode.name:4s} run {run + 1}: {r['rps']:8.0f} req/s  "
-                  f"p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:7.2f} ms  non-2xx {r['non2xx']}"
+                  f"p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:7.2f} ms  "
+                  f"CPU {r['cpu_us']:5.0f} µs/req  non-2xx {r['non2xx']}"
                   + (f"  socket errors: {r['socket_errors']}" if r["socket_errors"] else ""),
                   flush=True)
-    return {name: {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50_ms", "p99_ms")}
+    return {name: {k: statistics.median(r[k] for r in runs)
+                   for k in ("rps", "p50_ms", "p99_ms", "cpu_us")}
             for name, runs in results.items()}
 
 
@@ -286,7 +292,7 @@ def main(argv=None) -> int:
             for name, m in med.items():
                 ratio = f"  {m['rps'] / base:5.2f}x off" if base and name != "off" else ""
                 print(f"  {name:4s} {m['rps']:8.0f} req/s  p50 {m['p50_ms']:6.2f} ms  "
-                      f"p99 {m['p99_ms']:7.2f} ms{ratio}")
+                      f"p99 {m['p99_ms']:7.2f} ms  CPU {m['cpu_us']:5.0f} µs/req{ratio}")
         if not args.skip_rpo:
             print(f"\nRPO (201 -> L0 file with MaxTXID >= X-Replication-Txid on the replica), "
                   f"{args.rpo_rate:g} POST/s for {args.rpo_seconds:g} s:")
