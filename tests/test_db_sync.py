@@ -725,6 +725,37 @@ def test_commit_signal_roundtrip(tmp_path, monkeypatch):
         other.close()
 
 
+def test_a_signal_taken_by_a_running_drain_does_not_silence_the_next(tmp_path):
+    """A writer signals while the listener's drain runs: the drain takes the datagram, and the
+    flag that writer set must not stay set (it silenced every writer for PENDING_TRUST_S with
+    nothing on its way: 1 s of replica lag under a POST flood once the -wal watch rested)."""
+    sock = str(tmp_path / "commit.sock")
+    with CommitListener(sock) as listener:
+        first, racer = CommitSignal(sock), CommitSignal(sock)
+        real = listener._sock
+
+        class SendsDuringTheDrain:
+            sent = False
+
+            def recvfrom(self, size):
+                if not self.sent:  # between the flag's clearing and the queue's end
+                    self.sent = True
+                    racer.send()
+                    time.sleep(0.05)
+                return real.recvfrom(size)
+
+        first.send()
+        time.sleep(0.05)
+        listener._sock = SendsDuringTheDrain()
+        assert listener.drain() == 2  # both signals, one sent while it ran
+        listener._sock = real
+        first.send()  # its next commit, within PENDING_TRUST_S: it must reach the listener
+        time.sleep(0.05)
+        assert listener.drain() == 1
+        for s in (first, racer):
+            s.close()
+
+
 def test_a_signal_without_the_pending_flag_is_sent_for_every_commit(tmp_path):
     """A listener of an earlier version (no flag file): nothing is coalesced."""
     sock = str(tmp_path / "commit.sock")
