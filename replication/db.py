@@ -50,13 +50,6 @@ CHECKPOINT_MODES = (CHECKPOINT_PASSIVE, CHECKPOINT_TRUNCATE)  # never RESTART (L
 
 # How often the monitor stats the -wal when inotify is unavailable (seconds).
 WAL_POLL_INTERVAL = 0.005
-# While writers signal their commits, the -wal's inotify watch is off; it comes back when no
-# signal has come for this long (seconds). Why: with the watch, every WAL write() of a writer
-# queues an fsnotify event and wakes the replicator: +3 µs of the writer's CPU and ~8 µs of
-# the replicator's per commit, most of what replication added to a POST (#11). Commits of
-# processes that do not signal are still seen: by the next round (every round reads the whole
-# WAL), the monitor-interval tick, or the watch's return (which syncs at once).
-WAL_WATCH_REST_S = 1.0
 
 _SEQ_BUMP = "INSERT INTO _litestream_seq (id, seq) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET seq = seq + 1"
 _BARRIER = "INSERT INTO _litestream_lock (id) VALUES (1)"
@@ -1045,7 +1038,6 @@ class DB:
         fds = [self._wake_r] + ([watcher.fileno()] if watcher.fileno() is not None else []) + \
               ([listener.fileno()] if listener else [])
         poll_timeout = None if watcher.fileno() is not None else WAL_POLL_INTERVAL
-        signalled_at = [-1e9]  # the last commit signal (socket or pipe), monotonic
 
         def wait_for_wake(timeout: float) -> bool:
             """Wait up to ``timeout`` for a commit; drains every source that fired."""
@@ -1053,24 +1045,17 @@ class DB:
                 timeout = min(timeout, poll_timeout)
             woke = False
             ready, _, _ = select.select(fds, [], [], timeout)
-            signalled = False
             for fd in ready:
                 if fd == self._wake_r:
                     _drain_pipe(fd)
-                    woke = signalled = True
+                    woke = True
                 elif listener is not None and fd == listener.fileno():
                     listener.drain()
-                    woke = signalled = True
+                    woke = True
                 else:
                     woke |= watcher.drain()
             if poll_timeout is not None and watcher.changed():
                 woke = True
-            if signalled:
-                signalled_at[0] = time.monotonic()
-                watcher.rest()
-            elif watcher.resting and time.monotonic() - signalled_at[0] >= WAL_WATCH_REST_S:
-                watcher.wake_up()
-                woke = True  # whatever was written while it rested
             if woke and self._unsynced_since is None:
                 self._unsynced_since = time.time()
             return woke
@@ -1129,12 +1114,6 @@ def _drain_pipe(fd: int) -> None:
         pass
 
 
-def _watch_flags() -> int:
-    import inotify_simple
-    f = inotify_simple.flags
-    return f.MODIFY | f.CREATE | f.DELETE | f.MOVED_TO
-
-
 class _WALWatcher:
     """Change notification for the ``-wal`` file: inotify on its directory (robust to the file
     being deleted and re-created), or a size/mtime poll when inotify is unavailable."""
@@ -1143,12 +1122,12 @@ class _WALWatcher:
         self.wal_path = wal_path
         self.name = os.path.basename(wal_path)
         self._inotify = None
-        self._watch = None
         self._last_stat = None
         try:
             import inotify_simple
             ino = inotify_simple.INotify(nonblocking=True)
-            self._watch = ino.add_watch(os.path.dirname(wal_path), _watch_flags())
+            f = inotify_simple.flags
+            ino.add_watch(os.path.dirname(wal_path), f.MODIFY | f.CREATE | f.DELETE | f.MOVED_TO)
             self._inotify = ino
         except (ImportError, OSError) as exc:
             log.info("inotify unavailable (%s); polling %s every %.0f ms", exc, wal_path,
@@ -1157,33 +1136,6 @@ class _WALWatcher:
 
     def fileno(self) -> int | None:
         return self._inotify.fileno() if self._inotify is not None else None
-
-    @property
-    def resting(self) -> bool:
-        return self._watch is None and self._inotify is not None
-
-    def rest(self) -> None:
-        """Stop the watch (its descriptor stays, and stays quiet): writers signal instead
-        (WAL_WATCH_REST_S). Without inotify, the 5 ms stat poll goes on."""
-        if self._watch is None:
-            return
-        try:
-            self._inotify.rm_watch(self._watch)
-        except OSError:  # the directory is gone: the watch went with it
-            pass
-        self._watch = None
-
-    def wake_up(self) -> None:
-        """Watch again."""
-        if self._inotify is None or self._watch is not None:
-            return
-        try:
-            self._watch = self._inotify.add_watch(os.path.dirname(self.wal_path), _watch_flags())
-        except OSError as exc:
-            log.warning("%s: cannot watch the -wal again (%s); polling it instead", self.wal_path, exc)
-            self._inotify.close()
-            self._inotify = None
-            self._last_stat = self._stat()
 
     def drain(self) -> bool:
         if self._inotify is None:

@@ -208,8 +208,8 @@ class CommitListener:
         Clears the pending flag first, so a commit after it signals again, and again once the
         queue is empty: a signal sent while this loop ran sets the flag, and the loop took its
         datagram. Left set, the flag silenced every writer for PENDING_TRUST_S with nothing on
-        its way (flood lag p99 0.1 → 0.3–0.9 s once the -wal watch stopped waking the
-        replicator on each commit, #11; inotify had hidden it)."""
+        its way: with the -wal watch off, replica lag under a POST flood went from p99 0.1 s
+        to 0.3–0.9 s (#11, bench/README.md); the watch's own wake-ups had hidden it."""
         self._pending[0] = 0
         n = 0
         while True:
