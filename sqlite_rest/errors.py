@@ -49,6 +49,9 @@ ERROR_TABLE: tuple[ErrorCase, ...] = (
     ErrorCase("invalid_body", "malformed or empty JSON / CSV request body",
               400, "PGRST102", "Empty or invalid json",
               "Send a JSON object or an array of objects with Content-Type: application/json"),
+    ErrorCase("unknown_embed", "a parameter (name.col=…, name.order, …) for an embedded "
+              "resource that select does not embed",
+              400, "PGRST108", "'{name}' is not an embedded resource in this request"),
     ErrorCase("invalid_range", "Range header or offset beyond the rows that exist",
               416, "PGRST103", "Requested range not satisfiable"),
     ErrorCase("invalid_put", "PUT whose filters are not `eq` on exactly the primary key columns",
