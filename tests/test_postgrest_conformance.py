@@ -78,3 +78,97 @@ def test_a_parameter_of_an_unknown_embedding_is_pgrst108(client, url, name):
         "code": "PGRST108", "details": None,
         "message": f"'{name}' is not an embedded resource in this request",
         "hint": f"Verify that '{name}' is included in the 'select' query parameter."}
+
+
+# --- UpdateSpec, DeleteSpec, InsertSpec, UpsertSpec: Content-Range of a write ---------------
+
+@pytest.mark.parametrize("method, url, payload, prefer, status, content_range", [
+    # PATCH's range spans the rows it changed (0-0 for one), with the total when counted
+    ("PATCH", "/items?id=eq.2", {"id": 20}, None, 204, "0-0/*"),
+    ("PATCH", "/no_pk?b=eq.0", {"b": "0"}, None, 204, "0-1/*"),
+    ("PATCH", "/no_pk?b=eq.0", {"b": "0"}, "count=exact", 204, "0-1/2"),
+    ("PATCH", "/no_pk?b=eq.0", {"b": "0"}, "return=representation", 200, "0-1/*"),
+    ("PATCH", "/items?id=eq.99", {"id": 98}, None, 204, "*/*"),
+    ("PATCH", "/items?id=eq.99", {"id": 98}, "count=exact", 204, "*/0"),
+    # POST and DELETE name no rows, only the count
+    ("POST", "/items", {"id": 10}, None, 201, "*/*"),
+    ("DELETE", "/items?id=lt.3", None, None, 204, "*/*"),
+    ("DELETE", "/items?id=lt.3", None, "count=exact", 204, "*/2"),
+    # PUT has no Content-Range at all
+    ("PUT", "/items?id=eq.9", {"id": 9}, None, 204, None),
+    ("PUT", "/items?id=eq.9", {"id": 9}, "return=representation", 201, None),
+])
+def test_the_content_range_of_a_write(client, method, url, payload, prefer, status,
+                                      content_range):
+    r = client.open(url, method=method, json=payload,
+                    headers={"Prefer": prefer} if prefer else {})
+    assert r.status_code == status, r.data
+    assert r.headers.get("Content-Range") == content_range
+
+
+def test_patch_takes_an_array_of_one_object(client, db):
+    # MaxAffectedSpec patches with [{…}]: PostgREST updates from the array's rows
+    r = client.patch("/langs?name=eq.Go", json=[{"rank": 19}])
+    assert (r.status_code, r.headers["Content-Range"]) == (204, "0-0/*")
+    assert rows(db, "SELECT rank FROM langs WHERE name = 'Go'") == [(19,)]
+
+
+# --- Preferences: which wins, which are applied, in which order -------------------------------
+
+@pytest.mark.parametrize("method, url, payload, prefer, applied", [
+    # the order is PostgREST's (resolution, missing, return, count, tx, handling, max-affected),
+    # not the order sent (InsertSpec: "missing=default, return=representation")
+    ("POST", "/with_default", {"id": 1},
+     ["return=representation", "missing=default"], "missing=default, return=representation"),
+    ("POST", "/langs", {"name": "C", "rank": 9},
+     ["return=representation, count=exact", "resolution=merge-duplicates"],
+     "resolution=merge-duplicates, return=representation, count=exact"),
+    ("DELETE", "/items?id=eq.1", None, ["max-affected=5, handling=strict"],
+     "handling=strict, max-affected=5"),
+    # the first value of a preference wins (PostgREST's fromHeaders)
+    ("GET", "/items", None, ["count=exact, count=planned"], "count=exact"),
+    # missing= means nothing to PUT; max-affected only PATCH and DELETE
+    ("PUT", "/items?id=eq.1", {"id": 1}, ["missing=default, count=exact"], "count=exact"),
+    ("POST", "/items", {"id": 7}, ["handling=strict, max-affected=5"], "handling=strict"),
+    # resolution= on a table with no key to conflict on is ignored (UpsertSpec)
+    ("POST", "/no_pk", [{"a": "1", "b": "0"}],
+     ["return=representation", "resolution=merge-duplicates"], "return=representation"),
+])
+def test_preference_applied(client, method, url, payload, prefer, applied):
+    r = client.open(url, method=method, json=payload,
+                    headers=[("Prefer", value) for value in prefer])
+    assert r.status_code < 300, r.data
+    assert r.headers["Preference-Applied"] == applied
+
+
+def test_the_first_tx_preference_wins(client, db):
+    r = client.post("/items", json={"id": 30}, headers={"Prefer": "tx=commit, tx=rollback"})
+    assert (r.status_code, r.headers["Preference-Applied"]) == (201, "tx=commit")
+    assert rows(db, "SELECT id FROM items WHERE id = 30") == [(30,)]
+
+
+def test_max_affected_does_not_limit_a_post(client, db):
+    # MaxAffectedSpec: PostgREST checks it on PATCH, DELETE and functions only
+    r = client.post("/items", json=[{"id": 40}, {"id": 41}],
+                    headers={"Prefer": "handling=strict, max-affected=1"})
+    assert r.status_code == 201
+    assert rows(db, "SELECT count(*) FROM items WHERE id >= 40") == [(2,)]
+
+
+# --- UpsertSpec ---------------------------------------------------------------------------
+
+def test_ignore_duplicates_that_inserts_nothing_is_201(client):
+    # only merge-duplicates answers 200 when nothing was inserted
+    prefer = [("Prefer", "return=representation"), ("Prefer", "resolution=ignore-duplicates")]
+    r = client.post("/langs", json=[{"name": "Go", "rank": 5}], headers=prefer)
+    assert (r.status_code, body(r)) == (201, [])
+    prefer[1] = ("Prefer", "resolution=merge-duplicates")
+    r = client.post("/langs", json=[{"name": "Go", "rank": 5}], headers=prefer)
+    assert (r.status_code, body(r)) == (200, [{"name": "Go", "rank": 5}])
+
+
+def test_merge_duplicates_on_a_table_without_a_key_inserts(client, db):
+    r = client.post("/no_pk", json=[{"a": "1", "b": "0"}],
+                    headers={"Prefer": "return=representation, resolution=merge-duplicates"})
+    assert (r.status_code, body(r)) == (201, [{"a": "1", "b": "0"}])
+    assert rows(db, "SELECT count(*) FROM no_pk WHERE a = '1'") == [(2,)]
