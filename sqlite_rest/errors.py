@@ -72,7 +72,7 @@ ERROR_TABLE: tuple[ErrorCase, ...] = (
     ErrorCase("put_key_mismatch", "PUT body whose primary key differs from the URL's, or is missing columns",
               400, "PGRST115", "Payload values do not match URL in primary key column(s)"),
     ErrorCase("singular_not_one", "Accept: application/vnd.pgrst.object+json but not exactly one row",
-              406, "PGRST116", "JSON object requested, multiple (or no) rows returned"),
+              406, "PGRST116", "Cannot coerce the result to a single JSON object"),
     ErrorCase("method_not_allowed", "HTTP verb the route does not support",
               405, "PGRST117", "Unsupported HTTP method: {method}"),
     ErrorCase("invalid_preference", "invalid Prefer value together with Prefer: handling=strict",

@@ -172,3 +172,44 @@ def test_merge_duplicates_on_a_table_without_a_key_inserts(client, db):
                     headers={"Prefer": "return=representation, resolution=merge-duplicates"})
     assert (r.status_code, body(r)) == (201, [{"a": "1", "b": "0"}])
     assert rows(db, "SELECT count(*) FROM no_pk WHERE a = '1'") == [(2,)]
+
+
+# --- RangeSpec ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("offset, status, content_range", [
+    (4, 206, "4-4/5"),
+    (5, 206, "*/5"),   # an offset at the end is an empty page, not 416 (only past it is)
+    (6, 416, "*/5"),
+])
+def test_an_offset_is_unsatisfiable_only_past_the_end(client, offset, status, content_range):
+    r = client.get(f"/items?offset={offset}", headers={"Prefer": "count=exact"})
+    assert (r.status_code, r.headers["Content-Range"]) == (status, content_range)
+    if status == 416:
+        assert body(r)["details"] == f"An offset of {offset} was requested, but there are " \
+                                     "only 5 rows."
+    else:
+        assert body(r) == ([{"id": 5}] if offset == 4 else [])
+
+
+def test_a_range_ending_before_its_start(client):
+    r = client.get("/items", headers={"Range": "1-0"})
+    assert r.status_code == 416
+    assert body(r) == {"code": "PGRST103", "message": "Requested range not satisfiable",
+                       "details": "The lower boundary must be lower than or equal to the "
+                                  "upper boundary in the Range header.", "hint": None}
+
+
+# --- SingularSpec, InsertSpec (CSV): error messages -----------------------------------------
+
+def test_singular_error_message(client):
+    r = client.get("/items?id=lt.0", headers={"Accept": "application/vnd.pgrst.object+json"})
+    assert r.status_code == 406
+    assert (body(r)["message"], body(r)["details"]) == (
+        "Cannot coerce the result to a single JSON object", "The result contains 0 rows")
+
+
+def test_csv_lines_of_another_width(client):
+    r = client.post("/no_pk", data="a,b\nfoo,bar\nbaz", headers={"Content-Type": "text/csv"})
+    assert r.status_code == 400
+    assert (body(r)["code"], body(r)["message"]) == (
+        "PGRST102", "All lines must have same number of fields")

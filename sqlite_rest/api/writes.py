@@ -141,8 +141,10 @@ def _read_body(environ, max_bytes: int) -> object:
                 continue
             if len(line) != len(header):
                 raise api_error("invalid_body",
+                                message="All lines must have same number of fields",
                                 details=f"CSV line {reader.line_num} has {len(line)} fields, "
-                                        f"the header has {len(header)}")
+                                        f"the header has {len(header)}",
+                                hint="give every CSV line as many fields as its header")
             # NULL is SQL NULL (PostgREST), and so is an empty field (CSV cannot tell NULL
             # from '').
             rows.append({k: (None if v == "" or v == "NULL" else v) for k, v in zip(header, line)})
