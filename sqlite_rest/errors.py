@@ -49,6 +49,9 @@ ERROR_TABLE: tuple[ErrorCase, ...] = (
     ErrorCase("invalid_body", "malformed or empty JSON / CSV request body",
               400, "PGRST102", "Empty or invalid json",
               "Send a JSON object or an array of objects with Content-Type: application/json"),
+    ErrorCase("unknown_embed", "a parameter (name.col=…, name.order, …) for an embedded "
+              "resource that select does not embed",
+              400, "PGRST108", "'{name}' is not an embedded resource in this request"),
     ErrorCase("invalid_range", "Range header or offset beyond the rows that exist",
               416, "PGRST103", "Requested range not satisfiable"),
     ErrorCase("invalid_put", "PUT whose filters are not `eq` on exactly the primary key columns",
@@ -69,7 +72,7 @@ ERROR_TABLE: tuple[ErrorCase, ...] = (
     ErrorCase("put_key_mismatch", "PUT body whose primary key differs from the URL's, or is missing columns",
               400, "PGRST115", "Payload values do not match URL in primary key column(s)"),
     ErrorCase("singular_not_one", "Accept: application/vnd.pgrst.object+json but not exactly one row",
-              406, "PGRST116", "JSON object requested, multiple (or no) rows returned"),
+              406, "PGRST116", "Cannot coerce the result to a single JSON object"),
     ErrorCase("method_not_allowed", "HTTP verb the route does not support",
               405, "PGRST117", "Unsupported HTTP method: {method}"),
     ErrorCase("invalid_preference", "invalid Prefer value together with Prefer: handling=strict",

@@ -181,6 +181,7 @@ TRIGGERS = {
         e, forward_writes=True, primary_url=f"http://127.0.0.1:{_closed_port()}").post(
         "/books", json={"title": "x"}),
     "query_parse": lambda e: e.client().get("/books?id=zz.1"),
+    "unknown_embed": lambda e: e.client().get("/books?select=*&authors.name=eq.x"),
     "invalid_body": lambda e: e.client().post(
         "/books", data=b"{bad", headers={"Content-Type": "application/json"}),
     "invalid_range": lambda e: e.client().get("/books", headers={"Range": "5"}),

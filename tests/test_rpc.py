@@ -264,7 +264,7 @@ def test_csv_and_singular_object(client):
     r = client.get("/rpc/books_by?author=1", headers={"Accept": obj})
     assert r.status_code == 406
     assert json_of(r) == {"code": "PGRST116",
-                          "message": "JSON object requested, multiple (or no) rows returned",
+                          "message": "Cannot coerce the result to a single JSON object",
                           "details": "The result contains 3 rows", "hint": None}
 
 

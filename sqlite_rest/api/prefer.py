@@ -29,22 +29,25 @@ class Preference:
 _READ = frozenset({"GET", "HEAD"})
 _WRITE = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 
+#: In PostgREST's order: Preference-Applied lists the applied preferences in this order,
+#: whatever order the client sent them in.
 PREFERENCES: dict[str, Preference] = {p.key: p for p in (
+    Preference("resolution", ("merge-duplicates", "ignore-duplicates"), None, frozenset({"POST"}),
+               "POST upsert on ?on_conflict= (default: the primary key; a table with neither "
+               "ignores it)"),
+    Preference("missing", ("default", "null"), "null", frozenset({"POST", "PATCH"}),
+               "keys missing from some objects of a bulk body take the column DEFAULT"),
     Preference("return", ("minimal", "headers-only", "representation"), "minimal", _WRITE,
                "response body of a write: none, none + Location (POST), or the affected rows"),
-    Preference("resolution", ("merge-duplicates", "ignore-duplicates"), None, frozenset({"POST"}),
-               "POST upsert on ?on_conflict= (default: the primary key)"),
-    Preference("missing", ("default", "null"), "null", frozenset({"POST", "PATCH", "PUT"}),
-               "keys missing from some objects of a bulk body take the column DEFAULT"),
     Preference("count", ("exact", "planned", "estimated"), None, _READ | _WRITE,
                "fill the total of Content-Range (planned/estimated fall back to exact)"),
-    Preference("handling", ("strict", "lenient"), "lenient", _READ | _WRITE,
-               "strict: an invalid preference is a 400 PGRST122 instead of being ignored"),
-    Preference("max-affected", None, None, frozenset({"PATCH", "DELETE", "PUT", "POST"}),
-               "with handling=strict: more affected rows -> 400 PGRST124, rolled back"),
     Preference("tx", ("commit", "rollback"), "commit", _WRITE,
                "rollback: run the write, answer as usual, then roll it back"),
+    Preference("handling", ("strict", "lenient"), "lenient", _READ | _WRITE,
+               "strict: an invalid preference is a 400 PGRST122 instead of being ignored"),
     Preference("timezone", None, None, frozenset(), "accepted for compatibility; SQLite has none"),
+    Preference("max-affected", None, None, frozenset({"PATCH", "DELETE"}),
+               "with handling=strict: more affected rows -> 400 PGRST124, rolled back"),
     Preference("params", ("single-object",), None, frozenset({"POST"}),
                "/rpc: pass the whole JSON body to the function's one `json` parameter"),
 )}
@@ -60,20 +63,18 @@ class Preferences:
     max_affected: Optional[int] = None
     tx: str = "commit"
     params: Optional[str] = None
-    #: The valid preferences as sent, in order ("key=value"), for Preference-Applied.
+    #: The valid preferences in effect ("key=value", the first of each key), for
+    #: Preference-Applied.
     given: tuple[str, ...] = ()
     #: Invalid preferences as sent (ignored unless handling=strict).
     invalid: tuple[str, ...] = ()
 
     def applied(self, method: str, *, extra_skip: Iterable[str] = ()) -> Optional[str]:
-        """Value of Preference-Applied for `method`, or None."""
+        """Value of Preference-Applied for `method`, or None: in PREFERENCES' order."""
         skip = set(extra_skip)
-        out = []
-        for item in self.given:
-            key = item.split("=", 1)[0]
-            pref = PREFERENCES.get(key)
-            if pref is not None and method in pref.verbs and key not in skip:
-                out.append(item)
+        given = {item.split("=", 1)[0]: item for item in self.given}
+        out = [given[key] for key, pref in PREFERENCES.items()
+               if key in given and method in pref.verbs and key not in skip]
         return ", ".join(out) if out else None
 
 
@@ -88,6 +89,7 @@ def parse_prefer(headers: list[str]) -> Preferences:
     prefs = Preferences()
     given: list[str] = []
     invalid: list[str] = []
+    seen: set[str] = set()
     for header in headers:
         for raw in header.split(","):
             item = raw.strip()
@@ -99,8 +101,11 @@ def parse_prefer(headers: list[str]) -> Preferences:
             if pref is None or not sep:
                 invalid.append(item)
                 continue
+            if key in seen:  # PostgREST: the first valid value of a preference wins
+                continue
             if pref.values is None:
                 if key == "timezone":
+                    seen.add(key)
                     given.append(f"{key}={value}")
                     continue
                 # No sign; at most 64 bits (also keeps int() off texts past 4300 digits).
@@ -114,6 +119,7 @@ def parse_prefer(headers: list[str]) -> Preferences:
                     invalid.append(item)
                     continue
                 setattr(prefs, _ATTRIBUTES.get(key, key), value)
+            seen.add(key)
             given.append(f"{key}={value}")
     prefs.given = tuple(given)
     prefs.invalid = tuple(invalid)

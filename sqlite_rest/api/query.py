@@ -82,6 +82,18 @@ class UnknownCastError(RequestError):
     key = "unknown_cast"
 
 
+class UnknownEmbedError(RequestError):
+    """A parameter (``name.col=…``) for an embedded resource that select does not embed."""
+
+    key = "unknown_embed"
+
+    def __init__(self, name: str, details: str | None = None):
+        super().__init__(f"'{shown_text(name, 100)}' is not an embedded resource in this request",
+                         details=details,
+                         hint=f"Verify that '{shown_text(name, 100)}' is included in the "
+                              "'select' query parameter.")
+
+
 class UnknownColumnError(RequestError):
     """A filter/select/order names a column the table does not have."""
 
@@ -878,10 +890,7 @@ def _parse_read_query(args: tuple[tuple[str, str], ...]) -> ReadQuery:
     if any(type(item) is Embed for item in select):
         select, filters = _attach_embedded(select, filters, embedded, ())
     elif embedded:
-        path, leaf, _ = embedded[0]
-        raise QueryError(f"'{'.'.join(path)}' names no embedded resource of select",
-                         details=f"in {'.'.join(path + (leaf,))}",
-                         hint="embed it in select first: select=*,name(*)")
+        raise UnknownEmbedError(embedded[0][0][0])
     return ReadQuery(select, And(tuple(filters)), order, limit, offset, on_conflict, columns)
 
 
@@ -903,10 +912,8 @@ def _attach_embedded(select: tuple, filters: list, embedded: list, where: tuple)
     names = {item.output_name: item for item in select if type(item) is Embed}
     mine = {name: [] for name in names}
     for path, leaf, value in embedded:
-        if path[0] not in names:
-            raise QueryError(f"'{'.'.join(where + path[:1])}' names no embedded resource of "
-                             "select", details=f"in {'.'.join(where + path + (leaf,))}",
-                             hint="embed it in select first: select=*,name(*)")
+        if path[0] not in names:  # PostgREST names the unknown level alone: 'tasks2'
+            raise UnknownEmbedError(path[0])
         mine[path[0]].append((path[1:], leaf, value))
     kept = []
     null_filters = {}

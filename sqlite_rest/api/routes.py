@@ -127,8 +127,8 @@ def page_bounds(query, range_header: str | None) -> tuple[int, int | None]:
                                 f"most {INT64_MAX}",
                         hint="send e.g. Range: 0-9 with Range-Unit: items")
     if last is not None and last < first:
-        raise api_error("invalid_range",
-                        details=f"the range end {last} is before its start {first}")
+        raise api_error("invalid_range", details="The lower boundary must be lower than or "
+                        "equal to the upper boundary in the Range header.")
     lower = max(first, offset)
     upper_candidates = [u for u in (last, offset + limit - 1 if limit is not None else None)
                         if u is not None]
@@ -269,7 +269,7 @@ def _read(state, environ, table, prefs, head: bool, replica_read=None) -> ApiRes
         with state.db.read() as conn:  # one snapshot for the page and its count
             rows, returned, body = _fetch(conn, plan, values, json_sql)
             total = conn.execute(plan.count.sql, plan.count.params).fetchall()[0][0]
-    if total is not None and offset > 0 and offset >= total:
+    if total is not None and offset > total:  # PostgREST: an offset at the end is an empty 206
         raise api_error(
             "invalid_range",
             details=f"An offset of {offset} was requested, but there are only {total} rows.",

@@ -255,7 +255,7 @@ def call(state, name: str, method: str, prefs, environ) -> ApiResponse:
             if count is not None:
                 total = conn.execute(prefix + count.sql,
                                      last_params + list(count.params)).fetchall()[0][0]
-        if returns == "rows" and total is not None and offset > 0 and offset >= total:
+        if returns == "rows" and total is not None and offset > total:
             raise api_error(
                 "invalid_range",
                 details=f"An offset of {offset} was requested, but there are only "

@@ -141,8 +141,10 @@ def _read_body(environ, max_bytes: int) -> object:
                 continue
             if len(line) != len(header):
                 raise api_error("invalid_body",
+                                message="All lines must have same number of fields",
                                 details=f"CSV line {reader.line_num} has {len(line)} fields, "
-                                        f"the header has {len(header)}")
+                                        f"the header has {len(header)}",
+                                hint="give every CSV line as many fields as its header")
             # NULL is SQL NULL (PostgREST), and so is an empty field (CSV cannot tell NULL
             # from '').
             rows.append({k: (None if v == "" or v == "NULL" else v) for k, v in zip(header, line)})
@@ -285,6 +287,9 @@ def write(state, environ, table, prefs, method: str, query) -> ApiResponse:
         if config.refuse_filterless_writes and not query.filters.items:
             raise api_error("filterless_write", verb=SQL_VERB[method])
 
+    # PostgREST ignores resolution= on a table with no key to conflict on (not echoed either)
+    resolution = prefs.resolution if method == "POST" and (
+        table.primary_key or query.on_conflict) else None
     if representation and has_aggregates(query.select):
         raise api_error("aggregates_disabled")
     # -- roles (--permissions-file, design/roles.md): the role's TableRule (policy.ROLE_ENVIRON)
@@ -333,7 +338,7 @@ def write(state, environ, table, prefs, method: str, query) -> ApiResponse:
         if method == "POST":
             statements = build_insert(
                 table, _objects(body), columns=query.columns, on_conflict=query.on_conflict,
-                resolution=_RESOLUTION.get(prefs.resolution),
+                resolution=_RESOLUTION.get(resolution),
                 missing_default=prefs.missing == "default", returning=returning,
                 update_where=row_filter, check=check)
         elif method == "PUT":
@@ -343,8 +348,8 @@ def write(state, environ, table, prefs, method: str, query) -> ApiResponse:
                                       resolution="merge", returning=returning,
                                       update_where=row_filter, check=check)
         else:  # PATCH
-            if body == [] or body == [{}]:
-                body = {}
+            if type(body) is list and len(body) <= 1:  # PostgREST: [] and [{…}] update too
+                body = body[0] if body else {}
             if type(body) is not dict:
                 raise api_error("invalid_body", message="PATCH takes one JSON object",
                                 details=f"got a JSON {type(body).__name__}")
@@ -357,17 +362,19 @@ def write(state, environ, table, prefs, method: str, query) -> ApiResponse:
                                            check=check)]
 
     strict = prefs.handling == "strict"
-    max_affected = prefs.max_affected if strict else None
-    # An upsert answers 201 only when it inserted a row (PostgREST): SQLite moves
-    # last_insert_rowid on an insert, never on the update or skip of a conflict.
-    upsert = method == "PUT" or (method == "POST" and prefs.resolution in _RESOLUTION)
+    # PostgREST checks max-affected on PATCH and DELETE only
+    max_affected = prefs.max_affected if strict and method in ("PATCH", "DELETE") else None
+    # A merging upsert answers 201 only when it inserted a row (PostgREST; ignore-duplicates
+    # is always 201): SQLite moves last_insert_rowid on an insert, never on the update or
+    # skip of a conflict.
+    upsert = method == "PUT" or (method == "POST" and resolution == "merge-duplicates")
     watch_inserts = upsert and representation and not table.without_rowid
     columns = statements[0].columns if representation and statements else ()
     if check is not None and columns:
         columns = columns[:-1]  # the check column (sql.CHECK_COLUMN)
     # roles: an upsert must not skip a conflicting row the role cannot see (USING)
     guard_merge = row_filter is not None and (
-        method == "PUT" or (method == "POST" and prefs.resolution == "merge-duplicates"))
+        method == "PUT" or (method == "POST" and resolution == "merge-duplicates"))
     if order and columns:
         columns = columns[:-len(order)]
 
@@ -419,9 +426,16 @@ def write(state, environ, table, prefs, method: str, query) -> ApiResponse:
     headers.extend(commit_headers(commit_result))
     if location_columns and rows:
         headers.append(("Location", _location(table, rows[0], location_columns)))
-    # PostgREST: a write's range names no rows, only the count when one was asked for.
-    headers.append(("Content-Range", f"*/{affected}" if prefs.count is not None else "*/*"))
-    skip = () if strict else ("max-affected",)
+    # PostgREST: PATCH's range spans the rows it changed, POST's and DELETE's none (only the
+    # count, when asked for); PUT has no Content-Range.
+    total = str(affected) if prefs.count is not None else "*"
+    if method == "PATCH" and affected:
+        headers.append(("Content-Range", f"0-{affected - 1}/{total}"))
+    elif method != "PUT":
+        headers.append(("Content-Range", f"*/{total}"))
+    skip = ("max-affected",) if not strict else ()
+    if resolution is None:
+        skip += ("resolution",)
     applied = prefs.applied(method, extra_skip=skip)
     if applied:
         headers.append(("Preference-Applied", applied))
