@@ -116,8 +116,80 @@ def test_is_null_on_an_embedding_is_an_anti_join(client):
 def test_spread_merges_a_to_one_embedding(client):
     assert get(client, "/books?select=title,...authors!author_id(name,born)&id=eq.3") == [
         {"title": "Dune", "name": "Herbert", "born": 1920}]
-    err = get(client, "/authors?select=name,...books!author_id(title)", 400)
+    # a filter on a to-one spread empties its columns, as it nulls an embedded object
+    assert get(client, "/books?select=title,...authors!author_id(name)&authors.born=lt.1925"
+                       "&order=id") == [{"title": "Earthsea", "name": None},
+                                        {"title": "Left Hand", "name": None},
+                                        {"title": "Dune", "name": "Herbert"}]
+    err = get(client, "/books?select=title,...authors!author_id(name)&authors.order=name", 400)
     assert err["code"] == "PGRST100" and "to-one" in err["message"]
+
+
+# Spread of a to-many (PostgREST 13, SpreadQueriesSpec): correlated arrays, one per column.
+
+def test_spread_of_a_one_to_many_gives_correlated_arrays(client):
+    assert get(client, "/authors?select=name,...books!author_id(titles:title,years:year)"
+                       "&books.order=year.desc&order=id") == [
+        {"name": "Le Guin", "titles": ["Left Hand", "Earthsea"], "years": [1969, 1968]},
+        {"name": "Herbert", "titles": ["Dune"], "years": [1965]},
+        {"name": "Nobody", "titles": [], "years": []}]
+    # limit and offset page the arrays together; filters drop values, never parents
+    assert get(client, "/authors?select=name,...books!author_id(title)&books.order=year"
+                       "&books.limit=1&books.offset=1&books.year=gt.1900&order=id") == [
+        {"name": "Le Guin", "title": ["Left Hand"]}, {"name": "Herbert", "title": []},
+        {"name": "Nobody", "title": []}]
+    # a row whose value is NULL is a null in the array, not a missing element
+    assert get(client, "/books?select=title,...authors!books_editor(born)&order=id") == [
+        {"title": "Earthsea", "born": 1920}, {"title": "Left Hand", "born": None},
+        {"title": "Dune", "born": 1929}]
+    assert get(client, "/authors?select=name,...books!books_editor(editor_of:title)&order=id"
+                       ) == [{"name": "Le Guin", "editor_of": ["Dune"]},
+                             {"name": "Herbert", "editor_of": ["Earthsea"]},
+                             {"name": "Nobody", "editor_of": []}]
+
+
+def test_spread_of_a_many_to_many_and_nested_levels(client):
+    assert get(client, "/books?select=title,...tags(labels:label,hot)&tags.order=label"
+                       "&order=id") == [
+        {"title": "Earthsea", "labels": ["fantasy"], "hot": [True]},
+        {"title": "Left Hand", "labels": ["sf"], "hot": [False]},
+        {"title": "Dune", "labels": ["classic", "sf"], "hot": [None, False]}]
+    # a to-many inside a spread to-many: arrays of arrays; an embedding: arrays of its JSON
+    assert get(client, "/authors?select=name,...books!author_id(title,...reviews(stars),"
+                       "editor:authors!books_editor(name))&books.order=id&order=id&id=lt.3") == [
+        {"name": "Le Guin", "title": ["Earthsea", "Left Hand"], "stars": [[5, 4], []],
+         "editor": [{"name": "Herbert"}, None]},
+        {"name": "Herbert", "title": ["Dune"], "stars": [[5]], "editor": [{"name": "Le Guin"}]}]
+
+
+def test_spread_to_many_takes_inner_and_is_null_and_other_formats(client):
+    assert get(client, "/authors?select=name,...books!author_id(title)&books=is.null") == [
+        {"name": "Nobody", "title": []}]
+    assert get(client, "/authors?select=name,...books!author_id!inner(title)"
+                       "&books.year=lt.1966") == [{"name": "Herbert", "title": ["Dune"]}]
+    one = {"Accept": "application/vnd.pgrst.object+json"}
+    assert get(client, "/authors?select=name,...books!author_id(title)&id=eq.2", headers=one
+               ) == {"name": "Herbert", "title": ["Dune"]}
+
+
+def test_spread_to_many_arrays_stay_correlated_whatever_index_reads_them(tmp_path):
+    # Each column's subquery is served by its own covering index, in that column's order.
+    db = tmp_path / "c.db"
+    conn = apsw.Connection(str(db))
+    conn.execute("""
+        CREATE TABLE parents (id INTEGER PRIMARY KEY);
+        CREATE TABLE kids (id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES parents(id),
+                           name TEXT, age INTEGER);
+        CREATE INDEX kids_by_parent_name ON kids (parent_id, name);
+        CREATE INDEX kids_by_parent_age ON kids (parent_id, age);
+        INSERT INTO parents VALUES (1);
+        INSERT INTO kids VALUES (1, 1, 'zed', 10), (2, 1, 'amy', 30), (3, 1, 'kim', 20);""")
+    conn.close()
+    app = create_app(ServerConfig(db_dsn=str(db), allow_tables=("parents", "kids"),
+                                  auth_disabled=True))
+    with app.test_client() as c:
+        body = get(c, "/parents?select=...kids(name,age)")[0]
+    assert dict(zip(body["name"], body["age"])) == {"zed": 10, "amy": 30, "kim": 20}
 
 
 def test_ambiguity_and_missing_relationships_are_postgrests_errors(client):

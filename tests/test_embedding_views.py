@@ -148,6 +148,11 @@ def test_embedded_filters_inner_spread_and_is_null(client):
                        "&books_view=is.null") == [{"name": "Nobody"}]
     assert get(client, "/books_view?select=title,...authors!author_id(author:name)&id=eq.3") == [
         {"title": "Dune", "author": "Herbert"}]
+    # a to-many spread of a view: no rowid, so its rows are ordered by every column
+    assert get(client, "/authors?select=name,...books_view!author_id(title,year)&order=id"
+                       "&id=lt.3") == [
+        {"name": "Le Guin", "title": ["Earthsea", "Left Hand"], "year": [1968, 1969]},
+        {"name": "Herbert", "title": ["Dune"], "year": [1965]}]
 
 
 def test_write_representation_embeds_through_a_view(client):

@@ -171,6 +171,11 @@ def test_one_to_many_shows_only_the_roles_rows(env):
     # bob's task 2 in alice's project stays out of her array
     assert rows(client, "/projects?select=title,tasks(id,body)", ALICE) == [
         {"title": "A-proj", "tasks": [{"id": 1, "body": "a-task"}]}]
+    # and out of a to-many spread's arrays; a hidden column is refused there too
+    assert rows(client, "/projects?select=title,...tasks(ids:id,bodies:body)", ALICE) == [
+        {"title": "A-proj", "ids": [1], "bodies": ["a-task"]}]
+    assert_error(client.get("/projects?select=title,...tasks(secret)", headers=ALICE), 403,
+                 "42501", "permission denied for column secret of table tasks")
     assert rows(client, "/projects?select=title,tasks(*)", BOB) == [
         {"title": "B-proj", "tasks": [{"id": 3, "project_id": 2, "owner_id": "bob",
                                        "body": "b-task"}]}]

@@ -148,14 +148,15 @@ def embed_exists(parent: Table, parent_ref: str, embed: Embed, params: list,
 def embed_sql(parent: Table, parent_ref: str, embed: Embed, params: list, ctx: EmbedContext,
               compile_item, build_where, compile_order) -> list[tuple[str, str, str]]:
     """[(SQL expression, output name, output kind)] of one embedding: one JSON value, or for a
-    spread, one column per selected column of the embedded resource."""
+    spread, one column per selected column of the embedded resource (to-many: an array of
+    its values)."""
     rel = find_relationship(parent, embed)
-    if embed.spread and not rel.to_one:
+    if embed.spread and rel.to_one and (embed.order or embed.limit is not None
+                                        or embed.offset):
         raise api_error("query_parse",
-                        message=f"a spread embedding must be to-one: '{embed.name}' is "
-                                f"{'one' if rel.kind == 'o2m' else 'many'}-to-many from "
-                                f"'{parent.name}'",
-                        hint=f"embed it without '...': {embed.name}(…)")
+                        message=f"a to-one spread embedding takes no order, limit or offset: "
+                                f"'{embed.name}' is many-to-one from '{parent.name}'",
+                        details=f"in ...{embed.name}")
     target, alias = rel.target, ctx.alias()
     # (sql, name, kind, its own params) inside the embedded SELECT: each field keeps its
     # parameters, bound again wherever the JSON value repeats its SQL (_json_value)
@@ -185,10 +186,27 @@ def embed_sql(parent: Table, parent_ref: str, embed: Embed, params: list, ctx: E
         where = _embed_where(rel, parent_ref, alias, target, embed, where_params, ctx,
                              build_where, compile_order)
         source = f"{target.quoted} AS {alias}"
+        if rel.to_one:
+            for sql, name, kind, own in fields:
+                params.extend(own)
+                params.extend(where_params)
+                out.append((f"(SELECT {sql} FROM {source}{where})", name, kind))
+            return out
+        # To-many (PostgREST 13): each column becomes an array, and the arrays are correlated
+        # (the i-th values come from one row). Each array is its own subquery, and the planner
+        # may read them through different indexes (a covering one for one column only), so
+        # the rows are put in one total order: the request's, then the row's identity.
+        order_sql, order_params = compile_order(target, embed.order)
+        order_sql = (order_sql + ", " if order_sql else " ORDER BY ") + _identity(target, alias)
+        page, page_params = _page(embed)
         for sql, name, kind, own in fields:
             params.extend(own)
             params.extend(where_params)
-            out.append((f"(SELECT {sql} FROM {source}{where})", name, kind))
+            params.extend(order_params)
+            params.extend(page_params)
+            rows = f"SELECT {sql} AS _c0 FROM {source}{where}{order_sql}{page}"
+            out.append((f"(SELECT COALESCE(json_group_array({_json_value('_c0', kind)}), "
+                        f"json('[]')) FROM ({rows}))", name, "embed"))
         return out
     # The embedded rows' values come out of an inner SELECT (each expression once, its
     # parameters bound once), and the JSON is built over them outside: no row is rendered to
@@ -208,12 +226,8 @@ def embed_sql(parent: Table, parent_ref: str, embed: Embed, params: list, ctx: E
     if not rel.to_one:
         order_sql, order_params = compile_order(target, embed.order)
         params.extend(order_params)
-        if embed.limit is not None or embed.offset:
-            page = " LIMIT ?"
-            params.append(-1 if embed.limit is None else embed.limit)
-            if embed.offset:
-                page += " OFFSET ?"
-                params.append(embed.offset)
+        page, page_params = _page(embed)
+        params.extend(page_params)
     rows = f"SELECT {', '.join(columns) or 'NULL'} FROM {source}{where}{order_sql}{page}"
     if rel.to_one:
         return [(f"(SELECT {obj} FROM ({rows}))", embed.output_name, "embed")]
@@ -232,6 +246,33 @@ def _embed_where(rel, parent_ref, alias, target, embed, params, ctx, build_where
             exists = embed_exists(target, alias, item, params, ctx, build_where, compile_order)
             where += f" AND {'NOT ' if item.null_filter else ''}{exists}"
     return where
+
+
+def _page(embed: Embed) -> tuple[str, list]:
+    """`` LIMIT ? OFFSET ?`` of a to-many embedding, and its parameters."""
+    if embed.limit is None and not embed.offset:
+        return "", []
+    page, params = " LIMIT ?", [-1 if embed.limit is None else embed.limit]
+    if embed.offset:
+        page += " OFFSET ?"
+        params.append(embed.offset)
+    return page, params
+
+
+def _identity(table: Table, alias: str) -> str:
+    """ORDER BY terms that tell ``table``'s rows apart: its rowid, the primary key of a
+    WITHOUT ROWID table, or every column (a view: rows equal in every column are
+    interchangeable)."""
+    names = {c.name.lower() for c in table.columns}
+    if table.kind != "view" and not table.without_rowid:
+        if table.rowid_alias is not None:
+            return f"{alias}.{quote_identifier(table.rowid_alias)}"
+        for name in ("_rowid_", "rowid", "oid"):  # a column may take one of the names
+            if name not in names:
+                return f"{alias}.{name}"
+    keys = table.primary_key if table.without_rowid and table.primary_key else \
+        tuple(c.name for c in table.columns)
+    return ", ".join(f"{alias}.{quote_identifier(k)}" for k in keys) or "1"
 
 
 def _kind(column) -> str:

@@ -948,9 +948,6 @@ def _attach_embedded(select: tuple, filters: list, embedded: list, where: tuple)
                 sub_filters.append(parse_filter(leaf, value))
         sub_select, sub_filters = _attach_embedded(item.select, sub_filters, deeper,
                                                    where + (item.output_name,))
-        if item.spread and (sub_filters or order or limit is not None or offset is not None):
-            raise QueryError("a spread embedding takes no filters, order or limit",
-                             details=f"in ...{item.name}")
         out.append(Embed(item.name, item.alias, item.hint, item.inner, item.spread, sub_select,
                          And(tuple(sub_filters)), order, limit, offset,
                          null_filters.get(item.output_name)))
