@@ -77,8 +77,13 @@ ERROR_TABLE: tuple[ErrorCase, ...] = (
               405, "PGRST117", "Unsupported HTTP method: {method}"),
     ErrorCase("invalid_preference", "invalid Prefer value together with Prefer: handling=strict",
               400, "PGRST122", "Invalid preferences given with handling=strict"),
-    ErrorCase("max_affected_exceeded", "write affects more rows than Prefer: max-affected (rolled back)",
+    ErrorCase("max_affected_exceeded", "write (or a function's result) has more rows than "
+              "Prefer: max-affected with handling=strict (rolled back)",
               400, "PGRST124", "Query result exceeds max-affected preference constraint"),
+    ErrorCase("max_affected_single", "Prefer: max-affected with handling=strict on a function "
+              "that returns a row, a value or nothing",
+              400, "PGRST128", "Function must return SETOF or TABLE when max-affected "
+              "preference is used with handling=strict"),
     ErrorCase("invalid_path", "URL that names no route (e.g. /a/b)",
               404, "PGRST125", "Invalid path specified in request URL"),
     ErrorCase("rpc_method", "/rpc/<function> with a verb other than GET, HEAD, POST or OPTIONS",

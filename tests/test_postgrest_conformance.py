@@ -213,3 +213,104 @@ def test_csv_lines_of_another_width(client):
     assert r.status_code == 400
     assert (body(r)["code"], body(r)["message"]) == (
         "PGRST102", "All lines must have same number of fields")
+
+
+# --- RpcSpec, MaxAffectedSpec: function calls ------------------------------------------------
+
+FUNCTIONS = """
+functions:
+  item_range:
+    params: {min: integer, max: integer}
+    sql: SELECT id FROM items WHERE id > :min AND id <= :max
+  add_them:
+    params: {a: integer, b: integer}
+    sql: SELECT :a + :b AS sum
+    returns: value
+  project:
+    params: {id: integer}
+    sql: SELECT id, name FROM projects WHERE id = :id
+    returns: row
+  hello:
+    params: {name: text}
+    sql: SELECT 'Hello, ' || :name AS hello
+    returns: value
+  delete_items:
+    sql: DELETE FROM items RETURNING id
+  forget:
+    sql: DELETE FROM items
+    returns: nothing
+"""
+
+
+@pytest.fixture
+def rpc(db, tmp_path):
+    path = tmp_path / "functions.yml"
+    path.write_text(FUNCTIONS)
+    app = create_app(ServerConfig(db_dsn=db, allow_tables=(TABLES,), auth_disabled=True,
+                                  functions_file=str(path)))
+    with app.test_client() as c:
+        yield c
+
+
+@pytest.mark.parametrize("url, prefer, content_range", [
+    ("/rpc/add_them?a=3&b=4", None, "0-0/*"),
+    ("/rpc/add_them?a=3&b=4", "count=exact", "0-0/1"),
+    ("/rpc/project?id=1", "count=exact", "0-0/1"),
+    ("/rpc/project?id=99", None, "0-0/*"),  # null is still the one result
+])
+def test_a_single_result_is_row_0_of_1(rpc, url, prefer, content_range):
+    r = rpc.get(url, headers={"Prefer": prefer} if prefer else {})
+    assert (r.status_code, r.headers["Content-Range"]) == (200, content_range)
+
+
+def test_columns_names_the_arguments_of_a_post(rpc):
+    # the body's other keys are ignored, as an insert's are
+    r = rpc.post("/rpc/hello?columns=name", json={"name": "John", "smth": "here", "id": 13})
+    assert (r.status_code, body(r)) == (200, "Hello, John")
+
+
+def test_an_array_body_passes_its_first_object(rpc):
+    r = rpc.post("/rpc/add_them", json=[{"a": 1, "b": 2}, {"a": 4, "b": 6}])
+    assert (r.status_code, body(r)) == (200, 3)
+    r = rpc.post("/rpc/add_them", json=[{"a": 1, "b": 2}, {"a": 4}])
+    assert (r.status_code, body(r)["code"], body(r)["message"]) == (
+        400, "PGRST102", "All object keys must match")
+
+
+@pytest.mark.parametrize("function, status", [("delete_items", 200), ("delete_items", 400)])
+def test_max_affected_limits_a_function(rpc, db, function, status):
+    limit = 5 if status == 200 else 4
+    r = rpc.post(f"/rpc/{function}", headers={"Prefer": f"handling=strict, max-affected={limit}"})
+    assert r.status_code == status
+    if status == 400:
+        assert body(r) == {"code": "PGRST124", "details": "The query affects 5 rows",
+                           "hint": None,
+                           "message": "Query result exceeds max-affected preference constraint"}
+        assert rows(db, "SELECT count(*) FROM items") == [(5,)]  # rolled back
+    else:
+        assert r.headers["Preference-Applied"] == f"handling=strict, max-affected={limit}"
+        assert rows(db, "SELECT count(*) FROM items") == [(0,)]
+
+
+@pytest.mark.parametrize("function", ["add_them?a=1&b=2", "project?id=1", "forget"])
+def test_max_affected_needs_a_set_returning_function(rpc, function):
+    r = rpc.post(f"/rpc/{function.split('?')[0]}", json=dict(
+        p.split("=") for p in function.partition("?")[2].split("&") if p),
+        headers={"Prefer": "handling=strict, max-affected=1"})
+    assert (r.status_code, body(r)["code"]) == (400, "PGRST128")
+
+
+def test_max_affected_without_strict_is_not_applied(rpc, db):
+    r = rpc.post("/rpc/delete_items", headers={"Prefer": "max-affected=1"})
+    assert r.status_code == 200 and "Preference-Applied" not in r.headers
+    assert rows(db, "SELECT count(*) FROM items") == [(0,)]
+
+
+def test_preference_applied_on_a_function_call(rpc):
+    # return=, missing= and resolution= are a table write's, never echoed on a call
+    prefer = "return=representation, missing=default, resolution=merge-duplicates, " \
+             "count=exact, tx=commit, handling=lenient"
+    r = rpc.post("/rpc/item_range", json={"min": 0, "max": 2}, headers={"Prefer": prefer})
+    assert r.headers["Preference-Applied"] == "count=exact, tx=commit, handling=lenient"
+    r = rpc.get("/rpc/item_range?min=0&max=2", headers={"Prefer": prefer})
+    assert r.headers["Preference-Applied"] == "count=exact, tx=commit, handling=lenient"
