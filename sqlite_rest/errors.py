@@ -126,12 +126,14 @@ ERROR_TABLE: tuple[ErrorCase, ...] = (
     ErrorCase("jwt_key_unavailable", "the configured JWT key file cannot be read",
               500, "PGRST300", "Server lacks JWT secret",
               "Check --auth-token-file / --auth-rsa-public-key"),
-    ErrorCase("jwt_invalid", "malformed token, bad signature, alg none, wrong algorithm or key",
+    ErrorCase("jwt_invalid", "empty or malformed token, bad signature, alg none, wrong "
+              "algorithm or key (PostgREST's messages)",
               401, "PGRST301", "{reason}"),
-    ErrorCase("jwt_missing", "no Authorization: Bearer token while authentication is on",
-              401, "PGRST302", "Anonymous access is disabled",
-              "Send Authorization: Bearer <jwt>"),
-    ErrorCase("jwt_claims", "expired token, nbf in the future, iat in the future",
+    ErrorCase("jwt_missing", "no Authorization: Bearer token while authentication is on (and "
+              "no anonymous role)",
+              401, "PGRST302", "Anonymous access is disabled"),
+    ErrorCase("jwt_claims", "expired token, nbf or iat in the future, exp/nbf/iat not numbers, "
+              "aud not naming --auth-audience, claims not a JSON object",
               401, "PGRST303", "{reason}"),
     # -- roles and row-level security (--permissions-file) -----------------------------
     ErrorCase("permission_denied", "the role may not use this verb, column or function "

@@ -314,3 +314,105 @@ def test_preference_applied_on_a_function_call(rpc):
     assert r.headers["Preference-Applied"] == "count=exact, tx=commit, handling=lenient"
     r = rpc.get("/rpc/item_range?min=0&max=2", headers={"Prefer": prefer})
     assert r.headers["Preference-Applied"] == "count=exact, tx=commit, handling=lenient"
+
+
+# --- AuthSpec, ErrorSpec (JWT Errors), AudienceJwtSecretSpec ------------------------------------
+
+SECRET = b"reallyreallyreallyreallyverysafe"
+
+
+@pytest.fixture
+def authed(db, tmp_path):
+    def make(**options):
+        key = tmp_path / "secret"
+        key.write_bytes(SECRET)
+        app = create_app(ServerConfig(db_dsn=db, allow_tables=(TABLES,), auth_token_file=str(key),
+                                      **options))
+        return app.test_client()
+    return make
+
+
+def _token(claims, secret=SECRET, header=None):
+    import jwt
+    return jwt.encode(claims, secret, algorithm="HS256", headers=header)
+
+
+def _unsigned(claims):
+    import base64
+    part = lambda d: base64.urlsafe_b64encode(orjson.dumps(d)).rstrip(b"=").decode()  # noqa
+    return f"{part({'typ': 'JWT', 'alg': 'none'})}.{part(claims)}.c2ln"
+
+
+@pytest.mark.parametrize("token, code, message, details", [
+    ("", "PGRST301", "Empty JWT is sent in Authorization header", None),
+    ("eyJhbGciOiJIUzI1NiJ9.e30", "PGRST301", "Expected 3 parts in JWT; got 2", None),
+    ("quifquirndsjagnrgniur.fonvoienqhhdj.iuqvnvhojah", "PGRST301",
+     "JWT cryptographic operation failed", None),
+    (_unsigned({}), "PGRST301", "Wrong or unsupported encoding algorithm",
+     "the JWT algorithm 'none' is not accepted"),
+    (_token({}, b"wrong secret, wrong secret, wrong"), "PGRST301",
+     "No suitable key or wrong key type", "None of the keys was able to decode the JWT"),
+    ("@-35 exp", "PGRST303", "JWT expired", None),
+    ("@35 nbf", "PGRST303", "JWT not yet valid", None),
+    ("@35 iat", "PGRST303", "JWT issued at future", None),
+    (_token({"exp": "invalid"}), "PGRST303", "The JWT 'exp' claim must be a number", None),
+    (_token({"nbf": "invalid"}), "PGRST303", "The JWT 'nbf' claim must be a number", None),
+    (_token({"iat": "invalid"}), "PGRST303", "The JWT 'iat' claim must be a number", None),
+    (_token({"aud": {"invalid": "value"}}), "PGRST303",
+     "The JWT 'aud' claim must be a string or an array of strings", None),
+    (_token({"aud": [{"invalid": "value"}, "test"]}), "PGRST303",
+     "The JWT 'aud' claim must be a string or an array of strings", None),
+])
+def test_jwt_errors(authed, token, code, message, details):
+    if token.startswith("@"):  # a time claim relative to now
+        import time
+        offset, claim = token[1:].split()
+        token = _token({claim: int(time.time()) + int(offset)})
+    r = authed().get("/items", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 401
+    assert body(r) == {"code": code, "message": message, "details": details, "hint": None}
+    assert r.headers["WWW-Authenticate"] == \
+        f'Bearer error="invalid_token", error_description="{message}"'
+
+
+def test_jwt_time_claims_have_30_seconds_of_skew(authed):
+    import time
+    now = int(time.time())
+    token = _token({"exp": now - 25, "nbf": now + 25, "iat": now + 25})
+    assert authed().get("/items", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+
+
+def test_jwt_nan_time_is_not_a_number(authed):
+    import base64
+    import hashlib
+    import hmac
+    part = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()  # noqa: E731
+    signing = part(b'{"alg":"HS256"}') + "." + part(b'{"exp":NaN}')
+    token = f"{signing}.{part(hmac.new(SECRET, signing.encode(), hashlib.sha256).digest())}"
+    r = authed().get("/items", headers={"Authorization": f"Bearer {token}"})
+    assert (r.status_code, body(r)["message"]) == (401, "The JWT 'exp' claim must be a number")
+
+
+def test_another_authorization_scheme_is_no_token(authed):
+    r = authed().get("/items", headers={"Authorization": "Basic dXNlcjpwYXNz"})
+    assert (r.status_code, r.headers["WWW-Authenticate"]) == (401, "Bearer")
+    assert body(r) == {"code": "PGRST302", "message": "Anonymous access is disabled",
+                       "details": None, "hint": None}
+
+
+@pytest.mark.parametrize("claims, status", [
+    ({"aud": "spec tests"}, 200),
+    ({"aud": ["other", "spec tests"]}, 200),
+    ({"aud": "not set"}, 401),
+    ({"aud": ["a", "b"]}, 401),
+    # the time claims are checked first, as PostgREST
+    ({"aud": "spec tests", "exp": 1}, 401),
+    ({"exp": 1}, 401),
+])
+def test_jwt_audience(authed, claims, status):
+    r = authed(auth_audience="spec tests").get(
+        "/items", headers={"Authorization": f"Bearer {_token(claims)}"})
+    assert r.status_code == status
+    if status == 401:
+        assert body(r)["code"] == "PGRST303"
+        assert body(r)["message"] == ("JWT expired" if "exp" in claims else "JWT not in audience")

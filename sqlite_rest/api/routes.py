@@ -23,7 +23,7 @@ import apsw
 import orjson
 
 from ..responses import CORS_HEADERS, ApiResponse
-from ..auth.authenticator import access_denied
+from ..auth.authenticator import access_denied, bearer_token
 from ..auth.policy import ACCESS_ENVIRON, ROLE_ENVIRON, _claim_text, claim_at
 from ..errors import api_error
 from .prefer import DEFAULT as DEFAULT_PREFERENCES, parse_prefer
@@ -314,7 +314,8 @@ def role_access(app, authenticator, policy, environ):
     """The request's `policy.Access`: no token is the anonymous role when the file names one
     (with --auth-disabled every request is)."""
     authorization = environ.get("HTTP_AUTHORIZATION")
-    if authenticator.disabled or (not authorization and policy.anonymous is not None):
+    if authenticator.disabled or (bearer_token(authorization) is None
+                                  and policy.anonymous is not None):
         return policy.access(None)
     return policy.access(authenticator.authenticate(app, authorization))
 
