@@ -416,3 +416,51 @@ def test_jwt_audience(authed, claims, status):
     if status == 401:
         assert body(r)["code"] == "PGRST303"
         assert body(r)["message"] == ("JWT expired" if "exp" in claims else "JWT not in audience")
+
+
+# --- EmbedDisambiguationSpec: a table with a foreign key to itself --------------------------------
+
+FAMILY = """
+CREATE TABLE family (id INTEGER PRIMARY KEY, name TEXT,
+                     parent_id INTEGER REFERENCES family(id));
+INSERT INTO family VALUES (1, 'Root', NULL), (2, 'Kid One', 1), (3, 'Kid Two', 1),
+                          (4, 'Grandkid', 2);
+"""
+
+
+@pytest.fixture
+def family(db):
+    conn = apsw.Connection(db)
+    conn.execute(FAMILY)
+    conn.close()
+    app = create_app(ServerConfig(db_dsn=db, allow_tables=("family",), auth_disabled=True))
+    with app.test_client() as c:
+        yield c
+
+
+@pytest.mark.parametrize("url, expected", [
+    # the foreign key column names the parent (many-to-one), recursively
+    ("/family?id=in.(3,4)&select=id,parent_id(id,name,parent_id(*))&order=id",
+     [{"id": 3, "parent_id": {"id": 1, "name": "Root", "parent_id": None}},
+      {"id": 4, "parent_id": {"id": 2, "name": "Kid One",
+                              "parent_id": {"id": 1, "name": "Root", "parent_id": None}}}]),
+    # the table's name names the children (one-to-many), with or without the column as hint
+    ("/family?id=eq.1&select=id,children:family(id)", [{"id": 1, "children": [{"id": 2},
+                                                                                {"id": 3}]}]),
+    ("/family?id=eq.1&select=name,children:family!parent_id(name,"
+     "children:family!parent_id(name))",
+     [{"name": "Root", "children": [{"name": "Kid One", "children": [{"name": "Grandkid"}]},
+                                    {"name": "Kid Two", "children": []}]}]),
+    ("/family?id=eq.2&select=name,parent_id(name,children:family!parent_id(name))",
+     [{"name": "Kid One", "parent_id": {"name": "Root", "children": [{"name": "Kid One"},
+                                                                      {"name": "Kid Two"}]}}]),
+])
+def test_self_reference_embeds_parents_and_children(family, url, expected):
+    r = family.get(url)
+    assert (r.status_code, body(r)) == (200, expected)
+
+
+def test_a_self_reference_hint_names_the_childrens_column_only(family):
+    # PostgREST matches a self relationship's hint on the children's column, not the key's name
+    r = family.get("/family?select=id,family!family_parent_id_fkey(id)")
+    assert (r.status_code, body(r)["code"]) == (400, "PGRST200")

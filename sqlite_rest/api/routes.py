@@ -220,7 +220,7 @@ def _shape_plan(table, shape: tuple, range_header: str | None,
         return None
     return ReadPlan(statement, None, offset, limit, binds_values=True,
                     aggregated=has_aggregates(query.select),
-                    embedded=frozenset(embedded_tables(query.select)))
+                    embedded=frozenset(embedded_tables(query.select, table)))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -232,7 +232,7 @@ def _query_plan(table, query_string: str, range_header: str | None, max_rows: in
     count = build_count(table, query) if counted else None
     return ReadPlan(statement, count, offset, limit, binds_values=False,
                     aggregated=has_aggregates(query.select),
-                    embedded=frozenset(embedded_tables(query.select)))
+                    embedded=frozenset(embedded_tables(query.select, table)))
 
 
 def _read(state, environ, table, prefs, head: bool, replica_read=None) -> ApiResponse:
@@ -337,7 +337,7 @@ def role_read_plan(table, rule, claims, query_string: str, range_header: str | N
     the row filter are bound like the request's filter values, so a plan serves every user.
     Embeddings apply their own tables' rules (`access`; embedding.embeds_under_role) and
     are planned per role and claims (their row filters bind the claims)."""
-    embedded = embedded_tables(query_of(query_string).select)
+    embedded = embedded_tables(query_of(query_string).select, table)
     if embedded:
         if access is None:  # fail closed: an embedding is never read without its tables' rules
             raise RuntimeError("an embedding under roles needs the request's policy.Access")

@@ -308,7 +308,7 @@ def write(state, environ, table, prefs, method: str, query) -> ApiResponse:
             filters = And((filters, row_filter))
     # --------------------------------------------------------------------------------------
     if representation:
-        names = embedded_tables(query.select)
+        names = embedded_tables(query.select, table)
         if names:
             check_embedded(state, table, names)
     returning = query.select if representation else None
