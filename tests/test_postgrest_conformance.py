@@ -464,3 +464,21 @@ def test_a_self_reference_hint_names_the_childrens_column_only(family):
     # PostgREST matches a self relationship's hint on the children's column, not the key's name
     r = family.get("/family?select=id,family!family_parent_id_fkey(id)")
     assert (r.status_code, body(r)["code"]) == (400, "PGRST200")
+
+
+def test_an_embedding_outside_the_allow_list_reveals_nothing(db):
+    # agents and departments are related both ways: building the embedding named both keys
+    # (PGRST201) or the hidden table's columns (42703) before the allow-list was checked
+    conn = apsw.Connection(db)
+    conn.execute("""
+        CREATE TABLE departments (id INTEGER PRIMARY KEY, head_id INTEGER REFERENCES agents(id));
+        CREATE TABLE agents (id INTEGER PRIMARY KEY,
+                             department_id INTEGER REFERENCES departments(id));""")
+    conn.close()
+    app = create_app(ServerConfig(db_dsn=db, allow_tables=("agents",), auth_disabled=True))
+    client = app.test_client()
+    for url in ("/agents?select=*,departments(*)", "/agents?select=*,departments(*)&limit=0",
+                "/agents?select=*,departments!department_id(nope)"):
+        r = client.get(url)
+        assert (r.status_code, body(r)["code"]) == (400, "PGRST200"), url
+        assert "head_id" not in r.get_data(as_text=True)

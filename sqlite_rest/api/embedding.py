@@ -124,10 +124,11 @@ def _hint_of(r: Relationship) -> str:
     return r.junction.name if r.kind == "m2m" else r.constraint
 
 
-def _closest(parent: Table, name: str) -> str | None:
+def _closest(parent: Table, name: str, allowed=None) -> str | None:
     import difflib
 
-    close = difflib.get_close_matches(name, list(parent.relations), n=1)
+    names = [n for n in parent.relations if allowed is None or n in allowed]
+    close = difflib.get_close_matches(name, names, n=1)
     return f"Perhaps you meant '{close[0]}' instead of '{name}'." if close else None
 
 
@@ -381,16 +382,19 @@ def embedded_tables(select: tuple, parent: Table | None = None) -> set[str]:
     return names
 
 
-def check_embedded(state, table, names) -> None:
+def check_embedded(allowed, table, names) -> None:
     """Embeddings read only allow-listed tables: another is answered as if it were not
-    related at all (PGRST200), so the API never reveals which tables exist."""
+    related at all (PGRST200), so the API never reveals which tables exist. Checked before
+    the SQL is built: building names the candidates of an ambiguous relationship (PGRST201)
+    and the columns of a table (42703), which would reveal a table outside the list."""
     for name in sorted(names):
-        if name not in state.allowed_tables:
-            raise _unrelated(table.name, name)
+        if name not in allowed:
+            # the hint names the closest allow-listed related table only
+            raise _unrelated(table.name, name, _closest(table, name, allowed))
 
 
-def _unrelated(parent: str, name: str):
-    return api_error("no_relationship", parent=parent, target=name[:200],
+def _unrelated(parent: str, name: str, hint: str | None = None):
+    return api_error("no_relationship", parent=parent, target=name[:200], hint=hint,
                      details=f"Searched for a foreign key relationship between '{parent}' and "
                              f"'{name[:200]}' in the schema, but no matches were found.")
 

@@ -310,7 +310,7 @@ def write(state, environ, table, prefs, method: str, query) -> ApiResponse:
     if representation:
         names = embedded_tables(query.select, table)
         if names:
-            check_embedded(state, table, names)
+            check_embedded(state.allowed_tables, table, names)
     returning = query.select if representation else None
     if rule is not None and returning is not None:
         returning = rule.readable_select(table, embeds_under_role(
