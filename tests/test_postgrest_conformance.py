@@ -482,3 +482,13 @@ def test_an_embedding_outside_the_allow_list_reveals_nothing(db):
         r = client.get(url)
         assert (r.status_code, body(r)["code"]) == (400, "PGRST200"), url
         assert "head_id" not in r.get_data(as_text=True)
+
+
+# --- OptionsSpec, CorsSpec -----------------------------------------------------------------------
+
+def test_options_on_the_root(client):
+    # a CORS preflight of the OpenAPI description (it was a 500: the preflight lacked its environ)
+    r = client.options("/", headers={"Origin": "http://example.com",
+                                     "Access-Control-Request-Method": "GET"})
+    assert r.status_code == 200
+    assert r.headers["Access-Control-Allow-Origin"] == "*"
