@@ -77,8 +77,13 @@ ERROR_TABLE: tuple[ErrorCase, ...] = (
               405, "PGRST117", "Unsupported HTTP method: {method}"),
     ErrorCase("invalid_preference", "invalid Prefer value together with Prefer: handling=strict",
               400, "PGRST122", "Invalid preferences given with handling=strict"),
-    ErrorCase("max_affected_exceeded", "write affects more rows than Prefer: max-affected (rolled back)",
+    ErrorCase("max_affected_exceeded", "write (or a function's result) has more rows than "
+              "Prefer: max-affected with handling=strict (rolled back)",
               400, "PGRST124", "Query result exceeds max-affected preference constraint"),
+    ErrorCase("max_affected_single", "Prefer: max-affected with handling=strict on a function "
+              "that returns a row, a value or nothing",
+              400, "PGRST128", "Function must return SETOF or TABLE when max-affected "
+              "preference is used with handling=strict"),
     ErrorCase("invalid_path", "URL that names no route (e.g. /a/b)",
               404, "PGRST125", "Invalid path specified in request URL"),
     ErrorCase("rpc_method", "/rpc/<function> with a verb other than GET, HEAD, POST or OPTIONS",
@@ -121,12 +126,14 @@ ERROR_TABLE: tuple[ErrorCase, ...] = (
     ErrorCase("jwt_key_unavailable", "the configured JWT key file cannot be read",
               500, "PGRST300", "Server lacks JWT secret",
               "Check --auth-token-file / --auth-rsa-public-key"),
-    ErrorCase("jwt_invalid", "malformed token, bad signature, alg none, wrong algorithm or key",
+    ErrorCase("jwt_invalid", "empty or malformed token, bad signature, alg none, wrong "
+              "algorithm or key (PostgREST's messages)",
               401, "PGRST301", "{reason}"),
-    ErrorCase("jwt_missing", "no Authorization: Bearer token while authentication is on",
-              401, "PGRST302", "Anonymous access is disabled",
-              "Send Authorization: Bearer <jwt>"),
-    ErrorCase("jwt_claims", "expired token, nbf in the future, iat in the future",
+    ErrorCase("jwt_missing", "no Authorization: Bearer token while authentication is on (and "
+              "no anonymous role)",
+              401, "PGRST302", "Anonymous access is disabled"),
+    ErrorCase("jwt_claims", "expired token, nbf or iat in the future, exp/nbf/iat not numbers, "
+              "aud not naming --auth-audience, claims not a JSON object",
               401, "PGRST303", "{reason}"),
     # -- roles and row-level security (--permissions-file) -----------------------------
     ErrorCase("permission_denied", "the role may not use this verb, column or function "

@@ -80,3 +80,30 @@ def test_off_by_default_and_never_in_a_write(db):
 def test_malformed_aggregates_are_400(db, select, code):
     r = client(db).get(f"/orders?select={select}")
     assert r.status_code == 400 and r.get_json()["code"] == code, r.data
+
+
+def test_an_embedding_groups_like_a_column(tmp_path):
+    # AggregateFunctionsSpec: project_id,total:invoice_total.sum(),projects(name) groups by the
+    # embedded project too (was a 500: the implied GROUP BY took the embedding for a column)
+    path = tmp_path / "embed.db"
+    conn = apsw.Connection(str(path))
+    conn.execute("""
+        CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT);
+        CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER REFERENCES customers(id),
+                             total REAL);
+        INSERT INTO customers VALUES (1, 'Ann'), (2, 'Bob');
+        INSERT INTO orders VALUES (1, 1, 10), (2, 1, 20), (3, 2, 5), (4, NULL, 1);""")
+    conn.close()
+    c = create_app(ServerConfig(db_dsn=str(path), allow_tables=("customers,orders",),
+                                auth_disabled=True, aggregates_enabled=True)).test_client()
+    r = c.get("/orders?select=customer_id,s:total.sum(),customers(name)&order=customer_id")
+    assert (r.status_code, r.get_json()) == (200, [
+        {"customer_id": 1, "s": 30.0, "customers": {"name": "Ann"}},
+        {"customer_id": 2, "s": 5.0, "customers": {"name": "Bob"}},
+        {"customer_id": None, "s": 1.0, "customers": None}])
+    r = c.get("/orders?select=customers(name),count()&customer_id=not.is.null")
+    assert sorted(r.get_json(), key=lambda row: row["count"]) == [
+        {"customers": {"name": "Bob"}, "count": 1}, {"customers": {"name": "Ann"}, "count": 2}]
+    # a spread's columns are its own select's: refused beside an aggregate, not a 500
+    r = c.get("/orders?select=...customers(name),count()")
+    assert (r.status_code, r.get_json()["code"]) == (400, "PGRST100")

@@ -198,6 +198,8 @@ TRIGGERS = {
         "/books", headers={"Prefer": "handling=strict, nonsense=1"}),
     "max_affected_exceeded": lambda e: e.client().delete(
         "/books?id=gt.0", headers={"Prefer": "handling=strict,max-affected=1"}),
+    "max_affected_single": lambda e: e.rpc_client().post(
+        "/rpc/add", json={"t": "x"}, headers={"Prefer": "handling=strict, max-affected=1"}),
     "invalid_path": lambda e: e.client().get("/books/1"),
     "rpc_method": lambda e: e.rpc_client().delete("/rpc/titles"),
     "rpc_write_by_get": lambda e: e.rpc_client().get("/rpc/add?t=x"),

@@ -213,3 +213,282 @@ def test_csv_lines_of_another_width(client):
     assert r.status_code == 400
     assert (body(r)["code"], body(r)["message"]) == (
         "PGRST102", "All lines must have same number of fields")
+
+
+# --- RpcSpec, MaxAffectedSpec: function calls ------------------------------------------------
+
+FUNCTIONS = """
+functions:
+  item_range:
+    params: {min: integer, max: integer}
+    sql: SELECT id FROM items WHERE id > :min AND id <= :max
+  add_them:
+    params: {a: integer, b: integer}
+    sql: SELECT :a + :b AS sum
+    returns: value
+  project:
+    params: {id: integer}
+    sql: SELECT id, name FROM projects WHERE id = :id
+    returns: row
+  hello:
+    params: {name: text}
+    sql: SELECT 'Hello, ' || :name AS hello
+    returns: value
+  delete_items:
+    sql: DELETE FROM items RETURNING id
+  forget:
+    sql: DELETE FROM items
+    returns: nothing
+"""
+
+
+@pytest.fixture
+def rpc(db, tmp_path):
+    path = tmp_path / "functions.yml"
+    path.write_text(FUNCTIONS)
+    app = create_app(ServerConfig(db_dsn=db, allow_tables=(TABLES,), auth_disabled=True,
+                                  functions_file=str(path)))
+    with app.test_client() as c:
+        yield c
+
+
+@pytest.mark.parametrize("url, prefer, content_range", [
+    ("/rpc/add_them?a=3&b=4", None, "0-0/*"),
+    ("/rpc/add_them?a=3&b=4", "count=exact", "0-0/1"),
+    ("/rpc/project?id=1", "count=exact", "0-0/1"),
+    ("/rpc/project?id=99", None, "0-0/*"),  # null is still the one result
+])
+def test_a_single_result_is_row_0_of_1(rpc, url, prefer, content_range):
+    r = rpc.get(url, headers={"Prefer": prefer} if prefer else {})
+    assert (r.status_code, r.headers["Content-Range"]) == (200, content_range)
+
+
+def test_columns_names_the_arguments_of_a_post(rpc):
+    # the body's other keys are ignored, as an insert's are
+    r = rpc.post("/rpc/hello?columns=name", json={"name": "John", "smth": "here", "id": 13})
+    assert (r.status_code, body(r)) == (200, "Hello, John")
+
+
+def test_an_array_body_passes_its_first_object(rpc):
+    r = rpc.post("/rpc/add_them", json=[{"a": 1, "b": 2}, {"a": 4, "b": 6}])
+    assert (r.status_code, body(r)) == (200, 3)
+    r = rpc.post("/rpc/add_them", json=[{"a": 1, "b": 2}, {"a": 4}])
+    assert (r.status_code, body(r)["code"], body(r)["message"]) == (
+        400, "PGRST102", "All object keys must match")
+
+
+@pytest.mark.parametrize("function, status", [("delete_items", 200), ("delete_items", 400)])
+def test_max_affected_limits_a_function(rpc, db, function, status):
+    limit = 5 if status == 200 else 4
+    r = rpc.post(f"/rpc/{function}", headers={"Prefer": f"handling=strict, max-affected={limit}"})
+    assert r.status_code == status
+    if status == 400:
+        assert body(r) == {"code": "PGRST124", "details": "The query affects 5 rows",
+                           "hint": None,
+                           "message": "Query result exceeds max-affected preference constraint"}
+        assert rows(db, "SELECT count(*) FROM items") == [(5,)]  # rolled back
+    else:
+        assert r.headers["Preference-Applied"] == f"handling=strict, max-affected={limit}"
+        assert rows(db, "SELECT count(*) FROM items") == [(0,)]
+
+
+@pytest.mark.parametrize("function", ["add_them?a=1&b=2", "project?id=1", "forget"])
+def test_max_affected_needs_a_set_returning_function(rpc, function):
+    r = rpc.post(f"/rpc/{function.split('?')[0]}", json=dict(
+        p.split("=") for p in function.partition("?")[2].split("&") if p),
+        headers={"Prefer": "handling=strict, max-affected=1"})
+    assert (r.status_code, body(r)["code"]) == (400, "PGRST128")
+
+
+def test_max_affected_without_strict_is_not_applied(rpc, db):
+    r = rpc.post("/rpc/delete_items", headers={"Prefer": "max-affected=1"})
+    assert r.status_code == 200 and "Preference-Applied" not in r.headers
+    assert rows(db, "SELECT count(*) FROM items") == [(0,)]
+
+
+def test_preference_applied_on_a_function_call(rpc):
+    # return=, missing= and resolution= are a table write's, never echoed on a call
+    prefer = "return=representation, missing=default, resolution=merge-duplicates, " \
+             "count=exact, tx=commit, handling=lenient"
+    r = rpc.post("/rpc/item_range", json={"min": 0, "max": 2}, headers={"Prefer": prefer})
+    assert r.headers["Preference-Applied"] == "count=exact, tx=commit, handling=lenient"
+    r = rpc.get("/rpc/item_range?min=0&max=2", headers={"Prefer": prefer})
+    assert r.headers["Preference-Applied"] == "count=exact, tx=commit, handling=lenient"
+
+
+# --- AuthSpec, ErrorSpec (JWT Errors), AudienceJwtSecretSpec ------------------------------------
+
+SECRET = b"reallyreallyreallyreallyverysafe"
+
+
+@pytest.fixture
+def authed(db, tmp_path):
+    def make(**options):
+        key = tmp_path / "secret"
+        key.write_bytes(SECRET)
+        app = create_app(ServerConfig(db_dsn=db, allow_tables=(TABLES,), auth_token_file=str(key),
+                                      **options))
+        return app.test_client()
+    return make
+
+
+def _token(claims, secret=SECRET, header=None):
+    import jwt
+    return jwt.encode(claims, secret, algorithm="HS256", headers=header)
+
+
+def _unsigned(claims):
+    import base64
+    part = lambda d: base64.urlsafe_b64encode(orjson.dumps(d)).rstrip(b"=").decode()  # noqa
+    return f"{part({'typ': 'JWT', 'alg': 'none'})}.{part(claims)}.c2ln"
+
+
+@pytest.mark.parametrize("token, code, message, details", [
+    ("", "PGRST301", "Empty JWT is sent in Authorization header", None),
+    ("eyJhbGciOiJIUzI1NiJ9.e30", "PGRST301", "Expected 3 parts in JWT; got 2", None),
+    ("quifquirndsjagnrgniur.fonvoienqhhdj.iuqvnvhojah", "PGRST301",
+     "JWT cryptographic operation failed", None),
+    (_unsigned({}), "PGRST301", "Wrong or unsupported encoding algorithm",
+     "the JWT algorithm 'none' is not accepted"),
+    (_token({}, b"wrong secret, wrong secret, wrong"), "PGRST301",
+     "No suitable key or wrong key type", "None of the keys was able to decode the JWT"),
+    ("@-35 exp", "PGRST303", "JWT expired", None),
+    ("@35 nbf", "PGRST303", "JWT not yet valid", None),
+    ("@35 iat", "PGRST303", "JWT issued at future", None),
+    (_token({"exp": "invalid"}), "PGRST303", "The JWT 'exp' claim must be a number", None),
+    (_token({"nbf": "invalid"}), "PGRST303", "The JWT 'nbf' claim must be a number", None),
+    (_token({"iat": "invalid"}), "PGRST303", "The JWT 'iat' claim must be a number", None),
+    (_token({"aud": {"invalid": "value"}}), "PGRST303",
+     "The JWT 'aud' claim must be a string or an array of strings", None),
+    (_token({"aud": [{"invalid": "value"}, "test"]}), "PGRST303",
+     "The JWT 'aud' claim must be a string or an array of strings", None),
+])
+def test_jwt_errors(authed, token, code, message, details):
+    if token.startswith("@"):  # a time claim relative to now
+        import time
+        offset, claim = token[1:].split()
+        token = _token({claim: int(time.time()) + int(offset)})
+    r = authed().get("/items", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 401
+    assert body(r) == {"code": code, "message": message, "details": details, "hint": None}
+    assert r.headers["WWW-Authenticate"] == \
+        f'Bearer error="invalid_token", error_description="{message}"'
+
+
+def test_jwt_time_claims_have_30_seconds_of_skew(authed):
+    import time
+    now = int(time.time())
+    token = _token({"exp": now - 25, "nbf": now + 25, "iat": now + 25})
+    assert authed().get("/items", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+
+
+def test_jwt_nan_time_is_not_a_number(authed):
+    import base64
+    import hashlib
+    import hmac
+    part = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()  # noqa: E731
+    signing = part(b'{"alg":"HS256"}') + "." + part(b'{"exp":NaN}')
+    token = f"{signing}.{part(hmac.new(SECRET, signing.encode(), hashlib.sha256).digest())}"
+    r = authed().get("/items", headers={"Authorization": f"Bearer {token}"})
+    assert (r.status_code, body(r)["message"]) == (401, "The JWT 'exp' claim must be a number")
+
+
+def test_another_authorization_scheme_is_no_token(authed):
+    r = authed().get("/items", headers={"Authorization": "Basic dXNlcjpwYXNz"})
+    assert (r.status_code, r.headers["WWW-Authenticate"]) == (401, "Bearer")
+    assert body(r) == {"code": "PGRST302", "message": "Anonymous access is disabled",
+                       "details": None, "hint": None}
+
+
+@pytest.mark.parametrize("claims, status", [
+    ({"aud": "spec tests"}, 200),
+    ({"aud": ["other", "spec tests"]}, 200),
+    ({"aud": "not set"}, 401),
+    ({"aud": ["a", "b"]}, 401),
+    # the time claims are checked first, as PostgREST
+    ({"aud": "spec tests", "exp": 1}, 401),
+    ({"exp": 1}, 401),
+])
+def test_jwt_audience(authed, claims, status):
+    r = authed(auth_audience="spec tests").get(
+        "/items", headers={"Authorization": f"Bearer {_token(claims)}"})
+    assert r.status_code == status
+    if status == 401:
+        assert body(r)["code"] == "PGRST303"
+        assert body(r)["message"] == ("JWT expired" if "exp" in claims else "JWT not in audience")
+
+
+# --- EmbedDisambiguationSpec: a table with a foreign key to itself --------------------------------
+
+FAMILY = """
+CREATE TABLE family (id INTEGER PRIMARY KEY, name TEXT,
+                     parent_id INTEGER REFERENCES family(id));
+INSERT INTO family VALUES (1, 'Root', NULL), (2, 'Kid One', 1), (3, 'Kid Two', 1),
+                          (4, 'Grandkid', 2);
+"""
+
+
+@pytest.fixture
+def family(db):
+    conn = apsw.Connection(db)
+    conn.execute(FAMILY)
+    conn.close()
+    app = create_app(ServerConfig(db_dsn=db, allow_tables=("family",), auth_disabled=True))
+    with app.test_client() as c:
+        yield c
+
+
+@pytest.mark.parametrize("url, expected", [
+    # the foreign key column names the parent (many-to-one), recursively
+    ("/family?id=in.(3,4)&select=id,parent_id(id,name,parent_id(*))&order=id",
+     [{"id": 3, "parent_id": {"id": 1, "name": "Root", "parent_id": None}},
+      {"id": 4, "parent_id": {"id": 2, "name": "Kid One",
+                              "parent_id": {"id": 1, "name": "Root", "parent_id": None}}}]),
+    # the table's name names the children (one-to-many), with or without the column as hint
+    ("/family?id=eq.1&select=id,children:family(id)", [{"id": 1, "children": [{"id": 2},
+                                                                                {"id": 3}]}]),
+    ("/family?id=eq.1&select=name,children:family!parent_id(name,"
+     "children:family!parent_id(name))",
+     [{"name": "Root", "children": [{"name": "Kid One", "children": [{"name": "Grandkid"}]},
+                                    {"name": "Kid Two", "children": []}]}]),
+    ("/family?id=eq.2&select=name,parent_id(name,children:family!parent_id(name))",
+     [{"name": "Kid One", "parent_id": {"name": "Root", "children": [{"name": "Kid One"},
+                                                                      {"name": "Kid Two"}]}}]),
+])
+def test_self_reference_embeds_parents_and_children(family, url, expected):
+    r = family.get(url)
+    assert (r.status_code, body(r)) == (200, expected)
+
+
+def test_a_self_reference_hint_names_the_childrens_column_only(family):
+    # PostgREST matches a self relationship's hint on the children's column, not the key's name
+    r = family.get("/family?select=id,family!family_parent_id_fkey(id)")
+    assert (r.status_code, body(r)["code"]) == (400, "PGRST200")
+
+
+def test_an_embedding_outside_the_allow_list_reveals_nothing(db):
+    # agents and departments are related both ways: building the embedding named both keys
+    # (PGRST201) or the hidden table's columns (42703) before the allow-list was checked
+    conn = apsw.Connection(db)
+    conn.execute("""
+        CREATE TABLE departments (id INTEGER PRIMARY KEY, head_id INTEGER REFERENCES agents(id));
+        CREATE TABLE agents (id INTEGER PRIMARY KEY,
+                             department_id INTEGER REFERENCES departments(id));""")
+    conn.close()
+    app = create_app(ServerConfig(db_dsn=db, allow_tables=("agents",), auth_disabled=True))
+    client = app.test_client()
+    for url in ("/agents?select=*,departments(*)", "/agents?select=*,departments(*)&limit=0",
+                "/agents?select=*,departments!department_id(nope)"):
+        r = client.get(url)
+        assert (r.status_code, body(r)["code"]) == (400, "PGRST200"), url
+        assert "head_id" not in r.get_data(as_text=True)
+
+
+# --- OptionsSpec, CorsSpec -----------------------------------------------------------------------
+
+def test_options_on_the_root(client):
+    # a CORS preflight of the OpenAPI description (it was a 500: the preflight lacked its environ)
+    r = client.options("/", headers={"Origin": "http://example.com",
+                                     "Access-Control-Request-Method": "GET"})
+    assert r.status_code == 200
+    assert r.headers["Access-Control-Allow-Origin"] == "*"

@@ -61,11 +61,39 @@ def fk_name(table: str, columns) -> str:
     return f"{table}_{'_'.join(columns)}_fkey"
 
 
+def _self_parent(parent: Table, embed: Embed) -> Relationship | None:
+    """The many-to-one self relationship ``embed`` names by its foreign key column
+    (``family?select=parent_id(*)``: PostgREST's way to the parent row of the same table)."""
+    if embed.hint is not None or embed.name in parent.relations:
+        return None
+    return next((r for r in parent.relations.get(parent.name, ())
+                 if r.kind == "m2o" and len(r.on) == 1 and r.on[0][0] == embed.name), None)
+
+
+def target_name(parent: Table | None, embed: Embed) -> str:
+    """The table an embedding reads (for the allow-list and roles): its name, or the parent
+    itself for a self relationship named by its column."""
+    return parent.name if parent is not None and _self_parent(parent, embed) else embed.name
+
+
 def find_relationship(parent: Table, embed: Embed) -> Relationship:
     """The one relationship ``embed`` names from ``parent`` (its ``!hint`` decides between
-    several); PGRST200 when there is none, PGRST201 when it stays ambiguous."""
+    several); PGRST200 when there is none, PGRST201 when it stays ambiguous.
+
+    A self relationship (a FOREIGN KEY to its own table) is one key seen both ways; PostgREST's
+    convention picks one: the table's name is the children (one-to-many, ``!hint`` naming their
+    column: ``children:family!parent_id(*)``), the foreign key column the parent
+    (many-to-one: ``parent_id(*)``)."""
+    self_parent = _self_parent(parent, embed)
+    if self_parent is not None:
+        return self_parent
     candidates = sorted(parent.relations.get(embed.name, ()), key=lambda r: r.constraint)
-    if embed.hint is not None:
+    if embed.name == parent.name:
+        candidates = [r for r in candidates if r.kind != "m2o"]
+        if embed.hint is not None:
+            candidates = [r for r in candidates
+                          if r.kind == "o2m" and len(r.on) == 1 and r.on[0][1] == embed.hint]
+    elif embed.hint is not None:
         hint = embed.hint
         candidates = [r for r in candidates if _matches(r, hint)]
     if not candidates:
@@ -96,10 +124,11 @@ def _hint_of(r: Relationship) -> str:
     return r.junction.name if r.kind == "m2m" else r.constraint
 
 
-def _closest(parent: Table, name: str) -> str | None:
+def _closest(parent: Table, name: str, allowed=None) -> str | None:
     import difflib
 
-    close = difflib.get_close_matches(name, list(parent.relations), n=1)
+    names = [n for n in parent.relations if allowed is None or n in allowed]
+    close = difflib.get_close_matches(name, names, n=1)
     return f"Perhaps you meant '{close[0]}' instead of '{name}'." if close else None
 
 
@@ -340,26 +369,32 @@ def _json_text(column: str, kind: str) -> str:
     return f"json_quote({column})"
 
 
-def embedded_tables(select: tuple) -> set[str]:
-    """Names of every table an embedding in ``select`` reads (for the allow-list)."""
+def embedded_tables(select: tuple, parent: Table | None = None) -> set[str]:
+    """Names of every table an embedding in ``select`` of ``parent`` reads (for the
+    allow-list)."""
     names: set[str] = set()
     for item in select:
         if type(item) is Embed:
-            names.add(item.name)
-            names |= embedded_tables(item.select)
+            name = target_name(parent, item)
+            names.add(name)
+            related = parent.relations.get(name) if parent is not None else None
+            names |= embedded_tables(item.select, related[0].target if related else None)
     return names
 
 
-def check_embedded(state, table, names) -> None:
+def check_embedded(allowed, table, names) -> None:
     """Embeddings read only allow-listed tables: another is answered as if it were not
-    related at all (PGRST200), so the API never reveals which tables exist."""
+    related at all (PGRST200), so the API never reveals which tables exist. Checked before
+    the SQL is built: building names the candidates of an ambiguous relationship (PGRST201)
+    and the columns of a table (42703), which would reveal a table outside the list."""
     for name in sorted(names):
-        if name not in state.allowed_tables:
-            raise _unrelated(table.name, name)
+        if name not in allowed:
+            # the hint names the closest allow-listed related table only
+            raise _unrelated(table.name, name, _closest(table, name, allowed))
 
 
-def _unrelated(parent: str, name: str):
-    return api_error("no_relationship", parent=parent, target=name[:200],
+def _unrelated(parent: str, name: str, hint: str | None = None):
+    return api_error("no_relationship", parent=parent, target=name[:200], hint=hint,
                      details=f"Searched for a foreign key relationship between '{parent}' and "
                              f"'{name[:200]}' in the schema, but no matches were found.")
 
@@ -379,7 +414,7 @@ def embeds_under_role(parent: Table, parent_rule, select: tuple, rule_of, claims
         if type(item) is not Embed:
             out.append(item)
             continue
-        rule = _readable_rule(rule_of, parent.name, item.name)
+        rule = _readable_rule(rule_of, parent.name, target_name(parent, item))
         rel = find_relationship(parent, item)
         target = rel.target
         if rel.kind == "m2m":

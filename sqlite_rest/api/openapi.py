@@ -179,7 +179,7 @@ def openapi_view():
     if request.method == "OPTIONS":
         from .routes import _preflight
 
-        return _preflight()
+        return _preflight(request.environ)
     if not state.config.openapi_enabled:
         raise api_error("invalid_path")
     access = None

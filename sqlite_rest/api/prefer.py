@@ -28,6 +28,9 @@ class Preference:
 
 _READ = frozenset({"GET", "HEAD"})
 _WRITE = frozenset({"POST", "PATCH", "PUT", "DELETE"})
+#: A function call (/rpc/<name>, any verb): PostgREST echoes count, tx, handling and
+#: max-affected there, never return/missing/resolution.
+RPC = "RPC"
 
 #: In PostgREST's order: Preference-Applied lists the applied preferences in this order,
 #: whatever order the client sent them in.
@@ -39,16 +42,17 @@ PREFERENCES: dict[str, Preference] = {p.key: p for p in (
                "keys missing from some objects of a bulk body take the column DEFAULT"),
     Preference("return", ("minimal", "headers-only", "representation"), "minimal", _WRITE,
                "response body of a write: none, none + Location (POST), or the affected rows"),
-    Preference("count", ("exact", "planned", "estimated"), None, _READ | _WRITE,
+    Preference("count", ("exact", "planned", "estimated"), None, _READ | _WRITE | {RPC},
                "fill the total of Content-Range (planned/estimated fall back to exact)"),
-    Preference("tx", ("commit", "rollback"), "commit", _WRITE,
+    Preference("tx", ("commit", "rollback"), "commit", _WRITE | {RPC},
                "rollback: run the write, answer as usual, then roll it back"),
-    Preference("handling", ("strict", "lenient"), "lenient", _READ | _WRITE,
+    Preference("handling", ("strict", "lenient"), "lenient", _READ | _WRITE | {RPC},
                "strict: an invalid preference is a 400 PGRST122 instead of being ignored"),
     Preference("timezone", None, None, frozenset(), "accepted for compatibility; SQLite has none"),
-    Preference("max-affected", None, None, frozenset({"PATCH", "DELETE"}),
-               "with handling=strict: more affected rows -> 400 PGRST124, rolled back"),
-    Preference("params", ("single-object",), None, frozenset({"POST"}),
+    Preference("max-affected", None, None, frozenset({"PATCH", "DELETE", RPC}),
+               "with handling=strict: more affected rows (a function: more result rows) -> "
+               "400 PGRST124, rolled back"),
+    Preference("params", ("single-object",), None, frozenset({RPC}),
                "/rpc: pass the whole JSON body to the function's one `json` parameter"),
 )}
 

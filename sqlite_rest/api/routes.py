@@ -23,7 +23,7 @@ import apsw
 import orjson
 
 from ..responses import CORS_HEADERS, ApiResponse
-from ..auth.authenticator import access_denied
+from ..auth.authenticator import access_denied, bearer_token
 from ..auth.policy import ACCESS_ENVIRON, ROLE_ENVIRON, _claim_text, claim_at
 from ..errors import api_error
 from .prefer import DEFAULT as DEFAULT_PREFERENCES, parse_prefer
@@ -191,19 +191,27 @@ class ReadPlan:
 
 
 def read_plan(table, query_string: str, range_header: str | None, max_rows: int | None,
-              counted: bool) -> tuple[ReadPlan, tuple]:
-    """The plan of a GET and the values it binds."""
+              counted: bool, allowed: frozenset | None = None) -> tuple[ReadPlan, tuple]:
+    """The plan of a GET and the values it binds. ``allowed``: the allow-list, which every
+    embedded table must be in (None: not checked)."""
     if not counted:
         shape, values = query_shape(query_pairs(query_string))
-        plan = _shape_plan(table, shape, range_header, max_rows)
+        plan = _shape_plan(table, shape, range_header, max_rows, allowed)
         if plan is not None:
             return plan, values
-    return _query_plan(table, query_string, range_header, max_rows, counted), ()
+    return _query_plan(table, query_string, range_header, max_rows, counted, allowed), ()
+
+
+def _embedded(table, query, allowed) -> frozenset:
+    names = frozenset(embedded_tables(query.select, table))
+    if names and allowed is not None:
+        check_embedded(allowed, table, names)
+    return names
 
 
 @functools.lru_cache(maxsize=4096)
 def _shape_plan(table, shape: tuple, range_header: str | None,
-                max_rows: int | None) -> ReadPlan | None:
+                max_rows: int | None, allowed: frozenset | None) -> ReadPlan | None:
     """The plan of a shape, or None when the shape cannot stand for its queries: its
     placeholders do not parse where the values did, or a value is not one bound parameter
     (sql.shape_statement). The query then gets a plan of its own, which reports any error
@@ -213,26 +221,26 @@ def _shape_plan(table, shape: tuple, range_header: str | None,
         query = parse_read_query(shape_pairs(shape, map(slot_text, range(len(slot_columns)))))
     except RequestError:
         return None
+    embedded = _embedded(table, query, allowed)
     offset, limit = _limited(query, range_header, max_rows)
     statement = shape_statement(
         table, build_select(table, query, limit=limit, offset=offset), slot_columns)
     if statement is None:
         return None
     return ReadPlan(statement, None, offset, limit, binds_values=True,
-                    aggregated=has_aggregates(query.select),
-                    embedded=frozenset(embedded_tables(query.select)))
+                    aggregated=has_aggregates(query.select), embedded=embedded)
 
 
 @functools.lru_cache(maxsize=4096)
 def _query_plan(table, query_string: str, range_header: str | None, max_rows: int | None,
-                counted: bool) -> ReadPlan:
+                counted: bool, allowed: frozenset | None) -> ReadPlan:
     query = query_of(query_string)
+    embedded = _embedded(table, query, allowed)
     offset, limit = _limited(query, range_header, max_rows)
     statement = build_select(table, query, limit=limit, offset=offset)
     count = build_count(table, query) if counted else None
     return ReadPlan(statement, count, offset, limit, binds_values=False,
-                    aggregated=has_aggregates(query.select),
-                    embedded=frozenset(embedded_tables(query.select)))
+                    aggregated=has_aggregates(query.select), embedded=embedded)
 
 
 def _read(state, environ, table, prefs, head: bool, replica_read=None) -> ApiResponse:
@@ -243,15 +251,15 @@ def _read(state, environ, table, prefs, head: bool, replica_read=None) -> ApiRes
     if role is None:
         plan, values = read_plan(table, environ.get("QUERY_STRING", ""),
                                  environ.get("HTTP_RANGE"), state.config.max_rows,
-                                 prefs.count is not None)
+                                 prefs.count is not None, state.allowed_tables)
     else:
         plan, values = role_read_plan(table, *role, environ.get("QUERY_STRING", ""),
                                       environ.get("HTTP_RANGE"), state.config.max_rows,
                                       prefs.count is not None, environ.get(ACCESS_ENVIRON))
     if plan.aggregated and not state.config.aggregates_enabled:
         raise api_error("aggregates_disabled")
-    if plan.embedded:
-        check_embedded(state, table, plan.embedded)
+    if plan.embedded:  # (the plans above checked it already; a role's plan reads its rules)
+        check_embedded(state.allowed_tables, table, plan.embedded)
     offset = plan.offset
     json_sql = plan.json_sql if media == JSON else None
     total = None
@@ -314,7 +322,8 @@ def role_access(app, authenticator, policy, environ):
     """The request's `policy.Access`: no token is the anonymous role when the file names one
     (with --auth-disabled every request is)."""
     authorization = environ.get("HTTP_AUTHORIZATION")
-    if authenticator.disabled or (not authorization and policy.anonymous is not None):
+    if authenticator.disabled or (bearer_token(authorization) is None
+                                  and policy.anonymous is not None):
         return policy.access(None)
     return policy.access(authenticator.authenticate(app, authorization))
 
@@ -336,7 +345,7 @@ def role_read_plan(table, rule, claims, query_string: str, range_header: str | N
     the row filter are bound like the request's filter values, so a plan serves every user.
     Embeddings apply their own tables' rules (`access`; embedding.embeds_under_role) and
     are planned per role and claims (their row filters bind the claims)."""
-    embedded = embedded_tables(query_of(query_string).select)
+    embedded = embedded_tables(query_of(query_string).select, table)
     if embedded:
         if access is None:  # fail closed: an embedding is never read without its tables' rules
             raise RuntimeError("an embedding under roles needs the request's policy.Access")

@@ -28,8 +28,9 @@ from ..errors import api_error
 from ..responses import CORS_HEADERS, ApiResponse
 from .functions import SCHEMA_NAME, ArgumentError, Function, accepts, not_found
 from .operators import OPERATOR_BY_NAME
-from .prefer import DEFAULT as DEFAULT_PREFERENCES, parse_prefer
-from .query import RESERVED_KEYS, parse_read_query, query_pairs, shown_text
+from .prefer import DEFAULT as DEFAULT_PREFERENCES, RPC, parse_prefer
+from .query import (RESERVED_KEYS, parse_columns, parse_read_query, query_pairs,
+                    shown_text)
 from .representation import CONTENT_TYPES, CSV, OBJECT, dumps, negotiate, render, shape_of
 from .routes import _preflight, content_range, page_bounds
 from .sql import OutputColumn, build_count, build_select
@@ -122,8 +123,10 @@ def _arguments(function: Function, given: dict, from_text: bool) -> dict:
     return values
 
 
-def _post_arguments(environ, max_bytes: int, single_object: bool):
-    """(arguments, from_text, is a JSON body) of a POST."""
+def _post_arguments(environ, max_bytes: int, single_object: bool, columns=None):
+    """(arguments, from_text, is a JSON body) of a POST. As PostgREST: an array of objects
+    (same keys in each) passes its first object, any other non-object no arguments, and
+    ``?columns=`` names the arguments (the body's other keys are ignored, absent ones null)."""
     content_type = environ.get("CONTENT_TYPE")
     kind = _content_kind_of(content_type)
     if kind == "csv":
@@ -139,10 +142,19 @@ def _post_arguments(environ, max_bytes: int, single_object: bool):
         body = {}  # PostgREST: an empty body calls the function without arguments
     else:
         body = parse_json_body(data)
-    if not single_object and type(body) is not dict:
-        raise api_error("invalid_body", message="Expected a JSON object of arguments",
-                        details=f"got a JSON {type(body).__name__}",
-                        hint='send e.g. {"name": "value"}, or {} for no arguments')
+    if single_object:
+        return body, False, True
+    if type(body) is list:
+        if body and not all(type(item) is dict and item.keys() == body[0].keys()
+                            for item in body):
+            raise api_error("invalid_body", message="All object keys must match",
+                            details="every object of the array needs the same keys",
+                            hint=None)
+        body = body[0] if body else {}
+    elif type(body) is not dict:
+        body = {}
+    if columns is not None:
+        body = {name: body.get(name) for name in columns}
     return body, False, True
 
 
@@ -199,8 +211,10 @@ def call(state, name: str, method: str, prefs, environ) -> ApiResponse:
             from .forward import forward_write  # the primary checks the arguments
             return forward_write(state, environ,
                                  _body_bytes(environ, state.config.max_body_bytes))
-        body, from_text, json_body = _post_arguments(environ, state.config.max_body_bytes,
-                                                     single)
+        columns = next((value for key, value in reversed(pairs) if key == "columns"), None)
+        body, from_text, json_body = _post_arguments(
+            environ, state.config.max_body_bytes, single,
+            parse_columns(columns) if columns is not None else None)
         function = functions.get(name)
         if single:
             if (function is None or len(function.params) != 1
@@ -212,10 +226,14 @@ def call(state, name: str, method: str, prefs, environ) -> ApiResponse:
             if function is None or not accepts(function, given):
                 raise _not_found(functions, name, given, json_body=json_body)
         values = _arguments(function, given, from_text=from_text)
-        query = list(pairs)
+        query = [(key, value) for key, value in pairs if key != "columns"]
         range_header = None  # PostgREST ignores Range on POST
     counted = prefs.count is not None
     returns = function.returns
+    strict = prefs.handling == "strict"
+    max_affected = prefs.max_affected if strict else None
+    if max_affected is not None and returns != "rows":
+        raise api_error("max_affected_single")
     if returns in ("rows", "row") and function.wrap_prefix is not None:
         statement, count, offset, limit, output = _plan(
             function, tuple(query), range_header, state.config.max_rows, counted)
@@ -255,6 +273,9 @@ def call(state, name: str, method: str, prefs, environ) -> ApiResponse:
             if count is not None:
                 total = conn.execute(prefix + count.sql,
                                      last_params + list(count.params)).fetchall()[0][0]
+        if max_affected is not None and len(rows) > max_affected:  # raised in the write:
+            raise api_error("max_affected_exceeded",       # rolled back
+                            details=f"The query affects {len(rows)} rows")
         if returns == "rows" and total is not None and offset > total:
             raise api_error(
                 "invalid_range",
@@ -276,7 +297,10 @@ def call(state, name: str, method: str, prefs, environ) -> ApiResponse:
             rows, total, body = run(conn)
     else:
         rows, total, body = run(state.db.reader())
-    applied = prefs.applied("GET" if method == "HEAD" else method) if prefs.given else None
+    skip = ("max-affected",) if not strict else ()
+    if method != "POST":
+        skip += ("params",)
+    applied = prefs.applied(RPC, extra_skip=skip) if prefs.given else None
     if applied:
         headers.append(("Preference-Applied", applied))
     if returns == "nothing":
@@ -289,6 +313,9 @@ def call(state, name: str, method: str, prefs, environ) -> ApiResponse:
                     ("Range-Unit", "items")]
         if total is not None and (offset > 0 or offset + len(rows) < total):
             status = 206
+    else:  # PostgREST: a function's single row or value (null included) is row 0 of 1
+        headers += [("Content-Range", content_range(0, 1, 1 if counted else None)),
+                    ("Range-Unit", "items")]
     if method == "HEAD":
         body = b""
     return ApiResponse(body, status, headers, CONTENT_TYPES[media])

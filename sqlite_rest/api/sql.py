@@ -575,8 +575,12 @@ def group_by(table: Table, select: tuple) -> str:
         return ""
     positions, n = [], 0
     for item in select:
+        if type(item) is Embed and item.spread:  # its width is its own select's
+            raise QueryError("aggregates beside a spread embedding are not supported",
+                             details=f"...{item.name}")
         width = len(table.columns) if type(item) is Star else 1
-        if type(item) is Star or not item.aggregate:
+        # an embedding groups like a column (PostgREST: its one JSON value per group)
+        if type(item) in (Star, Embed) or not item.aggregate:
             positions.extend(range(n + 1, n + width + 1))
         n += width
     return " GROUP BY " + ", ".join(map(str, positions)) if positions else ""

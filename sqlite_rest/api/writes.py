@@ -308,9 +308,9 @@ def write(state, environ, table, prefs, method: str, query) -> ApiResponse:
             filters = And((filters, row_filter))
     # --------------------------------------------------------------------------------------
     if representation:
-        names = embedded_tables(query.select)
+        names = embedded_tables(query.select, table)
         if names:
-            check_embedded(state, table, names)
+            check_embedded(state.allowed_tables, table, names)
     returning = query.select if representation else None
     if rule is not None and returning is not None:
         returning = rule.readable_select(table, embeds_under_role(
@@ -405,8 +405,7 @@ def write(state, environ, table, prefs, method: str, query) -> ApiResponse:
                 affected += changed
         if max_affected is not None and affected > max_affected:
             raise api_error("max_affected_exceeded",
-                            details=f"The query affects {affected} rows",
-                            hint=f"Prefer: max-affected={max_affected}")
+                            details=f"The query affects {affected} rows")
         if order:
             rows = _sorted_rows(rows, order, len(columns))
         if media == OBJECT and (len(rows) if representation else affected) != 1:

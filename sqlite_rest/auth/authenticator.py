@@ -12,13 +12,16 @@
 - --auth-audience: the token's ``aud`` must name it (a token without ``aud`` is refused).
 - ``exp``/``nbf``/``iat`` are checked with `ServerConfig.auth_leeway_seconds` of skew.
 - Failures: 401 PGRST302 (no token), PGRST301 (bad token), PGRST303 (bad claims), each with a
-  ``WWW-Authenticate: Bearer`` challenge; the `auth_failed` signal fires for metrics.
+  ``WWW-Authenticate: Bearer`` challenge and PostgREST's message (`DECODE_ERRORS`, and the
+  claim checks of `check_claims`, in PostgREST's order); the `auth_failed` signal fires for
+  metrics. An Authorization header of another scheme (Basic, …) is no token, as PostgREST.
 - The ``apikey`` header (sent by Supabase-style PostgREST clients) is tolerated and ignored.
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -134,6 +137,28 @@ def _load_jwks(data: bytes):
     return keys
 
 
+#: PostgREST's messages of a token that cannot be decoded (401 PGRST301).
+DECODE_ERRORS = {
+    "empty": "Empty JWT is sent in Authorization header",
+    "parts": "Expected 3 parts in JWT; got {parts}",
+    "algorithm": "Wrong or unsupported encoding algorithm",
+    "key": "No suitable key or wrong key type",
+    "crypto": "JWT cryptographic operation failed",
+}
+
+
+def bearer_token(authorization: Optional[str]) -> Optional[str]:
+    """The token of ``Bearer <token>`` ('' when empty); None without a Bearer scheme, which
+    PostgREST treats as no token at all."""
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def _is_number(value) -> bool:
+    # NaN would pass every time comparison: not a number here (nor in PostgREST's JSON)
+    return type(value) is int or (type(value) is float and math.isfinite(value))
+
+
 def _challenge(error: Optional[str], description: Optional[str]) -> dict:
     if error is None:
         return {"WWW-Authenticate": "Bearer"}
@@ -166,20 +191,23 @@ class Authenticator:
             if keyfile is not None:
                 keyfile.key()
 
-    def _fail(self, app, key: str, reason: str, error: Optional[str] = "invalid_token") -> ApiError:
+    def _fail(self, app, key: str, reason: str, error: Optional[str] = "invalid_token",
+              details: Optional[str] = None) -> ApiError:
         auth_failed.send(app, reason=key)
-        return api_error(key, reason=reason, headers=_challenge(error, reason))
+        return api_error(key, reason=reason, details=details, headers=_challenge(error, reason))
 
     def authenticate(self, app, authorization: Optional[str]) -> Optional[dict]:
         """Claims of the request's token; None when auth is disabled. Raises ApiError."""
         if self.disabled:
             return None
-        if not authorization:
+        token = bearer_token(authorization)
+        if token is None:
             raise self._fail(app, "jwt_missing", "no token", error=None)
-        scheme, _, token = authorization.strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise self._fail(app, "jwt_invalid", "Authorization must be 'Bearer <jwt>'")
+        if not token:
+            raise self._fail(app, "jwt_invalid", DECODE_ERRORS["empty"])
+        parts = token.count(".") + 1
+        if parts != 3:
+            raise self._fail(app, "jwt_invalid", DECODE_ERRORS["parts"].format(parts=parts))
         keyfiles = [k for k in (self.hmac, self.rsa, self.jwks) if k is not None]
         try:
             for keyfile in keyfiles:
@@ -193,29 +221,49 @@ class Authenticator:
             self._cache = {}
             self._cache_stamps = stamps
         claims = self._cache.get(token)
-        if claims is not None:
-            self._check_times(app, claims)
-            return claims
-        claims = self._verify(app, token)
-        if len(self._cache) >= TOKEN_CACHE_SIZE:
-            self._cache.clear()
-        self._cache[token] = claims
+        if claims is None:
+            claims = self._verify(app, token)
+            if len(self._cache) >= TOKEN_CACHE_SIZE:
+                self._cache.clear()
+            self._cache[token] = claims
+        problem = self.check_claims(claims)  # a cached token expires too
+        if problem is not None:
+            raise self._fail(app, "jwt_claims", problem)
         return claims
 
-    def _check_times(self, app, claims: dict) -> None:
+    def check_claims(self, claims: dict) -> Optional[str]:
+        """PostgREST's claim checks, in its order (the first failure is the message): exp,
+        nbf, iat (numbers, with the leeway), then aud (a string or an array of strings that
+        names --auth-audience). Unlike PostgREST, a token without an audience is refused when
+        --auth-audience is set (design/roles.md)."""
         now = time.time()
-        exp = claims.get("exp")
-        if exp is not None and now > exp + self.leeway:
-            raise self._fail(app, "jwt_claims", "JWT expired")
-        nbf = claims.get("nbf")
-        if nbf is not None and now < nbf - self.leeway:
-            raise self._fail(app, "jwt_claims", "JWT not yet valid (nbf)")
+        for name, failed, message in (
+                ("exp", lambda t: now - self.leeway > t, "JWT expired"),
+                ("nbf", lambda t: now + self.leeway < t, "JWT not yet valid"),
+                ("iat", lambda t: now + self.leeway < t, "JWT issued at future")):
+            value = claims.get(name)
+            if value is None:
+                continue
+            if not _is_number(value):
+                return f"The JWT '{name}' claim must be a number"
+            if failed(value):
+                return message
+        aud = claims.get("aud")
+        audiences = [aud] if type(aud) is str else aud
+        if aud is not None and not (type(audiences) is list
+                                    and all(type(a) is str for a in audiences)):
+            return "The JWT 'aud' claim must be a string or an array of strings"
+        if self.audience is not None and self.audience not in (audiences or ()):
+            return "JWT not in audience"
+        return None
 
     def _verify(self, app, token: str) -> dict:
+        """The claims of a token whose signature one of the keys verifies (its claims are
+        `check_claims`'s)."""
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.InvalidTokenError as exc:
-            raise self._fail(app, "jwt_invalid", f"malformed JWT: {exc}") from None
+        except jwt.InvalidTokenError:
+            raise self._fail(app, "jwt_invalid", DECODE_ERRORS["crypto"]) from None
         alg = header.get("alg")
         candidates = []
         if alg in HMAC_ALGORITHMS and self.hmac is not None:
@@ -232,39 +280,29 @@ class Authenticator:
                 candidates.append((key, [alg]))
         if not candidates:
             if self.jwks is not None and header.get("kid") is not None:
-                raise self._fail(app, "jwt_invalid",
-                                 f"no key of the JWKS has kid {str(header.get('kid'))[:60]!r} "
-                                 f"for algorithm {alg!r}")
-            raise self._fail(app, "jwt_invalid", f"JWT algorithm {alg!r} is not accepted")
-        error = None
+                raise self._fail(app, "jwt_invalid", DECODE_ERRORS["key"],
+                                 details=f"no key of the JWKS has kid "
+                                         f"{str(header.get('kid'))[:60]!r} for algorithm "
+                                         f"{str(alg)[:20]!r}")
+            raise self._fail(app, "jwt_invalid", DECODE_ERRORS["algorithm"],
+                             details=f"the JWT algorithm {str(alg)[:20]!r} is not accepted")
         for key, algorithms in candidates:
             try:
-                return jwt.decode(
-                    token,
-                    key=key,
-                    algorithms=algorithms,
-                    leeway=self.leeway,
-                    audience=self.audience,
-                    options={"require": ["aud"] if self.audience else [],
-                             "verify_aud": self.audience is not None, "verify_iat": True},
-                )
-            except (jwt.ExpiredSignatureError, jwt.ImmatureSignatureError) as exc:
-                raise self._fail(app, "jwt_claims", _reason(exc)) from None
-            except (jwt.InvalidAudienceError, jwt.MissingRequiredClaimError) as exc:
-                raise self._fail(app, "jwt_invalid", _reason(exc)) from None
-            except jwt.InvalidTokenError as exc:
-                error = exc  # another key of the JWKS (no kid) may verify it
-        raise self._fail(app, "jwt_invalid", _reason(error)) from None
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, jwt.ExpiredSignatureError):
-        return "JWT expired"
-    if isinstance(exc, jwt.ImmatureSignatureError):
-        return f"JWT not yet valid: {exc}"
-    if isinstance(exc, jwt.InvalidSignatureError):
-        return "JWT signature verification failed"
-    return f"invalid JWT: {exc}"
+                claims = jwt.decode(token, key=key, algorithms=algorithms,
+                                    options={"verify_exp": False, "verify_nbf": False,
+                                             "verify_iat": False, "verify_aud": False,
+                                             "verify_iss": False})
+            except jwt.InvalidSignatureError:
+                continue  # another key of the JWKS (no kid) may verify it
+            except jwt.DecodeError as exc:
+                if "payload" in str(exc).lower():  # signed, but its claims are no JSON object
+                    raise self._fail(app, "jwt_claims", "Parsing claims failed") from None
+                raise self._fail(app, "jwt_invalid", DECODE_ERRORS["crypto"]) from None
+            except jwt.InvalidTokenError:
+                raise self._fail(app, "jwt_invalid", DECODE_ERRORS["crypto"]) from None
+            return claims
+        raise self._fail(app, "jwt_invalid", DECODE_ERRORS["key"],
+                         details="None of the keys was able to decode the JWT")
 
 
 def warn_if_disabled(config: ServerConfig) -> None:
