@@ -675,14 +675,17 @@ class DB:
             pgnos = np.union1d(seg.pgnos, growth).tolist()
         path = self.ltx_path(0, txid, txid)
         self._write_ltx_file(path, header, self._pages(pgnos, wal_pages, reader, lock))
-        self._last_header = header
-        self._pos = Pos(txid)
+        # Renamed into place, the file is visible, and the upload loop may be sending it
+        # already: the position moves with it before anything else can fail. (A failed
+        # directory fsync used to raise first; the retried sync wrote this TXID again over
+        # more frames, and the replica kept the first version with a hole after it: the
+        # fault sweep, tests/test_fault_sweep.py.)
+        self._last_header, self._pos, self._last_frame = header, Pos(txid), None
         if seg.frames:
             last_off = seg.end - reader.header.frame_size
             last = reader.frame_header(last_off)
             self._last_frame = (last_off, last[0], reader.read_page(last_off))
-        else:
-            self._last_frame = None
+        _fsync_dir(os.path.dirname(path))
 
     def _pages(self, pgnos, wal_pages: dict[int, int], reader: WALReader, lock: int):
         """(pgno, data) in ascending order: the WAL's copy when present, else the DB file's."""
@@ -706,7 +709,8 @@ class DB:
             yield pgno, chunk[idx * ps:(idx + 1) * ps]
 
     def _write_ltx_file(self, path: str, header: ltx.Header, pages) -> None:
-        """tmp + fsync + rename + dir fsync, so a crash never leaves a partial L0 file."""
+        """tmp + fsync + rename, so a crash never leaves a partial L0 file (the caller fsyncs
+        the directory once it has taken the file as its position)."""
         tmp = path + ".tmp"
         try:
             with open(tmp, "wb") as f:
@@ -723,11 +727,6 @@ class DB:
             except FileNotFoundError:
                 pass
             raise
-        dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
 
     # -- checkpoints ---------------------------------------------------------------------
 
@@ -1104,6 +1103,14 @@ class DB:
             watcher.close()
             if listener is not None:
                 listener.close()
+
+
+def _fsync_dir(path: str) -> None:
+    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def _drain_pipe(fd: int) -> None:

@@ -50,6 +50,31 @@ class _RangeReader(io.RawIOBase):
         super().close()
 
 
+class _ReplicaFile(io.BufferedReader):
+    """A replica file opened for reading whose read errors are ReplicaClientError, as every
+    other failure of this client is (and as an S3 body's are): a whole-file reader then reads
+    it again, and the error names the replica file. (A plain file's EIO reached the restore
+    as an OSError, which failed at once as "cannot write <output>.tmp": the fault sweep,
+    tests/test_fault_sweep.py.) ``fileno`` stays the file's: a big local file is still decoded
+    in worker processes (parallel_decode.local_fd)."""
+
+    def __init__(self, raw, path: str):
+        super().__init__(raw, buffer_size=_COPY_CHUNK)
+        self._path = path
+
+    def read(self, n: int | None = -1) -> bytes:
+        try:
+            return super().read(n)
+        except OSError as e:
+            raise _os_error(e, f"read {self._path}") from e
+
+    def readinto(self, b) -> int:
+        try:
+            return super().readinto(b)
+        except OSError as e:
+            raise _os_error(e, f"read {self._path}") from e
+
+
 def _os_error(e: OSError, what: str) -> ReplicaClientError:
     err = ReplicaClientError(f"file replica: {what}: {e.strerror or e}",
                              hint="check that the replica directory exists, is writable and has free space")
@@ -180,7 +205,7 @@ class FileReplicaClient(ReplicaClient):
         path = self.file_path(level, min_txid, max_txid)
         with self._operation(GET) as moved:
             try:
-                f = open(path, "rb")
+                f = _ReplicaFile(open(path, "rb", buffering=0), path)
             except FileNotFoundError:
                 raise NotFoundError(f"file replica: L{level}/{ltx.format_filename(min_txid, max_txid)} "
                                     f"not found in {self.path}") from None

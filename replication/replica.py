@@ -460,7 +460,9 @@ class Replica:
         exists, and at least every ``sync_interval``."""
         backoff = 0.0
         next_round = time.monotonic()  # the first round runs at once: leftovers go up now
-        while not self._stopping.is_set():
+        # Once declared dead (here or by the budget watchdog, which can fire during a round
+        # that then succeeds), the loop ends: on_fatal told the caller it had stopped.
+        while not self._stopping.is_set() and not self._fatal_reported:
             if backoff:
                 # During a backoff, commits do not shorten the wait: a dead S3 must not be
                 # hammered at the commit rate.

@@ -548,6 +548,17 @@ def _upload_all(db, replica):
                                ltx.Header.unmarshal(data[:100]).timestamp)
 
 
+def _upload_new(db, replica):
+    """The upload loop's way: only the local L0 files past the replica's newest."""
+    pos = max((i.max_txid for i in replica.ltx_files(0)), default=0)
+    for info in db.local_ltx_files(0):
+        if info.min_txid > pos:
+            with db.open_local_ltx(0, info.min_txid, info.max_txid) as f:
+                data = f.read()
+            replica.write_ltx_file(0, info.min_txid, info.max_txid, data,
+                                   ltx.Header.unmarshal(data[:100]).timestamp, exclusive=True)
+
+
 def _remote_paths(replica):
     return [os.path.join(replica.path, "ltx", "0", ltx.format_filename(i.min_txid, i.max_txid))
             for i in replica.ltx_files(0)]
@@ -809,3 +820,55 @@ def test_litestream_continues_from_our_local_state(tmp_path, litestream_bin, lit
         assert not is_full_snapshot(*headers(db)[-1])
     finally:
         db.close()
+
+
+def test_a_failed_meta_dir_fsync_after_the_rename_does_not_rewrite_that_txid(
+        tmp_path, monkeypatch):
+    """The fault sweep (tests/test_fault_sweep.py, meta-dirfsync): the fsync of the meta dir
+    after an L0 file's rename failed (EIO), and the sync raised before the position moved. The
+    file was in place, and the upload loop sent it; the retried sync then wrote the same TXID
+    again over more frames, and the next TXID started after those. The replica kept the first
+    version: the frames between were on it nowhere (a restore missed a page: "1 page(s) … are
+    in no file of the plan"), and a restart called the replica's copy a conflict."""
+    import replication.db as dbmod
+
+    path = tmp_path / "db.sqlite"
+    writer = open_writer(path)
+    client = FileReplicaClient(str(tmp_path / "replica"))
+    with DB(path) as db:
+        insert(writer)
+        db.sync()
+        _upload_all(db, client)
+        real_fsync = os.fsync
+        failing = [True]
+
+        def fsync(fd):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if failing and os.path.isdir(target) and target.startswith(db.meta_path):
+                failing.pop()
+                raise OSError(5, "Input/output error")
+            return real_fsync(fd)
+
+        monkeypatch.setattr(dbmod, "os", SimpleNamespace(**{
+            **{k: getattr(os, k) for k in dir(os) if not k.startswith("__")}, "fsync": fsync}))
+        insert(writer)
+        with pytest.raises(OSError):
+            db.sync()
+        written = db.local_ltx_files(0)[-1].max_txid
+        assert written == 2
+        with db.open_local_ltx(0, written, written) as f:
+            first = f.read()
+        _upload_new(db, client)  # the loop takes the renamed file at once
+        writer.execute("CREATE TABLE u(x)")  # pages that no later commit touches
+        insert(writer)
+        db.sync()
+        with db.open_local_ltx(0, written, written) as f:
+            assert f.read() == first, "a TXID already written was written again"
+        _upload_new(db, client)
+        assert_contiguous(db)
+        out = tmp_path / "out.db"
+        from replication.restore import restore
+        restore(client, str(out), integrity_check="full")
+        assert rows(out) == rows(path)
+        assert "u" in [r[0] for r in apsw.Connection(str(out)).execute(
+            "SELECT name FROM sqlite_master")]

@@ -583,3 +583,61 @@ def test_a_broken_s3_transfer_is_a_replica_client_error():
     with pytest.raises(ReplicaClientError, match=r"reading L0/0+1-0+1\.ltx.*\b3\b.*\b10\b"):
         body.read(5)
     body.close()
+
+
+def test_file_read_errors_are_replica_client_errors_and_a_restore_reads_again(
+        tmp_path, monkeypatch):
+    """The fault sweep (tests/test_fault_sweep.py, replica-read): an EIO while a restore read a
+    file replica's file reached it as a bare OSError, so the restore failed at once, as
+    "cannot write <output>.tmp" with a hint about the output directory. An S3 body's transfer
+    error is a ReplicaClientError, read again; a file's now is too, naming the replica file."""
+    import io as _io
+
+    import apsw
+
+    import replication.defaults
+    import replication.file_replica_client as frc
+    import replication.restore as rrestore
+    from replication.restore import restore
+
+    src = tmp_path / "src.db"
+    con = apsw.Connection(str(src))
+    con.execute("PRAGMA journal_mode=wal").fetchall()
+    con.execute("CREATE TABLE t(x); INSERT INTO t VALUES ('hello')")
+    from replication.db import DB
+    client = FileReplicaClient(str(tmp_path / "replica"))
+    with DB(src) as db:
+        db.sync()
+        for info in db.local_ltx_files(0):
+            with db.open_local_ltx(0, info.min_txid, info.max_txid) as f:
+                data = f.read()
+            client.write_ltx_file(0, info.min_txid, info.max_txid, data, 0)
+    failures = [1]
+
+    class BadSector(_io.FileIO):
+        def _fail(self):
+            if failures:
+                failures.pop()
+                raise OSError(5, "Input/output error")
+
+        def readinto(self, b):
+            self._fail()
+            return super().readinto(b)
+
+        def readall(self):
+            self._fail()
+            return super().readall()
+
+    monkeypatch.setattr(frc, "open", lambda path, mode, buffering=-1: BadSector(path, "rb"),
+                        raising=False)
+    monkeypatch.setattr(replication.defaults, "SHORT_READ_BACKOFF", 0.0)
+    monkeypatch.setattr(rrestore, "SHORT_READ_BACKOFF", 0.0)
+    info = next(client.ltx_files(0))
+    with client.open_ltx_file(0, info.min_txid, info.max_txid) as f:
+        with pytest.raises(ReplicaClientError) as err:
+            f.read()
+    assert client.path in str(err.value) and "Input/output error" in str(err.value)
+    failures.append(1)
+    out = tmp_path / "out.db"
+    restore(client, str(out), integrity_check="full")
+    assert apsw.Connection(str(out)).execute("SELECT x FROM t").fetchall() == [("hello",)]

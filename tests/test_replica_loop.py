@@ -260,6 +260,55 @@ def test_errors_back_off_and_the_retry_budget_fires_on_fatal(setup):
     replica.stop(timeout=0.1, interval=0.05)
 
 
+def test_the_loop_stops_once_the_budget_watchdog_gave_up(setup):
+    """The fault sweep (tests/test_fault_sweep.py, write_ltx_file failing after the write):
+    the watchdog declared the replica dead (on_fatal, health.fatal, "replication stopped")
+    during a round that then succeeded, and the loop went on uploading: it only looked at the
+    budget when a round failed. A server exits on on_fatal; a library caller was told the loop
+    had stopped while it ran on."""
+    from replication.replica_client import UnreachableError
+
+    tmp_path, con, db, client = setup
+    commit(con)
+    db.sync()
+    calls = {"writes": 0, "slow": 1}
+
+    class SlowAfterAFailure(FileReplicaClient):
+        def write_ltx_file(self, *args, **kwargs):
+            calls["writes"] += 1
+            if calls["writes"] == 1:
+                raise UnreachableError("injected: the first upload fails")
+            return super().write_ltx_file(*args, **kwargs)
+
+        def ltx_files(self, *args, **kwargs):
+            if calls["writes"] == 1 and calls["slow"]:
+                calls["slow"] = 0
+                time.sleep(0.6)  # the next round's listing outlasts the budget, then answers
+            return super().ltx_files(*args, **kwargs)
+
+    fatal = []
+    replica = Replica(db, SlowAfterAFailure(client.path), ReplicaConfig(sync_interval=0.02),
+                      retry_budget=0.2, on_fatal=fatal.append)
+    db.subscribe(replica.wake)
+    replica.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not fatal and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fatal and replica.health.fatal
+        deadline = time.monotonic() + 2
+        while replica._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not replica._thread.is_alive(), "the loop runs on after it was declared dead"
+        uploaded = max((f.max_txid for f in client.ltx_files(0)), default=0)
+        commit(con)
+        db.sync()
+        time.sleep(0.2)
+        assert max((f.max_txid for f in client.ltx_files(0)), default=0) == uploaded
+    finally:
+        replica.stop(timeout=0.1, interval=0.05)
+
+
 def test_transient_errors_recover_and_reset_the_failure_count(setup):
     tmp_path, con, db, client = setup
     commit(con)
