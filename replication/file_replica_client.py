@@ -59,7 +59,7 @@ class _ReplicaFile(io.BufferedReader):
     in worker processes (parallel_decode.local_fd)."""
 
     def __init__(self, raw, path: str):
-        super().__init__(raw, buffer_size=_COPY_CHUNK)
+        super().__init__(raw)  # the default buffer, as open(path, "rb") had
         self._path = path
 
     def read(self, n: int | None = -1) -> bytes:
