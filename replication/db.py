@@ -1024,9 +1024,17 @@ class DB:
         since = self._unsynced_since
         return max(0.0, time.time() - since) if since is not None else 0.0
 
-    def monitor(self, stop: threading.Event) -> None:
+    def monitor(self, stop: threading.Event, *, retry_budget: float | None = None,
+                on_fatal: Callable[[BaseException], None] | None = None) -> None:
         """The sync loop: every monitor-interval, and immediately (coalesced) on a commit seen by
-        inotify on the ``-wal``, a commit signal (``commit_socket``) or :meth:`notify_commit`."""
+        inotify on the ``-wal``, a commit signal (``commit_socket``) or :meth:`notify_commit`.
+
+        ``retry_budget``: seconds of continuously failing syncs (the meta dir cannot be
+        written, the WAL cannot be read) after which ``on_fatal(error)`` is called once and
+        the loop ends, as the upload loop does; ``None`` retries forever (Litestream). Until
+        then every failed sync is logged and retried. (A local disk that kept failing left
+        the server acknowledging writes that reached no replica, with only /ready's lag to
+        say so: the fault sweep, tests/test_fault_sweep.py.)"""
         if self._wake_r is None:
             raise ReplicationError(f"{self.path}: monitor() before open()", hint="call DB.open() first")
         watcher = _WALWatcher(self.wal_path)
@@ -1061,6 +1069,7 @@ class DB:
 
         next_tick = time.monotonic()
         last_write = -1e9  # start of the last sync that wrote a file
+        failing_since = None  # monotonic time of the first failure of the current run of them
         try:
             while not stop.is_set():
                 now = time.monotonic()
@@ -1089,8 +1098,22 @@ class DB:
                         last_write = started
                 except Exception as exc:  # noqa: BLE001 - log and retry at the next tick
                     log.error("%s: sync error: %s", self.path, exc)
+                    if failing_since is None:
+                        failing_since = started
+                    failed_for = time.monotonic() - failing_since
+                    if retry_budget is not None and failed_for >= retry_budget:
+                        fatal = ReplicationError(
+                            f"{self.path}: local syncs have failed for {failed_for:.1f}s: {exc}",
+                            hint=f"the WAL or the meta dir {self.meta_path} cannot be read or "
+                                 "written: check that disk (free space, permissions, I/O errors)")
+                        fatal.__cause__ = exc
+                        log.error("%s", fatal)
+                        if on_fatal is not None:
+                            on_fatal(fatal)
+                        return
                     stop.wait(min(self.monitor_interval, 1.0))
                 else:
+                    failing_since = None
                     # Wake-ups are noted only between rounds (by this thread), so every one
                     # noted so far came before this round read the WAL: all are covered.
                     self._unsynced_since = None

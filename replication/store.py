@@ -87,9 +87,9 @@ class DBStatus:
 class Store:
     """Replicates every DB of a ``Config`` (see ``replication.config``).
 
-    ``on_fatal(db_path, error)`` is called once per DB whose replica exhausted its retry budget
-    or refused to upload a broken chain; ``retry_budget`` is in seconds (``None`` = retry
-    forever, Litestream's behaviour).
+    ``on_fatal(db_path, error)`` is called once per DB whose replica or local syncs exhausted
+    their retry budget, or whose replica refused to upload a broken chain; ``retry_budget``
+    is in seconds (``None`` = retry forever, Litestream's behaviour).
     """
 
     def __init__(self, config, *,
@@ -143,6 +143,8 @@ class Store:
             self._maint_locks[db.path] = threading.Lock()
             _track(db.path, self.replicas[db.path])
         self._stop = threading.Event()
+        self._fatal_lock = threading.Lock()
+        self._fatal_paths: set[str] = set()
         self._threads: list[threading.Thread] = []
         self._opened = False
 
@@ -162,7 +164,7 @@ class Store:
         if not monitor:
             return
         for db in self.dbs:
-            self._spawn(f"db:{db.path}", db.monitor, self._stop)
+            self._spawn(f"db:{db.path}", self._db_monitor, db)
             self.replicas[db.path].start()
         for level, interval in enumerate(self.level_intervals, 1):
             self._spawn(f"compact:L{level}", self._level_monitor, level, interval)
@@ -225,7 +227,17 @@ class Store:
         raise ReplicationError(f"{path}: not a database of this config",
                                hint="the path must match a `dbs[].path` entry")
 
+    def _db_monitor(self, db) -> None:
+        """A DB's sync loop, under the replica's retry budget: a local side that cannot sync
+        is as fatal as a replica that cannot take uploads."""
+        db.monitor(self._stop, retry_budget=self.retry_budget,
+                   on_fatal=lambda exc: self._fatal(db.path, exc))
+
     def _fatal(self, path: str, exc: BaseException) -> None:
+        with self._fatal_lock:  # the DB's loop and its replica's may both give up
+            if path in self._fatal_paths:
+                return
+            self._fatal_paths.add(path)
         if self.on_fatal is not None:
             self.on_fatal(path, exc)
 

@@ -872,3 +872,78 @@ def test_a_failed_meta_dir_fsync_after_the_rename_does_not_rewrite_that_txid(
         assert rows(out) == rows(path)
         assert "u" in [r[0] for r in apsw.Connection(str(out)).execute(
             "SELECT name FROM sqlite_master")]
+
+
+def _break_l0_dir(db):
+    """The meta dir's L0 directory becomes a plain file: every L0 write fails (ENOTDIR), as on
+    a disk that refuses writes."""
+    level0 = db.ltx_level_dir(0)
+    saved = level0 + ".saved"
+    os.rename(level0, saved)
+    with open(level0, "w") as f:
+        f.write("not a directory")
+
+    def repair():
+        os.unlink(level0)
+        os.rename(saved, level0)
+    return repair
+
+
+def test_local_syncs_failing_past_the_retry_budget_are_fatal(tmp_path):
+    """A local side that cannot sync is as fatal as a replica that cannot take uploads (the
+    fault sweep: a meta dir that kept failing left the loop retrying forever, writes
+    acknowledged and on no replica). Within the budget a failure is retried, past it
+    on_fatal is called once, with the disk named, and the loop ends."""
+    path = tmp_path / "db.sqlite"
+    writer = open_writer(path)
+    with DB(path, SimpleNamespace(monitor_interval=0.02)) as db:
+        insert(writer)
+        db.sync()
+        repair = _break_l0_dir(db)
+        fatal, stop = [], threading.Event()
+        loop = threading.Thread(target=db.monitor, args=(stop,),
+                                kwargs={"retry_budget": 0.5, "on_fatal": fatal.append})
+        loop.start()
+        try:
+            insert(writer)
+            deadline = time.monotonic() + 10
+            while not fatal and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert len(fatal) == 1, "the loop never gave up on a failing local disk"
+            assert "local syncs have failed" in str(fatal[0])
+            assert db.meta_path in fatal[0].hint
+            loop.join(5)
+            assert not loop.is_alive()
+            assert len(fatal) == 1
+        finally:
+            stop.set()
+            loop.join(5)
+            repair()
+
+
+def test_local_sync_failures_within_the_budget_are_retried(tmp_path):
+    path = tmp_path / "db.sqlite"
+    writer = open_writer(path)
+    with DB(path, SimpleNamespace(monitor_interval=0.02)) as db:
+        insert(writer)
+        db.sync()
+        before = db.pos().txid
+        repair = _break_l0_dir(db)
+        fatal, stop = [], threading.Event()
+        loop = threading.Thread(target=db.monitor, args=(stop,),
+                                kwargs={"retry_budget": 30.0, "on_fatal": fatal.append})
+        loop.start()
+        try:
+            insert(writer)
+            time.sleep(0.3)  # several failed syncs
+            assert db.pos().txid == before
+            repair()
+            deadline = time.monotonic() + 10
+            while db.pos().txid == before and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert db.pos().txid > before and not fatal
+            assert loop.is_alive()
+        finally:
+            stop.set()
+            loop.join(5)
+        assert_contiguous(db)

@@ -1,6 +1,7 @@
 """The Store: compaction levels, L9 snapshots, retention, several DBs (real DBs, file replicas)."""
 from __future__ import annotations
 
+import os
 import time
 from datetime import datetime, timezone
 
@@ -383,3 +384,35 @@ def test_a_snapshot_taken_while_the_replica_lags_does_not_skip_l0_files(one):
     # Every TXID stays individually restorable (point-in-time granularity kept).
     assert spans(client, 0)[-(db.pos().txid - behind):] == [
         (t, t) for t in range(behind + 1, db.pos().txid + 1)]
+
+
+def test_a_db_whose_local_syncs_keep_failing_is_fatal_once(tmp_path):
+    """The store runs each DB's sync loop under the retry budget, and tells on_fatal once
+    per DB even if its replica's loop gives up too."""
+    dbs = []
+    path = tmp_path / "a.db"
+    con = make_db(path)
+    dbs.append(DBConfig(path=str(path), monitor_interval=0.02, replica=ReplicaConfig(
+        type="file", path=str(tmp_path / "replica-a"), sync_interval=0.05)))
+    fatal = []
+    store = Store(Config(dbs=dbs), retry_budget=0.5,
+                  on_fatal=lambda p, exc: fatal.append((p, exc)))
+    store.open(monitor=True)
+    try:
+        db = store.dbs[0]
+        deadline = time.monotonic() + 10
+        while db.pos().txid == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        level0 = db.ltx_level_dir(0)
+        os.rename(level0, level0 + ".saved")
+        with open(level0, "w") as f:
+            f.write("not a directory")  # every L0 write fails from now on
+        con.execute("INSERT INTO t(v) VALUES ('lost locally')")
+        while not fatal and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)
+        assert [p for p, _ in fatal] == [db.path]
+        assert "local syncs have failed" in str(fatal[0][1])
+    finally:
+        store.close(timeout=1)
+        con.close()
