@@ -341,3 +341,41 @@ def test_names_sqlite_would_confuse_keep_the_row_path(client):
     assert plan.json_sql is None  # SQLite matches names case-insensitively
     assert get(client, "/authors?select=id,ID:name,books!author_id(id)&id=eq.2") == [
         {"id": 2, "ID": "Herbert", "books": [{"id": 3}]}]
+
+
+def test_a_foreign_key_that_is_also_a_key_is_one_to_one_both_ways(tmp_path):
+    # PostgREST (EmbedDisambiguationSpec, one-to-one): a FOREIGN KEY whose columns are the
+    # PRIMARY KEY or a UNIQUE key of their table holds each parent at most once, so both
+    # sides embed an object (or null), never an array.
+    db = tmp_path / "o2o.db"
+    conn = apsw.Connection(str(db))
+    conn.execute("""
+        CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT);
+        CREATE TABLE profiles (user_id INTEGER PRIMARY KEY REFERENCES users(id), bio TEXT);
+        CREATE TABLE badges (id INTEGER PRIMARY KEY, owner INTEGER UNIQUE REFERENCES users(id),
+                             label TEXT);
+        CREATE TABLE posts (id INTEGER PRIMARY KEY, author INTEGER REFERENCES users(id));
+        INSERT INTO users VALUES (1, 'ann'), (2, 'bob');
+        INSERT INTO profiles VALUES (1, 'hi');
+        INSERT INTO badges VALUES (7, 2, 'gold');
+        INSERT INTO posts VALUES (1, 1), (2, 1);""")
+    conn.close()
+    app = create_app(ServerConfig(db_dsn=str(db), auth_disabled=True,
+                                  allow_tables=("users", "profiles", "badges", "posts")))
+    with app.test_client() as c:
+        assert get(c, "/users?select=name,profiles(bio),badges(label),posts(id)&order=id") == [
+            {"name": "ann", "profiles": {"bio": "hi"}, "badges": None, "posts": [{"id": 1}, {"id": 2}]},
+            {"name": "bob", "profiles": None, "badges": {"label": "gold"}, "posts": []}]
+        assert get(c, "/profiles?select=bio,users(name)") == [{"bio": "hi", "users": {"name": "ann"}}]
+        # a spread of a one-to-one is a to-one spread: plain values
+        assert get(c, "/users?select=name,...badges(label)&order=id") == [
+            {"name": "ann", "label": None}, {"name": "bob", "label": "gold"}]
+        body = get(c, "/users?select=*,profiles!inner(*)&profiles.bio=eq.nope")
+        assert body == []
+        # the cardinality PGRST201 shows is one-to-one too
+        conn = apsw.Connection(str(db))
+        conn.execute("ALTER TABLE badges ADD COLUMN second INTEGER REFERENCES users(id)")
+        conn.execute("CREATE UNIQUE INDEX badges_second ON badges(second)")
+        conn.close()
+        err = get(c, "/users?select=badges(label)", 300)
+        assert {d["cardinality"] for d in err["details"]} == {"one-to-one"}

@@ -38,10 +38,13 @@ class Relationship:
     junction_on: tuple = ()
     #: m2m: the name of the junction's key to the target.
     target_constraint: str = ""
+    #: m2o/o2m whose foreign key columns are also a key (PRIMARY KEY or UNIQUE) of their
+    #: table: one row at most on either side, so both sides embed an object (PostgREST).
+    one_to_one: bool = False
 
     @property
     def to_one(self) -> bool:
-        return self.kind == "m2o"
+        return self.kind == "m2o" or self.one_to_one
 
     def describe(self, parent: str) -> dict:
         """One candidate of PGRST201's details, as PostgREST words them."""
@@ -50,7 +53,9 @@ class Relationship:
                     "embedding": f"{parent} with {self.target.name}",
                     "relationship": f"{self.junction.name} using {self.constraint} and "
                                     f"{self.target_constraint}"}
-        return {"cardinality": "many-to-one" if self.kind == "m2o" else "one-to-many",
+        cardinality = "one-to-one" if self.one_to_one else \
+            "many-to-one" if self.kind == "m2o" else "one-to-many"
+        return {"cardinality": cardinality,
                 "embedding": f"{parent} with {self.target.name}",
                 "relationship": f"{self.constraint} using {parent}({', '.join(a for a, _ in self.on)}) "
                                 f"and {self.target.name}({', '.join(b for _, b in self.on)})"}

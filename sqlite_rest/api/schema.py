@@ -192,16 +192,20 @@ def _link_relationships(tables: dict, sql_of: dict) -> None:
         return tuple(zip(fk.columns, ref))
 
     for table in tables.values():
+        keys = {frozenset(k) for k in table.unique_keys}
         for fk in table.foreign_keys:
             on = pairs(table, fk)
             if on is None:
                 continue
             target = tables[fk.ref_table]
             name = fk_name(table.name, fk)
+            # a key's columns hold each parent at most once: one-to-one (not for a self
+            # reference, whose two directions PostgREST tells apart as parent and children)
+            one = frozenset(fk.columns) in keys and target is not table
             table.relations.setdefault(target.name, []).append(
-                Relationship("m2o", target, on, name))
+                Relationship("m2o", target, on, name, one_to_one=one))
             target.relations.setdefault(table.name, []).append(
-                Relationship("o2m", table, tuple((b, a) for a, b in on), name))
+                Relationship("o2m", table, tuple((b, a) for a, b in on), name, one_to_one=one))
     for junction in tables.values():  # many-to-many: both keys inside the junction's PK
         keys = [(fk, pairs(junction, fk)) for fk in junction.foreign_keys]
         keys = [(fk, on) for fk, on in keys if on is not None
