@@ -230,6 +230,10 @@ functions:
     params: {id: integer}
     sql: SELECT id, name FROM projects WHERE id = :id
     returns: row
+  project_client:
+    params: {id: integer}
+    sql: SELECT id, client_id FROM projects WHERE id = :id
+    returns: row
   hello:
     params: {name: text}
     sql: SELECT 'Hello, ' || :name AS hello
@@ -492,3 +496,55 @@ def test_options_on_the_root(client):
                                      "Access-Control-Request-Method": "GET"})
     assert r.status_code == 200
     assert r.headers["Access-Control-Allow-Origin"] == "*"
+
+
+# --- NullsStripSpec: Accept ...;nulls=stripped ------------------------------------------------------
+
+ARRAY_STRIP = "application/vnd.pgrst.array+json;nulls=stripped"
+OBJECT_STRIP = "application/vnd.pgrst.object+json;nulls=stripped"
+
+
+@pytest.mark.parametrize("accept", [ARRAY_STRIP, "application/vnd.pgrst.array;nulls=stripped"])
+def test_array_nulls_stripped(client, accept):
+    r = client.get("/projects?select=id,client_id&order=id", headers={"Accept": accept})
+    assert r.status_code == 200
+    assert r.headers["Content-Type"] == ARRAY_STRIP + "; charset=utf-8"
+    assert body(r) == [{"id": 1, "client_id": 1}, {"id": 2, "client_id": 1},
+                       {"id": 3, "client_id": 2}, {"id": 4}]
+    # inside embeddings too, at any depth (json_strip_nulls); nulls in arrays stay
+    r = client.get("/clients?select=name,projects(name,client:clients(name))&projects.id=eq.9"
+                   "&id=eq.1", headers={"Accept": accept})
+    assert body(r) == [{"name": "Acme", "projects": []}]
+    r = client.get("/projects?select=id,clients(name,id)&id=in.(1,4)&order=id",
+                   headers={"Accept": accept})
+    assert body(r) == [{"id": 1, "clients": {"name": "Acme", "id": 1}}, {"id": 4}]
+    # the plain array media type keeps them
+    r = client.get("/projects?select=id,client_id&id=eq.4",
+                   headers={"Accept": "application/vnd.pgrst.array+json"})
+    assert body(r) == [{"id": 4, "client_id": None}]
+    assert r.headers["Content-Type"] == "application/json; charset=utf-8"
+
+
+def test_object_nulls_stripped(client):
+    r = client.get("/projects?select=id,client_id&id=eq.4", headers={"Accept": OBJECT_STRIP})
+    assert r.status_code == 200 and body(r) == {"id": 4}
+    assert r.headers["Content-Type"] == OBJECT_STRIP + "; charset=utf-8"
+    r = client.get("/projects", headers={"Accept": OBJECT_STRIP})
+    assert r.status_code == 406 and body(r)["code"] == "PGRST116"
+
+
+def test_write_representation_nulls_stripped(client):
+    r = client.post("/projects?select=id,name,client_id", json={"id": 9, "name": "N"},
+                    headers={"Accept": ARRAY_STRIP, "Prefer": "return=representation"})
+    assert r.status_code == 201 and body(r) == [{"id": 9, "name": "N"}]
+    assert r.headers["Content-Type"] == ARRAY_STRIP + "; charset=utf-8"
+    r = client.patch("/projects?id=eq.9&select=id,client_id", json={"name": "M"},
+                     headers={"Accept": OBJECT_STRIP, "Prefer": "return=representation"})
+    assert r.status_code == 200 and body(r) == {"id": 9}
+
+
+def test_function_results_nulls_stripped(rpc):
+    r = rpc.get("/rpc/project_client?id=4", headers={"Accept": ARRAY_STRIP})
+    assert (r.status_code, body(r)) == (200, {"id": 4})
+    r = rpc.get("/rpc/project_client?id=4")
+    assert body(r) == {"id": 4, "client_id": None}

@@ -21,8 +21,15 @@ JSON = "application/json"
 CSV = "text/csv"
 OBJECT = "application/vnd.pgrst.object+json"
 OPENAPI = "application/openapi+json"
+#: PostgREST's `nulls=stripped` variants: object fields whose value is null are left out, at
+#: any depth (as PostgreSQL's json_strip_nulls; nulls inside arrays stay).
+ARRAY_STRIPPED = "application/vnd.pgrst.array+json;nulls=stripped"
+OBJECT_STRIPPED = "application/vnd.pgrst.object+json;nulls=stripped"
+#: What the Accept parameter ``nulls=stripped`` turns a media type into.
+_STRIPPED = {JSON: ARRAY_STRIPPED, OBJECT: OBJECT_STRIPPED}
 
-#: Accept media type -> what we produce. Parameters (";q=", ";nulls=stripped") are ignored.
+#: Accept media type -> what we produce (";q=" weighs it; ";nulls=stripped" on the
+#: vnd.pgrst types strips nulls).
 MEDIA_TYPES = {
     "application/json": JSON,
     "application/*": JSON,
@@ -32,6 +39,7 @@ MEDIA_TYPES = {
     "application/vnd.pgrst.object+json": OBJECT,
     "application/vnd.pgrst.object": OBJECT,
     "application/vnd.pgrst.array+json": JSON,
+    "application/vnd.pgrst.array": JSON,
     "application/openapi+json": OPENAPI,
 }
 
@@ -40,6 +48,8 @@ CONTENT_TYPES = {
     OBJECT: "application/vnd.pgrst.object+json; charset=utf-8",
     CSV: "text/csv; charset=utf-8",
     OPENAPI: "application/openapi+json; charset=utf-8",
+    ARRAY_STRIPPED: ARRAY_STRIPPED + "; charset=utf-8",
+    OBJECT_STRIPPED: OBJECT_STRIPPED + "; charset=utf-8",
 }
 
 
@@ -53,14 +63,20 @@ def negotiate(accept: Optional[str], allow_openapi: bool = False) -> str:
         media, _, params = part.strip().partition(";")
         media = media.strip().lower()
         quality = 1.0
+        stripped = False
         for param in params.split(";"):
             name, _, value = param.strip().partition("=")
-            if name.strip().lower() == "q":
+            name = name.strip().lower()
+            if name == "q":
                 try:
                     quality = float(value)
                 except ValueError:
                     quality = 0.0
+            elif name == "nulls" and value.strip().lower() == "stripped":
+                stripped = media.startswith("application/vnd.pgrst.")
         produced = MEDIA_TYPES.get(media)
+        if stripped and produced in _STRIPPED:
+            produced = _STRIPPED[produced]
         if produced == OPENAPI and not allow_openapi:
             produced = None
         if produced is not None and quality > 0:
@@ -155,9 +171,29 @@ def render_csv(shape: Shape, rows) -> bytes:
     return out.getvalue()[:-1].encode("utf-8")  # PostgREST ends on the last row, no newline
 
 
+def singular(media: str) -> bool:
+    """The media type answers one object (406 PGRST116 for any other number of rows)."""
+    return media == OBJECT or media == OBJECT_STRIPPED
+
+
+def strip_nulls(body: bytes) -> bytes:
+    """``body`` without the object fields whose value is null, at any depth."""
+    def strip(value):
+        if type(value) is dict:
+            return {k: strip(v) for k, v in value.items() if v is not None}
+        if type(value) is list:
+            return [strip(v) for v in value]
+        return value
+    return orjson.dumps(strip(orjson.loads(body)))
+
+
 def render(media: str, shape: Shape, rows) -> bytes:
     if media == CSV:
         return render_csv(shape, rows)
     if media == OBJECT:
         return render_object(shape, rows)
+    if media == ARRAY_STRIPPED:
+        return strip_nulls(render_json(shape, rows))
+    if media == OBJECT_STRIPPED:
+        return strip_nulls(render_object(shape, rows))
     return render_json(shape, rows)

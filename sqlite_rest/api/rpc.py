@@ -31,7 +31,8 @@ from .operators import OPERATOR_BY_NAME
 from .prefer import DEFAULT as DEFAULT_PREFERENCES, RPC, parse_prefer
 from .query import (RESERVED_KEYS, parse_columns, parse_read_query, query_pairs,
                     shown_text)
-from .representation import CONTENT_TYPES, CSV, OBJECT, dumps, negotiate, render, shape_of
+from .representation import (CONTENT_TYPES, CSV, OBJECT, OBJECT_STRIPPED, ARRAY_STRIPPED, dumps,
+                             negotiate, render, shape_of)
 from .routes import _preflight, content_range, page_bounds
 from .sql import OutputColumn, build_count, build_select
 from .positions import commit_headers
@@ -332,7 +333,8 @@ def _body(function: Function, media: str, output, rows) -> bytes:
             return render(CSV, output, rows[:1])
         if not rows:
             return b"null"
-        return render(OBJECT, output, rows[:1])
+        stripped = media in (ARRAY_STRIPPED, OBJECT_STRIPPED)
+        return render(OBJECT_STRIPPED if stripped else OBJECT, output, rows[:1])
     # value: the first column of the first row
     value = rows[0][0] if rows else None
     name = output.names[0]

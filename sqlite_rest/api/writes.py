@@ -25,7 +25,7 @@ from .query import (INT64_MAX, INT64_MIN, And, ColumnRef, Filter, SelectItem, ha
 from .positions import commit_headers
 from .replica_reads import refuse_write
 from .embedding import check_embedded, embedded_tables, embeds_under_role
-from .representation import CONTENT_TYPES, OBJECT, negotiate, render, shape_of
+from .representation import CONTENT_TYPES, negotiate, render, shape_of, singular
 from .sql import build_delete, build_insert, build_update
 
 #: Status of a successful write: (method, return=representation?) -> HTTP status.
@@ -408,7 +408,7 @@ def write(state, environ, table, prefs, method: str, query) -> ApiResponse:
                             details=f"The query affects {affected} rows")
         if order:
             rows = _sorted_rows(rows, order, len(columns))
-        if media == OBJECT and (len(rows) if representation else affected) != 1:
+        if singular(media) and (len(rows) if representation else affected) != 1:
             raise api_error("singular_not_one",
                             details=f"The result contains {len(rows) if representation else affected} rows")
         body = render(media, shape_of(columns), rows) if representation else b""
