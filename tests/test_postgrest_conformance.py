@@ -548,3 +548,40 @@ def test_function_results_nulls_stripped(rpc):
     assert (r.status_code, body(r)) == (200, {"id": 4})
     r = rpc.get("/rpc/project_client?id=4")
     assert body(r) == {"id": 4, "client_id": None}
+
+
+# --- AggregateFunctionsSpec (inside embeddings), and PostgreSQL's `t.count` ----------------------
+
+@pytest.fixture
+def aggregating(db):
+    app = create_app(ServerConfig(db_dsn=db, allow_tables=(TABLES,), auth_disabled=True,
+                                  aggregates_enabled=True))
+    with app.test_client() as c:
+        yield c
+
+
+def test_a_bare_count_is_the_rows_count_even_with_aggregates_off(client):
+    # supabase-style apps write comments(count): PostgreSQL reads projects.count as
+    # count(projects), so PostgREST answers it whether or not aggregates are enabled
+    assert body(client.get("/clients?select=name,projects(count)&order=id")) == [
+        {"name": "Acme", "projects": [{"count": 2}]}, {"name": "Globex", "projects": [{"count": 1}]}]
+    assert body(client.get("/clients?select=name,n:projects(total:count)&id=eq.2")) == [
+        {"name": "Globex", "n": [{"total": 1}]}]
+    assert body(client.get("/projects?select=count")) == [{"count": 4}]
+    assert body(client.get("/projects?select=client_id,count&order=client_id")) == [
+        {"client_id": 1, "count": 2}, {"client_id": 2, "count": 1}, {"client_id": None, "count": 1}]
+    # an explicit aggregate stays behind the flag, inside an embedding too
+    assert client.get("/clients?select=name,projects(count())").status_code == 400
+
+
+def test_aggregates_inside_an_embedding_group_its_rows(aggregating):
+    assert body(aggregating.get("/clients?select=name,projects(count())&order=id")) == [
+        {"name": "Acme", "projects": [{"count": 2}]}, {"name": "Globex", "projects": [{"count": 1}]}]
+    # the embedding's other fields group it; order applies to the groups; none: []
+    got = body(aggregating.get("/projects?select=name,tasks(id.max(),project_id)"
+                               "&tasks.order=project_id&order=id"))
+    assert got == [{"name": "Rocket", "tasks": [{"max": 2, "project_id": 1}]},
+                   {"name": "Anvil", "tasks": [{"max": 3, "project_id": 2}]},
+                   {"name": "Laser", "tasks": []}, {"name": "Lone", "tasks": []}]
+    r = aggregating.get("/clients?select=name,...projects(id.sum())")
+    assert r.status_code == 400 and body(r)["code"] == "PGRST100"

@@ -171,6 +171,10 @@ def test_one_to_many_shows_only_the_roles_rows(env):
     # bob's task 2 in alice's project stays out of her array
     assert rows(client, "/projects?select=title,tasks(id,body)", ALICE) == [
         {"title": "A-proj", "tasks": [{"id": 1, "body": "a-task"}]}]
+    # and out of the count a bare `count` gives (supabase's tasks(count))
+    assert rows(client, "/projects?select=title,tasks(count)", ALICE) == [
+        {"title": "A-proj", "tasks": [{"count": 1}]}]
+    assert rows(client, "/tasks?select=count", ALICE) == [{"count": 2}]
     # and out of a to-many spread's arrays; a hidden column is refused there too
     assert rows(client, "/projects?select=title,...tasks(ids:id,bodies:body)", ALICE) == [
         {"title": "A-proj", "ids": [1], "bodies": ["a-task"]}]

@@ -22,7 +22,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..errors import api_error
-from .query import And, Embed, Star
+from .query import And, Embed, Star, count_fields
 from .schema import Table, quote_identifier
 
 
@@ -195,7 +195,10 @@ def embed_sql(parent: Table, parent_ref: str, embed: Embed, params: list, ctx: E
     # (sql, name, kind, its own params) inside the embedded SELECT: each field keeps its
     # parameters, bound again wherever the JSON value repeats its SQL (_json_value)
     fields: list[tuple[str, str, str, list]] = []
-    for item in embed.select:
+    grouped: list[int] = []  # with an aggregate: the positions of the other fields (GROUP BY)
+    aggregated = False
+    for item in count_fields(target, embed.select):
+        start = len(fields)
         if type(item) is Star:
             for column in target.columns:
                 fields.append((column.quoted, column.name, _kind(column), []))
@@ -207,13 +210,17 @@ def embed_sql(parent: Table, parent_ref: str, embed: Embed, params: list, ctx: E
                                              build_where, compile_order):
                 fields.append((sql, name, kind, own))
                 own = []  # a spread's columns: the params went with the first one
-        elif item.aggregate is not None:
-            raise api_error("query_parse", message="aggregates in an embedded resource are "
-                            "not supported", details=f"in {embed.output_name}")
+        elif item.aggregate is not None and embed.spread:
+            raise api_error("query_parse", message="aggregates in a spread embedding are "
+                            "not supported", details=f"in ...{embed.name}")
         else:
             own = []
             sql, name, kind = compile_item(target, item, own)
             fields.append((sql, name, kind, own))
+            if item.aggregate is not None:
+                aggregated = True
+                continue
+        grouped.extend(range(start + 1, len(fields) + 1))
     if embed.spread:
         out = []
         where_params: list = []
@@ -262,7 +269,9 @@ def embed_sql(parent: Table, parent_ref: str, embed: Embed, params: list, ctx: E
         params.extend(order_params)
         page, page_params = _page(embed)
         params.extend(page_params)
-    rows = f"SELECT {', '.join(columns) or 'NULL'} FROM {source}{where}{order_sql}{page}"
+    # PostgREST's implied GROUP BY inside the embedding: its other fields group its rows
+    group = (" GROUP BY " + ", ".join(map(str, grouped))) if aggregated and grouped else ""
+    rows = f"SELECT {', '.join(columns) or 'NULL'} FROM {source}{where}{group}{order_sql}{page}"
     if rel.to_one:
         return [(f"(SELECT {obj} FROM ({rows}))", embed.output_name, "embed")]
     return [(f"(SELECT COALESCE(json_group_array({obj}), json('[]')) FROM ({rows}))",

@@ -200,7 +200,27 @@ class Embed:
 
 
 def has_aggregates(select: tuple) -> bool:
-    return any(type(item) is SelectItem and item.aggregate is not None for item in select)
+    """An aggregate anywhere in select, embeddings included (--aggregates-enabled gates all)."""
+    return any((type(item) is SelectItem and item.aggregate is not None)
+               or (type(item) is Embed and has_aggregates(item.select)) for item in select)
+
+
+def count_fields(table, select: tuple) -> tuple:
+    """``select`` with a bare ``count`` that names no column of ``table`` read as ``count()``.
+    PostgreSQL reads ``t.count`` as ``count(t)``, so PostgREST answers ``comments(count)``
+    with the rows' count (``[{"count": 3}]``) whatever --aggregates-enabled says, and
+    supabase-style apps rely on it."""
+    if not any(counts_rows(table, item) for item in select):
+        return select
+    return tuple(SelectItem(None, item.alias, None, "count", None)
+                 if counts_rows(table, item) else item for item in select)
+
+
+def counts_rows(table, item) -> bool:
+    """``item`` is a bare ``count`` naming no column of ``table`` (`count_fields`)."""
+    return (type(item) is SelectItem and item.column is not None
+            and item.column.name == "count" and not item.column.json_path
+            and item.cast is None and item.aggregate is None and table.column("count") is None)
 
 
 #: Aggregate functions of select (PostgREST 12), switched on by --aggregates-enabled, and

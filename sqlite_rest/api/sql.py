@@ -33,7 +33,7 @@ import regex
 
 from .operators import OPERATOR_BY_NAME, QUANTIFIERS, ValueKind
 from .query import (AGGREGATES, CASTS, INT64_MAX, INT64_MIN, And, ColumnRef, Filter, JsonStep,
-                    Embed, Not, QueryError, SelectItem,
+                    Embed, Not, QueryError, SelectItem, count_fields,
                     RequestError, Star, UnknownColumnError, int64, is_decimal, shown_text)
 from .embedding import EmbedContext, embed_exists, embed_sql
 from .fulltext import fts5_query
@@ -542,7 +542,8 @@ def compile_order(table: Table, order: tuple) -> tuple[str, tuple]:
 def build_select(table: Table, query, *, limit: int | None = None,
                  offset: int | None = None) -> Statement:
     """SELECT for a ReadQuery. limit/offset override the query's (e.g. from Range)."""
-    select_sql, select_params, outputs = compile_select(table, query.select)
+    select = count_fields(table, query.select)
+    select_sql, select_params, outputs = compile_select(table, select)
     params = list(select_params)
     where = build_where(table, query.filters, params)
     inner_sql, inner_params = embed_filters(table, query.select)
@@ -553,7 +554,7 @@ def build_select(table: Table, query, *, limit: int | None = None,
     if order_params:
         params.extend(order_params)
     sql = ("SELECT " + select_sql + " FROM " + table.quoted + where
-           + group_by(table, query.select) + order_sql)
+           + group_by(table, select) + order_sql)
     if limit is None:
         limit = query.limit
     if offset is None:

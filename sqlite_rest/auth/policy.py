@@ -44,6 +44,7 @@ import yaml
 
 from ..api.operators import OPERATOR_BY_NAME, ValueKind
 from ..api.query import (And, ColumnRef, Embed, Filter, Not, Or, QueryError, SelectItem, Star,
+                         counts_rows,
                          parse_filter, parse_logic)
 from ..errors import ApiError, api_error
 
@@ -376,7 +377,8 @@ class TableRule:
             elif type(item) is Embed:  # its own table's rule: embedding.embeds_under_role
                 out.append(item)
             else:
-                if item.column is not None:  # None: an aggregate's count() of rows (main)
+                # (no column: count() of rows; a bare `count` naming no column is one too)
+                if item.column is not None and not counts_rows(table, item):
                     self.check_readable(table.name, (item.column.name,))
                 out.append(item)
         if not out:
