@@ -52,3 +52,8 @@ def test_embedding_and_aggregates_through_postgrest_js(library, postgrest_js):
                                         {"author_id": 2, "min": 1965, "count": 1}]
     assert out["ambiguous"]["status"] == 400
     assert out["ambiguous"]["error"]["code"] == "PGRST200"
+    # the supabase idiom for a related count, a spread of a to-many (PostgREST 13)
+    assert out["relatedCount"]["data"] == [{"name": "Le Guin", "books": [{"count": 2}]},
+                                           {"name": "Herbert", "books": [{"count": 1}]}]
+    assert out["spreadToMany"]["data"] == [{"name": "Le Guin", "titles": ["Earthsea", "Left Hand"]},
+                                           {"name": "Herbert", "titles": ["Dune"]}]

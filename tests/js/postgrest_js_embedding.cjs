@@ -15,7 +15,10 @@ async function main () {
       .gte('books.year', 1969),
     single: client.from('books').select('title, authors(name, born)').eq('id', 3).single(),
     aggregate: client.from('books').select('author_id, year.min(), count()').order('author_id'),
-    ambiguous: client.from('authors').select('name, nope(*)')
+    ambiguous: client.from('authors').select('name, nope(*)'),
+    relatedCount: client.from('authors').select('name, books(count)').order('id'),
+    spreadToMany: client.from('authors').select('name, ...books(titles:title)')
+      .order('id', { referencedTable: 'books' }).order('id')
   }
   const out = {}
   for (const [name, call] of Object.entries(calls)) {
