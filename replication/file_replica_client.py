@@ -75,6 +75,28 @@ class _ReplicaFile(io.BufferedReader):
             raise _os_error(e, f"read {self._path}") from e
 
 
+class _SourceReadError(Exception):
+    """What is being uploaded could not be read: not the replica's fault (its hint is about
+    the replica directory). The fault sweep saw a local L0 file's EIO reported as "file
+    replica: write <replica path>", sending the reader to the wrong disk."""
+
+    def __init__(self, error: ReplicaClientError):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _read_source(src, path: str) -> bytes:
+    try:
+        return src.read(_COPY_CHUNK)
+    except OSError as e:
+        name = getattr(src, "name", None)
+        what = f"{name}" if isinstance(name, str) else "the data to upload"
+        raise _SourceReadError(ReplicaClientError(
+            f"file replica: reading {what} to upload it as {path}: {e.strerror or e}",
+            hint="the local file being uploaded cannot be read (e.g. an L0 file of the meta "
+                 "dir): check that disk")) from e
+
+
 def _os_error(e: OSError, what: str) -> ReplicaClientError:
     err = ReplicaClientError(f"file replica: {what}: {e.strerror or e}",
                              hint="check that the replica directory exists, is writable and has free space")
@@ -240,7 +262,7 @@ class FileReplicaClient(ReplicaClient):
                         size = len(data)
                     else:
                         src = as_bytes_source(data)
-                        while chunk := src.read(_COPY_CHUNK):
+                        while chunk := _read_source(src, path):
                             out.write(chunk)
                             size += len(chunk)
                     out.flush()
@@ -252,6 +274,9 @@ class FileReplicaClient(ReplicaClient):
                 else:
                     os.replace(tmp, path)
                 _fsync_dir(directory)
+            except _SourceReadError as e:
+                _remove_quietly(tmp)
+                raise e.error from e.__cause__
             except OSError as e:
                 _remove_quietly(tmp)
                 raise _os_error(e, f"write {path}") from e

@@ -641,3 +641,25 @@ def test_file_read_errors_are_replica_client_errors_and_a_restore_reads_again(
     out = tmp_path / "out.db"
     restore(client, str(out), integrity_check="full")
     assert apsw.Connection(str(out)).execute("SELECT x FROM t").fetchall() == [("hello",)]
+
+
+def test_a_source_that_cannot_be_read_is_not_blamed_on_the_file_replica(tmp_path):
+    """The fault sweep: a local L0 file's EIO during an upload read "file replica: write
+    <replica path>" with a hint about the replica directory. The error names the source, and
+    nothing is left in the replica."""
+    class Failing(io.RawIOBase):
+        name = str(tmp_path / "meta" / "0000000000000002-0000000000000002.ltx")
+
+        def readable(self):
+            return True
+
+        def readinto(self, b):
+            raise OSError(5, "Input/output error")
+
+    client = FileReplicaClient(str(tmp_path / "replica"))
+    with pytest.raises(ReplicaClientError) as err:
+        client.write_ltx_file(0, 2, 2, io.BufferedReader(Failing()), 1_700_000_000_000)
+    assert "reading " + Failing.name in str(err.value)
+    assert "local file" in err.value.hint and "replica directory" not in err.value.hint
+    assert list(client.ltx_files(0)) == []
+    assert not any(p.name.endswith(".tmp") for p in (tmp_path / "replica").rglob("*"))
