@@ -387,8 +387,7 @@ def test_a_snapshot_taken_while_the_replica_lags_does_not_skip_l0_files(one):
 
 
 def test_a_db_whose_local_syncs_keep_failing_is_fatal_once(tmp_path):
-    """The store runs each DB's sync loop under the retry budget, and tells on_fatal once
-    per DB even if its replica's loop gives up too."""
+    """The store runs each DB's sync loop under the retry budget and tells on_fatal, once."""
     dbs = []
     path = tmp_path / "a.db"
     con = make_db(path)
@@ -403,10 +402,9 @@ def test_a_db_whose_local_syncs_keep_failing_is_fatal_once(tmp_path):
         deadline = time.monotonic() + 10
         while db.pos().txid == 0 and time.monotonic() < deadline:
             time.sleep(0.02)
-        level0 = db.ltx_level_dir(0)
-        os.rename(level0, level0 + ".saved")
-        with open(level0, "w") as f:
-            f.write("not a directory")  # every L0 write fails from now on
+        # The next L0 file's temporary name is taken by a directory: that file can never be
+        # written, while the L0 directory still lists (the upload loop has nothing to fail on)
+        os.mkdir(db.ltx_path(0, db.pos().txid + 1, db.pos().txid + 1) + ".tmp")
         con.execute("INSERT INTO t(v) VALUES ('lost locally')")
         while not fatal and time.monotonic() < deadline:
             time.sleep(0.02)
