@@ -1166,3 +1166,45 @@ def test_s3_exclusive_create_retried_after_a_lost_answer(s3_replicas, how, attem
         if client._client is not None:
             client._client.close()
 
+
+def test_s3_stop_keeps_its_timeout_while_s3_holds_every_answer(tmp_path, s3_server, fault_proxy,
+                                                              s3_fast):
+    """``Replica.stop(timeout)`` (shutdown-sync-timeout) while S3 holds every PUT's answer
+    past the read timeout (the sweep's PUT-slow): one call lasts attempts x read timeout
+    (about 47 s with the defaults), longer than the whole timeout. stop() waited for the
+    loop's call to end (the sync lock), then made a final call of its own: about
+    timeout + 2 calls (a 30 s shutdown took about two minutes). It returns at its deadline,
+    False; the pending file is in the meta dir for the next start."""
+    replicas = S3Replicas(s3_server, fault_proxy)
+    call = S3_ATTEMPTS * 1.0
+    client = S3ReplicaClient.from_url(
+        s3_server.url(s3_server.bucket, s3_server.new_path("stop")),
+        endpoint=fault_proxy.endpoint, access_key_id=s3_server.access_key,
+        secret_access_key=s3_server.secret_key, read_timeout=call / S3_ATTEMPTS,
+        max_attempts=S3_ATTEMPTS)
+    path, con, dbc, db = open_case_db(tmp_path)
+    replica = Replica(db, client, dbc.replica, retry_budget=None)
+    db.subscribe(replica.wake)
+    fault_proxy.fault = HttpFault("PUT", 1, persistent=True, how="slow")
+    try:
+        fault_proxy.arm()
+        db.sync()
+        replica.start()
+        assert wait_for(lambda: fault_proxy.fault.fired, 5)  # the loop's PUT is held
+        commit(con, 1)
+        db.sync()
+        started = time.monotonic()
+        assert replica.stop(timeout=0.3, interval=0.05) is False
+        took = time.monotonic() - started
+        assert took < 0.3 + call / 2, f"stop(0.3) took {took:.2f}s (one S3 call: {call:.0f}s)"
+    finally:
+        fault_proxy.armed, fault_proxy.fault = False, None
+        # The held calls end (no request of theirs may reach the next test's armed proxy).
+        for thread in (replica._thread, replica._final_thread):
+            if thread is not None:
+                thread.join(2 * call + 1)
+                assert not thread.is_alive()
+        db.close()
+        con.close()
+        client.close()
+        replicas.close()
