@@ -25,7 +25,7 @@ PUT / GET / LIST / DELETE answered with a 500 or 503 <Error>, a reset, a lost an
 request done, the connection reset), a body cut half-way, or an answer held past the read
 timeout; once or from then on. Its positions are **sampled**, not all: 1, 2, 3, then every
 3rd (S3_POSITIONS), and the kinds of fault per operation are the ones that take a different
-path (a 500 and a 503 are retried alike by boto3). About 190 cases, ~95 s with SeaweedFS's
+path (a 500 and a 503 are retried alike by boto3). About 185 cases, 100-150 s with SeaweedFS's
 start and stop on a shared 2-CPU machine.
 """
 from __future__ import annotations
