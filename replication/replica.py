@@ -150,7 +150,9 @@ class Replica:
         self._sync_lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self._given_up = False  # stop() passed its deadline: no new upload may start
         self._thread: threading.Thread | None = None
+        self._final_thread: threading.Thread | None = None  # stop()'s final rounds
         self._failing_since: float | None = None
         self._fatal_reported = False
         self._health = ReplicaHealth(replica_type=getattr(client, "type", ""))
@@ -256,7 +258,7 @@ class Replica:
             pos = self._pos = self.snapshot().max_txid
         uploaded = 0
         limit = self.max_sync_ltx_files or float("inf")
-        while uploaded < limit:
+        while uploaded < limit and not self._given_up:
             try:
                 nxt = self._next_local(pos)
             except ChainError:
@@ -506,6 +508,7 @@ class Replica:
         """
         deadline = time.monotonic() + timeout
         self._stopping.set()
+        self._given_up = False
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
@@ -514,7 +517,28 @@ class Replica:
             # rounds against a replica known to be gone. The pending files stay in the meta
             # dir and go up on the next start.
             return False
-        while True:
+        # The final rounds run in a thread of their own, waited for until the deadline: one
+        # replica call can outlast the whole timeout (S3 answers held past the read timeout:
+        # attempts x read-timeout, ~47 s by default), and a round the loop is still in holds
+        # the sync lock as long, so a 30 s shutdown took minutes (fault sweep, S3 PUT slow).
+        # A call in flight at the deadline ends on its own; nothing starts after it.
+        result: list[bool | None] = []
+        self._final_thread = threading.Thread(
+            target=lambda: result.append(self._final_sync(deadline, interval)),
+            name=f"replica-final:{self.db.path}", daemon=True)
+        self._final_thread.start()
+        self._final_thread.join(max(0.0, deadline - time.monotonic()))
+        if result and result[0] is not None:
+            return result[0]
+        self._given_up = True
+        log.error("final replica sync did not finish within %.1fs", timeout,
+                  extra={"db": self.db.path})
+        return False
+
+    def _final_sync(self, deadline: float, interval: float) -> bool | None:
+        """The final rounds of :meth:`stop`: True when caught up, False on a broken chain,
+        None when the deadline came first."""
+        while not self._given_up:
             try:
                 self.db.sync()
                 uploaded = self.sync()
@@ -532,10 +556,9 @@ class Replica:
                 if isinstance(exc, ChainError) and not self.auto_recover:
                     return False
             if time.monotonic() + interval > deadline:
-                log.error("final replica sync did not finish within %.1fs", timeout,
-                          extra={"db": self.db.path})
-                return False
+                return None
             time.sleep(interval)
+        return None
 
     # -- bookkeeping -------------------------------------------------------------------
 

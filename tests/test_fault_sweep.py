@@ -17,6 +17,16 @@ A position whose call never comes ends the sweep of that operation. After each c
 Everything is real (files, SQLite, the file replica client); the faults are injected at the seam
 by a wrapper client and at the OS by a stand-in ``open``/``os`` of the module that does the I/O.
 Run with ``-s`` to see every case. About 460 cases, ~55 s on a shared 2-CPU machine.
+
+The S3 variant (the ``test_s3_*`` tests, at the end) runs the same cases and checks with the
+real S3 client against a real SeaweedFS (tests/plugins/s3.py), the faults injected below our
+code, in HTTP, by a proxy between boto3 and the server (tests/plugins/fault_proxy.py): the Nth
+PUT / GET / LIST / DELETE answered with a 500 or 503 <Error>, a reset, a lost answer (the
+request done, the connection reset), a body cut half-way, or an answer held past the read
+timeout; once or from then on. Its positions are **sampled**, not all: 1, 2, 3, then every
+3rd (S3_POSITIONS), and the kinds of fault per operation are the ones that take a different
+path (a 500 and a 503 are retried alike by boto3). About 185 cases, 100-150 s with SeaweedFS's
+start and stop on a shared 2-CPU machine.
 """
 from __future__ import annotations
 
@@ -30,6 +40,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import apsw
+import botocore.retries.standard
 import pytest
 
 import replication.db
@@ -42,9 +53,11 @@ from replication.db import DB
 from replication.errors import ReplicationError
 from replication.file_replica_client import FileReplicaClient
 from replication.replica import Replica
-from replication.replica_client import ReplicaClient, UnreachableError
+from replication.replica_client import ConflictError, ReplicaClient, UnreachableError
 from replication.restore import restore
+from replication.s3_replica_client import S3ReplicaClient
 from replication.store import CompactionTooEarly, Store
+from tests.plugins.fault_proxy import FaultProxy, HttpFault
 
 #: Seconds of continuous failure before the loop gives up: short where the case waits for it
 #: (a persistent fault), long where it must not run out on a slow machine (a transient one).
@@ -464,8 +477,8 @@ def assert_restores_to_a_txid(client, out, history: History, *, txid: int = 0) -
     return res.txid
 
 
-def litestream_restores(binary, env, replica_dir, out, expected) -> None:
-    proc = subprocess.run([binary, "restore", "-o", str(out), f"file://{replica_dir}"],
+def litestream_restores(binary, env, url, out, expected) -> None:
+    proc = subprocess.run([binary, "restore", "-o", str(out), url],
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert content(out) == expected
@@ -489,18 +502,29 @@ class Outcome:
     fatal: list = field(default_factory=list)
 
 
-def upload_case(tmp_path, monkeypatch, fault: Fault, where: str, *, litestream=None) -> Outcome:
-    """One run: commit the workload with the real upload loop running and ``fault`` armed in
-    ``where`` ("client": the seam; "meta": the meta dir's files; "replica": the file replica's
-    files), then check the invariants for the fault's kind."""
-    case = tmp_path / f"case-{where}-{fault.target}-{fault.how}-{fault.at}-{fault.persistent}"
-    case.mkdir()
+def open_case_db(case) -> tuple:
+    """A DB with its first transaction, opened for replication: (path, con, dbc, db)."""
     path = case / "app.db"
     con = connect(path)
     commit(con, 0)
     dbc = db_config(path)
     db = DB(path, dbc)
     db.open()
+    return path, con, dbc, db
+
+
+def injected(exc) -> bool:
+    """The error names the fault (a seam or disk fault says "injected")."""
+    return "injected" in str(exc)
+
+
+def upload_case(tmp_path, monkeypatch, fault: Fault, where: str, *, litestream=None) -> Outcome:
+    """One run: commit the workload with the real upload loop running and ``fault`` armed in
+    ``where`` ("client": the seam; "meta": the meta dir's files; "replica": the file replica's
+    files), then check the invariants for the fault's kind."""
+    case = tmp_path / f"case-{where}-{fault.target}-{fault.how}-{fault.at}-{fault.persistent}"
+    case.mkdir()
+    path, con, dbc, db = open_case_db(case)
     inner = FileReplicaClient(str(case / "replica"))
     client = FaultyClient(inner, fault if where == "client" else None)
     disk = None
@@ -508,6 +532,19 @@ def upload_case(tmp_path, monkeypatch, fault: Fault, where: str, *, litestream=N
         disk = Disk(monkeypatch, replication.db, db.meta_path, fault)
     elif where == "replica":
         disk = Disk(monkeypatch, replication.file_replica_client, inner.path, fault)
+    if litestream is not None:
+        litestream = (*litestream, f"file://{inner.path}")
+    return check_upload(case, path, con, dbc, db, client, inner, disk or client, fault,
+                        local=where == "meta", litestream=litestream)
+
+
+def check_upload(case, path, con, dbc, db, client, inner, injector, fault, *, local: bool,
+                 clear=injected, litestream=None, settle: float = 1.0) -> Outcome:
+    """Run the workload through ``client`` (the loop's, faulted by ``injector``: ``arm()``,
+    ``armed``) and check the invariants against ``inner`` (the same replica, no faults).
+    ``local``: the fault is in the meta dir, not the replica; ``clear(exc)``: the error says
+    what failed; ``settle``: seconds one faulted call may take (a slow S3 answer); closes
+    ``db`` and ``con``."""
     fatal: list = []
     budget = BUDGET if fault.persistent else TRANSIENT_BUDGET
     replica = Replica(db, client, dbc.replica, retry_budget=budget, on_fatal=fatal.append,
@@ -515,22 +552,22 @@ def upload_case(tmp_path, monkeypatch, fault: Fault, where: str, *, litestream=N
     db.subscribe(replica.wake)
     history = History(path, db)
     try:
-        (disk or client).arm()  # call positions count from the first one
+        injector.arm()  # call positions count from the first one
         history.sync()
         replica.start()
         for i in range(1, len(WORKLOAD)):
             wait_for(lambda: fatal or replica.health.consecutive_failures
-                     or replica.pos() == db.pos().txid, 1)
+                     or replica.pos() == db.pos().txid, settle)
             commit(con, i)
             history.sync()
             # Let the loop take this TXID (or fail on it) before the next commit: the calls then
             # come in the same order in every run, so call positions mean the same thing.
             wait_for(lambda: fatal or replica.health.consecutive_failures
-                     or replica.pos() == db.pos().txid, 1)
+                     or replica.pos() == db.pos().txid, settle)
         for _ in range(3):  # the monitor's retries of a failed local sync
             if not history.sync_errors or history.sync():
                 break
-        if fault.persistent and fault.fired and not (where != "meta" and wait_for(
+        if fault.persistent and fault.fired and not (not local and wait_for(
                 lambda: fatal or (replica.pos() == db.pos().txid
                                   and not replica.health.consecutive_failures), BUDGET + 2)
                 and not fatal):
@@ -538,18 +575,19 @@ def upload_case(tmp_path, monkeypatch, fault: Fault, where: str, *, litestream=N
             # upload whose answer was lost leaves nothing to retry. That run recovered.)
             # The loop gives up on a failing replica, or on a local file it cannot read; a
             # local write that keeps failing leaves it with nothing to upload.
-            if where != "meta" or fault.target == "read":
+            if not local or fault.target == "read":
                 assert wait_for(lambda: fatal, BUDGET + 2), f"{fault}: the loop never gave up"
-                assert "injected" in str(fatal[0]), f"{fault}: unclear error: {fatal[0]}"
+                assert clear(fatal[0]), f"{fault}: unclear error: {fatal[0]}"
                 assert replica.health.fatal
-                assert wait_for(lambda: not replica._thread.is_alive(), 2)
+                assert wait_for(lambda: not replica._thread.is_alive(), 2 * settle), \
+                    f"{fault}: the loop goes on after giving up"
                 assert not replica.stop(timeout=1, interval=0.01)
             else:
                 # A local disk that keeps failing: every sync says so (the loop has nothing new
                 # to upload; the lag shows it: design/replication.md, "Ready").
                 assert history.sync_errors and "injected" in str(history.sync_errors[-1])
                 replica.stop(timeout=0.05, interval=0.01)
-            (disk or client).armed = False
+            injector.armed = False
             # What the replica holds is a chain without a gap, restoring to an exact state.
             assert_no_gap(inner)
             if l0_chain(inner):
@@ -560,7 +598,7 @@ def upload_case(tmp_path, monkeypatch, fault: Fault, where: str, *, litestream=N
             again.sync()
             assert again.pos() == db.pos().txid
         else:
-            (disk or client).armed = False  # a transient fault fired; let the final sync run
+            injector.armed = False  # a transient fault fired; let the final sync run
             history.sync()
             assert not fatal, f"{fault}: a transient fault was fatal: {fatal}"
             assert replica.stop(timeout=3, interval=0.01), f"{fault}: the final sync failed"
@@ -570,7 +608,7 @@ def upload_case(tmp_path, monkeypatch, fault: Fault, where: str, *, litestream=N
         assert latest == db.pos().txid
         assert history.at[latest] == content(path)
         if litestream is not None:
-            litestream_restores(*litestream, inner.path, case / "ls.db", history.at[latest])
+            litestream_restores(*litestream, case / "ls.db", history.at[latest])
     finally:
         replica.stop(timeout=0.5, interval=0.01)
         db.close()
@@ -578,11 +616,11 @@ def upload_case(tmp_path, monkeypatch, fault: Fault, where: str, *, litestream=N
     return Outcome(fault.fired, fatal)
 
 
-def sweep(run, make_fault) -> list[str]:
-    """Run ``make_fault(at)`` for at = 1, 2, … until a case where the fault never fired.
-    Returns one line per case (for the failure message)."""
+def sweep(run, make_fault, positions=range(1, MAX_POSITIONS + 1)) -> list[str]:
+    """Run ``make_fault(at)`` for at = 1, 2, … (or the given positions) until a case where the
+    fault never fired. Returns one line per case (for the failure message)."""
     log = []
-    for at in range(1, MAX_POSITIONS + 1):
+    for at in positions:
         fault = make_fault(at)
         out = run(fault)
         log.append(f"{fault}: fired {out.fired}x")
@@ -626,17 +664,20 @@ def test_upload_path_under_faults(tmp_path, monkeypatch, where, target, how, per
 
 # --- sweep 3: compaction, snapshots and retention under replica faults --------------------------
 
-def make_store(case, fault: Fault | None) -> tuple[Store, apsw.Connection, FaultyClient, History]:
-    """A Store over one DB whose replica client is a FaultyClient (disarmed), driven by hand
-    (``open(monitor=False)``, as ``replicate -once`` and the Store tests do)."""
+def make_store(case, fault: Fault | None, make_client=None) -> tuple[Store, apsw.Connection,
+                                                                     FaultyClient, History]:
+    """A Store over one DB whose replica client is a FaultyClient (disarmed), or what
+    ``make_client(replica_config)`` makes, driven by hand (``open(monitor=False)``, as
+    ``replicate -once`` and the Store tests do)."""
     path = case / "app.db"
     con = connect(path)
     commit(con, 0)
     dbc = db_config(path)
-    clients: list[FaultyClient] = []
+    clients: list = []
 
     def client_factory(rc):
-        clients.append(FaultyClient(FileReplicaClient(rc.path), fault))
+        clients.append(make_client(rc) if make_client else
+                       FaultyClient(FileReplicaClient(rc.path), fault))
         return clients[-1]
 
     store = Store(Config(dbs=[dbc], levels=[1.0, 2.0], l0_retention=0.001,
@@ -678,6 +719,14 @@ def maintenance_case(tmp_path, fault: Fault) -> Outcome:
     case = tmp_path / f"case-{fault.target}-{fault.how}-{fault.at}-{fault.persistent}"
     case.mkdir()
     store, con, client, history = make_store(case, fault)
+    return check_maintenance(case, store, con, client.inner, client, history, fault,
+                             clear=lambda exc: injected(exc) or (
+                                 how_short(fault) and "truncated" in str(exc)))
+
+
+def check_maintenance(case, store, con, inner, injector, history, fault, *, clear) -> Outcome:
+    """Compaction, a snapshot and retention with ``fault`` armed in ``injector``, then the
+    invariants against ``inner`` (the replica without faults); closes the store."""
     db = store.dbs[0]
     try:
         assert history.sync()
@@ -688,24 +737,23 @@ def maintenance_case(tmp_path, fault: Fault) -> Outcome:
         assert not maintain(store, db, t)           # L1, L2 and a snapshot of TXIDs 1..n
         for i in range(3, 6):
             round_trip(store, con, history, i)
-        before = max(f.max_txid for f in client.inner.ltx_files(0))
-        client.arm()
+        before = max(f.max_txid for f in inner.ltx_files(0))
+        injector.arm()
         errors = maintain(store, db, t + 7200)      # the old snapshot is out of retention now
-        client.armed = False
+        injector.armed = False
         for exc in errors:
             # A short body without an error (how="short") shows as the file it cut.
-            assert "injected" in str(exc) or (how_short(fault) and "truncated" in str(exc)), \
-                f"{fault}: unclear error: {exc!r}"
+            assert clear(exc), f"{fault}: unclear error: {exc!r}"
         # Whatever the fault interrupted, the newest TXID is still on the replica, with the
         # exact content it had, and so is the restore the replica allowed before.
         out = case / "out.db"
-        assert assert_restores_to_a_txid(client.inner, out, history) == before
-        assert_restores_to_a_txid(client.inner, out, history, txid=before)
+        assert assert_restores_to_a_txid(inner, out, history) == before
+        assert_restores_to_a_txid(inner, out, history, txid=before)
         # The next ticks (no fault) repair what the faulted one left half done.
         assert not maintain(store, db, t + 3 * 7200)
         round_trip(store, con, history, 6)
         assert not maintain(store, db, t + 4 * 7200)
-        assert assert_restores_to_a_txid(client.inner, out, history) == db.pos().txid
+        assert assert_restores_to_a_txid(inner, out, history) == db.pos().txid
     finally:
         store.close(timeout=1)
         con.close()
@@ -741,7 +789,16 @@ def replica_with_levels(tmp_path_factory):
     """A replica with a snapshot, L1/L2 files and L0 files after them (a plan of several
     files from several levels), and the DB's content at its newest TXID."""
     case = tmp_path_factory.mktemp("restore-source")
-    store, con, client, history = make_store(case, None)
+    inner, expected = build_levels(case)
+    return inner.path, expected
+
+
+def build_levels(case, make_client=None) -> tuple:
+    """Replicate the workload with compactions and a snapshot between its commits (the
+    client: a FileReplicaClient, or what ``make_client`` makes); returns the replica's
+    client and the DB's content at its newest TXID."""
+    store, con, client, history = make_store(case, None, make_client)
+    client = getattr(client, "inner", client)
     db = store.dbs[0]
     try:
         assert history.sync()
@@ -759,9 +816,9 @@ def replica_with_levels(tmp_path_factory):
     finally:
         store.close(timeout=1)
         con.close()
-    plan = replication.restore.calc_restore_plan(client.inner)
+    plan = replication.restore.calc_restore_plan(client)
     assert len({f.level for f in plan}) >= 2 and len(plan) >= 3, plan
-    return client.inner.path, history.at[latest]
+    return client, history.at[latest]
 
 
 def restore_case(tmp_path, monkeypatch, source, fault: Fault, where: str) -> Outcome:
@@ -772,7 +829,25 @@ def restore_case(tmp_path, monkeypatch, source, fault: Fault, where: str) -> Out
     client = FaultyClient(inner, fault if where == "client" else None)
     disk = Disk(monkeypatch, replication.file_replica_client, inner.path,
                 fault) if where == "replica" else None
-    (disk or client).arm()
+
+    def may_fail(exc) -> None:
+        # A transfer that breaks off once is read again (SHORT_READ_ATTEMPTS), on every
+        # backend; a failed listing or open is not retried: the restore says so.
+        assert fault.persistent or fault.how != "raise" or fault.target != "read", \
+            f"{fault}: a read that failed once failed the restore: {exc}"
+        assert fault.persistent or fault.how not in ("cut", "short"), \
+            f"{fault}: a read that broke off once failed the restore: {exc}"
+
+    return check_restore(case, client, disk or client, fault, expected, may_fail=may_fail,
+                         clear=lambda exc: injected(exc) or (
+                             how_short(fault) and "truncated" in str(exc)))
+
+
+def check_restore(case, client, injector, fault, expected, *, may_fail, clear) -> Outcome:
+    """Restore through ``client`` with ``fault`` armed in ``injector``, to a new output and
+    over an existing one (-force): the right content, or a clear error (``clear``) that
+    ``may_fail(exc)`` allows, leaving nothing behind."""
+    injector.arm()
     # A new output, and an existing database the restore was told to replace (-force).
     for force in (False, True):
         out = case / f"out-{force}.db"
@@ -784,16 +859,10 @@ def restore_case(tmp_path, monkeypatch, source, fault: Fault, where: str) -> Out
         try:
             res = restore(client, str(out), integrity_check="full", force=force)
         except Exception as exc:  # noqa: BLE001 - checked below
-            # A transfer that breaks off once is read again (SHORT_READ_ATTEMPTS), on every
-            # backend; a failed listing or open is not retried: the restore says so.
-            assert fault.persistent or fault.how != "raise" or fault.target != "read", \
-                f"{fault}: a read that failed once failed the restore: {exc}"
-            assert fault.persistent or fault.how not in ("cut", "short"), \
-                f"{fault}: a read that broke off once failed the restore: {exc}"
+            may_fail(exc)
             assert "cannot write" not in str(exc), f"{fault}: blames the output: {exc}"
             assert isinstance(exc, ReplicationError), f"{fault}: not a clear error: {exc!r}"
-            assert "injected" in str(exc) or (how_short(fault) and "truncated" in str(exc)), \
-                f"{fault}: the error hides its cause: {exc}"
+            assert clear(exc), f"{fault}: the error hides its cause: {exc}"
             left = sorted(p.name for p in case.iterdir() if p.name.startswith(out.name))
             if force:
                 assert left == [out.name] and out.read_bytes() == old, f"{fault}: {left}"
@@ -826,3 +895,316 @@ def test_restore_under_faults_is_right_or_fails_cleanly(tmp_path, monkeypatch, r
 
     log = sweep(run, lambda at: Fault(target, at, persistent, how))
     assert len(log) >= 2, f"the fault never fired: {log}"
+
+
+# --- the S3 variant: the real S3 client on a real SeaweedFS, faults in its HTTP ------------------
+#
+# The same cases and invariants, with the replica on S3 (``weed mini``, tests/plugins/s3.py)
+# and the faults below our code, where real S3 failures happen: a proxy between boto3 and the
+# server (tests/plugins/fault_proxy.py) answers the Nth request of a kind (PUT, GET, LIST,
+# DELETE) with a 500 or 503 <Error>, a reset connection, a forwarded request whose answer is
+# lost (the object is stored, the delete done), a body cut half-way, or an answer held past
+# the client's read timeout; once (transient) or from then on (persistent).
+#
+# boto3 retries a failed request itself (S3_ATTEMPTS attempts), so a transient fault mostly
+# stays inside the client, as in production: what it must get right there is the retried
+# conditional create of an L0 file after a lost answer (the object exists: 412, compared, no
+# false conflict). A persistent one reaches the loop, which must stop within its budget.
+# Positions are sampled (S3_POSITIONS: 1, 2, 3, then every 3rd) to keep the S3 part near a
+# minute and a half on a shared 2-CPU machine.
+
+#: Seconds a held answer takes to fail one attempt; attempts per call (production: 4): one
+#: retry by boto3 itself, without its backoff sleep (the ``s3_fast`` fixture).
+S3_READ_TIMEOUT = 0.3
+S3_ATTEMPTS = 2
+S3_POSITIONS = (1, 2, 3, *range(6, MAX_POSITIONS + 1, 3))
+
+#: What an error must show of each fault's cause (besides "s3: " and the operation).
+S3_CAUSES = {
+    "500": ("InternalError",),
+    "503": ("SlowDown",),
+    "reset": ("Connection was closed",),
+    "lost": ("Connection was closed",),
+    "cut": ("Connection was closed", "IncompleteRead"),
+    "slow": ("Read timeout",),
+}
+
+
+def s3_clear(fault: HttpFault):
+    def clear(exc) -> bool:
+        text = str(exc)
+        return "s3: " in text and any(cause in text for cause in S3_CAUSES[fault.how])
+    return clear
+
+
+@pytest.fixture
+def s3_fast(monkeypatch):
+    """No sleep between boto3's own attempts (it waits up to 2^n s, jittered)."""
+    monkeypatch.setattr(botocore.retries.standard.ExponentialBackoff, "delay_amount",
+                        lambda self, context: 0.0)
+
+
+@pytest.fixture(scope="module")
+def fault_proxy(s3_server):
+    proxy = FaultProxy(s3_server.endpoint)
+    yield proxy
+    proxy.close()
+
+
+class S3Replicas:
+    """Fresh replica paths in the shared bucket, each seen by a client through the proxy (the
+    faulted one) and a direct one (the checks). One sweep's cases share its two boto3 clients
+    (making one costs ~0.2 s), each case has a path of its own."""
+
+    def __init__(self, s3_server, proxy: FaultProxy):
+        self.s3_server, self.proxy = s3_server, proxy
+        self._boto: dict = {}
+
+    def pair(self, prefix: str) -> tuple[S3ReplicaClient, S3ReplicaClient]:
+        path = self.s3_server.new_path(prefix)
+        return self.client(self.proxy.endpoint, path), self.client(self.s3_server.endpoint, path)
+
+    def client(self, endpoint: str, path: str) -> S3ReplicaClient:
+        s3 = self.s3_server
+        c = S3ReplicaClient.from_url(
+            s3.url(s3.bucket, path), endpoint=endpoint, access_key_id=s3.access_key,
+            secret_access_key=s3.secret_key, read_timeout=S3_READ_TIMEOUT,
+            connect_timeout=S3_READ_TIMEOUT, max_attempts=S3_ATTEMPTS)
+        if endpoint in self._boto:
+            c._client = self._boto[endpoint]
+        else:
+            c.init()
+            self._boto[endpoint] = c.s3
+        c.close = lambda: None  # the boto3 client is the sweep's: closed at its end
+        return c
+
+    def close(self) -> None:
+        for boto in self._boto.values():
+            boto.close()
+
+
+@pytest.fixture
+def s3_replicas(s3_server, fault_proxy, s3_fast):
+    replicas = S3Replicas(s3_server, fault_proxy)
+    yield replicas
+    replicas.close()
+
+
+def s3_upload_case(tmp_path, replicas: S3Replicas, fault: HttpFault, *, restart: bool,
+                   litestream=None) -> Outcome:
+    case = tmp_path / f"case-s3-{fault.kind}-{fault.how}-{fault.at}-{fault.persistent}"
+    case.mkdir()
+    path, con, dbc, db = open_case_db(case)
+    client, inner = replicas.pair("sweep")
+    proxy, s3_server = replicas.proxy, replicas.s3_server
+    try:
+        if restart:
+            # A previous run uploaded TXID 1: positioning reads that file's trailer (a GET).
+            db.sync()
+            Replica(db, inner, dbc.replica).sync()
+        proxy.fault = fault
+        if litestream is not None:
+            binary, env = litestream
+            litestream = (binary, s3_server.env(env),
+                          s3_server.url(s3_server.bucket, inner.path))
+        return check_upload(case, path, con, dbc, db, client, inner, proxy, fault, local=False,
+                            clear=s3_clear(fault), litestream=litestream,
+                            settle=S3_ATTEMPTS * S3_READ_TIMEOUT + 1)
+    finally:
+        proxy.armed, proxy.fault = False, None
+
+
+S3_UPLOAD_SWEEPS = [
+    # (kind, how): every PUT is an L0 file's conditional create (If-None-Match: *)
+    ("PUT", "503"),
+    ("PUT", "reset"),
+    ("PUT", "lost"),     # stored, the answer lost: boto3's retry finds it (412, same bytes)
+    ("PUT", "slow"),     # stored, the answer past the read timeout: the same, by time
+    ("LIST", "500"),     # the LISTs: positioning (every level)
+    ("LIST", "cut"),
+    ("GET", "500"),      # the GET: a restart's check of the replica's newest file (trailer)
+    ("GET", "cut"),
+]
+
+
+@pytest.mark.parametrize("persistent", [False, True], ids=["transient", "persistent"])
+@pytest.mark.parametrize("kind,how", S3_UPLOAD_SWEEPS,
+                         ids=[f"{k}-{h}" for k, h in S3_UPLOAD_SWEEPS])
+def test_s3_upload_path_under_http_faults(tmp_path, s3_replicas, kind, how, persistent,
+                                          litestream_bin, litestream_env):
+    def run(fault):
+        # The real litestream restores a sample: the first position of each transient sweep.
+        ls = (litestream_bin, litestream_env) if fault.at == 1 and not persistent else None
+        return s3_upload_case(tmp_path, s3_replicas, fault, restart=kind == "GET",
+                              litestream=ls)
+
+    log = sweep(run, lambda at: HttpFault(kind, at, persistent, how), S3_POSITIONS)
+    assert len(log) >= 2, f"the fault never fired: {log}"
+
+
+def s3_maintenance_case(tmp_path, replicas: S3Replicas, fault: HttpFault) -> Outcome:
+    case = tmp_path / f"case-s3-{fault.kind}-{fault.how}-{fault.at}-{fault.persistent}"
+    case.mkdir()
+    client, inner = replicas.pair("maint")
+    store, con, _, history = make_store(case, None, lambda rc: client)
+    replicas.proxy.fault = fault
+    try:
+        return check_maintenance(case, store, con, inner, replicas.proxy, history, fault,
+                                 clear=s3_clear(fault))
+    finally:
+        replicas.proxy.armed, replicas.proxy.fault = False, None
+
+
+S3_MAINTENANCE_SWEEPS = [
+    ("LIST", "cut"),
+    ("GET", "cut"),      # compaction reading its sources: a cut body is not retried by boto3
+    ("GET", "slow"),
+    ("PUT", "500"),      # the PUTs: L1, L2 and snapshot files (plain, not conditional)
+    ("PUT", "lost"),
+    ("DELETE", "lost"),  # retention (DeleteObjects): deleted, the answer lost; the retry
+    ("DELETE", "cut"),   # deletes nothing, quietly
+]
+
+
+@pytest.mark.parametrize("persistent", [False, True], ids=["transient", "persistent"])
+@pytest.mark.parametrize("kind,how", S3_MAINTENANCE_SWEEPS,
+                         ids=[f"{k}-{h}" for k, h in S3_MAINTENANCE_SWEEPS])
+def test_s3_maintenance_under_http_faults_never_loses_a_txid_range(tmp_path, s3_replicas, kind,
+                                                                   how, persistent):
+    log = sweep(lambda fault: s3_maintenance_case(tmp_path, s3_replicas, fault),
+                lambda at: HttpFault(kind, at, persistent, how), S3_POSITIONS)
+    assert len(log) >= 2, f"the fault never fired: {log}"
+
+
+@pytest.fixture(scope="module")
+def s3_replica_with_levels(tmp_path_factory, s3_server, fault_proxy):
+    """As replica_with_levels, on S3: (its path, the DB's content at its newest TXID)."""
+    replicas = S3Replicas(s3_server, fault_proxy)
+    try:
+        _, inner = replicas.pair("levels")
+        _, expected = build_levels(tmp_path_factory.mktemp("s3-restore-source"),
+                                   lambda rc: inner)
+        return inner.path, expected
+    finally:
+        replicas.close()
+
+
+def s3_restore_case(tmp_path, replicas: S3Replicas, source, fault: HttpFault) -> Outcome:
+    path, expected = source
+    case = tmp_path / f"case-s3-{fault.kind}-{fault.how}-{fault.at}-{fault.persistent}"
+    case.mkdir()
+    client = replicas.client(replicas.proxy.endpoint, path)
+
+    def may_fail(exc) -> None:
+        # boto3 retries a failed request, and the restore reads a cut body again: a fault
+        # that fires once never fails a restore from S3.
+        assert fault.persistent, f"{fault}: a fault that fired once failed the restore: {exc}"
+
+    replicas.proxy.fault = fault
+    try:
+        return check_restore(case, client, replicas.proxy, fault, expected, may_fail=may_fail,
+                             clear=s3_clear(fault))
+    finally:
+        replicas.proxy.armed, replicas.proxy.fault = False, None
+
+
+S3_RESTORE_SWEEPS = [
+    ("LIST", "reset"),
+    ("GET", "500"),
+    ("GET", "cut"),
+    ("GET", "slow"),
+]
+
+
+@pytest.mark.parametrize("persistent", [False, True], ids=["transient", "persistent"])
+@pytest.mark.parametrize("kind,how", S3_RESTORE_SWEEPS,
+                         ids=[f"{k}-{h}" for k, h in S3_RESTORE_SWEEPS])
+def test_s3_restore_under_http_faults_is_right_or_fails_cleanly(tmp_path, s3_replicas,
+                                                                s3_replica_with_levels, kind,
+                                                                how, persistent):
+    log = sweep(lambda fault: s3_restore_case(tmp_path, s3_replicas, s3_replica_with_levels,
+                                              fault),
+                lambda at: HttpFault(kind, at, persistent, how), S3_POSITIONS)
+    assert len(log) >= 2, f"the fault never fired: {log}"
+
+
+@pytest.mark.parametrize("how", ["lost", "slow"])
+@pytest.mark.parametrize("attempts", [1, S3_ATTEMPTS], ids=["caller-retries", "boto3-retries"])
+def test_s3_exclusive_create_retried_after_a_lost_answer(s3_replicas, how, attempts):
+    """An L0 file's conditional create (If-None-Match: *) that S3 stored but whose answer was
+    lost (reset, or held past the read timeout), retried by boto3 itself or by the caller:
+    the retry meets our own object (412) and is no conflict; against another writer's bytes
+    it is one, and those bytes stay."""
+    proxy = s3_replicas.proxy
+    client, inner = s3_replicas.pair("excl")
+    client.max_attempts = attempts
+    client._client = None  # a boto3 client of its own, with this many attempts
+    mine, theirs = b"our L0 file " * 50, b"another writer's L0 file " * 20
+    proxy.fault = HttpFault("PUT", 1, how=how)
+    try:
+        proxy.arm()
+        if attempts == 1:
+            with pytest.raises(UnreachableError):
+                client.write_ltx_file(0, 1, 1, mine, 1_700_000_000_000, exclusive=True)
+        client.write_ltx_file(0, 1, 1, mine, 1_700_000_000_000, exclusive=True)
+        assert proxy.fault.fired == 1
+        assert [k for k, _, _ in proxy.log].count("PUT") == 2  # the lost one, then the retry
+        with inner.open_ltx_file(0, 1, 1) as f:
+            assert f.read() == mine
+        # Another writer's TXID 2 is there: our create of TXID 2, its answer lost, retried.
+        inner.write_ltx_file(0, 2, 2, theirs, 1_700_000_000_000)
+        proxy.fault = HttpFault("PUT", 1, how=how)
+        proxy.arm()
+        for _ in range(2 if attempts == 1 else 1):
+            with pytest.raises((ConflictError, UnreachableError)) as info:
+                client.write_ltx_file(0, 2, 2, mine, 1_700_000_000_000, exclusive=True)
+        assert isinstance(info.value, ConflictError), info.value
+        with inner.open_ltx_file(0, 2, 2) as f:
+            assert f.read() == theirs
+    finally:
+        proxy.armed, proxy.fault = False, None
+        if client._client is not None:
+            client._client.close()
+
+
+def test_s3_stop_keeps_its_timeout_while_s3_holds_every_answer(tmp_path, s3_server, fault_proxy,
+                                                              s3_fast):
+    """``Replica.stop(timeout)`` (shutdown-sync-timeout) while S3 holds every PUT's answer
+    past the read timeout (the sweep's PUT-slow): one call lasts attempts x read timeout
+    (about 47 s with the defaults), longer than the whole timeout. stop() waited for the
+    loop's call to end (the sync lock), then made a final call of its own: about
+    timeout + 2 calls (a 30 s shutdown took about two minutes). It returns at its deadline,
+    False; the pending file is in the meta dir for the next start."""
+    replicas = S3Replicas(s3_server, fault_proxy)
+    call = S3_ATTEMPTS * 1.0
+    client = S3ReplicaClient.from_url(
+        s3_server.url(s3_server.bucket, s3_server.new_path("stop")),
+        endpoint=fault_proxy.endpoint, access_key_id=s3_server.access_key,
+        secret_access_key=s3_server.secret_key, read_timeout=call / S3_ATTEMPTS,
+        max_attempts=S3_ATTEMPTS)
+    path, con, dbc, db = open_case_db(tmp_path)
+    replica = Replica(db, client, dbc.replica, retry_budget=None)
+    db.subscribe(replica.wake)
+    fault_proxy.fault = HttpFault("PUT", 1, persistent=True, how="slow")
+    try:
+        fault_proxy.arm()
+        db.sync()
+        replica.start()
+        assert wait_for(lambda: fault_proxy.fault.fired, 5)  # the loop's PUT is held
+        commit(con, 1)
+        db.sync()
+        started = time.monotonic()
+        assert replica.stop(timeout=0.3, interval=0.05) is False
+        took = time.monotonic() - started
+        assert took < 0.3 + call / 2, f"stop(0.3) took {took:.2f}s (one S3 call: {call:.0f}s)"
+    finally:
+        fault_proxy.armed, fault_proxy.fault = False, None
+        # The held calls end (no request of theirs may reach the next test's armed proxy).
+        for thread in (replica._thread, replica._final_thread):
+            if thread is not None:
+                thread.join(2 * call + 1)
+                assert not thread.is_alive()
+        db.close()
+        con.close()
+        client.close()
+        replicas.close()
