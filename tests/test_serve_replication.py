@@ -424,6 +424,47 @@ def test_s3_outage_fails_fast_and_the_next_start_uploads_everything(
     assert not problems, "; ".join(problems)
 
 
+def test_a_local_disk_that_refuses_the_meta_dir_fails_fast_and_loses_nothing(
+        tmp_path, replica_for, servers, litestream_bin):
+    """Step 4 of the product for the local side: syncs that keep failing (here the next L0
+    file cannot be written: its temporary name is taken by a directory) stop `serve` with a
+    non-zero exit and one line saying so, within the retry budget; what was acknowledged is
+    in the DB, and the next start, with the disk repaired, uploads it."""
+    db = tmp_path / "app.db"
+    replica = replica_for("file")
+    config = write_config(tmp_path / "litestream.yml", db, replica,
+                          retry_budget=f"{OUTAGE_BUDGET_S:g}s")
+    make_db(db)
+    server = servers.start(db, config)
+    wait_ready(server)
+    writer = Writer(server)
+    _, txid = writer.insert("before")
+    wait_replica_reaches(replica, txid, server)
+    wait_for(lambda: txid_of(replication_status(server)["local_txid"]) == txid, 10,
+             "the local side to settle")
+    blocked = meta_dir(db) / "ltx" / "0" / f"{txid + 1:016x}-{txid + 1:016x}.ltx.tmp"
+    blocked.mkdir()
+    # committed and acknowledged (its TXID is known at commit), though no L0 file can hold it
+    r = httpx.post(server.base_url + "/items", json={"name": "after"}, timeout=60)
+    assert r.status_code == 201, r.text
+    try:
+        code = server.proc.wait(OUTAGE_BUDGET_S + 30)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"serve still running {OUTAGE_BUDGET_S + 30:g} s after its local "
+                             f"syncs began to fail:\n{excerpt(server)}") from None
+    assert code != 0, f"serve exited 0 with its local side failing:\n{excerpt(server)}"
+    assert "local syncs have failed" in server.logs(), excerpt(server)
+    blocked.rmdir()
+    server = servers.start(db, config)
+    wait_ready(server)
+    local = txid_of(replication_status(server)["local_txid"])
+    wait_replica_reaches(replica, local, server)
+    served = {name for _, name in Writer(server).rows()}
+    assert {"before", "after"} <= served
+    replica.restore(litestream_bin, tmp_path / "restored.db")
+    assert {name for _, name in db_rows(tmp_path / "restored.db")} == served
+
+
 def test_writes_acknowledged_while_s3_is_down_survive_a_crash_and_a_lost_database(
         tmp_path, own_s3, servers, litestream_bin):
     """Acknowledged, in the local meta dir, not uploaded: the next start uploads then restores."""
