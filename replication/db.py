@@ -1045,13 +1045,19 @@ class DB:
         fds = [self._wake_r] + ([watcher.fileno()] if watcher.fileno() is not None else []) + \
               ([listener.fileno()] if listener else [])
         poll_timeout = None if watcher.fileno() is not None else WAL_POLL_INTERVAL
+        # poll(), not select(): select() refuses descriptors past 1023, which a process with
+        # many open files reaches (the test suite did, after the fault sweeps, and the monitor
+        # thread died: no commit woke anything any more).
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
 
         def wait_for_wake(timeout: float) -> bool:
             """Wait up to ``timeout`` for a commit; drains every source that fired."""
             if poll_timeout is not None:
                 timeout = min(timeout, poll_timeout)
             woke = False
-            ready, _, _ = select.select(fds, [], [], timeout)
+            ready = [fd for fd, _event in poller.poll(timeout * 1000.0)]
             for fd in ready:
                 if fd == self._wake_r:
                     _drain_pipe(fd)

@@ -947,3 +947,40 @@ def test_local_sync_failures_within_the_budget_are_retried(tmp_path):
             stop.set()
             loop.join(5)
         assert_contiguous(db)
+
+
+def test_the_monitor_wakes_in_a_process_with_more_than_1024_descriptors(tmp_path):
+    """select() refuses descriptors past 1023: after the fault sweeps the suite's process held
+    that many, the monitor thread died on its first wait, and no commit woke anything."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(2048, hard), hard))
+    spare = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        path = tmp_path / "db.sqlite"
+        writer = open_writer(path)
+        with DB(path, SimpleNamespace(monitor_interval=30.0)) as db:
+            insert(writer)
+            db.sync()
+            before = db.pos().txid
+            stop = threading.Event()
+            loop = threading.Thread(target=db.monitor, args=(stop,))
+            loop.start()
+            try:
+                time.sleep(0.3)  # past its first round, which runs at once
+                assert loop.is_alive(), "the monitor thread died"
+                insert(writer)  # only a wake-up (inotify) can sync it before the 30 s tick
+                deadline = time.monotonic() + 5
+                while db.pos().txid == before and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                assert loop.is_alive(), "the monitor thread died"
+                assert db.pos().txid > before
+            finally:
+                stop.set()
+                loop.join(5)
+    finally:
+        for fd in spare:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -439,11 +439,13 @@ class Supervisor:
 
     # -- parent threads -----------------------------------------------------------------------
     def _receive_commits(self) -> None:
-        fd = self._listener.fileno()
+        # poll(): select() refuses descriptors past 1023 (replication/db.py, DB.monitor)
+        poller = select.poll()
+        poller.register(self._listener.fileno(), select.POLLIN)
         # Until the workers are gone, not just until the stop: writes finishing during the
         # shutdown still signal, and wait for their position.
         while not self._stop.is_set() or self._child_alive():
-            readable, _, _ = select.select([fd], [], [], 0.5)
+            readable = poller.poll(500)
             if not readable:
                 continue
             n = self._listener.drain()
