@@ -22,6 +22,7 @@ from replication.replica_client import (
 )
 from replication.s3_replica_client import S3ReplicaClient, normalize_endpoint, parse_s3_url
 
+from tests.plugins.fault_proxy import FaultProxy, HttpFault
 from tests.plugins.litestream import FIXTURE_0517
 
 TS1 = 1700000000123       # 2023-11-14T22:13:20.123Z
@@ -459,75 +460,17 @@ def test_rfc3339_helpers():
 
 # --- transient errors: a flaky loopback proxy in front of the real server --------------------
 
-class FlakyProxy:
-    """Forwards HTTP to the S3 server unchanged (Host kept, so SigV4 still verifies), but answers
-    the next ``fail`` requests with ``status`` (503 SlowDown / 500 InternalError) instead."""
-
-    def __init__(self, upstream: str):
-        import http.client
-        import http.server
-        import threading
-        from urllib.parse import urlsplit
-
-        up = urlsplit(upstream)
-        proxy = self
-        self.fail = 0
-        self.status = 503
-        self.seen = 0
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def _handle(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                proxy.seen += 1
-                if proxy.fail > 0:
-                    proxy.fail -= 1
-                    code = "SlowDown" if proxy.status == 503 else "InternalError"
-                    payload = f"<Error><Code>{code}</Code><Message>injected</Message></Error>".encode()
-                    self.send_response(proxy.status)
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                    return
-                conn = http.client.HTTPConnection(up.hostname, up.port, timeout=30)
-                try:
-                    headers = {k: v for k, v in self.headers.items() if k.lower() != "expect"}
-                    conn.request(self.command, self.path, body=body, headers=headers)
-                    resp = conn.getresponse()
-                    data = resp.read()
-                finally:
-                    conn.close()
-                self.send_response(resp.status)
-                for k, v in resp.getheaders():
-                    if k.lower() not in ("content-length", "transfer-encoding", "connection"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def flaky(s3_server):
-    proxy = FlakyProxy(s3_server.endpoint)
+    proxy = FaultProxy(s3_server.endpoint)
     yield proxy
     proxy.close()
+
+
+def fail_next(proxy, kind: str, how: str, times: int = 1, persistent: bool = False) -> None:
+    """The next ``times`` requests of ``kind`` (from now) get ``how`` (500, 503)."""
+    proxy.fault = HttpFault(kind, 1, how=how, times=times, persistent=persistent)
+    proxy.arm()
 
 
 def test_s3_transient_errors_are_retried_and_counted(s3_server, flaky):
@@ -538,22 +481,21 @@ def test_s3_transient_errors_are_retried_and_counted(s3_server, flaky):
         return sample("sqlite_rest_replica_operation_retries_total", {"replica_type": "s3", "operation": op})
 
     before = {op: retries(op) for op in ("PUT", "LIST", "GET")}
-    flaky.status, flaky.fail = 500, 1
+    fail_next(flaky, "PUT", "500")
     c.write_ltx_file(0, 1, 1, blob(1, 1000), TS1)
-    flaky.status, flaky.fail = 503, 2
+    fail_next(flaky, "LIST", "503", times=2)
     assert [f.min_txid for f in c.ltx_files(0)] == [1]
-    flaky.fail = 1
+    fail_next(flaky, "GET", "503")
     with c.open_ltx_file(0, 1, 1) as f:
         assert f.read() == blob(1, 1000)
     assert (retries("PUT") - before["PUT"], retries("LIST") - before["LIST"],
             retries("GET") - before["GET"]) == (1, 2, 1)
 
     # A server that keeps failing: bounded attempts, then a clear error.
-    flaky.status, flaky.fail = 503, 100
-    seen = flaky.seen
+    fail_next(flaky, "LIST", "503", persistent=True)
     with pytest.raises(ReplicaClientError, match="SlowDown") as e:
         list(c.ltx_files(0))
-    assert flaky.seen - seen == c.max_attempts
+    assert flaky.calls["LIST"] == c.max_attempts
     assert "retried" in e.value.hint
 
 

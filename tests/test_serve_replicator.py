@@ -245,8 +245,12 @@ def test_commit_position_is_the_txid_that_contains_it(env, tmp_path):
 
     def receive():  # what the supervisor's receive thread does
         import select
+        # poll(), as the supervisor: select() refuses descriptors past 1023, which a long
+        # suite's process can hold (CI, 2026-12-06).
+        poller = select.poll()
+        poller.register(listener.fileno(), select.POLLIN)
         while not stop.is_set():
-            if select.select([listener.fileno()], [], [], 0.1)[0]:
+            if poller.poll(100):
                 n = listener.drain()
                 if n:
                     rep.notify_commit(n)

@@ -45,16 +45,18 @@ HOWS = ("500", "503", "reset", "lost", "cut", "slow")
 
 @dataclass
 class HttpFault:
-    """Fail request number ``at`` of ``kind`` (and every later one when ``persistent``)."""
+    """Fail request number ``at`` of ``kind`` and the ``times - 1`` after it (every later one
+    when ``persistent``)."""
 
     kind: str
     at: int
     persistent: bool = False
     how: str = "500"
     fired: int = 0
+    times: int = 1
 
     def hits(self, n: int) -> bool:
-        return n == self.at or (self.persistent and n > self.at)
+        return self.at <= n < self.at + self.times or (self.persistent and n > self.at)
 
     # The sweep's Fault and this one are logged and named alike.
     @property
@@ -145,7 +147,9 @@ class FaultProxy:
                 if how == "slow":
                     # Hold the answer until the client times out and hangs up (its side of
                     # the connection becomes readable: EOF), then drop it.
-                    select.select([self.connection], [], [], SLOW_HOLD)
+                    poller = select.poll()  # not select(): descriptors past 1023
+                    poller.register(self.connection, select.POLLIN)
+                    poller.poll(SLOW_HOLD * 1000)
                     return self._reset()
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
