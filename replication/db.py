@@ -12,6 +12,7 @@ See design/local-sync.md for the continuity rules and the checkpoint policy.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import errno
@@ -35,7 +36,7 @@ from .defaults import (DEFAULT_BUSY_TIMEOUT, DEFAULT_CHECKPOINT_INTERVAL, DEFAUL
 from .errors import ReplicationError
 from .replica_client import FileInfo, read_whole_ltx_file
 from .position import PositionBoard, Segment
-from .sqlite_fds import open_kept
+from .sqlite_fds import open_kept, release_unused
 from .wal import (WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, WALReader, WALSeedError,
                   read_wal_backfill, read_wal_index_end, wal_frames,
                   WALSegment, read_wal_header)
@@ -214,9 +215,11 @@ class DB:
                     except apsw.Error as exc:
                         log.warning("%s: closing connection: %s", self.path, exc)
             self._conn = self._rconn = self._rconn_next = self._bconn = None
-            for fd in (self._wake_r, self._wake_w):  # the DB's and -shm's are kept (sqlite_fds)
+            for fd in (self._wake_r, self._wake_w):
                 if fd is not None:
                     os.close(fd)
+            # Released only if no connection of this process still has the file (sqlite_fds).
+            release_unused(fd for fd in (self._db_fd, self._shm_fd) if fd is not None)
             self._db_fd = self._wake_r = self._wake_w = self._shm_fd = None
             self._opened = False
 
@@ -1037,11 +1040,31 @@ class DB:
         say so: the fault sweep, tests/test_fault_sweep.py.)"""
         if self._wake_r is None:
             raise ReplicationError(f"{self.path}: monitor() before open()", hint="call DB.open() first")
+        try:
+            with contextlib.ExitStack() as cleanup:
+                self._monitor(stop, retry_budget, on_fatal, cleanup)
+        except Exception as exc:
+            # Anything the loop does not expect (its watcher, its poll) ends it, and with no
+            # sync loop writes are acknowledged and reach no replica: as fatal as a budget run
+            # out. Silence here would be the worst outcome.
+            if on_fatal is None:
+                raise
+            fatal = ReplicationError(f"{self.path}: the sync loop stopped: {exc!r}",
+                                     hint="unexpected: the log above has its traceback")
+            fatal.__cause__ = exc
+            log.exception("%s", fatal)
+            on_fatal(fatal)
+
+    def _monitor(self, stop: threading.Event, retry_budget: float | None,
+                 on_fatal: Callable[[BaseException], None] | None,
+                 cleanup: contextlib.ExitStack) -> None:
         watcher = _WALWatcher(self.wal_path)
+        cleanup.callback(watcher.close)
         listener = None
         if self.commit_socket:
             from .notify import CommitListener
             listener = CommitListener(self.commit_socket)
+            cleanup.callback(listener.close)
         fds = [self._wake_r] + ([watcher.fileno()] if watcher.fileno() is not None else []) + \
               ([listener.fileno()] if listener else [])
         poll_timeout = None if watcher.fileno() is not None else WAL_POLL_INTERVAL
@@ -1076,62 +1099,57 @@ class DB:
         next_tick = time.monotonic()
         last_write = -1e9  # start of the last sync that wrote a file
         failing_since = None  # monotonic time of the first failure of the current run of them
-        try:
-            while not stop.is_set():
-                now = time.monotonic()
-                if now < next_tick and not wait_for_wake(min(next_tick - now, 0.25)):
-                    continue
-                now = time.monotonic()
-                if now >= next_tick:
-                    next_tick = now + self.monitor_interval
-                else:
-                    # A commit storm: coalesce wake-ups closer than min_sync_gap into one sync,
-                    # which bounds the fsync rate (and the writer's slowdown) at tiny latency cost.
-                    # (Only after a sync that wrote: a wake-up on a transaction's first frame
-                    # finds no commit yet, and its commit frame must not wait.)
-                    gap = last_write + self.min_sync_gap - now
-                    # Writers waiting for their position (X-Replication-Txid) get their round
-                    # now: they are the latency, and one round answers all of them.
-                    if gap > 0 and not self._urgent:
-                        stop.wait(gap)
-                        wait_for_wake(0)
-                started = time.monotonic()
-                self._urgent = False
-                self.sync_round += 1
-                round_no = self.sync_round
-                try:
-                    if self._round_sync(round_no):
-                        last_write = started
-                except Exception as exc:  # noqa: BLE001 - log and retry at the next tick
-                    log.error("%s: sync error: %s", self.path, exc)
-                    if failing_since is None:
-                        failing_since = started
-                    failed_for = time.monotonic() - failing_since
-                    if retry_budget is not None and failed_for >= retry_budget:
-                        fatal = ReplicationError(
-                            f"{self.path}: local syncs have failed for {failed_for:.1f}s: {exc}",
-                            hint=f"the WAL or the meta dir {self.meta_path} cannot be read or "
-                                 "written: check that disk (free space, permissions, I/O errors)")
-                        fatal.__cause__ = exc
-                        log.error("%s", fatal)
-                        if on_fatal is not None:
-                            on_fatal(fatal)
-                        return
-                    stop.wait(min(self.monitor_interval, 1.0))
-                else:
-                    failing_since = None
-                    # Wake-ups are noted only between rounds (by this thread), so every one
-                    # noted so far came before this round read the WAL: all are covered.
-                    self._unsynced_since = None
-                    for observer in list(self._round_observers):
-                        try:
-                            observer(round_no)
-                        except Exception:  # noqa: BLE001 - an observer must not stop syncing
-                            log.exception("%s: sync round observer failed", self.path)
-        finally:
-            watcher.close()
-            if listener is not None:
-                listener.close()
+        while not stop.is_set():
+            now = time.monotonic()
+            if now < next_tick and not wait_for_wake(min(next_tick - now, 0.25)):
+                continue
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + self.monitor_interval
+            else:
+                # A commit storm: coalesce wake-ups closer than min_sync_gap into one sync,
+                # which bounds the fsync rate (and the writer's slowdown) at tiny latency cost.
+                # (Only after a sync that wrote: a wake-up on a transaction's first frame
+                # finds no commit yet, and its commit frame must not wait.)
+                gap = last_write + self.min_sync_gap - now
+                # Writers waiting for their position (X-Replication-Txid) get their round
+                # now: they are the latency, and one round answers all of them.
+                if gap > 0 and not self._urgent:
+                    stop.wait(gap)
+                    wait_for_wake(0)
+            started = time.monotonic()
+            self._urgent = False
+            self.sync_round += 1
+            round_no = self.sync_round
+            try:
+                if self._round_sync(round_no):
+                    last_write = started
+            except Exception as exc:  # noqa: BLE001 - log and retry at the next tick
+                log.error("%s: sync error: %s", self.path, exc)
+                if failing_since is None:
+                    failing_since = started
+                failed_for = time.monotonic() - failing_since
+                if retry_budget is not None and failed_for >= retry_budget:
+                    fatal = ReplicationError(
+                        f"{self.path}: local syncs have failed for {failed_for:.1f}s: {exc}",
+                        hint=f"the WAL or the meta dir {self.meta_path} cannot be read or "
+                             "written: check that disk (free space, permissions, I/O errors)")
+                    fatal.__cause__ = exc
+                    log.error("%s", fatal)
+                    if on_fatal is not None:
+                        on_fatal(fatal)
+                    return
+                stop.wait(min(self.monitor_interval, 1.0))
+            else:
+                failing_since = None
+                # Wake-ups are noted only between rounds (by this thread), so every one
+                # noted so far came before this round read the WAL: all are covered.
+                self._unsynced_since = None
+                for observer in list(self._round_observers):
+                    try:
+                        observer(round_no)
+                    except Exception:  # noqa: BLE001 - an observer must not stop syncing
+                        log.exception("%s: sync round observer failed", self.path)
 
 
 def _fsync_dir(path: str) -> None:

@@ -3,12 +3,15 @@ import logging
 
 import pytest
 
+from replication.sqlite_fds import release_unused
+
 pytest_plugins = [
     "tests.plugins.s3",          # a real SeaweedFS S3 server on 127.0.0.1
     "tests.plugins.litestream",  # the real Litestream binaries (0.5.17 and a frame-only release)
     "tests.plugins.server",      # a real `sqlite-rest serve` process on 127.0.0.1
     "tests.plugins.postgrest_js",  # the real postgrest-js (Node), installed into .tools/
     "tests.plugins.inside",      # fails the session if a test reads outside the repository
+    "tests.plugins.descriptors",  # fails the session if tests leave descriptors piling up
 ]
 
 
@@ -49,3 +52,6 @@ def pytest_runtest_protocol(item, nextitem):
             if handler not in root.handlers:
                 root.addHandler(handler)
         root.setLevel(level)
+        # Descriptors kept on the test's databases (replication/sqlite_fds.py) whose
+        # connections are all closed: kept, they piled up past 1,000 in one session.
+        release_unused()

@@ -984,3 +984,45 @@ def test_the_monitor_wakes_in_a_process_with_more_than_1024_descriptors(tmp_path
         for fd in spare:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_an_unexpected_error_in_the_monitor_is_fatal_not_silent(tmp_path, monkeypatch):
+    """Only a failed sync was handled: anything else the loop met (its WAL watch, its poll)
+    ended the thread with a traceback nobody acted on, and writes went on being acknowledged
+    with no sync loop. Now on_fatal hears of it, once, and the watch is released."""
+    import errno
+
+    from replication import db as db_module
+
+    def broken_drain(self):
+        raise OSError(errno.EIO, "inotify read failed")
+
+    path = tmp_path / "db.sqlite"
+    writer = open_writer(path)
+    with DB(path, SimpleNamespace(monitor_interval=30.0)) as db:
+        insert(writer)
+        db.sync()
+        monkeypatch.setattr(db_module._WALWatcher, "drain", broken_drain)
+        closed = []
+        real_close = db_module._WALWatcher.close
+        monkeypatch.setattr(db_module._WALWatcher, "close",
+                            lambda self: (closed.append(True), real_close(self)))
+        fatal, stop = [], threading.Event()
+        loop = threading.Thread(target=db.monitor, args=(stop,), kwargs={"on_fatal": fatal.append})
+        loop.start()
+        try:
+            time.sleep(0.2)
+            insert(writer)  # the watch fires, and its drain fails
+            loop.join(5)
+            assert not loop.is_alive(), "the loop neither ended nor carried on"
+            assert len(fatal) == 1
+            assert "the sync loop stopped" in str(fatal[0]) and "inotify read failed" in str(fatal[0])
+            assert closed, "the WAL watch was left open"
+        finally:
+            stop.set()
+            loop.join(5)
+        # Without on_fatal (a library caller running the loop itself), it raises.
+        with pytest.raises(OSError, match="inotify read failed"):
+            stop2 = threading.Event()
+            threading.Timer(0.2, insert, (writer,)).start()
+            db.monitor(stop2)

@@ -8,6 +8,8 @@ fix: the worker's first commit closed its -shm descriptor and let a second write
 """
 from __future__ import annotations
 
+import gc
+import os
 import subprocess
 import sys
 
@@ -16,6 +18,7 @@ import apsw
 from replication.config import DBConfig
 from replication.db import DB
 from replication.position import CommitPositions
+from replication.sqlite_fds import release_unused
 
 PROBE = """
 import apsw, sys
@@ -55,7 +58,22 @@ def test_a_workers_first_commit_position_keeps_its_write_lock(tmp_path):
     assert other_process_can_write(db)
 
 
+def open_descriptors_of(path) -> int:
+    target = os.stat(path)
+    n = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            st = os.stat(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        n += os.path.samestat(st, target)
+    return n
+
+
 def test_closing_a_replicated_db_keeps_the_processs_other_locks(tmp_path):
+    """Its descriptors stay while a connection of this process has the file (closing one would
+    drop that connection's locks, #9), and go once none has (kept for ever, two per database
+    piled up past 1,000 in one test session)."""
     db = tmp_path / "app.db"
     writer_in_transaction(db).execute("COMMIT")
     replicated = DB(str(db), DBConfig(path=str(db)))
@@ -64,4 +82,24 @@ def test_closing_a_replicated_db_keeps_the_processs_other_locks(tmp_path):
     conn = writer_in_transaction(db)
     replicated.close()  # its descriptors of the DB file and the -shm stay open
     assert not other_process_can_write(db), "closing the replicator dropped the write lock"
+    release_unused()  # the file is still open here: nothing of it may close
+    assert not other_process_can_write(db), "a release dropped the write lock"
     conn.execute("COMMIT")
+    conn.close()
+    gc.collect()  # the first writer's connection, never closed by name
+    assert open_descriptors_of(db) == 1  # ours, kept
+    assert len(release_unused()) >= 1
+    assert open_descriptors_of(db) == 0
+
+
+def test_closing_a_db_whose_file_no_one_else_has_open_releases_its_descriptors(tmp_path):
+    db = tmp_path / "app.db"
+    conn = writer_in_transaction(db)
+    conn.execute("COMMIT")
+    conn.close()
+    replicated = DB(str(db), DBConfig(path=str(db)))
+    replicated.open()
+    replicated.sync()
+    assert open_descriptors_of(db) >= 2
+    replicated.close()
+    assert open_descriptors_of(db) == 0
