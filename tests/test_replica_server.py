@@ -544,7 +544,9 @@ def test_a_killed_leading_worker_hands_the_poll_to_another_process(cluster, back
     wait_for(lambda: _replica_status(server)["poll_leader_pid"] != leader, 10, "a new leader",
              interval=0.01)
     took = time.monotonic() - killed
-    assert took < 0.2 + 0.5, f"the lead was taken {took:.2f} s after the kill (poll 0.2 s)"
+    # One poll interval (0.2 s) plus a loaded machine's scheduling: 1.04 s was seen on 2 cores
+    # at load 15. A handover waiting for anything but a follower's next try takes seconds.
+    assert took < 0.2 + 1.8, f"the lead was taken {took:.2f} s after the kill (poll 0.2 s)"
     assert _replica_status(server)["poll_leader_pid"] in [server.pid, *descendants(server.pid)]
 
     w = httpx.post(f"{c.primary.base_url}/items", json={"name": "after"}, timeout=10)
