@@ -252,6 +252,20 @@ def test_one_statement_correlated_on_the_functions_rows(client, db, monkeypatch)
     assert '"__sqlite_rest_rpc_result"."id"' in calls[0]  # correlated on the function's rows
 
 
+@pytest.mark.parametrize("select", ["year.sum()", "title,authors(id.count())"])
+def test_aggregates_need_aggregates_enabled_as_on_a_table(db, tmp_path, select):
+    with make_client(db, tmp_path) as client:
+        body = get(client, f"/rpc/books_since?year=0&select={select}", 400)
+        assert body["code"] == "PGRST123"
+        assert body == get(client, f"/books?select={select}", 400)
+        # a bare count is the rows' count, not an aggregate (the supabase idiom)
+        assert get(client, "/rpc/search_authors?select=name,books(count)&limit=1") == [
+            {"name": "Ursula K. Le Guin", "books": [{"count": 3}]}]
+    with make_client(db, tmp_path, aggregates_enabled=True) as client:
+        assert get(client, "/rpc/books_since?year=1969&select=year.sum(),authors(name)") == [
+            {"sum": 3943, "authors": {"name": "Ursula K. Le Guin"}}]
+
+
 # -- errors ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("call,table_read,status,code", [

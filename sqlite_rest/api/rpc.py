@@ -35,8 +35,8 @@ from .embedding import check_embedded, embedded_tables, embeds_under_role
 from .functions import SCHEMA_NAME, ArgumentError, Function, accepts, not_found, rows_result
 from .operators import OPERATOR_BY_NAME
 from .prefer import DEFAULT as DEFAULT_PREFERENCES, RPC, parse_prefer
-from .query import (RESERVED_KEYS, Embed, parse_columns, parse_read_query, query_pairs,
-                    shown_text)
+from .query import (RESERVED_KEYS, Embed, has_aggregates, parse_columns, parse_read_query,
+                    query_pairs, shown_text)
 from .representation import (CONTENT_TYPES, CSV, OBJECT, OBJECT_STRIPPED, ARRAY_STRIPPED, dumps,
                              negotiate, render, shape_of)
 from .routes import _claims_key, _preflight, content_range, page_bounds
@@ -282,6 +282,8 @@ def call(state, name: str, method: str, prefs, environ) -> ApiResponse:
         raise api_error("max_affected_single")
     if returns in ("rows", "row") and function.wrap_prefix is not None:
         parsed = parse_read_query(query)  # (cached by its pairs)
+        if not state.config.aggregates_enabled and has_aggregates(parsed.select):
+            raise api_error("aggregates_disabled")  # as PostgREST's, and the table path's
         result, role = function.result, None
         if _embeds(parsed):  # only then: the schema cache's relationships of its table
             result = _result_to_embed_on(state, function, name, parsed)
