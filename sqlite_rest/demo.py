@@ -68,6 +68,12 @@ functions:
   count_books:
     sql: SELECT count(*) AS n FROM books
     returns: value
+  authors_born:
+    description: Authors born after a year; rows of authors, so they embed as on /authors
+    params:
+      after: integer
+    sql: SELECT * FROM authors WHERE born > :after ORDER BY born
+    table: authors
   add_book:
     description: Adds a book (and its author, if new); returns the book
     params:

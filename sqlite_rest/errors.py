@@ -101,7 +101,8 @@ ERROR_TABLE: tuple[ErrorCase, ...] = (
     ErrorCase("unknown_body_column", "unknown column in the body or in ?columns=",
               400, "PGRST204", "Could not find the '{column}' column of '{table}' in the schema cache"),
     ErrorCase("no_relationship", "an embedded resource with no FOREIGN KEY relationship to "
-              "its parent (or none matching its !hint)",
+              "its parent (or none matching its !hint); any, on the rows of a function that "
+              "are no table's (its `table` key)",
               400, "PGRST200", "Could not find a relationship between '{parent}' and "
               "'{target}' in the schema cache"),
     ErrorCase("ambiguous_relationship", "an embedded resource related to its parent in more "
@@ -115,7 +116,8 @@ ERROR_TABLE: tuple[ErrorCase, ...] = (
     ErrorCase("rpc_not_found", "/rpc/<function> that names no function of --functions-file, or "
               "with missing or unknown arguments",
               404, "PGRST202", "Could not find the function {function} in the schema cache"),
-    ErrorCase("unknown_column", "unknown column in a filter, select, order or on_conflict",
+    ErrorCase("unknown_column", "unknown column in a filter, select, order or on_conflict, "
+              "or one an embedding joins on that a function's rows lack",
               400, "42703", "column {column} does not exist"),
     ErrorCase("unknown_cast", "a cast (`::type`) to a type the API does not know",
               400, "42704", "type {type} does not exist"),

@@ -113,6 +113,19 @@ def test_is_null_on_an_embedding_is_an_anti_join(client):
                        "&order=id") == [{"name": "Le Guin"}, {"name": "Herbert"}]
 
 
+def test_exact_count_counts_what_inner_and_is_null_keep(client):
+    # the count is of the rows the page comes from, as PostgREST counts its inner joins
+    r = client.get("/authors?select=name,books!author_id!inner(title)&books.year=lt.1966",
+                   headers={"Prefer": "count=exact"})
+    assert r.headers["Content-Range"] == "0-0/1"
+    r = client.get("/authors?select=name,books!author_id()&books=is.null&limit=0",
+                   headers={"Prefer": "count=exact"})
+    assert r.headers["Content-Range"] == "*/1"
+    r = client.get("/authors?select=name,books!author_id()&books=not.is.null&offset=1",
+                   headers={"Prefer": "count=exact"})
+    assert r.status_code == 206 and r.headers["Content-Range"] == "1-1/2"
+
+
 def test_spread_merges_a_to_one_embedding(client):
     assert get(client, "/books?select=title,...authors!author_id(name,born)&id=eq.3") == [
         {"title": "Dune", "name": "Herbert", "born": 1920}]

@@ -1,6 +1,7 @@
 """Resource embedding and aggregates through the real postgrest-js (Supabase's JavaScript
 client), as a supabase-style app writes them: referencedTable order/limit, !inner filters,
-.single(), aggregates, and PGRST200 as a client error."""
+.single(), aggregates, embedding on a function's rows (`.rpc().select()`), and PGRST200 as a
+client error."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,7 +17,8 @@ SCRIPT = Path(__file__).resolve().parent / "js" / "postgrest_js_embedding.cjs"
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory):
-    db = tmp_path_factory.mktemp("js-embed") / "lib.db"
+    tmp = tmp_path_factory.mktemp("js-embed")
+    db = tmp / "lib.db"
     conn = apsw.Connection(str(db))
     conn.execute("PRAGMA journal_mode=WAL").fetchall()
     conn.execute("""
@@ -28,8 +30,11 @@ def library(tmp_path_factory):
                                  (3, 'Dune', 1965, 2);
     """)
     conn.close()
+    (tmp / "functions.yml").write_text(
+        "functions:\n  authors_named:\n    params: {q: text}\n"
+        "    sql: SELECT * FROM authors WHERE name LIKE :q ORDER BY id\n")  # rows of authors
     server = start_server(db, "--security-allow-table", "authors,books", "--aggregates-enabled",
-                          metrics=False)
+                          "--functions-file", tmp / "functions.yml", metrics=False)
     try:
         yield server
     finally:
@@ -55,5 +60,9 @@ def test_embedding_and_aggregates_through_postgrest_js(library, postgrest_js):
     # the supabase idiom for a related count, a spread of a to-many (PostgREST 13)
     assert out["relatedCount"]["data"] == [{"name": "Le Guin", "books": [{"count": 2}]},
                                            {"name": "Herbert", "books": [{"count": 1}]}]
+    # supabase.rpc(...).select('name, books(title)'): by POST and by GET
+    assert out["rpcEmbed"] == {"status": 200, "error": None, "data": [
+        {"name": "Le Guin", "books": [{"title": "Left Hand"}, {"title": "Earthsea"}]}]}
+    assert out["rpcEmbedGet"]["data"] == [{"name": "Herbert", "books": [{"title": "Dune"}]}]
     assert out["spreadToMany"]["data"] == [{"name": "Le Guin", "titles": ["Earthsea", "Left Hand"]},
                                            {"name": "Herbert", "titles": ["Dune"]}]

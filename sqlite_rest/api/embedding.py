@@ -15,6 +15,9 @@ unqualified and resolve to the innermost table. Ambiguity and missing relationsh
 PostgREST's errors (PGRST201 with the candidates, PGRST200). A FOREIGN KEY has no name in
 SQLite unless declared with ``CONSTRAINT``; as in PostgreSQL, an unnamed one is called
 ``<table>_<columns>_fkey`` for ``!hint`` disambiguation.
+
+A parent may be a function's rows (api/functions.FunctionResult): relationships know it by its
+table's name (``Table.relation_name``), the SQL by its CTE alias (``Table.quoted``).
 """
 from __future__ import annotations
 
@@ -71,17 +74,35 @@ def _self_parent(parent: Table, embed: Embed) -> Relationship | None:
     (``family?select=parent_id(*)``: PostgREST's way to the parent row of the same table)."""
     if embed.hint is not None or embed.name in parent.relations:
         return None
-    return next((r for r in parent.relations.get(parent.name, ())
+    return next((r for r in parent.relations.get(parent.relation_name, ())
                  if r.kind == "m2o" and len(r.on) == 1 and r.on[0][0] == embed.name), None)
 
 
 def target_name(parent: Table | None, embed: Embed) -> str:
     """The table an embedding reads (for the allow-list and roles): its name, or the parent
     itself for a self relationship named by its column."""
-    return parent.name if parent is not None and _self_parent(parent, embed) else embed.name
+    return parent.relation_name if parent is not None and _self_parent(parent, embed) else embed.name
 
 
 def find_relationship(parent: Table, embed: Embed) -> Relationship:
+    """The one relationship ``embed`` names from ``parent`` (`_find_relationship`), whose
+    columns on the parent's side ``parent`` has: a function's rows (api/functions.py) are known
+    by their table's relationships but may lack a column one joins on, which is a 42703
+    naming the column and the relationship (a table always has its keys' columns)."""
+    rel = _find_relationship(parent, embed)
+    missing = [a for a, _ in rel.on if a not in parent.by_name]
+    if missing:
+        raise api_error(
+            "unknown_column", column=f"{parent.name}.{missing[0]}",
+            details=f"'{parent.name}' returns rows of '{parent.relation_name}', and its "
+                    f"relationship {rel.constraint} to '{rel.target.name}' joins on "
+                    f"{parent.relation_name}({', '.join(a for a, _ in rel.on)})",
+            hint=f"select {', '.join(missing)} in the SQL of '{parent.name}' "
+                 "(the functions file)")
+    return rel
+
+
+def _find_relationship(parent: Table, embed: Embed) -> Relationship:
     """The one relationship ``embed`` names from ``parent`` (its ``!hint`` decides between
     several); PGRST200 when there is none, PGRST201 when it stays ambiguous.
 
@@ -93,7 +114,7 @@ def find_relationship(parent: Table, embed: Embed) -> Relationship:
     if self_parent is not None:
         return self_parent
     candidates = sorted(parent.relations.get(embed.name, ()), key=lambda r: r.constraint)
-    if embed.name == parent.name:
+    if embed.name == parent.relation_name:
         candidates = [r for r in candidates if r.kind != "m2o"]
         if embed.hint is not None:
             candidates = [r for r in candidates
@@ -103,15 +124,16 @@ def find_relationship(parent: Table, embed: Embed) -> Relationship:
         candidates = [r for r in candidates if _matches(r, hint)]
     if not candidates:
         raise api_error(
-            "no_relationship", parent=parent.name, target=embed.name,
-            details=f"Searched for a foreign key relationship between '{parent.name}' and "
-                    f"'{embed.name}'{' using the hint ' + repr(embed.hint) if embed.hint else ''}"
+            "no_relationship", parent=parent.relation_name, target=embed.name,
+            details=f"Searched for a foreign key relationship between "
+                    f"'{parent.relation_name}' and '{embed.name}'"
+                    f"{' using the hint ' + repr(embed.hint) if embed.hint else ''}"
                     " in the schema, but no matches were found.",
             hint=_closest(parent, embed.name))
     if len(candidates) > 1:
         raise api_error(
-            "ambiguous_relationship", parent=parent.name, target=embed.name,
-            details=[r.describe(parent.name) for r in candidates],
+            "ambiguous_relationship", parent=parent.relation_name, target=embed.name,
+            details=[r.describe(parent.relation_name) for r in candidates],
             hint=f"Try changing '{embed.name}' to one of the following: "
                  + ", ".join(f"'{embed.name}!{_hint_of(r)}'" for r in candidates)
                  + ". Find the desired relationship in the 'details' key.")
@@ -189,7 +211,7 @@ def embed_sql(parent: Table, parent_ref: str, embed: Embed, params: list, ctx: E
                                         or embed.offset):
         raise api_error("query_parse",
                         message=f"a to-one spread embedding takes no order, limit or offset: "
-                                f"'{embed.name}' is many-to-one from '{parent.name}'",
+                                f"'{embed.name}' is many-to-one from '{parent.relation_name}'",
                         details=f"in ...{embed.name}")
     target, alias = rel.target, ctx.alias()
     # (sql, name, kind, its own params) inside the embedded SELECT: each field keeps its
@@ -404,7 +426,7 @@ def check_embedded(allowed, table, names) -> None:
     for name in sorted(names):
         if name not in allowed:
             # the hint names the closest allow-listed related table only
-            raise _unrelated(table.name, name, _closest(table, name, allowed))
+            raise _unrelated(table.relation_name, name, _closest(table, name, allowed))
 
 
 def _unrelated(parent: str, name: str, hint: str | None = None):
@@ -428,11 +450,11 @@ def embeds_under_role(parent: Table, parent_rule, select: tuple, rule_of, claims
         if type(item) is not Embed:
             out.append(item)
             continue
-        rule = _readable_rule(rule_of, parent.name, target_name(parent, item))
+        rule = _readable_rule(rule_of, parent.relation_name, target_name(parent, item))
         rel = find_relationship(parent, item)
         target = rel.target
         if rel.kind == "m2m":
-            junction_rule = _readable_rule(rule_of, parent.name, rel.junction.name)
+            junction_rule = _readable_rule(rule_of, parent.relation_name, rel.junction.name)
             parent_rule.check_readable(parent.name, (a for a, _ in rel.on))
             junction_rule.check_readable(rel.junction.name, (
                 *(b for _, b in rel.on), *(a for a, _ in rel.junction_on)))

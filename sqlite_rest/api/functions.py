@@ -24,11 +24,14 @@ A read-only function's last statement is a SELECT that the table SQL builder (sq
 common table expression, ``WITH "<alias>" AS (<the function's SELECT>) SELECT … FROM "<alias>"
 WHERE … ORDER BY … LIMIT …``, so filters, select, order, limit/offset, Range and counts work on
 its rows as on a table's: `FunctionResult` is a schema `Table` made from the statement's result
-columns.
+columns. When the rows are rows of a table (`table:`, or inferred: `table_of_rows`),
+`rows_result` gives them that table's relationships, and resource embedding builds over the
+CTE as over the table (design/rpc.md).
 """
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import math
 import re
@@ -41,7 +44,7 @@ import apsw.ext
 import orjson
 
 from .query import INT64_MAX, INT64_MIN, int64, shown_text
-from .schema import Column, Table, affinity_of, quote_identifier
+from .schema import Column, Table, affinity_of, is_exposable, quote_identifier
 
 log = logging.getLogger("sqlite_rest.functions")
 
@@ -209,6 +212,14 @@ FILE_KEYS = (
      "statement is read-only, else `volatile`. A read-only (`stable`/`immutable`) function "
      "whose SQL writes is refused at start-up. " + "; ".join(
          f"`{k}` — {v}" for k, v in VOLATILITIES.items()) + "."),
+    ("table", "no", "The table (or view) the rows are rows of, PostgREST's `RETURNS SETOF "
+     "<table>` (`returns: rows`) or `RETURNS <table>` (`returns: row`): resource embedding "
+     "then follows its relationships (`select=title,authors(name)`), as on the table. "
+     "Default: the table every result column comes from under its own name, when SQLite "
+     "reports one (not through a UNION, INTERSECT or EXCEPT); `null`: none. The result must "
+     "hold the columns a relationship joins on (its key columns on this side), else embedding "
+     "through it is 400 `42703`. Only with `rows`/`row` and a last statement that is a "
+     "SELECT."),
     ("json_columns", "no", "Result columns whose text is JSON, sent as JSON rather than as "
      "a string (for `value`: the value's column)."),
     ("description", "no", "Shown in the OpenAPI description."),
@@ -264,6 +275,10 @@ class FunctionSpec:
     volatility: Optional[str]  # None: derived from the SQL
     json_columns: tuple[str, ...]
     description: Optional[str]
+    #: The table the rows are rows of (`table:`); None: inferred from the result columns,
+    #: unless `table_declared` (the file said `table: null`).
+    table: Optional[str] = None
+    table_declared: bool = False
 
 
 def parse_functions_file(path: str) -> dict[str, FunctionSpec]:
@@ -323,6 +338,11 @@ def _parse_function(path: str, name, body) -> FunctionSpec:
     description = body.get("description")
     if description is not None and not isinstance(description, str):
         fail("description", "expected text")
+    table = body.get("table")
+    if table is not None and (not isinstance(table, str) or not table):
+        fail("table", "expected the name of a table or view (or null for none)")
+    if table is not None and returns not in ("rows", "row"):
+        fail("table", f"only a function returning rows or row has a table (returns: {returns})")
     params = []
     raw_params = body.get("params") or {}
     if not isinstance(raw_params, dict):
@@ -354,7 +374,7 @@ def _parse_function(path: str, name, body) -> FunctionSpec:
                 fail(f"params.{pname}.default", f"{default!r} is not a {ptype.name}")
         params.append(Param(pname, ptype, default, pdescription))
     return FunctionSpec(name, tuple(params), sql, returns, volatility, tuple(json_columns),
-                        description)
+                        description, table, "table" in body)
 
 
 # -- prepared on the database -----------------------------------------------------------
@@ -363,11 +383,28 @@ def _parse_function(path: str, name, body) -> FunctionSpec:
 @dataclass(frozen=True, eq=False)
 class FunctionResult(Table):
     """The rows of a function as a table the SQL builder can select from (under
-    RESULT_ALIAS)."""
+    RESULT_ALIAS). With ``rows_of`` (its table, `rows_result`) it has that table's
+    relationships, so embeddings correlate on RESULT_ALIAS as they would on the table."""
+
+    #: The name of the table the rows are rows of; None: no relationships.
+    rows_of: Optional[str] = None
 
     def __post_init__(self):
         super().__post_init__()
         object.__setattr__(self, "quoted", quote_identifier(RESULT_ALIAS))
+
+    @property
+    def relation_name(self) -> str:
+        return self.rows_of or self.name
+
+
+@functools.lru_cache(maxsize=256)
+def rows_result(function: "Function", table: Table) -> FunctionResult:
+    """The function's result with the relationships of `table` (the schema cache's, so a new
+    schema makes a new one)."""
+    result = function.result
+    return FunctionResult(result.name, result.kind, result.columns, (),
+                          relations=table.relations, rows_of=table.name)
 
 
 @dataclass(frozen=True)
@@ -396,6 +433,8 @@ class Function:
     writes: bool
     #: The verb of its first writing statement (INSERT, UPDATE, …), for 25006 on GET.
     verb: Optional[str] = None
+    #: The table its rows are rows of (declared or inferred; `table_of_rows`), None: none.
+    table: Optional[str] = None
 
     @property
     def name(self) -> str:
@@ -499,7 +538,58 @@ def prepare_function(conn: apsw.Connection, spec: FunctionSpec, path: str) -> Fu
                 wrapped = None
             if wrapped is not None and tuple(wrapped.bindings_names or ()) == steps[-1].names:
                 wrap_prefix = prefix
-    return Function(spec, tuple(steps[:-1]), steps[-1], wrap_prefix, result, writes, verb)
+    table = table_of_rows(conn, spec, steps[-1].sql, description, wrap_prefix is not None,
+                          fail)
+    return Function(spec, tuple(steps[:-1]), steps[-1], wrap_prefix, result, writes, verb,
+                    table)
+
+
+#: Query plan steps of a compound SELECT: SQLite reports the first SELECT's tables as the
+#: origin of its columns, though the other SELECTs give rows too.
+_COMPOUND_STEPS = ("COMPOUND QUERY", "MERGE (")
+
+
+def table_of_rows(conn: apsw.Connection, spec: FunctionSpec, sql: str, description,
+                  wrapped: bool, fail) -> Optional[str]:
+    """The table a function's rows are rows of: the declared one (checked: it exists, and the
+    result has a column of it), else the one SQLite reports every result column comes from
+    under the column's own name, else None."""
+    if spec.returns not in ("rows", "row"):
+        return None
+    names = [d[0] for d in description]
+    if spec.table_declared:
+        if spec.table is None:
+            return None
+        if not wrapped:
+            fail("table", "the last statement is not a SELECT, so its rows take no select "
+                          "or embedding: end the function with a SELECT, or remove 'table'")
+        columns = [c for (c,) in conn.execute(
+            "SELECT name FROM pragma_table_xinfo(?, 'main') WHERE hidden IN (0, 2, 3)",
+            (spec.table,))]
+        if not columns or not is_exposable(spec.table):
+            fail("table", f"no table or view named {spec.table!r} in the database")
+        if not set(names) & set(columns):
+            fail("table", f"none of the result columns ({', '.join(names)}) is a column of "
+                          f"{spec.table} ({', '.join(columns)}): no relationship of "
+                          f"{spec.table} could join on them")
+        return spec.table
+    if not wrapped:
+        return None
+    origins = {(d[2], d[3]) for d in description}
+    if len(origins) != 1 or any(d[4] != d[0] for d in description):
+        return None  # an expression, a renamed column, or columns of several tables
+    database, table = origins.pop()
+    if database != "main" or not is_exposable(table):
+        return None
+    plan = apsw.ext.query_info(conn, sql, explain_query_plan=True).query_plan
+    if _has_step(plan, _COMPOUND_STEPS):
+        return None
+    return table
+
+
+def _has_step(node, prefixes) -> bool:
+    return node is not None and (node.detail.startswith(prefixes)
+                                 or any(_has_step(n, prefixes) for n in node.sub or ()))
 
 
 def prepare_functions(conn: apsw.Connection, specs: dict[str, FunctionSpec],

@@ -6,34 +6,40 @@
   functions: a writing one answers 405 ``25006`` as PostgREST's read-only transaction does.
 - A call whose argument names match no function is PostgREST's 404 ``PGRST202`` (unknown,
   missing or extra arguments), with a hint naming the closest function or its signature.
-- On GET, a query parameter is an argument unless it is reserved (select, order, limit, …) or
-  its value reads as a filter (``[not.]op.value``), as in PostgREST.
+- On GET, a query parameter is an argument unless it is reserved (select, order, limit, …),
+  names an embedded resource's parameter (``books.order``) or its value reads as a filter
+  (``[not.]op.value``), as in PostgREST.
 - Rows are read through the table SQL builder (sql.py) over the function's SELECT wrapped as a
   CTE, so filters, select, order, limit/offset, Range (GET) and ``Prefer: count`` work as on a
-  table. Read-only functions run on the read-only connection; writing ones in one write
-  transaction (`Database.write`: group commit, ``X-Replication-Txid``, ``Prefer: tx=rollback``),
-  and a failure anywhere in them, including a singular Accept that does not get one row,
-  rolls all of their statements back.
+  table; so does resource embedding when the function's rows are rows of a table (its
+  ``table``), correlated on the CTE, under the embedded tables' allow-list and roles.
+  Read-only functions run on the read-only connection; writing ones in one write transaction
+  (`Database.write`: group commit, ``X-Replication-Txid``, ``Prefer: tx=rollback``), and a
+  failure anywhere in them, including a singular Accept that does not get one row, rolls all
+  of their statements back.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import re
 from urllib.parse import parse_qsl
 
 import orjson
 
-from ..auth.policy import bound_claims
+from ..auth.policy import ACCESS_ENVIRON, TableRule, bound_claims
 from ..errors import api_error
 from ..responses import CORS_HEADERS, ApiResponse
-from .functions import SCHEMA_NAME, ArgumentError, Function, accepts, not_found
+from .embedding import check_embedded, embedded_tables, embeds_under_role
+from .functions import SCHEMA_NAME, ArgumentError, Function, accepts, not_found, rows_result
 from .operators import OPERATOR_BY_NAME
 from .prefer import DEFAULT as DEFAULT_PREFERENCES, RPC, parse_prefer
-from .query import (RESERVED_KEYS, parse_columns, parse_read_query, query_pairs,
-                    shown_text)
+from .query import (RESERVED_KEYS, Embed, has_aggregates, parse_columns, parse_read_query,
+                    query_pairs, shown_text)
 from .representation import (CONTENT_TYPES, CSV, OBJECT, OBJECT_STRIPPED, ARRAY_STRIPPED, dumps,
                              negotiate, render, shape_of)
-from .routes import _preflight, content_range, page_bounds
+from .routes import _claims_key, _preflight, content_range, page_bounds
 from .sql import OutputColumn, build_count, build_select
 from .positions import commit_headers
 from .replica_reads import refuse_write
@@ -80,6 +86,7 @@ def _check_function_access(app, state, environ, name: str):
     from .routes import role_access
 
     access = role_access(app, state.authenticator, state.policy, environ)
+    environ[ACCESS_ENVIRON] = access  # the rules of the tables its rows embed
     if access.may_call(name):
         return access.claims
     catalog = state.functions
@@ -159,18 +166,54 @@ def _post_arguments(environ, max_bytes: int, single_object: bool, columns=None):
     return body, False, True
 
 
+def _embeds(query) -> bool:
+    return any(type(item) is Embed for item in query.select)
+
+
+def _result_to_embed_on(state, function: Function, name: str, query):
+    """The function's result with its table's relationships; without a table, PostgREST's
+    PGRST200 for a function returning no table's rows, with a hint saying how to name one."""
+    table = None
+    if function.table is not None:
+        table = state.schema_cache.get(state.db.reader()).table(function.table)
+    if table is None:
+        target = next(item.name for item in query.select if type(item) is Embed)
+        raise api_error(
+            "no_relationship", parent=name, target=target,
+            details=f"Searched for a foreign key relationship between '{name}' and "
+                    f"'{target}' in the schema, but no matches were found.",
+            hint=f"function {SCHEMA_NAME}.{name} returns rows of no known table: name it in "
+                 "the function's entry of the functions file, 'table: <table>' (PostgreSQL: "
+                 "RETURNS SETOF <table>)")
+    return rows_result(function, table)
+
+
 @functools.lru_cache(maxsize=1024)
-def _plan(function: Function, pairs: tuple, range_header, max_rows, counted: bool):
+def _plan(function: Function, result, query, range_header, max_rows, counted: bool,
+          allowed: frozenset, role=None):
     """(SELECT, count or None, offset, limit, output shape) of a call's rows: the table
-    builder over the function's result columns."""
-    query = parse_read_query(pairs)
+    builder over the function's result columns (`result`: with its table's relationships
+    when the select embeds). ``role``: (policy, role, claims as JSON) under a permissions
+    file, whose rules the embedded tables are read by."""
+    if _embeds(query):
+        # as on a table: only allow-listed tables, checked before any SQL names them
+        check_embedded(allowed, result, embedded_tables(query.select, result))
+        if role is not None:
+            policy, role_name, claims_json = role
+            # the function's own columns are the caller's already (its SQL chose them);
+            # every embedded table is read by the role's rule of it
+            unrestricted = TableRule(role_name, function.name, frozenset({"GET"}), None, None,
+                                     None, None)
+            query = dataclasses.replace(query, select=embeds_under_role(
+                result, unrestricted, query.select, functools.partial(policy.rule, role_name),
+                json.loads(claims_json)))
     offset, limit = page_bounds(query, range_header)
     if max_rows is not None and (limit is None or limit > max_rows):
         limit = max_rows
     if function.returns == "row":  # the first row is the answer: read no more
         limit = 1 if limit is None else min(limit, 1)
-    statement = build_select(function.result, query, limit=limit, offset=offset)
-    count = build_count(function.result, query) if counted else None
+    statement = build_select(result, query, limit=limit, offset=offset)
+    count = build_count(result, query) if counted else None
     json_columns = set(function.spec.json_columns)
     output = shape_of(tuple(
         OutputColumn(c.name, "json") if c.kind == "value" and c.name in json_columns else c
@@ -193,7 +236,9 @@ def call(state, name: str, method: str, prefs, environ) -> ApiResponse:
         given = {}
         query = []
         for key, value in pairs:
-            if key in RESERVED_KEYS or is_filter(value):
+            # PostgREST's rule; a dotted key is an embedding's (books.order, books.year: no
+            # parameter name has a dot)
+            if key in RESERVED_KEYS or "." in key or is_filter(value):
                 query.append((key, value))
             else:
                 given[key] = value
@@ -236,8 +281,20 @@ def call(state, name: str, method: str, prefs, environ) -> ApiResponse:
     if max_affected is not None and returns != "rows":
         raise api_error("max_affected_single")
     if returns in ("rows", "row") and function.wrap_prefix is not None:
+        parsed = parse_read_query(query)  # (cached by its pairs)
+        if not state.config.aggregates_enabled and has_aggregates(parsed.select):
+            raise api_error("aggregates_disabled")  # as PostgREST's, and the table path's
+        result, role = function.result, None
+        if _embeds(parsed):  # only then: the schema cache's relationships of its table
+            result = _result_to_embed_on(state, function, name, parsed)
+            if state.policy is not None:
+                access = environ.get(ACCESS_ENVIRON)
+                if access is None:  # fail closed: never embed without the tables' rules
+                    raise RuntimeError("an embedding under roles needs the request's Access")
+                role = (access.policy, access.role, _claims_key(access.claims))
         statement, count, offset, limit, output = _plan(
-            function, tuple(query), range_header, state.config.max_rows, counted)
+            function, result, parsed, range_header, state.config.max_rows, counted,
+            state.allowed_tables, role)
     else:
         if query:
             what = {"value": "a value", "nothing": "nothing"}.get(

@@ -90,6 +90,12 @@ class Table:
         return self.by_name.get(name)
 
     @property
+    def relation_name(self) -> str:
+        """The name its relationships know it by (api/embedding.py): its own; a function's
+        rows are known by the table they are rows of (api/functions.FunctionResult)."""
+        return self.name
+
+    @property
     def writable(self) -> bool:
         return self.kind != "view"
 

@@ -588,9 +588,14 @@ def group_by(table: Table, select: tuple) -> str:
 
 
 def build_count(table: Table, query) -> Statement:
-    """SELECT count(*) over the query's filters (ignores select, order, limit)."""
+    """SELECT count(*) over the query's filters and its embeddings' !inner / is.null (ignores
+    the rest of select, order, limit): the rows the page is taken from."""
     params: list = []
     where = build_where(table, query.filters, params)
+    inner_sql, inner_params = embed_filters(table, query.select)
+    if inner_sql:
+        where = (f" WHERE ({where[len(' WHERE '):]}) AND " if where else " WHERE ") + inner_sql
+        params.extend(inner_params)
     return _checked("SELECT count(*) FROM " + table.quoted + where, params,
                     (OutputColumn("count"),))
 

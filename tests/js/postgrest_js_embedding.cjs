@@ -18,7 +18,11 @@ async function main () {
     ambiguous: client.from('authors').select('name, nope(*)'),
     relatedCount: client.from('authors').select('name, books(count)').order('id'),
     spreadToMany: client.from('authors').select('name, ...books(titles:title)')
-      .order('id', { referencedTable: 'books' }).order('id')
+      .order('id', { referencedTable: 'books' }).order('id'),
+    rpcEmbed: client.rpc('authors_named', { q: 'Le%' }).select('name, books(title)')
+      .order('year', { referencedTable: 'books', ascending: false }),
+    rpcEmbedGet: client.rpc('authors_named', { q: 'H%' }, { get: true })
+      .select('name, books!inner(title)').lt('books.year', 1966)
   }
   const out = {}
   for (const [name, call] of Object.entries(calls)) {
