@@ -100,6 +100,36 @@ def test_filters_order_limit_offset_on_an_embedding(client):
         {"name": "Le Guin", "books": [{"title": "Earthsea", "reviews": [{"stars": 5}]}]}]
 
 
+def test_limits_are_written_in_the_sql_and_offsets_bound(client):
+    """A bound LIMIT makes SQLite prepare the statement again at every run (sql.limit_sql):
+    limits are written in the SQL, offsets stay bound, and pages of one size (one statement
+    text, prepared once) still each get their own rows, at both levels."""
+    from urllib.parse import parse_qsl
+
+    from sqlite_rest.api.query import parse_read_query
+    from sqlite_rest.api.schema import SchemaCache
+    from sqlite_rest.api.sql import build_select
+
+    url = ("/authors?select=name,books!author_id(title)&order=id&limit=2&offset={}"
+           "&books.order=year.desc&books.limit=1&books.offset={}")
+    pages = {(0, 0): [{"name": "Le Guin", "books": [{"title": "Left Hand"}]},
+                      {"name": "Herbert", "books": [{"title": "Dune"}]}],
+             (0, 1): [{"name": "Le Guin", "books": [{"title": "Earthsea"}]},
+                      {"name": "Herbert", "books": []}],
+             (1, 1): [{"name": "Herbert", "books": []}, {"name": "Nobody", "books": []}],
+             (2, 0): [{"name": "Nobody", "books": []}]}
+    for _ in range(2):  # the second time from the statement cache
+        for (offset, books_offset), body in pages.items():
+            assert get(client, url.format(offset, books_offset)) == body
+    conn = apsw.Connection(str(client.db))
+    statement = build_select(SchemaCache().get(conn).table("authors"), parse_read_query(
+        parse_qsl(url.format(1, 1).split("?", 1)[1])))
+    assert "LIMIT ?" not in statement.sql
+    assert statement.sql.count(" OFFSET ?") == 2
+    assert " LIMIT 1 OFFSET ?))" in statement.sql and statement.sql.endswith(" LIMIT 2 OFFSET ?")
+    assert statement.params == (1, 1)
+
+
 def test_inner_drops_parents_without_a_match(client):
     assert get(client, "/authors?select=name,books!author_id!inner(title)"
                        "&books.year=lt.1966") == [{"name": "Herbert",

@@ -314,10 +314,13 @@ def _embed_where(rel, parent_ref, alias, target, embed, params, ctx, build_where
 
 
 def _page(embed: Embed) -> tuple[str, list]:
-    """`` LIMIT ? OFFSET ?`` of a to-many embedding, and its parameters."""
+    """`` LIMIT n OFFSET ?`` of a to-many embedding, and its parameters (the limit written
+    in the SQL: sql.limit_sql)."""
+    from .sql import limit_sql
+
     if embed.limit is None and not embed.offset:
         return "", []
-    page, params = " LIMIT ?", [-1 if embed.limit is None else embed.limit]
+    page, params = limit_sql(embed.limit), []
     if embed.offset:
         page += " OFFSET ?"
         params.append(embed.offset)

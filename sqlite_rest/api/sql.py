@@ -560,12 +560,22 @@ def build_select(table: Table, query, *, limit: int | None = None,
     if offset is None:
         offset = query.offset
     if limit is not None or offset:
-        sql += " LIMIT ?"
-        params.append(-1 if limit is None else limit)
+        sql += limit_sql(limit)
         if offset:
             sql += " OFFSET ?"
             params.append(offset)
     return _checked(sql, params, outputs)
+
+
+def limit_sql(limit: int | None) -> str:
+    """`` LIMIT n`` with n written in the SQL (-1: no limit), never bound: SQLite (3.54)
+    reads a bound LIMIT's value when it plans and so marks the statement stale at every
+    bind, which makes it prepare the whole statement again at each execution (+8% of the
+    one-to-many embedding's instructions, +19% of a plain 100-row GET's; bench/README.md).
+    A page's limit is part of its plan (routes.read_plan), so the text stays one per plan;
+    OFFSET, which SQLite does not read when it plans, stays bound so that pages of one
+    size share one prepared statement."""
+    return f" LIMIT {-1 if limit is None else int(limit):d}"
 
 
 @functools.lru_cache(maxsize=1024)
