@@ -136,6 +136,28 @@ def test_inner_drops_parents_without_a_match(client):
                                                    "books": [{"title": "Dune"}]}]
 
 
+def test_a_nested_inner_drops_the_parents_whose_embedding_it_empties(client):
+    """books!inner shows no author with an empty books array: a book whose reviews!inner
+    matches nothing is not shown, so an author with only such books has none (PostgREST's
+    inner joins nest). Le Guin's Earthsea has a 4-star review; Herbert's Dune only 5."""
+    url = "/authors?select=name,books!author_id!inner(title,reviews!inner(stars))&order=id"
+    assert get(client, url + "&books.reviews.stars=eq.4") == [
+        {"name": "Le Guin", "books": [{"title": "Earthsea", "reviews": [{"stars": 4}]}]}]
+    assert get(client, url + "&books.reviews.stars=eq.3") == []
+    # and the count is of the same rows
+    r = client.get(url + "&books.reviews.stars=eq.4", headers={"Prefer": "count=exact"})
+    assert r.headers["Content-Range"] == "0-0/1"
+    # without !inner on the books, the authors stay, with what is left of their books
+    assert get(client, "/authors?select=name,books!author_id(title,reviews!inner(stars))"
+                       "&books.reviews.stars=eq.4&id=lt.3&order=id") == [
+        {"name": "Le Guin", "books": [{"title": "Earthsea", "reviews": [{"stars": 4}]}]},
+        {"name": "Herbert", "books": []}]
+    # a nested is.null: authors with a book that has no review (Left Hand)
+    assert get(client, "/authors?select=name,books!author_id!inner(title,reviews())"
+                       "&books.reviews=is.null") == [
+        {"name": "Le Guin", "books": [{"title": "Left Hand"}]}]
+
+
 def test_is_null_on_an_embedding_is_an_anti_join(client):
     assert get(client, "/authors?select=name,books!author_id()&books=is.null") == [
         {"name": "Nobody"}]

@@ -192,13 +192,15 @@ def _correlation(rel: Relationship, parent_ref: str, alias: str, embed: Embed,
 def embed_exists(parent: Table, parent_ref: str, embed: Embed, params: list,
                  ctx: EmbedContext, build_where, compile_order) -> str:
     """``EXISTS (…)``: the parent row has a matching embedded row (for !inner and
-    ``name=not.is.null``; NOT of it for ``name=is.null``)."""
+    ``name=not.is.null``; NOT of it for ``name=is.null``). A matching row is one the
+    embedding would show: its filters hold, and so do its own embeddings' !inner / is.null
+    (``books!inner(reviews!inner(stars))``: an author whose books all lack such a review
+    has no book to show, and is dropped, as PostgREST's inner joins nest)."""
     rel = find_relationship(parent, embed)
     alias = ctx.alias()
-    cond = _correlation(rel, parent_ref, alias, embed, params, build_where)
-    where = build_where(rel.target, embed.filters, params)
-    cond = f"{cond} AND ({where[len(' WHERE '):]})" if where else cond
-    return f"EXISTS (SELECT 1 FROM {rel.target.quoted} AS {alias} WHERE {cond})"
+    where = _embed_where(rel, parent_ref, alias, rel.target, embed, params, ctx, build_where,
+                         compile_order)
+    return f"EXISTS (SELECT 1 FROM {rel.target.quoted} AS {alias}{where})"
 
 
 def embed_sql(parent: Table, parent_ref: str, embed: Embed, params: list, ctx: EmbedContext,
