@@ -10,6 +10,7 @@ never by message text.
 """
 from __future__ import annotations
 
+import difflib
 import logging
 from dataclasses import dataclass
 from typing import Mapping, Optional
@@ -110,7 +111,8 @@ ERROR_TABLE: tuple[ErrorCase, ...] = (
               300, "PGRST201", "Could not embed because more than one relationship was found "
               "for '{parent}' and '{target}'"),
     ErrorCase("unknown_table", "unknown table, or one not in --security-allow-table (same answer, so "
-              "names do not leak)",
+              "names do not leak); the hint is \"Perhaps you meant the table 'x'\" when an "
+              "allow-listed table (under roles, one of the role's) has a close name",
               404, "PGRST205", "Could not find the table '{table}' in the schema cache",
               "Only tables and views named by --security-allow-table are exposed"),
     ErrorCase("rpc_not_found", "/rpc/<function> that names no function of --functions-file, or "
@@ -256,6 +258,21 @@ def api_error(
         status=status if status is not None else case.status,
         headers=headers,
     )
+
+
+#: Past this many candidates no name is suggested: the search runs on every miss (PostgREST
+#: likewise skips its fuzzy index for schemas of 500 tables or more).
+CLOSEST_MAX_CANDIDATES = 500
+
+
+def closest_name(name: str, candidates, cutoff: float = 0.75) -> Optional[str]:
+    """The one closeness rule of every "Perhaps you meant …" hint (tables, functions,
+    embeddings): difflib's ratio, at least `cutoff` (0.75 is PostgREST's minimum score for
+    table and function names). Callers pass only names the caller may use."""
+    if len(candidates) >= CLOSEST_MAX_CANDIDATES:
+        return None
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=cutoff)
+    return close[0] if close else None
 
 
 def errors_markdown() -> str:

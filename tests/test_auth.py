@@ -270,3 +270,14 @@ def test_liveness_and_preflight_need_no_token(hs_client):
     assert hs_client.options("/t", headers={"Access-Control-Request-Method": "GET"}
                              ).status_code == 200
     assert_401(hs_client.get("/"), "PGRST302")
+
+
+def test_a_plain_options_needs_a_token(hs_client):
+    # it tells which tables exist (200 or 404), so it is checked as a GET is
+    assert_401(hs_client.options("/t"), "PGRST302")
+    assert_401(hs_client.options("/nope"), "PGRST302")
+    auth = {"Authorization": "Bearer " + jwt.encode({"sub": "u"}, SECRET, algorithm="HS256")}
+    r = hs_client.options("/t", headers=auth)
+    assert r.status_code == 200 and r.headers["Allow"] == "OPTIONS,GET,HEAD,POST,PUT,PATCH,DELETE"
+    r = hs_client.options("/hidden", headers=auth)  # not allow-listed
+    assert r.status_code == 404 and r.get_json()["code"] == "PGRST205"

@@ -498,6 +498,144 @@ def test_options_on_the_root(client):
     assert r.headers["Access-Control-Allow-Origin"] == "*"
 
 
+# --- ErrorSpec: PGRST205's hint; OptionsSpec: Allow per relation --------------------------------
+
+HINT_SCHEMA = """
+CREATE TABLE authors (id INTEGER PRIMARY KEY, name TEXT);
+CREATE TABLE no_key (a TEXT);
+CREATE TABLE secrets (id INTEGER PRIMARY KEY, pin TEXT);
+CREATE VIEW author_names AS SELECT name FROM authors;
+CREATE VIEW authors_rw AS SELECT id, name FROM authors;
+CREATE TRIGGER authors_rw_i INSTEAD OF INSERT ON authors_rw
+  BEGIN INSERT INTO authors (id, name) VALUES (NEW.id, NEW.name); END;
+CREATE TRIGGER authors_rw_u INSTEAD OF UPDATE OF name ON authors_rw
+  BEGIN UPDATE authors SET name = NEW.name WHERE id = OLD.id; END;
+CREATE TRIGGER "authors_rw d" INSTEAD OF DELETE ON authors_rw
+  BEGIN DELETE FROM authors WHERE id = OLD.id; END;
+CREATE VIEW authors_ins AS SELECT id, name FROM authors;
+CREATE TRIGGER IF NOT EXISTS main.authors_ins_i INSTEAD OF INSERT ON authors_ins
+  BEGIN SELECT 'INSTEAD OF DELETE'; END;
+CREATE VIEW authors_upd AS SELECT id, name FROM authors;
+CREATE TRIGGER authors_upd_u INSTEAD OF UPDATE ON authors_upd BEGIN SELECT 1; END;
+CREATE VIEW authors_del AS SELECT id, name FROM authors;
+CREATE TRIGGER authors_del_d INSTEAD OF DELETE ON authors_del BEGIN SELECT 1; END;
+"""
+HINT_TABLES = ("authors", "no_key", "author_names", "authors_rw", "authors_ins", "authors_upd",
+               "authors_del")  # secrets exists but is not allow-listed
+DEFAULT_205_HINT = "Only tables and views named by --security-allow-table are exposed"
+
+
+@pytest.fixture
+def hint_db(tmp_path):
+    path = tmp_path / "hints.db"
+    conn = apsw.Connection(str(path))
+    conn.execute(HINT_SCHEMA)
+    conn.close()
+    return str(path)
+
+
+@pytest.fixture
+def hint_client(hint_db):
+    app = create_app(ServerConfig(db_dsn=hint_db, allow_tables=HINT_TABLES, auth_disabled=True))
+    with app.test_client() as c:
+        yield c
+
+
+def not_found_205(name, hint=DEFAULT_205_HINT):
+    return {"code": "PGRST205", "details": None, "hint": hint,
+            "message": f"Could not find the table '{name}' in the schema cache"}
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "POST", "PATCH", "PUT", "DELETE", "OPTIONS"])
+def test_an_unknown_table_hints_the_closest(hint_client, method):
+    kw = {"json": {"id": 1}} if method in ("POST", "PATCH", "PUT") else {}
+    r = hint_client.open("/authorz?id=eq.1", method=method, **kw)
+    assert r.status_code == 404
+    if method != "HEAD":
+        assert body(r) == not_found_205(
+            "authorz", "Perhaps you meant the table 'authors'")
+
+
+@pytest.mark.parametrize("name, close", [
+    ("authorx", "authors"), ("authorxx", "authors"),  # at least 0.75 similar, as PostgREST
+    ("authxxs", None), ("autxxxxs", None), ("Author_Names", "author_names"),
+    ("author_namez", "author_names")])
+def test_the_hint_needs_a_close_name(hint_client, name, close):
+    r = hint_client.get("/" + name)
+    assert r.status_code == 404
+    assert body(r) == not_found_205(
+        name, f"Perhaps you meant the table '{close}'" if close else DEFAULT_205_HINT)
+
+
+def test_the_hint_never_names_a_hidden_table(hint_client):
+    # `secrets` exists but is not allow-listed: never suggested, and a close name answers
+    # exactly as a name close to nothing (the same body but for the name asked)
+    for name in ("secret", "secretz", "secrets"):
+        r = hint_client.get("/" + name)
+        assert r.status_code == 404
+        assert body(r) == not_found_205(name)
+
+
+def test_the_hint_of_a_replica(hint_db, tmp_path):
+    from pathlib import Path
+    from urllib.parse import quote
+
+    from tests.plugins.replicas import snapshot_replica
+
+    url = snapshot_replica(Path(hint_db), tmp_path / "replica")
+    client = create_app(ServerConfig(
+        db_dsn=f"file:replica.db?vfs=litestream&replica_url={quote(url, safe='')}",
+        allow_tables=HINT_TABLES, auth_disabled=True)).test_client()
+    assert body(client.get("/authorz")) == not_found_205(
+        "authorz", "Perhaps you meant the table 'authors'")
+    assert body(client.get("/secretz")) == not_found_205("secretz")
+
+
+@pytest.mark.parametrize("path, allow", [
+    ("/authors", "OPTIONS,GET,HEAD,POST,PUT,PATCH,DELETE"),
+    ("/no_key", "OPTIONS,GET,HEAD,POST,PATCH,DELETE"),      # PUT needs a primary key
+    ("/author_names", "OPTIONS,GET,HEAD"),                 # a view without triggers
+    ("/authors_rw", "OPTIONS,GET,HEAD,POST,PATCH,DELETE"),  # views have no primary key
+    ("/authors_ins", "OPTIONS,GET,HEAD,POST"),
+    ("/authors_upd", "OPTIONS,GET,HEAD,PATCH"),
+    ("/authors_del", "OPTIONS,GET,HEAD,DELETE"),
+])
+def test_options_allow_per_relation(hint_client, path, allow):
+    r = hint_client.options(path)
+    assert r.status_code == 200
+    assert r.data == b""
+    assert r.headers["Allow"] == allow
+    assert r.headers["Content-Length"] == "0"
+    assert r.headers["Access-Control-Allow-Origin"] == "*"
+    assert "Content-Type" not in r.headers and "Access-Control-Allow-Methods" not in r.headers
+
+
+def test_a_view_writes_through_its_instead_of_triggers(hint_client, hint_db):
+    r = hint_client.post("/authors_rw", json={"id": 9, "name": "Le Guin"})
+    assert r.status_code == 201
+    assert rows(hint_db, "SELECT name FROM authors WHERE id = 9") == [("Le Guin",)]
+    r = hint_client.post("/author_names", json={"name": "x"})  # no trigger: SQLite refuses
+    assert r.status_code == 400
+
+
+def test_options_on_an_unknown_or_hidden_table_is_404(hint_client):
+    assert body(hint_client.options("/secrets")) == not_found_205("secrets")
+    r = hint_client.options("/nowhere")
+    assert r.status_code == 404 and body(r) == not_found_205("nowhere")
+
+
+@pytest.mark.parametrize("path", ["/author_names", "/secrets", "/nowhere"])
+def test_a_cors_preflight_is_answered_for_any_table(hint_client, path):
+    # PostgREST's CORS middleware answers a preflight before the table is looked up
+    r = hint_client.options(path, headers={"Origin": "http://example.com",
+                                           "Access-Control-Request-Method": "POST"})
+    assert r.status_code == 200
+    assert r.headers["Access-Control-Allow-Methods"] == \
+        "GET, HEAD, POST, PATCH, PUT, DELETE, OPTIONS"
+    assert r.headers["Access-Control-Allow-Origin"] == "*"
+    assert r.headers["Access-Control-Max-Age"] == "86400"
+
+
 # --- NullsStripSpec: Accept ...;nulls=stripped ------------------------------------------------------
 
 ARRAY_STRIP = "application/vnd.pgrst.array+json;nulls=stripped"

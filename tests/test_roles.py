@@ -265,6 +265,64 @@ def test_table_outside_role_is_unknown(env):
     assert r.status_code == 404 and r.get_json()["code"] == "PGRST205"
 
 
+HIDDEN_205_HINT = "Only tables and views named by --security-allow-table are exposed"
+
+
+def test_unknown_table_hint_names_only_the_roles_tables(env):
+    # PGRST205's "Perhaps you meant" names a table only if the role has a rule for it: anon
+    # has books only, `audit` is only admin's ("*"); otherwise the body is that of a name
+    # close to nothing
+    client, _db = env
+
+    def hint(path, headers=None):
+        r = client.get(path, headers=headers or {})
+        assert r.status_code == 404 and r.get_json()["code"] == "PGRST205"
+        return r.get_json()["hint"]
+
+    assert hint("/bookz") == "Perhaps you meant the table 'books'"
+    assert hint("/notez") == hint("/zzzzz") == HIDDEN_205_HINT  # anon: no rule for notes
+    assert hint("/notez", ALICE) == "Perhaps you meant the table 'notes'"
+    assert hint("/audiit", ALICE) == hint("/audit", ALICE) == HIDDEN_205_HINT
+    assert hint("/audiit", ADMIN) == "Perhaps you meant the table 'audit'"
+    r = client.options("/notez")  # every verb finds the same
+    assert r.status_code == 404 and r.get_json()["hint"] == HIDDEN_205_HINT
+
+
+def test_options_allow_lists_the_roles_verbs(env):
+    client, _db = env
+
+    def allow(path, headers=None):
+        r = client.options(path, headers=headers or {})
+        assert r.status_code == 200, r.data
+        return r.headers["Allow"]
+
+    assert allow("/books") == allow("/books", ALICE) == "OPTIONS,GET,HEAD"
+    assert allow("/notes", ALICE) == "OPTIONS,GET,HEAD,POST,PUT,PATCH,DELETE"
+    assert allow("/org_docs", ALICE) == "OPTIONS,GET,HEAD,POST"
+    assert allow("/audit", ADMIN) == "OPTIONS,GET,HEAD,POST,PUT,PATCH,DELETE"
+    # a table without a rule for the role is unknown, as for any verb
+    for path, headers in (("/notes", {}), ("/audit", ALICE)):
+        r = client.options(path, headers=headers)
+        assert r.status_code == 404 and r.get_json()["code"] == "PGRST205"
+    r = client.options("/notes", headers={"Authorization": "Bearer not.a.jwt"})
+    assert r.status_code == 401 and r.get_json()["code"] == "PGRST301"
+    # a CORS preflight needs no token and names no table's verbs
+    r = client.options("/audit", headers={"Origin": "http://example.com",
+                                          "Access-Control-Request-Method": "DELETE"})
+    assert r.status_code == 200 and "DELETE" in r.headers["Access-Control-Allow-Methods"]
+
+
+def test_options_allow_of_a_write_only_rule(tmp_path):
+    db = make_db(tmp_path / "w.db")
+    (tmp_path / "perm.yml").write_text(
+        "anonymous: anon\nroles:\n  anon:\n    audit: {verbs: [POST]}\n"
+        "    books: {verbs: [GET, DELETE]}\n")
+    client = create_app(ServerConfig(db_dsn=db, allow_tables=TABLES, auth_disabled=True,
+                                     permissions_file=str(tmp_path / "perm.yml"))).test_client()
+    assert client.options("/audit").headers["Allow"] == "OPTIONS,POST"  # HEAD comes with GET
+    assert client.options("/books").headers["Allow"] == "OPTIONS,GET,HEAD,DELETE"
+
+
 def test_admin_star_rule(env):
     client, db = env
     assert ids(client.get("/notes", headers=ADMIN)) == [1, 2, 3]

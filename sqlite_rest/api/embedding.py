@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..errors import api_error
+from ..errors import api_error, closest_name
 from .query import And, Embed, Star, count_fields
 from .schema import Table, quote_identifier
 
@@ -152,11 +152,9 @@ def _hint_of(r: Relationship) -> str:
 
 
 def _closest(parent: Table, name: str, allowed=None) -> str | None:
-    import difflib
-
     names = [n for n in parent.relations if allowed is None or n in allowed]
-    close = difflib.get_close_matches(name, names, n=1)
-    return f"Perhaps you meant '{close[0]}' instead of '{name}'." if close else None
+    close = closest_name(name, names, cutoff=0.6)  # difflib's default, as it always was
+    return f"Perhaps you meant '{close}' instead of '{name}'." if close else None
 
 
 # --- SQL ---------------------------------------------------------------------------------------

@@ -30,7 +30,6 @@ CTE as over the table (design/rpc.md).
 """
 from __future__ import annotations
 
-import difflib
 import functools
 import logging
 import math
@@ -43,6 +42,7 @@ import apsw
 import apsw.ext
 import orjson
 
+from ..errors import closest_name
 from .query import INT64_MAX, INT64_MIN, int64, shown_text
 from .schema import Column, Table, affinity_of, is_exposable, quote_identifier
 
@@ -674,8 +674,8 @@ def not_found(functions: dict, name: str, keys, *, json_body: bool,
         signature = ", ".join(sorted(p.name for p in function.params))
         hint = f"Perhaps you meant to call the function {SCHEMA_NAME}.{name}({signature})"
     else:
-        close = difflib.get_close_matches(name, list(functions), n=1, cutoff=0.75)
-        hint = (f"Perhaps you meant to call the function {SCHEMA_NAME}.{close[0]}"
+        close = closest_name(name, list(functions))
+        hint = (f"Perhaps you meant to call the function {SCHEMA_NAME}.{close}"
                 if close else None)
     return {"message": message, "details": details, "hint": hint}
 

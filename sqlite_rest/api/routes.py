@@ -1,5 +1,6 @@
 """The `/<table>` endpoint: reads (GET, HEAD), writes (POST, PATCH, PUT, DELETE; in
-writes.py) and the CORS preflight (OPTIONS).
+writes.py), OPTIONS (the verbs of the table in `Allow`) and the CORS preflight (OPTIONS with
+Access-Control-Request-Method).
 
 Order of checks on every request: auth -> allow-list -> schema cache -> query -> SQL. A table
 that is not allow-listed answers exactly like a missing one (404 PGRST205), so the API never
@@ -25,7 +26,7 @@ import orjson
 from ..responses import CORS_HEADERS, ApiResponse
 from ..auth.authenticator import access_denied, bearer_token
 from ..auth.policy import ACCESS_ENVIRON, ROLE_ENVIRON, _claim_text, claim_at
-from ..errors import api_error
+from ..errors import api_error, closest_name
 from .prefer import DEFAULT as DEFAULT_PREFERENCES, parse_prefer
 from .query import (INT64_MAX, And, Filter, Not, RequestError, has_aggregates, int64,
                     lifted_columns, parse_read_query, query_pairs, query_shape,
@@ -63,7 +64,9 @@ def make_table_view(app, state):
 
     def table_endpoint(environ, table_name: str):
         method = environ["REQUEST_METHOD"]
-        if method == "OPTIONS":
+        if method == "OPTIONS" and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ:
+            # a browser's CORS preflight: answered for any path and without a token, as
+            # PostgREST's CORS middleware does (the request that follows is checked)
             return _preflight(environ)
         if policy is None:
             if not authenticator.disabled:
@@ -75,7 +78,7 @@ def make_table_view(app, state):
             environ[ROLE_ENVIRON] = (rule, claims)
         if table_name not in allowed_tables or (policy is not None and rule is None):
             access_denied.send(app, table=table_name)
-            raise api_error("unknown_table", table=table_name[:200])
+            raise unknown_table(state, environ, table_name)
         # WSGI servers join repeated headers with ", ", so environ holds every Prefer value.
         prefer = environ.get("HTTP_PREFER")
         prefs = parse_prefer([prefer]) if prefer else DEFAULT_PREFERENCES
@@ -83,19 +86,51 @@ def make_table_view(app, state):
             # One read transaction for the schema and the rows: one snapshot, and one round of
             # VFS callbacks (each takes the GIL back from the workers' other threads).
             with replica_snapshot(state, environ, db.reader()) as read_at, db.read() as conn:
-                table = schema_cache.get(conn).table(table_name)
+                schema = schema_cache.get(conn)
+                table = schema.table(table_name)
                 if table is None:
-                    raise api_error("unknown_table", table=table_name[:200])
+                    raise unknown_table(state, environ, table_name, schema)
                 return _read(state, environ, table, prefs, method == "HEAD", (conn, read_at))
-        table = schema_cache.get(db.reader()).table(table_name)
+        schema = schema_cache.get(db.reader())
+        table = schema.table(table_name)
         if table is None:
-            raise api_error("unknown_table", table=table_name[:200])
+            raise unknown_table(state, environ, table_name, schema)
         if method == "GET" or method == "HEAD":
             return _read(state, environ, table, prefs, method == "HEAD")
+        if method == "OPTIONS":
+            return _options(table, rule)
         return write(state, environ, table, prefs, method,
                      query_of(environ.get("QUERY_STRING", "")))
 
     return table_endpoint
+
+
+def unknown_table(state, environ, table_name: str, schema=None):
+    """404 PGRST205, with PostgREST's hint naming the closest table - among those the caller
+    could use only (allow-listed, and under roles with a rule for the role): the answer
+    depends on the name asked and the caller's own tables, never on whether the name exists
+    outside them, so a hidden table answers exactly like a missing one."""
+    name = table_name[:200]
+    if schema is None:
+        schema = state.schema_cache.get(state.db.reader())
+    usable = [n for n in state.allowed_tables if schema.table(n) is not None]
+    if state.policy is not None:
+        access = environ.get(ACCESS_ENVIRON)
+        usable = [n for n in usable if access is not None and access.rule(n) is not None]
+    close = closest_name(name, sorted(usable))
+    return api_error("unknown_table", table=name,
+                     hint=f"Perhaps you meant the table '{close}'" if close else None)
+
+
+def _options(table, rule) -> ApiResponse:
+    """PostgREST's answer to a plain OPTIONS: `Allow` lists the verbs the relation supports;
+    under roles only those the role's rule allows too, which the role learns anyway by trying
+    them (42501)."""
+    verbs = table.verbs
+    if rule is not None:
+        verbs = [v for v in verbs if ("GET" if v == "HEAD" else v) in rule.verbs]
+    return ApiResponse.without_body(200, CORS_HEADERS + (
+        ("Allow", ",".join(("OPTIONS", *verbs))),))
 
 
 def _preflight(environ) -> ApiResponse:

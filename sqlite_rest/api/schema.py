@@ -79,6 +79,8 @@ class Table:
     relations: dict = field(default_factory=dict, repr=False)
     fts5: bool = False                 # an FTS5 virtual table (its columns take MATCH)
     fts_index: "Table | None" = None   # the FTS5 table `<name>_fts` indexing it by rowid
+    #: A view's INSTEAD OF triggers: the writes ("INSERT", "UPDATE", "DELETE") it takes.
+    instead_of: frozenset = frozenset()
     by_name: dict = field(default_factory=dict, repr=False)
     quoted: str = field(default="", repr=False)
 
@@ -98,6 +100,19 @@ class Table:
     @property
     def writable(self) -> bool:
         return self.kind != "view"
+
+    @property
+    def verbs(self) -> tuple[str, ...]:
+        """The HTTP verbs it supports, in PostgREST's `Allow` order: a view writes only
+        through its INSTEAD OF triggers (SQLite refuses the write otherwise), and PUT needs
+        a primary key to be an upsert of one row (views have none in SQLite)."""
+        view = self.kind == "view"
+        insert = not view or "INSERT" in self.instead_of
+        update = not view or "UPDATE" in self.instead_of
+        return (("GET", "HEAD") + (("POST",) if insert else ())
+                + (("PUT",) if insert and update and self.primary_key else ())
+                + (("PATCH",) if update else ())
+                + (("DELETE",) if not view or "DELETE" in self.instead_of else ()))
 
 
 @dataclass(frozen=True, eq=False)
@@ -137,8 +152,17 @@ def load_schema(conn: apsw.Connection, declared=()) -> Schema:
         fts5 = {name for (name,) in cursor.execute(
             "SELECT name FROM sqlite_schema WHERE type = 'table' "
             "AND sql LIKE 'CREATE VIRTUAL TABLE%USING fts5%'")}
+        triggers = cursor.execute(
+            "SELECT tbl_name, sql FROM sqlite_schema WHERE type = 'trigger'").fetchall()
     for name in fts5 & tables.keys():
         tables[name] = replace(tables[name], fts5=True)
+    instead_of: dict[str, set] = {}
+    for name, sql in triggers:
+        m = _INSTEAD_OF.match(sql or "")
+        if m and name in tables and tables[name].kind == "view":
+            instead_of.setdefault(name, set()).add(m.group(1).upper())
+    for name, events in instead_of.items():
+        tables[name] = replace(tables[name], instead_of=frozenset(events))
     for name, table in list(tables.items()):
         index = tables.get(name + "_fts")
         if index is not None and index.fts5 and not table.fts5 and not table.without_rowid:
@@ -152,6 +176,12 @@ def load_schema(conn: apsw.Connection, declared=()) -> Schema:
     return Schema(version, tables)
 
 
+# The event of an INSTEAD OF trigger, from the header of its CREATE TRIGGER (the body may
+# mention anything): CREATE TRIGGER [IF NOT EXISTS] [schema.]name INSTEAD OF <event>.
+_NAME = r'(?:"(?:[^"]|"")*"|\[[^\]]*\]|`[^`]*`|\w+)'
+_INSTEAD_OF = re.compile(r'\s*CREATE\s+(?:TEMP(?:ORARY)?\s+)?TRIGGER\s+(?:IF\s+NOT\s+EXISTS\s+)?'
+                         + _NAME + r'(?:\s*\.\s*' + _NAME + r')?'
+                         r'\s+INSTEAD\s+OF\s+(INSERT|UPDATE|DELETE)\b', re.I)
 _NAMED_FK = re.compile(r'CONSTRAINT\s+("(?:[^"]|"")+"|\[[^\]]+\]|`[^`]+`|\w+)\s+'
                        r'FOREIGN\s+KEY\s*\(([^)]*)\)', re.I)
 _NAMED_COLUMN_FK = re.compile(r'(?:^|[(,])\s*("(?:[^"]|"")+"|\w+)[^,]*?CONSTRAINT\s+'
