@@ -122,22 +122,21 @@ def build_openapi(state, schema, host: str | None = None, access=None) -> dict:
                 _ref("offset"), _ref("limit"), _ref("preferCount")],
                 "responses": {"200": {"description": "OK", "schema": rows},
                               "206": {"description": "Partial Content"}}},
+            "post": {"tags": [name], "parameters": [
+                _ref("body." + name), _ref("select"), _ref("columns"),
+                _ref("on_conflict"), _ref("preferPost")],
+                "responses": {"201": {"description": "Created"}}},
+            "patch": {"tags": [name], "parameters": filters + [
+                _ref("body." + name), _ref("preferReturn")],
+                "responses": {"204": {"description": "No Content"}}},
+            "put": {"tags": [name], "parameters": filters + [
+                _ref("body." + name), _ref("preferReturn")],
+                "responses": {"204": {"description": "No Content"}}},
+            "delete": {"tags": [name], "parameters": filters + [_ref("preferReturn")],
+                       "responses": {"204": {"description": "No Content"}}},
         }
-        if table.writable:
-            operations.update({
-                "post": {"tags": [name], "parameters": [
-                    _ref("body." + name), _ref("select"), _ref("columns"),
-                    _ref("on_conflict"), _ref("preferPost")],
-                    "responses": {"201": {"description": "Created"}}},
-                "patch": {"tags": [name], "parameters": filters + [
-                    _ref("body." + name), _ref("preferReturn")],
-                    "responses": {"204": {"description": "No Content"}}},
-                "put": {"tags": [name], "parameters": filters + [
-                    _ref("body." + name), _ref("preferReturn")],
-                    "responses": {"204": {"description": "No Content"}}},
-                "delete": {"tags": [name], "parameters": filters + [_ref("preferReturn")],
-                           "responses": {"204": {"description": "No Content"}}},
-            })
+        # the verbs the relation takes (a view: its INSTEAD OF triggers'), as OPTIONS says
+        operations = {verb: op for verb, op in operations.items() if verb.upper() in table.verbs}
         if rule is not None:
             operations = {verb: op for verb, op in operations.items()
                           if verb.upper() in rule.verbs}

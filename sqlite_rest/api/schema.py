@@ -98,10 +98,6 @@ class Table:
         return self.name
 
     @property
-    def writable(self) -> bool:
-        return self.kind != "view"
-
-    @property
     def verbs(self) -> tuple[str, ...]:
         """The HTTP verbs it supports, in PostgREST's `Allow` order: a view writes only
         through its INSTEAD OF triggers (SQLite refuses the write otherwise), and PUT needs
