@@ -486,6 +486,27 @@ def test_preflight(client):
     assert "POST" in r.headers["Access-Control-Allow-Methods"]
 
 
+@pytest.mark.parametrize("name, allow", [
+    ("books_by", "OPTIONS,GET,HEAD,POST"),   # reads: stable
+    ("add_book", "OPTIONS,POST"),            # writes: volatile
+    ("clear_log", "OPTIONS,POST"),
+])
+def test_options_says_how_a_function_may_be_called(client, name, allow):
+    """PostgREST's OptionsSpec: a plain OPTIONS (no Access-Control-Request-Method) of a
+    function answers its verbs, of an unknown one 404 PGRST202, of the root GET and HEAD."""
+    r = client.options(f"/rpc/{name}")
+    assert r.status_code == 200 and r.data == b""
+    assert r.headers["Allow"] == allow
+
+
+def test_options_of_an_unknown_function_and_of_the_root(client):
+    r = client.options("/rpc/nope")
+    assert r.status_code == 404 and json_of(r)["code"] == "PGRST202"
+    r = client.options("/")
+    assert r.status_code == 200 and r.data == b""
+    assert r.headers["Allow"] == "OPTIONS,GET,HEAD"
+
+
 # -- writing functions ----------------------------------------------------------------------
 
 def test_writing_function_commits_once_with_the_replication_txid(client, db, hook):

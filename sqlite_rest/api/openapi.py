@@ -175,12 +175,14 @@ def build_openapi(state, schema, host: str | None = None, access=None) -> dict:
 def openapi_view():
     app = current_app._get_current_object()
     state = app.extensions[EXTENSION]
-    if request.method == "OPTIONS":
+    if request.method == "OPTIONS" and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in request.environ:
         from .routes import _preflight
 
         return _preflight(request.environ)
     if not state.config.openapi_enabled:
         raise api_error("invalid_path")
+    if request.method == "OPTIONS":  # PostgREST's Allow of the root
+        return ApiResponse.without_body(200, CORS_HEADERS + (("Allow", "OPTIONS,GET,HEAD"),))
     access = None
     if state.policy is not None:
         from .routes import role_access

@@ -57,14 +57,16 @@ def make_rpc_view(app, state):
 
     def rpc_endpoint(environ, function_name: str):
         method = environ["REQUEST_METHOD"]
-        if method == "OPTIONS":
-            return _preflight(environ)
+        if method == "OPTIONS" and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ:
+            return _preflight(environ)  # a browser's CORS preflight, as on tables
         if state.policy is not None:  # roles: only the functions listed for the role
             environ[CLAIMS_ENVIRON] = _check_function_access(app, state, environ,
                                                              function_name)
         elif not authenticator.disabled:
             environ[CLAIMS_ENVIRON] = authenticator.authenticate(
                 app, environ.get("HTTP_AUTHORIZATION"))
+        if method == "OPTIONS":
+            return _options(state, function_name)
         if method not in ("GET", "HEAD", "POST"):
             raise api_error("rpc_method", method=method, headers={"Allow": RPC_ALLOW})
         prefer = environ.get("HTTP_PREFER")
@@ -72,6 +74,19 @@ def make_rpc_view(app, state):
         return call(state, function_name, method, prefs, environ)
 
     return rpc_endpoint
+
+
+def _options(state, name: str) -> ApiResponse:
+    """PostgREST's answer to a plain OPTIONS of a function: `Allow` is what it may be called
+    with, `OPTIONS,POST` for a writing (volatile) one, `OPTIONS,GET,HEAD,POST` otherwise; an
+    unknown function is 404 PGRST202, as its call would be."""
+    catalog = state.functions
+    functions = catalog.current(state.db.reader()) if catalog is not None else {}
+    function = functions.get(name)
+    if function is None:
+        raise _not_found(functions, name, {}, json_body=False)
+    allow = "OPTIONS,POST" if function.writes else "OPTIONS,GET,HEAD,POST"
+    return ApiResponse.without_body(200, CORS_HEADERS + (("Allow", allow),))
 
 
 #: The WSGI environ key of the caller's claims (request_claim() in function SQL).
