@@ -35,19 +35,27 @@ INSERT INTO no_pk VALUES ('1', '0'), ('2', '0'), (NULL, NULL);
 TABLES = "items,clients,projects,tasks,langs,no_pk,with_default"
 
 
-@pytest.fixture
-def db(tmp_path):
-    path = tmp_path / "conformance.db"
+def make_db(path, schema: str) -> str:
     conn = apsw.Connection(str(path))
-    conn.execute(SCHEMA)
+    conn.execute(schema)
     conn.close()
     return str(path)
 
 
+def app_client(db: str, tables):
+    """The test client of the production app over ``db``, auth disabled."""
+    return create_app(ServerConfig(db_dsn=db, allow_tables=tuple(tables),
+                                   auth_disabled=True)).test_client()
+
+
+@pytest.fixture
+def db(tmp_path):
+    return make_db(tmp_path / "conformance.db", SCHEMA)
+
+
 @pytest.fixture
 def client(db):
-    app = create_app(ServerConfig(db_dsn=db, allow_tables=(TABLES,), auth_disabled=True))
-    with app.test_client() as c:
+    with app_client(db, (TABLES,)) as c:
         yield c
 
 
@@ -527,17 +535,12 @@ DEFAULT_205_HINT = "Only tables and views named by --security-allow-table are ex
 
 @pytest.fixture
 def hint_db(tmp_path):
-    path = tmp_path / "hints.db"
-    conn = apsw.Connection(str(path))
-    conn.execute(HINT_SCHEMA)
-    conn.close()
-    return str(path)
+    return make_db(tmp_path / "hints.db", HINT_SCHEMA)
 
 
 @pytest.fixture
 def hint_client(hint_db):
-    app = create_app(ServerConfig(db_dsn=hint_db, allow_tables=HINT_TABLES, auth_disabled=True))
-    with app.test_client() as c:
+    with app_client(hint_db, HINT_TABLES) as c:
         yield c
 
 

@@ -5,10 +5,8 @@ allow-list and roles. PostgREST: `GET /rpc/search_authors?select=name,books(titl
 function `RETURNS SETOF authors`."""
 from __future__ import annotations
 
-import time
 
 import apsw
-import jwt
 import orjson
 import pytest
 
@@ -16,6 +14,7 @@ from sqlite_rest.api.functions import FunctionsFileError, load_functions
 from sqlite_rest.app import create_app
 from sqlite_rest.config import ServerConfig
 from tests.plugins.server import start_server
+from tests.test_roles_embedding import ALICE, BOB, SECRET
 
 SCHEMA = """
 CREATE TABLE authors (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
@@ -413,7 +412,6 @@ def test_a_bad_table_is_refused_at_load_naming_file_function_and_key(db, tmp_pat
 
 # -- roles: the embedded tables' rules apply -------------------------------------------------
 
-SECRET = b"a-long-enough-hmac-secret-for-rpc-embedding-roles-0123456789-0"
 PERMISSIONS = """
 anonymous: anon
 roles:
@@ -429,15 +427,6 @@ functions:
   anon: [search_authors]
   member: [search_authors, books_since]
 """
-
-
-def token(**claims) -> dict:
-    claims.setdefault("exp", int(time.time()) + 86400)
-    return {"Authorization": "Bearer " + jwt.encode(claims, SECRET, algorithm="HS256")}
-
-
-ALICE = token(sub="alice", role="member")
-BOB = token(sub="bob", role="member")
 
 
 @pytest.fixture
