@@ -7,7 +7,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,15 +14,11 @@ from pathlib import Path
 
 import httpx
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.plugins.server import free_ports
 
 
 def start_demo(directory):
-    http, metrics = free_port(), free_port()
+    http, metrics = free_ports(2)
     proc = subprocess.Popen(
         [sys.executable, "-m", "sqlite_rest.cli", "demo", str(directory),
          "--http-addr", f"127.0.0.1:{http}", "--metrics-addr", f"127.0.0.1:{metrics}"],

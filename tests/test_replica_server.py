@@ -211,11 +211,12 @@ def test_readme_scale_reads_commands_run_as_written(tmp_path):
     import subprocess
     import sys
 
-    from tests.test_demo import free_port, start_demo, stop
+    from tests.plugins.server import free_ports
+    from tests.test_demo import start_demo, stop
 
     demo, url = start_demo(tmp_path / "sqlite-rest-demo")
     primary_port = url.rsplit(":", 1)[1]
-    ports = {p: str(free_port()) for p in ("8081", "8082", "9181", "9182")}
+    ports = dict(zip(("8081", "8082", "9181", "9182"), map(str, free_ports(4))))
     script = readme_replica_block()
     assert script.count("sqlite-rest serve") == 2 and "localhost:8080" in script
     script = script.replace("sqlite-rest serve", f"{shlex.quote(sys.executable)} -m sqlite_rest.cli serve")

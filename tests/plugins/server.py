@@ -29,9 +29,21 @@ STOP_TIMEOUT = 15.0   # seconds between SIGTERM and SIGKILL
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: held open together while chosen (one at a time, the kernel
+    may hand out the same port twice: CI 2026-12-06, "--metrics-addr port 53101 is already
+    used by another flag" in a crash-torture restart)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def _answers(port: int) -> bool:
@@ -91,9 +103,9 @@ def start_server(db_path, *extra_args, env: Optional[dict] = None,
                  new_session: bool = False) -> ServerProcess:
     """``new_session``: the server leads a process group of its own (as under a process
     manager), so a test can kill that whole group without killing itself."""
-    http_port = free_port()
-    metrics_port = free_port() if metrics else None
-    pprof_port = free_port() if pprof else None
+    http_port, metrics_port, pprof_port = free_ports(3)
+    metrics_port = metrics_port if metrics else None
+    pprof_port = pprof_port if pprof else None
     args = [sys.executable, "-m", "sqlite_rest.cli", "serve",
             "--db-dsn", str(db_path),
             "--http-addr", f"127.0.0.1:{http_port}",
