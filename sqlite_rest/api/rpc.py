@@ -76,12 +76,17 @@ def make_rpc_view(app, state):
     return rpc_endpoint
 
 
+def current_functions(state) -> dict:
+    """The functions file's functions, prepared for the current schema ({} without a file)."""
+    catalog = state.functions
+    return catalog.current(state.db.reader()) if catalog is not None else {}
+
+
 def _options(state, name: str) -> ApiResponse:
     """PostgREST's answer to a plain OPTIONS of a function: `Allow` is what it may be called
     with, `OPTIONS,POST` for a writing (volatile) one, `OPTIONS,GET,HEAD,POST` otherwise; an
     unknown function is 404 PGRST202, as its call would be."""
-    catalog = state.functions
-    functions = catalog.current(state.db.reader()) if catalog is not None else {}
+    functions = current_functions(state)
     function = functions.get(name)
     if function is None:
         raise _not_found(functions, name, {}, json_body=False)
@@ -104,8 +109,7 @@ def _check_function_access(app, state, environ, name: str):
     environ[ACCESS_ENVIRON] = access  # the rules of the tables its rows embed
     if access.may_call(name):
         return access.claims
-    catalog = state.functions
-    functions = catalog.current(state.db.reader()) if catalog is not None else {}
+    functions = current_functions(state)
     if name in functions:
         raise permission_denied(f"function {name}", access.anonymous)
     return access.claims
@@ -243,8 +247,7 @@ def _raw_shape(function: Function):
 
 
 def call(state, name: str, method: str, prefs, environ) -> ApiResponse:
-    catalog = state.functions
-    functions = catalog.current(state.db.reader()) if catalog is not None else {}
+    functions = current_functions(state)
     pairs = query_pairs(environ.get("QUERY_STRING", ""))
     media = negotiate(environ.get("HTTP_ACCEPT"))
     if method in ("GET", "HEAD"):

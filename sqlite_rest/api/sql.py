@@ -539,17 +539,24 @@ def compile_order(table: Table, order: tuple) -> tuple[str, tuple]:
 # Reads
 
 
+def _rows_where(table: Table, query, params: list) -> str:
+    """The WHERE of the rows a read takes its page from (and counts): the filters, and the
+    embeddings' !inner / is.null."""
+    where = build_where(table, query.filters, params)
+    inner_sql, inner_params = embed_filters(table, query.select)
+    if inner_sql:
+        where = (f" WHERE ({where[len(' WHERE '):]}) AND " if where else " WHERE ") + inner_sql
+        params.extend(inner_params)
+    return where
+
+
 def build_select(table: Table, query, *, limit: int | None = None,
                  offset: int | None = None) -> Statement:
     """SELECT for a ReadQuery. limit/offset override the query's (e.g. from Range)."""
     select = count_fields(table, query.select)
     select_sql, select_params, outputs = compile_select(table, select)
     params = list(select_params)
-    where = build_where(table, query.filters, params)
-    inner_sql, inner_params = embed_filters(table, query.select)
-    if inner_sql:
-        where = (f" WHERE ({where[len(' WHERE '):]}) AND " if where else " WHERE ") + inner_sql
-        params.extend(inner_params)
+    where = _rows_where(table, query, params)
     order_sql, order_params = compile_order(table, query.order)
     if order_params:
         params.extend(order_params)
@@ -601,11 +608,7 @@ def build_count(table: Table, query) -> Statement:
     """SELECT count(*) over the query's filters and its embeddings' !inner / is.null (ignores
     the rest of select, order, limit): the rows the page is taken from."""
     params: list = []
-    where = build_where(table, query.filters, params)
-    inner_sql, inner_params = embed_filters(table, query.select)
-    if inner_sql:
-        where = (f" WHERE ({where[len(' WHERE '):]}) AND " if where else " WHERE ") + inner_sql
-        params.extend(inner_params)
+    where = _rows_where(table, query, params)
     return _checked("SELECT count(*) FROM " + table.quoted + where, params,
                     (OutputColumn("count"),))
 
