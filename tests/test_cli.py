@@ -11,6 +11,7 @@ import pytest
 
 from sqlite_rest import cli
 from sqlite_rest.cli import COMMON_FLAGS, SERVE_FLAGS, parse
+from tests.plugins.server import free_port
 
 GO_SERVE_DEFAULTS = {
     # the Go server's flag names and defaults (b4fun/sqlite-rest main.go, server.go, ...)
@@ -123,12 +124,6 @@ def assert_one_line_error(result, *needles):
     assert lines[0].startswith("error: ")
     for needle in needles:
         assert needle in lines[0], lines[0]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

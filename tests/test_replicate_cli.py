@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import apsw
 import pytest
 
 from replication.file_replica_client import FileReplicaClient
+from tests.plugins.server import free_port
 
 CLI = [sys.executable, "-m", "replication", "replicate"]
 
@@ -168,16 +168,10 @@ def test_exec_stops_when_the_child_exits_with_its_code(tmp_path, daemon):
     assert spans(replica, 0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_metrics_endpoint_serves_litestream_and_lag_metrics(tmp_path, daemon):
     db, replica = tmp_path / "src.db", tmp_path / "replica"
     make_db(db)
-    port = _free_port()
+    port = free_port()
     cfg = tmp_path / "ls.yml"
     cfg.write_text(f"addr: 127.0.0.1:{port}\ndbs:\n  - path: {db}\n    replica:\n"
                    f"      url: file://{replica}\n")

@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sqlite_rest.process.http_server import DRAIN_SIGNAL
+from tests.plugins.server import free_port
 
 
 SLOW_ROWS = 3_000_000  # a recursive CTE this long takes ~1 s: an "in-flight" request
@@ -43,7 +44,6 @@ def metric_value(metrics_url, name, **labels) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
-
 
 
 def wait_for(predicate, timeout=10.0, interval=0.05):
@@ -267,7 +267,7 @@ def test_http_server_that_cannot_start_is_reported(db, tmp_path):
         "    sys.stderr.write('simulated HTTP server failure\\n'); sys.stderr.flush(); os._exit(3)\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SQLITEREST_")}
     env["PYTHONPATH"] = f"{hook}{os.pathsep}{env.get('PYTHONPATH', '')}"
-    port = _free_port()
+    port = free_port()
     result = subprocess.run(
         [sys.executable, "-m", "sqlite_rest.cli", "serve", "--db-dsn", str(db), "--auth-disabled",
          "--security-allow-table", "items", "--http-addr", f"127.0.0.1:{port}",
@@ -276,12 +276,6 @@ def test_http_server_that_cannot_start_is_reported(db, tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last == "error: HTTP server failed to start (exit code 3) (hint: see the log lines above)"
     assert _port_free(port)
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _children(pid):
@@ -320,7 +314,7 @@ def test_supervisor_hooks_in_process(db, tmp_path):
     from sqlite_rest.config import ServerConfig
     from sqlite_rest.process.supervisor import ServeOptions, Supervisor
 
-    port = _free_port()
+    port = free_port()
     supervisor = Supervisor(
         ServerConfig(db_dsn=str(db), allow_tables=("items",), auth_disabled=True),
         ServeOptions(http_addr=f"127.0.0.1:{port}", metrics_addr="", workers=1))
@@ -354,7 +348,7 @@ def test_supervisor_hooks_in_process(db, tmp_path):
 def test_ctrl_c_to_the_whole_process_group_exits_zero(db):
     """A terminal's Ctrl-C hits the supervisor, the HTTP server and every worker at once."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SQLITEREST_")}
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "sqlite_rest.cli", "serve", "--db-dsn", str(db), "--auth-disabled",
          "--security-allow-table", "items", "--http-addr", f"127.0.0.1:{port}",
@@ -520,7 +514,7 @@ def test_workers_wait_for_the_replication_txid(db):
     from sqlite_rest.config import ServerConfig
     from sqlite_rest.process.supervisor import ServeOptions, Supervisor
 
-    port = _free_port()
+    port = free_port()
     supervisor = Supervisor(
         ServerConfig(db_dsn=str(db), allow_tables=("items",), auth_disabled=True),
         ServeOptions(http_addr=f"127.0.0.1:{port}", metrics_addr="", workers=2,
@@ -633,7 +627,7 @@ def test_api_ready_follows_the_supervisor_checks(db):
     from sqlite_rest.config import ServerConfig
     from sqlite_rest.process.supervisor import ServeOptions, Supervisor
 
-    port = _free_port()
+    port = free_port()
     supervisor = Supervisor(
         ServerConfig(db_dsn=str(db), allow_tables=("items",), auth_disabled=True),
         ServeOptions(http_addr=f"127.0.0.1:{port}", metrics_addr="", workers=1))
