@@ -143,6 +143,122 @@ def test_a_rolled_back_write_runs_alone(db_path):
     assert hook.commits == 1
 
 
+class CountingTurn:
+    """The write turn, counting how often it is taken."""
+
+    def __init__(self, lock):
+        self.lock, self.taken = lock, 0
+
+    def __enter__(self):
+        self.lock.acquire()
+        self.taken += 1
+
+    def __exit__(self, *exc):
+        self.lock.release()
+
+
+def test_writes_answered_by_a_batch_never_take_the_write_turn(db_path):
+    """Only the leader takes the turn; the others sleep until their answer is ready (they
+    used to take the turn one after another just to find their write done: #11)."""
+    db = Database(parse_dsn(str(db_path)), writer_hook=CountingHook())
+    turn = db._write_turn = CountingTurn(db._write_turn)
+    results = queued_together(db, [insert(db, i, f"n{i}") for i in range(1, 9)])
+    assert [value for value, _ in results] == list(range(1, 9))
+    assert turn.taken == 2  # queued_together's own hold, and the leader's
+
+
+class Interrupted(BaseException):
+    """What a signal handler may raise in a thread waiting for its answer (KeyboardInterrupt
+    in a library caller's main thread)."""
+
+
+def interrupt_waits(monkeypatch, marked):
+    """Writes whose work is in `marked` have their wait for an answer interrupted: at once
+    (`"queued"`), or once their thread is woken (`"woken"`: answered or handed the lead)."""
+    import sqlite_rest.db as db_module
+
+    class Wake:
+        def __init__(self, when):
+            self.real, self.when = threading.Lock(), when
+            self.real.acquire()
+
+        def acquire(self, blocking=True):
+            if not blocking:
+                return self.real.acquire(False)
+            if self.when == "woken":
+                self.real.acquire()
+                self.real.release()  # woken, and still looks so to _withdraw
+            raise Interrupted()
+
+        def release(self):
+            self.real.release()
+
+    class PendingWrite(db_module._PendingWrite):
+        def __init__(self, work):
+            super().__init__(work)
+            if work in marked:
+                self.wake = Wake(marked[work])
+
+    monkeypatch.setattr(db_module, "_PendingWrite", PendingWrite)
+
+
+def test_a_write_interrupted_while_queued_is_never_run(db_path, monkeypatch):
+    db = Database(parse_dsn(str(db_path)), writer_hook=CountingHook())
+    gone = lambda conn: conn.execute("INSERT INTO items VALUES (2, 'never')") and 2  # noqa: E731
+    interrupt_waits(monkeypatch, {gone: "queued"})
+    outcome = []
+
+    def interrupted():
+        try:
+            db.write(gone)
+        except Interrupted:
+            outcome.append("interrupted")
+    interrupted.alone = True  # it leaves the queue at once: queued_together must not wait for it
+
+    results = queued_together(db, [insert(db, 1, "a"), interrupted, insert(db, 3, "c")])
+    assert outcome == ["interrupted"] and results[0][0] == 1 and results[2][0] == 3
+    assert rows(db_path) == [(1, "a"), (3, "c")]
+    assert not db._pending and not db._leading
+    assert db.write(lambda conn: conn.execute("INSERT INTO items VALUES (4, 'd')") and 4)[0] == 4
+
+
+def test_a_lead_handed_to_an_interrupted_write_passes_on(db_path, monkeypatch):
+    """Without it every later write of the process would wait for a leader forever."""
+    db = Database(parse_dsn(str(db_path)), writer_hook=CountingHook())
+    gone = lambda conn: conn.execute("INSERT INTO items VALUES (2, 'never')") and 2  # noqa: E731
+    interrupt_waits(monkeypatch, {gone: "woken"})
+    outcome, results = [], {}
+
+    def first(conn):  # leads alone; the next two queue behind it, for the next batch
+        deadline = time.monotonic() + 10
+        while len(db._pending) < 2:
+            assert time.monotonic() < deadline, "the next writes never queued up"
+            time.sleep(0.002)
+        return conn.execute("INSERT INTO items VALUES (1, 'a')") and 1
+
+    def run(name, call):
+        try:
+            results[name] = call()
+        except Interrupted:
+            outcome.append(name)
+
+    threads = [threading.Thread(target=run, args=("first", lambda: db.write(first)))]
+    threads[0].start()
+    while not db._leading:
+        time.sleep(0.001)
+    for name, call in (("gone", lambda: db.write(gone)), ("third", insert(db, 3, "c"))):
+        threads.append(threading.Thread(target=run, args=(name, call)))
+        threads[-1].start()
+        while len(threads) - 1 > len(db._pending):
+            time.sleep(0.001)
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads), "a write waited for a leader forever"
+    assert outcome == ["gone"] and results["first"][0] == 1 and results["third"][0] == 3
+    assert rows(db_path) == [(1, "a"), (3, "c")]
+    assert not db._pending and not db._leading
+
+
 def test_a_transaction_lost_under_a_batch_fails_every_write_of_it(db_path):
     """SQLite rolls a whole transaction back on some errors (disk full, I/O): the writes that
     ran before it in the batch are gone too, so none of them may be answered as done."""
