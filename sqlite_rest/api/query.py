@@ -304,6 +304,8 @@ def is_decimal(text: str) -> bool:
 def int64(text: str) -> int | None:
     """The integer `text` spells in ASCII decimal, or None when it spells none or one that
     SQLite's 64-bit signed INTEGER cannot hold (then `is_decimal` tells the two apart)."""
+    if len(text) < _INT64_DIGITS and text.isdigit() and text.isascii():
+        return int(text)  # the common case (an id, a Content-Length), without the regex
     if _DECIMAL.match(text) is None:
         return None
     digits = text.lstrip("+-").lstrip("0")  # int() counts leading zeros towards its limit

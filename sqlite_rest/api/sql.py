@@ -119,10 +119,11 @@ MAX_PATTERN_BYTES = 50000
 
 def _number(text: str):
     """The number a text spells (int exactly, else float), or None."""
-    if is_decimal(text):
+    number = int64(text)
+    if number is not None or is_decimal(text):
         # Beyond 64 bits: None, so it is bound as text and SQLite's affinity decides (a
         # numeric column compares it as the REAL it spells: it equals no 64-bit INTEGER).
-        return int64(text)
+        return number
     if _NUMBER.match(text):
         return float(text)
     return None
