@@ -500,6 +500,11 @@ class Database:
                 self._run_batch(batch)
         finally:
             with self._queue_lock:
+                if not batch:  # interrupted before it took its batch (KeyboardInterrupt)
+                    try:
+                        self._pending.remove(own)  # never run, as never answered
+                    except ValueError:
+                        pass
                 self._pass_lead()
             for write in batch:
                 if write is not own:

@@ -259,6 +259,29 @@ def test_a_lead_handed_to_an_interrupted_write_passes_on(db_path, monkeypatch):
     assert not db._pending and not db._leading
 
 
+def test_a_leader_interrupted_before_its_batch_leaves_no_write_waiting(db_path):
+    """Interrupted while it waits for the write turn (held by the checkpointer, say), a
+    leader's write is never run and the lead passes on: the next write is not stuck."""
+    db = Database(parse_dsn(str(db_path)), writer_hook=CountingHook())
+
+    class InterruptedOnce(CountingTurn):
+        def __enter__(self):
+            if self.taken == 0:
+                self.taken = 1
+                raise Interrupted()
+            return super().__enter__()
+
+    db._write_turn = InterruptedOnce(db._write_turn)
+    with pytest.raises(Interrupted):
+        insert(db, 1, "never")()
+    after = threading.Thread(target=insert(db, 2, "b"), daemon=True)
+    after.start()
+    after.join(10)
+    assert not after.is_alive(), "the next write waited for a leader forever"
+    assert rows(db_path) == [(2, "b")]
+    assert not db._pending and not db._leading
+
+
 def test_a_transaction_lost_under_a_batch_fails_every_write_of_it(db_path):
     """SQLite rolls a whole transaction back on some errors (disk full, I/O): the writes that
     ran before it in the batch are gone too, so none of them may be answered as done."""
