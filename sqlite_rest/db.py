@@ -499,13 +499,11 @@ class Database:
                         batch.append(pending.popleft())
                 self._run_batch(batch)
         finally:
-            with self._queue_lock:
-                if not batch:  # interrupted before it took its batch (KeyboardInterrupt)
-                    try:
-                        self._pending.remove(own)  # never run, as never answered
-                    except ValueError:
-                        pass
-                self._pass_lead()
+            if batch:
+                with self._queue_lock:
+                    self._pass_lead()
+            else:  # interrupted before it took its batch (KeyboardInterrupt)
+                self._withdraw(own, leading=True)
             for write in batch:
                 if write is not own:
                     write.wake.release()
@@ -517,15 +515,18 @@ class Database:
         else:
             self._leading = False
 
-    def _withdraw(self, write: _PendingWrite) -> None:
-        """A writer's thread stopped waiting (an exception): its write is not run if still
-        queued, and a lead handed to it passes on, or every later write would wait forever."""
+    def _withdraw(self, write: _PendingWrite, leading: bool = False) -> None:
+        """A writer's thread stopped (an exception) before its write ran: the write is not run
+        if still queued, and a lead it holds (`leading`) or was handed passes on, or every
+        later write would wait forever."""
         with self._queue_lock:
-            released = write.wake.acquire(False)
-            if write in self._pending:
+            queued = write in self._pending
+            if queued:
                 self._pending.remove(write)
-                if released:  # it was handed the lead (a write taken into a batch is not)
-                    self._pass_lead()
+            # A queued write whose wake was released was handed the lead (one taken into a
+            # batch is not queued).
+            if leading or (queued and write.wake.acquire(False)):
+                self._pass_lead()
 
     def _run_batch(self, batch: list) -> None:
         """Under the write turn: the writes of `batch`, one COMMIT; every one answered."""
