@@ -201,7 +201,11 @@ def make_v3_replica(binary: str, env: dict, workdir: Path, replica_yaml: str,
                         conn.execute("INSERT INTO t(v) VALUES (?)", (f"{n:05d}" * 100,))
                     time.sleep(0.03)
                 time.sleep(1.5)  # synced, maybe checkpointed and snapshotted
-                moments.append(datetime.now(timezone.utc))
+                # Milliseconds, what `litestream restore -timestamp` takes: with the
+                # microseconds ours got a later instant than Litestream, and restored a
+                # segment written inside that millisecond (CI 2026-12-06, moment 3).
+                now = datetime.now(timezone.utc)
+                moments.append(now.replace(microsecond=now.microsecond // 1000 * 1000))
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
