@@ -133,3 +133,85 @@ def test_multiprocess_merge_across_worker_processes(tmp_path):
     text = exposition.render().decode()
     assert value(text, "sqlite_rest_http_requests_total", operation="queryTableOrView",
                  http_code="200") == 42
+
+
+TALLY_WORKER = textwrap.dedent("""
+    import sys
+    from prometheus_client import Counter, Histogram
+    from sqlite_rest.observability import metrics
+    durations = [0.0, 0.3, 1.0, 1.0000001, 2.5, 4.99, 5.0, 9.7, 250.0, 999.9, 5000.0, 5000.01,
+                 1e9] * 3
+    if sys.argv[1] == "tallied":
+        m = metrics.RequestMetrics()
+        for i, d in enumerate(durations):
+            m.observe("items", "queryTableOrView", 200 if i % 2 else 201, d)
+    else:  # prometheus_client's own, one value at a time
+        total = Counter("http_requests_total", "Total number of HTTP requests",
+                        metrics.REQUEST_LABELS, namespace=metrics.NAMESPACE)
+        duration = Histogram("http_request_duration_milliseconds", "HTTP request latency",
+                             metrics.REQUEST_LABELS, namespace=metrics.NAMESPACE,
+                             buckets=metrics.DURATION_BUCKETS_MS)
+        for i, d in enumerate(durations):
+            labels = ("items", "queryTableOrView", "200" if i % 2 else "201")
+            total.labels(*labels).inc()
+            duration.labels(*labels).observe(d)
+""")
+
+
+def test_tallies_write_what_observing_one_value_at_a_time_writes(tmp_path):
+    """RequestMetrics writes its tallies through prometheus_client's private histogram fields
+    (metrics.RequestMetrics.flush), into the multiprocess files a worker writes: the supervisor
+    must read exactly what Histogram.observe would have written, bucket by bucket."""
+    texts = {}
+    for mode in ("tallied", "one_by_one"):
+        mpdir = tmp_path / mode
+        mpdir.mkdir()
+        subprocess.run([sys.executable, "-c", TALLY_WORKER, mode], check=True,
+                       env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(mpdir)})
+        text = MetricsExposition(str(mpdir), registry=CollectorRegistry()).render().decode()
+        texts[mode] = {k: v for k, v in samples(text).items()
+                       if k[0].startswith("sqlite_rest_http_request")}
+    assert texts["tallied"] == texts["one_by_one"]
+    assert value_of(texts["tallied"], "sqlite_rest_http_request_duration_milliseconds_bucket",
+                    le="1.0", http_code="201") == 5  # 0.0, 0.3, 1.0 at even positions
+    assert sum(v for (n, _), v in texts["tallied"].items()
+               if n == "sqlite_rest_http_requests_total") == 39
+
+
+def value_of(found: dict, name, **labels):
+    return sum(v for (n, ls), v in found.items()
+               if n == name and all(dict(ls).get(k) == want for k, want in labels.items()))
+
+
+FLOOD_WORKER = textwrap.dedent("""
+    import sys, time
+    from sqlite_rest.observability import metrics
+    m = metrics.RequestMetrics()
+    writes = []
+    write = m.flush
+    m.flush = lambda: (writes.append(1), write())
+    for _ in range(1000):
+        m.observe("items", "queryTableOrView", 200, 2.0)
+    time.sleep(metrics.FLUSH_INTERVAL_S * 6)
+    print(len(writes), flush=True)
+    sys.stdin.read()  # alive (no exit-time write) until the parent has read the files
+""")
+
+
+def test_a_worker_writes_its_tallies_soon_and_in_few_writes(tmp_path):
+    """A burst of 1,000 requests reaches the worker's files while it lives, in a few writes
+    (not one per request: the point of tallying, #11)."""
+    mpdir = tmp_path / "prom"
+    mpdir.mkdir()
+    child = subprocess.Popen([sys.executable, "-c", FLOOD_WORKER], text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(mpdir)})
+    try:
+        writes = int(child.stdout.readline())
+        text = MetricsExposition(str(mpdir), registry=CollectorRegistry()).render().decode()
+        assert value(text, "sqlite_rest_http_requests_total", target="items") == 1000
+        assert value(text, "sqlite_rest_http_request_duration_milliseconds_sum") == 2000.0
+        assert 1 <= writes <= 3, writes
+    finally:
+        child.stdin.close()
+        child.wait(timeout=10)

@@ -65,11 +65,12 @@ def test_two_workers_serve_requests_and_metrics_add_up(serve, db):
         assert r.status_code == 200 and r.json()[0]["id"] == i
     r = httpx.post(f"{srv.base_url}/items", json={"name": "new", "price": 1.5, "qty": 1})
     assert r.status_code == 201
-    count = metric_value(srv.metrics_url, "sqlite_rest_http_requests_total",
-                         target="items", operation="queryTableOrView", http_code="200")
-    assert count == n
-    assert metric_value(srv.metrics_url, "sqlite_rest_http_requests_total",
-                        operation="insertTable", http_code="201") == 1
+    # a worker writes its counts within metrics.FLUSH_INTERVAL_S of a request
+    assert wait_for(lambda: metric_value(
+        srv.metrics_url, "sqlite_rest_http_requests_total", target="items",
+        operation="queryTableOrView", http_code="200") == n and metric_value(
+        srv.metrics_url, "sqlite_rest_http_requests_total", operation="insertTable",
+        http_code="201") == 1, timeout=5)
     assert metric_value(srv.metrics_url, "sqlite_rest_http_request_duration_milliseconds_count",
                         target="items", operation="queryTableOrView") == n
     assert metric_value(srv.metrics_url, "sqlite_rest_database_size_bytes") > 0
@@ -128,6 +129,9 @@ def test_killed_worker_is_replaced_and_counts_survive(serve, db):
     assert wait_for(lambda: len(srv.worker_pids()) == 2)
     for _ in range(10):
         httpx.get(f"{srv.base_url}/items?limit=1", headers={"Connection": "close"})
+    # counts a worker has written survive its death (it writes within FLUSH_INTERVAL_S)
+    assert wait_for(lambda: metric_value(srv.metrics_url, "sqlite_rest_http_requests_total",
+                                         target="items") == 10, timeout=5)
     before = set(srv.worker_pids())
     victim = sorted(before)[0]
     os.kill(victim, signal.SIGKILL)

@@ -91,18 +91,64 @@ def make_table_view(app, state):
                 if table is None:
                     raise unknown_table(state, environ, table_name, schema)
                 return _read(state, environ, table, prefs, method == "HEAD", (conn, read_at))
+        if method == "GET" or method == "HEAD":
+            return read_table(state, environ, table_name, prefs, method == "HEAD")
         schema = schema_cache.get(db.reader())
         table = schema.table(table_name)
         if table is None:
             raise unknown_table(state, environ, table_name, schema)
-        if method == "GET" or method == "HEAD":
-            return _read(state, environ, table, prefs, method == "HEAD")
         if method == "OPTIONS":
             return _options(table, rule)
         return write(state, environ, table, prefs, method,
                      query_of(environ.get("QUERY_STRING", "")))
 
     return table_endpoint
+
+
+#: Reads planned on a schema that then moved, before one is planned on a freshly read schema.
+SCHEMA_RACE_RETRIES = 2
+
+
+def read_table(state, environ, table_name: str, prefs, head: bool) -> ApiResponse:
+    """A GET or HEAD of a table (on a primary), planned on the cached schema and confirmed
+    once its statements ran (api/schema.SchemaCache.confirm): no schema query per read. A read
+    that raced a schema change, or failed on one (a column added since: 400 from a stale
+    plan), runs again on the new schema."""
+    conn = state.db.reader()  # the connection _read's statements run on (per thread)
+    cache = state.schema_cache
+    schema = cache.planned(conn)
+    for _ in range(SCHEMA_RACE_RETRIES):
+        try:
+            table = schema.table(table_name)
+            if table is None:
+                raise unknown_table(state, environ, table_name, schema)
+            response = _read(state, environ, table, prefs, head)
+        except Exception:  # noqa: BLE001 - raised again unless the schema moved
+            # It may have been raised before any statement ran: ask the database itself.
+            current = _schema_now(cache, conn, schema)
+            if current is schema:
+                raise
+        else:
+            current = cache.confirm(conn, schema)
+            if current is schema:
+                return response
+        schema = current
+    # The schema kept moving: the schema first, as writes do (a change in between is what
+    # SQLite's own statement checks see).
+    schema = cache.get(conn)
+    table = schema.table(table_name)
+    if table is None:
+        raise unknown_table(state, environ, table_name, schema)
+    return _read(state, environ, table, prefs, head)
+
+
+def _schema_now(cache, conn, schema):
+    """The schema as the database has it, or ``schema`` when asking fails: the read's own
+    error is then the one to answer."""
+    try:
+        return cache.get(conn)
+    except Exception:  # noqa: BLE001
+        return schema
 
 
 def unknown_table(state, environ, table_name: str, schema=None):

@@ -206,14 +206,19 @@ class RequestLog:
 
     def write(self, method: str, path: str, status: int, duration_ms: float,
               nbytes: Optional[int], remote: Optional[str]) -> None:
-        fields = {"method": method, "path": path, "status": status,
-                  "duration_ms": round(duration_ms, 3), "bytes": nbytes, "remote": remote}
+        # One dict and integer arithmetic: round() goes through a decimal string (0.7 us for
+        # the timestamp alone), and the line cost 3 us where a GET by key costs 40 (#11).
+        duration_ms = int(duration_ms * 1000.0 + 0.5) / 1000.0
         if self._put is not None:
-            self._put(orjson.dumps({"ts": round(time.time(), 6), "level": "info",
-                                    "logger": self._name, "msg": "request", **fields},
-                                   option=orjson.OPT_APPEND_NEWLINE))
-        else:
-            self._log.info("request", extra=fields)
+            self._put(orjson.dumps(
+                {"ts": time.time_ns() // 1000 / 1e6, "level": "info", "logger": self._name,
+                 "msg": "request", "method": method, "path": path, "status": status,
+                 "duration_ms": duration_ms, "bytes": nbytes, "remote": remote},
+                option=orjson.OPT_APPEND_NEWLINE))
+            return
+        self._log.info("request", extra={"method": method, "path": path, "status": status,
+                                         "duration_ms": duration_ms, "bytes": nbytes,
+                                         "remote": remote})
 
 
 def _writes_json_to_stderr(log: logging.Logger) -> bool:
