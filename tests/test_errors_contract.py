@@ -101,6 +101,25 @@ def _busy(env):
         blocker.close()
 
 
+def _schema_changing(env):
+    """A migration that changes the schema again every time the server reloads it: the write
+    is planned again at each reload (routes.write_table) and finally refused, with nothing
+    written."""
+    app = env.app()
+    client = app.test_client()
+    assert client.get("/books?limit=1").status_code == 200  # the schema is cached
+    migrator = apsw.Connection(str(env.db))
+    step = iter(range(1000))
+    migrate = lambda: migrator.execute(f"CREATE TABLE migration_{next(step)}(x)")  # noqa: E731
+    cache = app.extensions["sqlite_rest"].schema_cache
+    cache.on_reload = lambda previous, schema: migrate()
+    migrate()
+    try:
+        return client.post("/books", json={"title": "x"})
+    finally:
+        migrator.close()
+
+
 def _disk_full(env):
     app = env.app()
     client = app.test_client()
@@ -231,6 +250,7 @@ TRIGGERS = {
     "read_only": lambda e: e.client(dsn=f"file:{e.db}?mode=ro").post("/books", json={"title": "t"}),
     "busy": _busy,
     "disk_full": _disk_full,
+    "schema_changing": _schema_changing,
     "database_corrupt": _corrupt,
     "database_unavailable": lambda e: e.client(dsn=str(e.tmp_path / "no" / "such" / "dir.db")
                                                ).get("/books"),

@@ -60,6 +60,7 @@ def test_metrics_count_table_requests_only(app):
     client.get("/live")
     client.get("/ready")
     metrics = app.extensions["sqlite_rest.metrics"]
+    metrics.flush()  # tallies are written 50 ms after a request, or when the registry is read
     counts = {tuple(sorted(s.labels.items())): s.value
               for family in metrics.requests_total.collect() for s in family.samples
               if s.name.endswith("_total")}

@@ -36,7 +36,7 @@ from .sql import build_count, build_select, shape_statement, slot_text
 from .embedding import check_embedded, embedded_tables, embeds_under_role, json_body_sql
 from .positions import format_txid
 from .replica_reads import replica_snapshot, replica_txid
-from .writes import write
+from .writes import SchemaMoved, write
 
 METHODS = ["GET", "HEAD", "POST", "PATCH", "PUT", "DELETE", "OPTIONS"]
 
@@ -93,14 +93,14 @@ def make_table_view(app, state):
                 return _read(state, environ, table, prefs, method == "HEAD", (conn, read_at))
         if method == "GET" or method == "HEAD":
             return read_table(state, environ, table_name, prefs, method == "HEAD")
-        schema = schema_cache.get(db.reader())
-        table = schema.table(table_name)
-        if table is None:
-            raise unknown_table(state, environ, table_name, schema)
         if method == "OPTIONS":
+            schema = schema_cache.get(db.reader())
+            table = schema.table(table_name)
+            if table is None:
+                raise unknown_table(state, environ, table_name, schema)
             return _options(table, rule)
-        return write(state, environ, table, prefs, method,
-                     query_of(environ.get("QUERY_STRING", "")))
+        return write_table(state, environ, table_name, prefs, method,
+                           query_of(environ.get("QUERY_STRING", "")))
 
     return table_endpoint
 
@@ -140,6 +140,30 @@ def read_table(state, environ, table_name: str, prefs, head: bool) -> ApiRespons
     if table is None:
         raise unknown_table(state, environ, table_name, schema)
     return _read(state, environ, table, prefs, head)
+
+
+def write_table(state, environ, table_name: str, prefs, method: str, query) -> ApiResponse:
+    """A POST, PATCH, PUT or DELETE of a table, planned on the cached schema; its transaction
+    checks that schema before its first statement (writes.write, SchemaCache.holds: no schema
+    query per write while the database is unchanged). A write that found the schema moved, or
+    failed on a stale plan, is planned again on the new schema (its body is read once)."""
+    reader = state.db.reader()
+    cache = state.schema_cache
+    schema = cache.planned(reader)
+    for _ in range(SCHEMA_RACE_RETRIES + 1):
+        try:
+            table = schema.table(table_name)
+            if table is None:
+                raise unknown_table(state, environ, table_name, schema)
+            return write(state, environ, table, prefs, method, query, schema)
+        except SchemaMoved:  # nothing of it ran
+            current = cache.get(reader)
+        except Exception:  # noqa: BLE001 - raised again unless the schema moved
+            current = _schema_now(cache, reader, schema)
+            if current is schema:
+                raise
+        schema = current
+    raise api_error("schema_changing")
 
 
 def _schema_now(cache, conn, schema):

@@ -304,13 +304,14 @@ class SchemaCache:
     `get(conn)` costs one `PRAGMA schema_version` when nothing changed. Any
     connection to the same database may be passed: the version is per file.
 
-    Reads skip even that (`planned` then `confirm`, routes.read_table): they are planned on
-    the cached schema and checked once their statement ran, by the connection's data version
+    Requests skip even that while the database does not change: they are planned on the
+    cached schema (`planned`) and checked by the connection's data version
     (SQLITE_FCNTL_DATA_VERSION: a counter in memory that moves when a transaction finds the
     database changed since the connection's previous one, by anyone). When it has not moved
-    since this thread last ran the PRAGMA, the read saw the schema that PRAGMA confirmed.
-    The PRAGMA's read transaction was 9 % of a GET by key in-process and 8 % of a worker's
-    GIL time under load (#11).
+    since the PRAGMA last confirmed the schema on that connection, the transaction saw that
+    schema. Reads check after their statement ran (`confirm`, routes.read_table), writes
+    inside their transaction before their first statement (`holds`, writes.write). The PRAGMA
+    was 9 % of a GET by key and of a POST in-process, 8 % of a worker's GIL time (#11).
     """
 
     def __init__(self, on_reload: Callable[[Schema | None, Schema], None] | None = None,
@@ -321,15 +322,28 @@ class SchemaCache:
         self._lock = threading.Lock()
         #: Called with (previous schema or None, new schema) after every (re)load.
         self.on_reload = on_reload
-        #: Per thread: (connection, its data version, the schema confirmed at that version).
-        #: Thread-local, not per connection object: a connection dies with its thread.
-        self._confirmed = threading.local()
+        #: Per thread, {connection: (its data version, the schema confirmed at it)}: a
+        #: thread's connections are its own (db.Database) and die with it.
+        self._local = threading.local()
+
+    def _confirmed(self) -> dict:
+        try:
+            return self._local.confirmed
+        except AttributeError:
+            confirmed = self._local.confirmed = {}
+            return confirmed
+
+    def _confirm_on(self, conn: apsw.Connection, schema: Schema) -> None:
+        confirmed = self._confirmed()
+        if len(confirmed) > 4:  # a thread has a reader and a writer; forks leave stale ones
+            confirmed.clear()
+        confirmed[conn] = (conn.data_version(), schema)
 
     def get(self, conn: apsw.Connection) -> Schema:
         version = conn.execute("PRAGMA schema_version").get  # one row, one column
         schema = self._schema
         if schema is not None and schema.version == version:
-            self._confirmed.at = (conn, conn.data_version(), schema)
+            self._confirm_on(conn, schema)
             return schema
         with self._lock:
             schema = self._schema
@@ -337,14 +351,14 @@ class SchemaCache:
                 previous, schema = schema, load_schema(conn, self.declared)
                 self._schema = schema
                 # load_schema read it in one transaction, the connection's latest
-                self._confirmed.at = (conn, conn.data_version(), schema)
+                self._confirm_on(conn, schema)
                 if self.on_reload is not None:
                     self.on_reload(previous, schema)
             return schema
 
     def planned(self, conn: apsw.Connection) -> Schema:
-        """The schema to plan a read on ``conn`` with: the cached one, unchecked (no query).
-        The read must then be checked with `confirm`."""
+        """The schema to plan a request on: the cached one, unchecked (no query). A read must
+        then be checked with `confirm`, a write with `holds`."""
         return self._schema or self.get(conn)
 
     def confirm(self, conn: apsw.Connection, schema: Schema) -> Schema:
@@ -353,11 +367,22 @@ class SchemaCache:
 
         Sound because schema_version only grows: when a later PRAGMA still finds the version
         ``schema`` was loaded at, every snapshot between (the read's) had it too."""
-        confirmed = getattr(self._confirmed, "at", None)
-        if (confirmed is not None and confirmed[2] is schema and confirmed[0] is conn
-                and confirmed[1] == conn.data_version()):
+        seen = self._confirmed().get(conn)
+        if seen is not None and seen[1] is schema and seen[0] == conn.data_version():
             return schema
         return self.get(conn)
+
+    def holds(self, conn: apsw.Connection, schema: Schema) -> bool:
+        """Inside a transaction on ``conn`` (a write's, before its first statement): True when
+        its snapshot has ``schema``. No reload here: the caller plans again on `get`."""
+        version = conn.data_version()  # the snapshot's: taken by BEGIN IMMEDIATE
+        seen = self._confirmed().get(conn)
+        if seen is not None and seen[1] is schema and seen[0] == version:
+            return True
+        if conn.execute("PRAGMA schema_version").get != schema.version:
+            return False
+        self._confirm_on(conn, schema)
+        return True
 
     def invalidate(self) -> None:
         self._schema = None

@@ -67,18 +67,33 @@ def _content_kind_of(content_type: str | None) -> str:
 
 
 def _body_bytes(environ, max_bytes: int) -> bytes:
-    """The raw body. A plain Content-Length within the limit is read straight from the WSGI
-    stream; anything else (chunked, too large → 413) goes through werkzeug."""
+    """The raw body, read once (a write planned again after a schema change reads it again:
+    routes.write_table). A plain Content-Length within the limit is read straight from the
+    WSGI stream; anything else (chunked, too large → 413) goes through werkzeug."""
+    data = environ.get(BODY_ENVIRON)
+    if data is not None:
+        return data
     length = environ.get("CONTENT_LENGTH")
     size = int64(length) if length and length.isdigit() else None
     if size is not None and size <= max_bytes:
         data = environ["wsgi.input"].read(size) if size else b""
         if len(data) != size:
             raise ClientDisconnected()
-        return data
-    slow = Request(environ)
-    slow.max_content_length = max_bytes  # werkzeug answers 413 past it
-    return slow.get_data(cache=False)
+    else:
+        slow = Request(environ)
+        slow.max_content_length = max_bytes  # werkzeug answers 413 past it
+        data = slow.get_data(cache=False)
+    environ[BODY_ENVIRON] = data
+    return data
+
+
+#: The environ key of the request body once read (_body_bytes).
+BODY_ENVIRON = "sqlite_rest.body"
+
+
+class SchemaMoved(Exception):
+    """A write's transaction found another schema than the one it was planned on
+    (SchemaCache.holds): nothing of it ran; routes.write_table plans it again."""
 
 
 # orjson reads an integer literal beyond its range (-2**63 .. 2**64-1) as a float, silently
@@ -264,7 +279,9 @@ def _location(table, row: tuple, key_columns) -> str:
     return "/" + quote(table.name, safe="") + "?" + "&".join(parts)
 
 
-def write(state, environ, table, prefs, method: str, query) -> ApiResponse:
+def write(state, environ, table, prefs, method: str, query, schema=None) -> ApiResponse:
+    """``schema``: the schema ``table`` is from, checked inside the write's transaction
+    (SchemaMoved when it moved); None: not checked (the caller asked the database first)."""
     config = state.config
     if state.replica and config.forward_writes:
         from .forward import forward_write
@@ -378,11 +395,15 @@ def write(state, environ, table, prefs, method: str, query) -> ApiResponse:
     if order and columns:
         columns = columns[:-len(order)]
 
+    schema_cache = state.schema_cache
+
     def work(conn) -> tuple[list, int, bytes]:
         """The request's statements and checks, inside the write transaction (group commit
         may run it on another request's thread: nothing here may touch Flask's request)."""
         rows: list = []
         affected = 0
+        if schema is not None and conn is not None and not schema_cache.holds(conn, schema):
+            raise SchemaMoved()
         if watch_inserts and conn is not None:
             conn.set_last_insert_rowid(_NO_INSERT)
         for statement in statements:
