@@ -548,3 +548,23 @@ def test_writes_ask_for_the_schema_inside_their_transaction(client, db):
         assert client.post("/books", json={"title": f"t{i}"}).status_code == 201
     assert asked["reader"] == 0
     assert asked["writer"] <= 5
+
+
+def test_a_write_that_fails_after_its_commit_is_never_run_twice(db, commits):
+    """A write is planned again only when nothing of it committed (routes.write_table): here
+    the schema moves and the answer fails after COMMIT; the row is written once, and the
+    client gets the error."""
+    migrator = apsw.Connection(str(db))
+
+    class FailingPosition:
+        def __str__(self):
+            migrator.execute("CREATE TABLE IF NOT EXISTS moved(x)")  # the schema moves too
+            raise RuntimeError("position lost after the commit")
+
+    app = create_app(ServerConfig(db_dsn=str(db), allow_tables=("books",), auth_disabled=True,
+                                  writer_hook=RecordingHook(commits, lambda n: FailingPosition())))
+    r = app.test_client().post("/books", json={"id": 50, "title": "once"})
+    assert r.status_code == 500 and r.get_json()["code"] == "XX000", r.data
+    assert len(commits) == 1
+    assert rows(db, "SELECT count(*) FROM books WHERE id = 50") == [(1,)]
+    migrator.close()

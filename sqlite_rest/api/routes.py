@@ -36,7 +36,7 @@ from .sql import build_count, build_select, shape_statement, slot_text
 from .embedding import check_embedded, embedded_tables, embeds_under_role, json_body_sql
 from .positions import format_txid
 from .replica_reads import replica_snapshot, replica_txid
-from .writes import SchemaMoved, write
+from .writes import WRITTEN_ENVIRON, SchemaMoved, write
 
 METHODS = ["GET", "HEAD", "POST", "PATCH", "PUT", "DELETE", "OPTIONS"]
 
@@ -159,6 +159,8 @@ def write_table(state, environ, table_name: str, prefs, method: str, query) -> A
         except SchemaMoved:  # nothing of it ran
             current = cache.get(reader)
         except Exception:  # noqa: BLE001 - raised again unless the schema moved
+            if environ.get(WRITTEN_ENVIRON):  # failed after its COMMIT: never twice
+                raise
             current = _schema_now(cache, reader, schema)
             if current is schema:
                 raise

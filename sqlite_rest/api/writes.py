@@ -89,6 +89,9 @@ def _body_bytes(environ, max_bytes: int) -> bytes:
 
 #: The environ key of the request body once read (_body_bytes).
 BODY_ENVIRON = "sqlite_rest.body"
+#: Set in the environ once a write committed (or was forwarded): an error after that point
+#: must not make routes.write_table run it again.
+WRITTEN_ENVIRON = "sqlite_rest.written"
 
 
 class SchemaMoved(Exception):
@@ -285,8 +288,9 @@ def write(state, environ, table, prefs, method: str, query, schema=None) -> ApiR
     config = state.config
     if state.replica and config.forward_writes:
         from .forward import forward_write
-        return forward_write(state, environ,
-                             _body_bytes(environ, config.max_body_bytes))
+        body = _body_bytes(environ, config.max_body_bytes)
+        environ[WRITTEN_ENVIRON] = True  # the primary may have written it, whatever comes back
+        return forward_write(state, environ, body)
     if state.replica:  # a read replica: the primary takes the writes
         refuse_write(config, SQL_VERB[method], "this server reads a replica of the database")
     return_ = prefs.return_
@@ -440,6 +444,7 @@ def write(state, environ, table, prefs, method: str, query, schema=None) -> ApiR
     if statements:
         (rows, affected, body_bytes, inserted), commit_result = state.db.write(
             work, rollback=prefs.tx == "rollback")
+        environ[WRITTEN_ENVIRON] = True  # committed: never run again (routes.write_table)
     else:  # an empty PATCH (or POST of []) writes nothing: no transaction, no position
         (rows, affected, body_bytes, inserted), commit_result = work(None), None
     headers = list(CORS_HEADERS)
