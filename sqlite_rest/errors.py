@@ -185,7 +185,7 @@ ERROR_TABLE: tuple[ErrorCase, ...] = (
     ErrorCase("busy", "SQLITE_BUSY / LOCKED after the busy timeout",
               503, "PGRST003", "The database is busy, try again",
               "Retry after the number of seconds in Retry-After"),
-    ErrorCase("schema_changing", "the schema changed under a write three times in a row "
+    ErrorCase("schema_changing", "the schema changed under a write ten times in a row "
               "(it is planned again each time)",
               503, "PGRST002", "Could not query the database for the schema cache. Retrying.",
               "The schema is being changed (a migration?): retry the request"),

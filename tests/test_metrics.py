@@ -215,3 +215,31 @@ def test_a_worker_writes_its_tallies_soon_and_in_few_writes(tmp_path):
     finally:
         child.stdin.close()
         child.wait(timeout=10)
+
+
+FORKED_WORKER = textwrap.dedent("""
+    import multiprocessing
+    from sqlite_rest.observability import metrics
+
+    def serve():  # a granian worker is a forked multiprocessing child, ended by os._exit
+        m = metrics.RequestMetrics()
+        for _ in range(100):
+            m.observe("items", "queryTableOrView", 200, 2.0)
+
+    child = multiprocessing.get_context("fork").Process(target=serve)
+    child.start()
+    child.join()
+    assert child.exitcode == 0
+""")
+
+
+def test_a_worker_that_stops_writes_its_last_counts(tmp_path):
+    """A multiprocessing child never runs atexit: a graceful stop within FLUSH_INTERVAL_S of
+    the last requests lost their counts until the exit-time write was a multiprocessing
+    finalizer too (logs.at_process_exit)."""
+    mpdir = tmp_path / "prom"
+    mpdir.mkdir()
+    subprocess.run([sys.executable, "-c", FORKED_WORKER], check=True,
+                   env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(mpdir)})
+    text = MetricsExposition(str(mpdir), registry=CollectorRegistry()).render().decode()
+    assert value(text, "sqlite_rest_http_requests_total", target="items") == 100

@@ -105,19 +105,20 @@ def make_table_view(app, state):
     return table_endpoint
 
 
-#: Reads planned on a schema that then moved, before one is planned on a freshly read schema.
-SCHEMA_RACE_RETRIES = 2
+#: Times a request is planned on a schema that then moved (a migration running) before a
+#: read answers with its last attempt and a write with 503 PGRST002.
+SCHEMA_RACE_ATTEMPTS = 10
 
 
 def read_table(state, environ, table_name: str, prefs, head: bool) -> ApiResponse:
     """A GET or HEAD of a table (on a primary), planned on the cached schema and confirmed
-    once its statements ran (api/schema.SchemaCache.confirm): no schema query per read. A read
-    that raced a schema change, or failed on one (a column added since: 400 from a stale
-    plan), runs again on the new schema."""
+    once its statements ran (api/schema.SchemaCache.confirm): no schema query per read while
+    the database is unchanged. A read that raced a schema change, or failed on one (a column
+    added since: 400 from a stale plan), runs again on the new schema."""
     conn = state.db.reader()  # the connection _read's statements run on (per thread)
     cache = state.schema_cache
     schema = cache.planned(conn)
-    for _ in range(SCHEMA_RACE_RETRIES):
+    for attempt in range(SCHEMA_RACE_ATTEMPTS):
         try:
             table = schema.table(table_name)
             if table is None:
@@ -126,31 +127,29 @@ def read_table(state, environ, table_name: str, prefs, head: bool) -> ApiRespons
         except Exception:  # noqa: BLE001 - raised again unless the schema moved
             # It may have been raised before any statement ran: ask the database itself.
             current = _schema_now(cache, conn, schema)
-            if current is schema:
+            if current is schema or attempt == SCHEMA_RACE_ATTEMPTS - 1:
                 raise
         else:
             current = cache.confirm(conn, schema)
-            if current is schema:
+            # Still moving after every attempt: the last one answers, planned on a schema
+            # read just before it, as every read was before #11.
+            if current is schema or attempt == SCHEMA_RACE_ATTEMPTS - 1:
                 return response
         schema = current
-    # The schema kept moving: the schema first, as writes do (a change in between is what
-    # SQLite's own statement checks see).
-    schema = cache.get(conn)
-    table = schema.table(table_name)
-    if table is None:
-        raise unknown_table(state, environ, table_name, schema)
-    return _read(state, environ, table, prefs, head)
+    raise AssertionError("unreachable")  # the last attempt returns or raises
 
 
 def write_table(state, environ, table_name: str, prefs, method: str, query) -> ApiResponse:
     """A POST, PATCH, PUT or DELETE of a table, planned on the cached schema; its transaction
-    checks that schema before its first statement (writes.write, SchemaCache.holds: no schema
-    query per write while the database is unchanged). A write that found the schema moved, or
-    failed on a stale plan, is planned again on the new schema (its body is read once)."""
+    checks that schema before its first statement (writes.write, SchemaCache.holds): no read
+    transaction for the schema, and a PRAGMA inside the write's own only when its data version
+    moved (every commit moves it, its own too). A write that found the schema moved, or failed
+    on a stale plan, is planned again on the new schema (its body is read once); one that
+    still finds it moving after SCHEMA_RACE_ATTEMPTS answers 503 PGRST002."""
     reader = state.db.reader()
     cache = state.schema_cache
     schema = cache.planned(reader)
-    for _ in range(SCHEMA_RACE_RETRIES + 1):
+    for attempt in range(SCHEMA_RACE_ATTEMPTS):
         try:
             table = schema.table(table_name)
             if table is None:
@@ -162,8 +161,8 @@ def write_table(state, environ, table_name: str, prefs, method: str, query) -> A
             if environ.get(WRITTEN_ENVIRON):  # failed after its COMMIT: never twice
                 raise
             current = _schema_now(cache, reader, schema)
-            if current is schema:
-                raise
+            if current is schema or attempt == SCHEMA_RACE_ATTEMPTS - 1:
+                raise  # its own error, not a 503, even when the schema moved meanwhile
         schema = current
     raise api_error("schema_changing")
 

@@ -346,6 +346,9 @@ class SchemaCache:
             self._confirm_on(conn, schema)
             return schema
         with self._lock:
+            # Asked again under the lock: threads that queued here while another reloaded
+            # find the schema current instead of each reloading it (a migration running).
+            version = conn.execute("PRAGMA schema_version").get
             schema = self._schema
             if schema is None or schema.version != version:
                 previous, schema = schema, load_schema(conn, self.declared)
@@ -354,6 +357,8 @@ class SchemaCache:
                 self._confirm_on(conn, schema)
                 if self.on_reload is not None:
                     self.on_reload(previous, schema)
+            else:
+                self._confirm_on(conn, schema)
             return schema
 
     def planned(self, conn: apsw.Connection) -> Schema:

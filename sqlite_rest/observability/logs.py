@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import orjson
 
@@ -123,6 +123,18 @@ def dict_config(go_level: int = DEFAULT_LOG_LEVEL, devel: bool = False) -> dict:
     }
 
 
+def at_process_exit(fn: Callable[[], None]) -> None:
+    """Run ``fn`` when this process ends normally: at interpreter exit (`atexit`), and at the
+    end of a multiprocessing child, which leaves through ``os._exit`` and never runs atexit.
+    granian's workers are such children: their last request-log lines and counts were lost
+    at every graceful stop (found in review, #11). Call it in the process that must run it."""
+    import atexit
+    from multiprocessing import util
+
+    atexit.register(fn)
+    util.Finalize(None, fn, exitpriority=10)
+
+
 class _LineWriter:
     """Writes request log lines to a file descriptor from one background thread.
 
@@ -138,7 +150,6 @@ class _LineWriter:
     FLUSH_INTERVAL = 0.05
 
     def __init__(self, fd: int = 2):
-        import atexit
         import queue
         import threading
 
@@ -147,7 +158,7 @@ class _LineWriter:
         self._queue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
         self._thread.start()
-        atexit.register(self.flush)
+        at_process_exit(self.flush)
         #: Append one line (bytes); never blocks, never wakes a thread.
         self.put = self._queue.put
 

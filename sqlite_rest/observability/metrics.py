@@ -20,7 +20,6 @@ import time, so importing this module in the parent does not register worker met
 """
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import queue
@@ -34,6 +33,8 @@ from flask import Flask
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .logs import at_process_exit
 
 log = logging.getLogger(__name__)
 
@@ -84,23 +85,32 @@ class RequestMetrics:
     """
 
     def __init__(self, registry: Optional[CollectorRegistry] = REGISTRY):
+        flush_first = _FlushBeforeCollect(self)
         if registry is not None:
-            registry.register(_FlushBeforeCollect(self))  # first: collected before the rest
-        self.requests_total = Counter(
-            "http_requests_total", "Total number of HTTP requests", REQUEST_LABELS,
-            namespace=NAMESPACE, registry=registry)
-        self.request_duration = Histogram(
-            "http_request_duration_milliseconds", "HTTP request latency", REQUEST_LABELS,
-            namespace=NAMESPACE, buckets=DURATION_BUCKETS_MS, registry=registry)
-        self.auth_failed = Counter(
-            "auth_failed_requests_total", "Total number of failed authentication requests",
-            namespace=NAMESPACE, registry=registry)
-        self.access_check_failed = Counter(
-            "access_check_failed_requests_total", "Total number of failed access check requests",
-            namespace=NAMESPACE, registry=registry)
+            registry.register(flush_first)  # first: collected before the rest
+        try:
+            self.requests_total = Counter(
+                "http_requests_total", "Total number of HTTP requests", REQUEST_LABELS,
+                namespace=NAMESPACE, registry=registry)
+            self.request_duration = Histogram(
+                "http_request_duration_milliseconds", "HTTP request latency", REQUEST_LABELS,
+                namespace=NAMESPACE, buckets=DURATION_BUCKETS_MS, registry=registry)
+            self.auth_failed = Counter(
+                "auth_failed_requests_total", "Total number of failed authentication requests",
+                namespace=NAMESPACE, registry=registry)
+            self.access_check_failed = Counter(
+                "access_check_failed_requests_total",
+                "Total number of failed access check requests",
+                namespace=NAMESPACE, registry=registry)
+        except Exception:  # e.g. the names already registered: leave the registry as it was
+            if registry is not None:
+                registry.unregister(flush_first)
+            raise
         # (target, operation, code) -> (counter child, histogram child): labels() is slow.
         self._children: dict = {}
         self._lock = threading.Lock()
+        #: Held over a whole write: an exit-time flush waits for the thread's batch in flight.
+        self._write_lock = threading.Lock()
         #: (target, operation, code) -> [sum of durations, count per bucket..., count > last]
         self._tally: dict = {}
         _LIVE.add(self)
@@ -140,8 +150,12 @@ class RequestMetrics:
 
     def flush(self) -> None:
         """Write the tallies to the prometheus values (the mmap files in a worker)."""
-        with self._lock:
-            tallies, self._tally = self._tally, {}
+        with self._write_lock:
+            with self._lock:
+                tallies, self._tally = self._tally, {}
+            self._write(tallies)
+
+    def _write(self, tallies: dict) -> None:
         for key, tally in tallies.items():
             counter, histogram = self._children_of(key)
             counter.inc(sum(tally[1:]))
@@ -190,9 +204,9 @@ def _flusher() -> queue.SimpleQueue:
         with _FLUSHER_LOCK:
             flusher = _FLUSHER
             if flusher is None or flusher[0] != os.getpid():
-                if flusher is None:
-                    atexit.register(_flush_all)  # normal exits; a worker is SIGKILLed or exits
-                    # through os._exit: it loses at most FLUSH_INTERVAL_S of counts
+                # Every process that counts writes what is left when it ends (a granian worker
+                # too); one killed by SIGKILL loses at most FLUSH_INTERVAL_S of counts.
+                at_process_exit(_flush_all)
                 flusher = _FLUSHER = (os.getpid(), queue.SimpleQueue())
                 threading.Thread(target=_write_tallies, args=(flusher[1],),
                                  name="request-metrics", daemon=True).start()
