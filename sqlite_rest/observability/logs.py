@@ -142,8 +142,8 @@ class _LineWriter:
     joins whatever queued up into one ``os.write``. Waking it per line cost ~40 us of CPU per
     request (bench/api_get_by_pk.py: 124 -> 84 us for a GET by key), more than the request's
     own work; before that, py-spy showed the per-request ``os.write`` of 16 threads at ~15 %
-    of a worker's time and `logging`'s handler lock at ~40 %. Lines still pending at
-    interpreter exit are flushed.
+    of a worker's time and `logging`'s handler lock at ~40 %. Lines still pending when the
+    process ends are written (`at_process_exit`).
     """
 
     #: Seconds between writes: lines reach the log at most this late.
