@@ -47,7 +47,9 @@ def run(backend: str, code_dir: Path, args, s3, workdir: Path) -> dict:
             try:
                 r = torture.trial(number, target, lost_db)
             except (RuntimeError, AssertionError) as exc:  # e.g. the server refused to start
-                print(f"    trial {number} ({target}) ended the run: {str(exc)[-300:]}")
+                # whole: its first lines say why the start failed, its last the replica's files
+                # (cut to 300 characters, a run on 2026-12-06 kept only the listing)
+                print(f"    trial {number} ({target}) ended the run: {exc}")
                 by_target["ended the run"]["failed"] += 1
                 break
             results.append(r)
