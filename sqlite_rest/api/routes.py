@@ -87,17 +87,13 @@ def make_table_view(app, state):
             # VFS callbacks (each takes the GIL back from the workers' other threads).
             with replica_snapshot(state, environ, db.reader()) as read_at, db.read() as conn:
                 schema = schema_cache.get(conn)
-                table = schema.table(table_name)
-                if table is None:
-                    raise unknown_table(state, environ, table_name, schema)
+                table = table_or_unknown(state, environ, schema, table_name)
                 return _read(state, environ, table, prefs, method == "HEAD", (conn, read_at))
         if method == "GET" or method == "HEAD":
             return read_table(state, environ, table_name, prefs, method == "HEAD")
         if method == "OPTIONS":
             schema = schema_cache.get(db.reader())
-            table = schema.table(table_name)
-            if table is None:
-                raise unknown_table(state, environ, table_name, schema)
+            table = table_or_unknown(state, environ, schema, table_name)
             return _options(table, rule)
         return write_table(state, environ, table_name, prefs, method,
                            query_of(environ.get("QUERY_STRING", "")))
@@ -120,9 +116,7 @@ def read_table(state, environ, table_name: str, prefs, head: bool) -> ApiRespons
     schema = cache.planned(conn)
     for attempt in range(SCHEMA_RACE_ATTEMPTS):
         try:
-            table = schema.table(table_name)
-            if table is None:
-                raise unknown_table(state, environ, table_name, schema)
+            table = table_or_unknown(state, environ, schema, table_name)
             response = _read(state, environ, table, prefs, head)
         except Exception:  # noqa: BLE001 - raised again unless the schema moved
             # It may have been raised before any statement ran: ask the database itself.
@@ -151,9 +145,7 @@ def write_table(state, environ, table_name: str, prefs, method: str, query) -> A
     schema = cache.planned(reader)
     for attempt in range(SCHEMA_RACE_ATTEMPTS):
         try:
-            table = schema.table(table_name)
-            if table is None:
-                raise unknown_table(state, environ, table_name, schema)
+            table = table_or_unknown(state, environ, schema, table_name)
             return write(state, environ, table, prefs, method, query, schema)
         except SchemaMoved:  # nothing of it ran
             current = cache.get(reader)
@@ -174,6 +166,14 @@ def _schema_now(cache, conn, schema):
         return cache.get(conn)
     except Exception:  # noqa: BLE001
         return schema
+
+
+def table_or_unknown(state, environ, schema, table_name: str):
+    """The table of ``schema`` named ``table_name``, or 404 PGRST205 (`unknown_table`)."""
+    table = schema.table(table_name)
+    if table is None:
+        raise unknown_table(state, environ, table_name, schema)
+    return table
 
 
 def unknown_table(state, environ, table_name: str, schema=None):
