@@ -22,7 +22,7 @@ import os
 import re
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Iterator, Optional, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, TypeVar, Union
 
 import apsw
 
@@ -493,11 +493,19 @@ class Database:
         batch: list = []
         try:
             with self._write_turn:
+                # The batch is taken once SQLite's write lock is ours: the writes that arrive
+                # while the leader waits for another worker's transaction join this batch
+                # instead of waiting for the next (#11: BEGIN IMMEDIATE waited 0.2 ms on
+                # average under a POST flood on 2 workers; POST 1.07x, p99 13.1 -> 12.2 ms).
+                try:
+                    begun: Union[apsw.Connection, BaseException] = self._begin()
+                except BaseException as exc:  # e.g. SQLITE_BUSY past the busy timeout
+                    begun = exc
                 with self._queue_lock:
                     pending = self._pending
                     while pending and len(batch) < MAX_GROUP_COMMIT:
                         batch.append(pending.popleft())
-                self._run_batch(batch)
+                self._run_batch(batch, begun)
         finally:
             if batch:
                 with self._queue_lock:
@@ -528,10 +536,11 @@ class Database:
             if leading or (queued and write.wake.acquire(False)):
                 self._pass_lead()
 
-    def _run_batch(self, batch: list) -> None:
-        """Under the write turn: the writes of `batch`, one COMMIT; every one answered."""
+    def _run_batch(self, batch: list, begun: Union[apsw.Connection, BaseException]) -> None:
+        """Under the write turn, in the transaction `begun` (or failing with what beginning it
+        raised): the writes of `batch`, one COMMIT; every one answered."""
         try:
-            self._commit_batch(batch)
+            self._commit_batch(batch, begun)
         except BaseException as exc:  # noqa: BLE001 - e.g. a failing ROLLBACK TO: never
             # leave a taken write unanswered (its thread would find it neither done nor queued)
             conn = self._connections().writer
@@ -542,12 +551,11 @@ class Database:
                     pass
             self._finish(batch, exc)  # the writes not yet answered get the error
 
-    def _commit_batch(self, batch: list) -> None:
-        try:
-            conn = self._begin()
-        except BaseException as exc:  # e.g. SQLITE_BUSY past the busy timeout: all fail
-            self._finish(batch, exc)
+    def _commit_batch(self, batch: list, begun: Union[apsw.Connection, BaseException]) -> None:
+        if isinstance(begun, BaseException):  # no transaction: all fail
+            self._finish(batch, begun)
             return
+        conn = begun
         alone = len(batch) == 1
         committed = []
         for write in batch:

@@ -101,6 +101,37 @@ def test_queued_writes_share_one_commit_and_its_position(db_path):
     assert rows(db_path) == [(i, f"n{i}") for i in range(1, 9)]
 
 
+def test_writes_that_arrive_while_another_process_writes_join_the_waiting_leader(db_path):
+    """The leader takes its batch once SQLite's write lock is its own: writes queued while it
+    waited for another connection's transaction (another worker process) commit with it."""
+    hook = CountingHook()
+    db = Database(parse_dsn(str(db_path)), writer_hook=hook)
+    other = apsw.Connection(str(db_path))  # stands for another worker process
+    other.execute("BEGIN IMMEDIATE")
+    results: dict = {}
+    threads = [threading.Thread(target=lambda i=i: results.update({i: insert(db, i, f"n{i}")()}))
+               for i in range(1, 5)]
+    threads[0].start()
+    deadline = time.monotonic() + 10
+    while not db._leading:  # the first leads, and waits in BEGIN IMMEDIATE for `other`
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    time.sleep(0.05)  # the leader is in BEGIN IMMEDIATE's busy waits
+    for t in threads[1:]:
+        queued = len(db._pending)
+        t.start()
+        while len(db._pending) == queued:
+            assert time.monotonic() < deadline, "the writes never queued up"
+            time.sleep(0.002)
+    other.execute("COMMIT")
+    for t in threads:
+        t.join(30)
+    other.close()
+    assert sorted(results) == [1, 2, 3, 4]
+    assert hook.commits == 1 and {position for _, position in results.values()} == {f"{1:016x}"}
+    assert rows(db_path) == [(i, f"n{i}") for i in range(1, 5)]
+
+
 def test_one_failing_write_rolls_back_only_its_own(db_path):
     hook = CountingHook()
     db = Database(parse_dsn(str(db_path)), writer_hook=hook)
@@ -228,8 +259,10 @@ def test_a_lead_handed_to_an_interrupted_write_passes_on(db_path, monkeypatch):
     gone = lambda conn: conn.execute("INSERT INTO items VALUES (2, 'never')") and 2  # noqa: E731
     interrupt_waits(monkeypatch, {gone: "woken"})
     outcome, results = [], {}
+    running = threading.Event()
 
     def first(conn):  # leads alone; the next two queue behind it, for the next batch
+        running.set()  # its batch is taken: the others queue for the next one
         deadline = time.monotonic() + 10
         while len(db._pending) < 2:
             assert time.monotonic() < deadline, "the next writes never queued up"
@@ -244,8 +277,7 @@ def test_a_lead_handed_to_an_interrupted_write_passes_on(db_path, monkeypatch):
 
     threads = [threading.Thread(target=run, args=("first", lambda: db.write(first)))]
     threads[0].start()
-    while not db._leading:
-        time.sleep(0.001)
+    assert running.wait(10)
     for name, call in (("gone", lambda: db.write(gone)), ("third", insert(db, 3, "c"))):
         threads.append(threading.Thread(target=run, args=(name, call)))
         threads[-1].start()
