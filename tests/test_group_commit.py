@@ -15,6 +15,7 @@ import pytest
 
 from sqlite_rest.app import create_app
 from sqlite_rest.config import ServerConfig, parse_dsn
+from sqlite_rest import db as db_module
 from sqlite_rest.db import Database
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,6 +131,30 @@ def test_writes_that_arrive_while_another_process_writes_join_the_waiting_leader
     assert sorted(results) == [1, 2, 3, 4]
     assert hook.commits == 1 and {position for _, position in results.values()} == {f"{1:016x}"}
     assert rows(db_path) == [(i, f"n{i}") for i in range(1, 5)]
+
+
+def test_a_busy_write_lock_is_polled_in_short_sleeps_until_the_timeout(db_path, monkeypatch):
+    """Another process's write lock is polled every BUSY_RETRY_SLEEPS_S (at most 0.5 ms), not
+    with SQLite's 1-100 ms sleeps, and given up after the busy timeout (SQLITE_BUSY)."""
+    sleeps: list = []
+    real_sleep = time.sleep
+    monkeypatch.setattr(db_module.time, "sleep", lambda s: (sleeps.append(s), real_sleep(s)))
+    holder = apsw.Connection(str(db_path))
+    holder.execute("BEGIN IMMEDIATE")
+    conn = db_module.open_connection(str(db_path), busy_timeout_ms=300, short_busy_waits=True)
+    threading.Timer(0.05, lambda: holder.execute("COMMIT")).start()
+    conn.execute("BEGIN IMMEDIATE")  # waits ~50 ms, then gets the lock
+    conn.execute("COMMIT")
+    assert sleeps and max(sleeps) == db_module.BUSY_RETRY_SLEEPS_S[-1] <= 0.0005
+    assert len(sleeps) >= 0.05 / 0.0005 / 2  # ~100 polls in 50 ms, not a few long sleeps
+    holder.execute("BEGIN IMMEDIATE")
+    started = time.monotonic()
+    with pytest.raises(apsw.BusyError):
+        conn.execute("BEGIN IMMEDIATE")
+    assert 0.25 <= time.monotonic() - started < 2
+    holder.execute("ROLLBACK")
+    for c in (conn, holder):
+        c.close()
 
 
 def test_one_failing_write_rolls_back_only_its_own(db_path):
