@@ -146,7 +146,6 @@ def test_a_busy_write_lock_is_polled_in_short_sleeps_until_the_timeout(db_path, 
     conn.execute("BEGIN IMMEDIATE")  # waits ~50 ms, then gets the lock
     conn.execute("COMMIT")
     assert sleeps and max(sleeps) == db_module.BUSY_RETRY_SLEEPS_S[-1] <= 0.0005
-    assert len(sleeps) >= 0.05 / 0.0005 / 2  # ~100 polls in 50 ms, not a few long sleeps
     holder.execute("BEGIN IMMEDIATE")
     started = time.monotonic()
     with pytest.raises(apsw.BusyError):
