@@ -411,6 +411,9 @@ def test_switching_to_wal_waits_for_a_writer_of_the_rollback_journal(tmp_path):
         probe.execute("PRAGMA journal_mode=WAL").fetchall()
     assert time.monotonic() - started < 1.0
     probe.close()
+    # The holder waits for force_wal's momentary read locks to clear before it commits, as any
+    # writer with a busy timeout does (without one, its COMMIT met one of them under load).
+    holder.set_busy_timeout(5000)
     threading.Timer(0.2, lambda: holder.execute("COMMIT")).start()
     conn = open_connection(path)  # force_wal inside, with the default 5 s timeout
     assert conn.execute("PRAGMA journal_mode").fetchall() == [("wal",)]

@@ -70,9 +70,9 @@ def test_two_workers_serve_requests_and_metrics_add_up(serve, db):
         srv.metrics_url, "sqlite_rest_http_requests_total", target="items",
         operation="queryTableOrView", http_code="200") == n and metric_value(
         srv.metrics_url, "sqlite_rest_http_requests_total", operation="insertTable",
-        http_code="201") == 1, timeout=5)
-    assert metric_value(srv.metrics_url, "sqlite_rest_http_request_duration_milliseconds_count",
-                        target="items", operation="queryTableOrView") == n
+        http_code="201") == 1 and metric_value(
+        srv.metrics_url, "sqlite_rest_http_request_duration_milliseconds_count",
+        target="items", operation="queryTableOrView") == n, timeout=5)
     assert metric_value(srv.metrics_url, "sqlite_rest_database_size_bytes") > 0
     assert httpx.get(srv.metrics_url + "/live").status_code == 200
     ready = httpx.get(srv.metrics_url + "/ready")
@@ -142,8 +142,10 @@ def test_killed_worker_is_replaced_and_counts_survive(serve, db):
         assert httpx.get(f"{srv.base_url}/items?limit=1",
                          headers={"Connection": "close"}).status_code == 200
     assert "died; replacing it" in srv.logs()
-    # the dead worker's counts are kept: 20 requests in all
-    assert metric_value(srv.metrics_url, "sqlite_rest_http_requests_total", target="items") == 20
+    # the dead worker's counts are kept: 20 requests in all (the last ones written within
+    # metrics.FLUSH_INTERVAL_S)
+    assert wait_for(lambda: metric_value(srv.metrics_url, "sqlite_rest_http_requests_total",
+                                         target="items") == 20, timeout=5)
     assert srv.proc.poll() is None
 
 
