@@ -22,7 +22,7 @@ import os
 import re
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Iterator, Optional, TypeVar, Union
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, TypeVar
 
 import apsw
 
@@ -501,15 +501,19 @@ class Database:
                 # while the leader waits for another worker's transaction join this batch
                 # instead of waiting for the next (#11: BEGIN IMMEDIATE waited 0.2 ms on
                 # average under a POST flood on 2 workers; POST 1.07x, p99 13.1 -> 12.2 ms).
+                conn = failed = None
                 try:
-                    begun: Union[apsw.Connection, BaseException] = self._begin()
+                    conn = self._begin()
                 except BaseException as exc:  # e.g. SQLITE_BUSY past the busy timeout
-                    begun = exc
+                    failed = exc
                 with self._queue_lock:
                     pending = self._pending
                     while pending and len(batch) < MAX_GROUP_COMMIT:
                         batch.append(pending.popleft())
-                self._run_batch(batch, begun)
+                if conn is None:  # no transaction: the whole batch fails with what BEGIN raised
+                    self._finish(batch, failed)
+                else:
+                    self._run_batch(batch, conn)
         finally:
             if batch:
                 with self._queue_lock:
@@ -540,26 +544,21 @@ class Database:
             if leading or (queued and write.wake.acquire(False)):
                 self._pass_lead()
 
-    def _run_batch(self, batch: list, begun: Union[apsw.Connection, BaseException]) -> None:
-        """Under the write turn, in the transaction `begun` (or failing with what beginning it
-        raised): the writes of `batch`, one COMMIT; every one answered."""
+    def _run_batch(self, batch: list, conn: apsw.Connection) -> None:
+        """Under the write turn, in the transaction begun on `conn`: the writes of `batch`,
+        one COMMIT; every one answered."""
         try:
-            self._commit_batch(batch, begun)
+            self._commit_batch(batch, conn)
         except BaseException as exc:  # noqa: BLE001 - e.g. a failing ROLLBACK TO: never
             # leave a taken write unanswered (its thread would find it neither done nor queued)
-            conn = self._connections().writer
-            if conn is not None and conn.in_transaction:
+            if conn.in_transaction:
                 try:
                     conn.execute("ROLLBACK")
                 except apsw.Error:
                     pass
             self._finish(batch, exc)  # the writes not yet answered get the error
 
-    def _commit_batch(self, batch: list, begun: Union[apsw.Connection, BaseException]) -> None:
-        if isinstance(begun, BaseException):  # no transaction: all fail
-            self._finish(batch, begun)
-            return
-        conn = begun
+    def _commit_batch(self, batch: list, conn: apsw.Connection) -> None:
         alone = len(batch) == 1
         committed = []
         for write in batch:
