@@ -717,6 +717,30 @@ def test_every_http_process_holds_the_replication_lock(tmp_path, replica_for, se
                    if os.path.exists(f"/proc/{pid}/fd/{fd}")), f"process {pid} lacks the lock"
 
 
+def test_workers_signal_the_commits_the_replicator_has_not_started_on(tmp_path, replica_for,
+                                                                       servers):
+    """With replication every HTTP process gets the commit socket, and a write that needs a
+    sync round not started yet wakes the replicator with a signal, counted on /status
+    (without replication nobody listens, and workers get no socket: test_server_process)."""
+    db = tmp_path / "app.db"
+    config = write_config(tmp_path / "litestream.yml", db, replica_for("file"))
+    make_db(db)
+    server = servers.start(db, config)
+    wait_ready(server)
+    for pid in descendants(server.pid):
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            assert b"SQLITEREST_COMMIT_SOCKET=" in f.read(), f"process {pid} lacks the socket"
+
+    def received() -> int:
+        return admin(server, "/status").json()["commit_signals"]["received"]
+
+    before = received()
+    writer = Writer(server)
+    txids = [writer.insert(f"signal-{i}")[1] for i in range(10)]
+    assert txids == sorted(txids)
+    wait_for(lambda: received() > before, 10, "a commit signal")
+
+
 def test_different_database_on_a_used_replica_is_refused(tmp_path, replica_for, servers):
     replica = replica_for("file")
     db1, db2 = tmp_path / "one" / "app.db", tmp_path / "two" / "app.db"

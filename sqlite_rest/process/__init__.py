@@ -23,9 +23,10 @@ agree on: environment, child spec, signals). Every HTTP process dies with its pa
 - A worker that dies is logged and replaced by granian (``respawn_failed_workers``). A worker
   that dies again within ~5 s of being replaced is a crash loop: the HTTP server exits, and the
   supervisor stops with exit code 1 ("HTTP server exited unexpectedly").
-- Workers signal each write COMMIT with one datagram to ``$SQLITEREST_COMMIT_SOCKET``
-  (replication.notify); the supervisor counts them and calls the callbacks registered with
-  `Supervisor.on_commit_signal` (the replicator's wake-up).
+- With replication on, workers signal the write COMMITs the replicator has not started a
+  round for with one datagram to ``$SQLITEREST_COMMIT_SOCKET`` (replication.notify); the
+  supervisor counts them and calls the callbacks registered with `Supervisor.on_commit_signal`
+  (the replicator's wake-up). With none registered, workers are not given the socket.
 """
 from __future__ import annotations
 

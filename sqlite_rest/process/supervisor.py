@@ -318,7 +318,10 @@ class Supervisor:
         env = dict(os.environ, **self.http_server_env)
         env[CHILD_SPEC_ENV] = json.dumps(spec)
         env[MULTIPROC_ENV] = self.multiproc_dir
-        env[COMMIT_SOCKET_ENV] = self.commit_socket_path
+        if self._commit_callbacks:  # a replicator listens: workers signal their commits
+            env[COMMIT_SOCKET_ENV] = self.commit_socket_path
+        else:  # nobody to wake: a datagram per few writes would only cost CPU on both sides
+            env.pop(COMMIT_SOCKET_ENV, None)
         env[WORKER_READY_ENV] = self.worker_ready_dir
         env[READY_FILE_ENV] = self.ready_file
         env[POSITION_BOARD_ENV] = self.position_board_path
