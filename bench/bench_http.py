@@ -23,7 +23,8 @@ copy of the pristine 100k-row file (no -wal/-shm), so neither POST's growth nor 
 carries over from one run to the next; each run is preceded by a ``--warmup`` wrk run on the
 same server. Within a round, for each scenario, every server runs once, one after the other
 (never at the same time); the order rotates every round (two servers: alternates). Reported:
-the median over the rounds of req/s, p50, p99 and CPU per request, and this ÷ other for req/s.
+the median over the rounds of req/s, p50, p99 and CPU per request, and this ÷ other for req/s
+(the median of the rounds' ratios, each round's in brackets).
 CPU per request is utime+stime of the server's whole process tree (its PID and every
 descendant, from /proc) during the measured run, divided by the requests wrk completed.
 
@@ -367,8 +368,13 @@ def main(argv=None) -> int:
                    for label in labels}
             for label in labels:
                 m = med[label]
-                ratio = ("" if label == "this" or not m["rps"]
-                         else f"{med['this']['rps'] / m['rps']:.2f}×")
+                # this ÷ other round by round (the two ran minutes apart, under the same
+                # host), then the median: steadier than a ratio of the two medians
+                ratios = [t["rps"] / o["rps"] for t, o in
+                          zip(results[(name, "this")], results[(name, label)]) if o["rps"]]
+                ratio = ("" if label == "this" or not ratios else
+                         f"{statistics.median(ratios):.2f}× ("
+                         + ", ".join(f"{r:.2f}" for r in ratios) + ")")
                 non2xx = sum(r["non2xx"] for r in results[(name, label)])
                 print(f"| {name} | {label} | {m['rps']:,.0f} | {ratio} | {m['p50_ms']:.2f} | "
                       f"{m['p99_ms']:.2f} | {m['cpu_us']:.0f} | {m['steal_pct']:.1f} | {non2xx} |")

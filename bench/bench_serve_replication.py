@@ -167,9 +167,14 @@ def throughput(modes: list, tmp: Path, args) -> dict:
                 print(f"    (steal over {args.max_steal:g} %: "
                       + ("run again)" if attempt < 3 else "kept, no more tries)"))
             results[mode.name].append(r)
-    return {name: {k: statistics.median(r[k] for r in runs)
-                   for k in ("rps", "p50_ms", "p99_ms", "cpu_us", "steal_pct")}
-            for name, runs in results.items()}
+    med = {name: {k: statistics.median(r[k] for r in runs)
+                  for k in ("rps", "p50_ms", "p99_ms", "cpu_us", "steal_pct")}
+           for name, runs in results.items()}
+    for name, runs in results.items():  # ÷ off run by run (minutes apart, the same host)
+        if "off" in results and name != "off":
+            med[name]["ratios"] = [r["rps"] / o["rps"] for r, o in zip(runs, results["off"])
+                                   if o["rps"]]
+    return med
 
 
 def _measure_post(mode: Mode, where: Path, script: Path, args) -> dict:
@@ -306,9 +311,10 @@ def main(argv=None) -> int:
         if not args.skip_throughput:
             med = throughput(modes, tmp, args)
             print("\nPOST medians:")
-            base = med.get("off", {}).get("rps")
             for name, m in med.items():
-                ratio = f"  {m['rps'] / base:5.2f}x off" if base and name != "off" else ""
+                ratios = m.get("ratios")
+                ratio = (f"  {statistics.median(ratios):5.2f}x off (runs: "
+                         + ", ".join(f"{r:.2f}" for r in ratios) + ")") if ratios else ""
                 print(f"  {name:4s} {m['rps']:8.0f} req/s  p50 {m['p50_ms']:6.2f} ms  "
                       f"p99 {m['p99_ms']:7.2f} ms  CPU {m['cpu_us']:5.0f} µs/req  "
                       f"steal {m['steal_pct']:4.1f} %{ratio}")
