@@ -50,6 +50,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, Optional
 
 import apsw
 
@@ -163,6 +164,20 @@ def steal_pct(before: tuple[int, int], after: tuple[int, int]) -> float:
     `cpu_ticks()` (a VM on a busy host: seen at 20-30 % here, halving a run's req/s)."""
     total = after[1] - before[1]
     return 100.0 * (after[0] - before[0]) / total if total else 0.0
+
+
+def retry_while_stolen(measure_once: Callable[[], dict], max_steal: Optional[float],
+                       show: Callable[[dict], None]) -> dict:
+    """``measure_once()`` (a result with ``steal_pct``), shown; run again, up to three more
+    times, while its steal is above ``max_steal`` (None: once). The last result is kept."""
+    for attempt in range(1 if max_steal is None else 4):
+        result = measure_once()
+        show(result)
+        if max_steal is None or result["steal_pct"] <= max_steal:
+            break
+        print(f"    (steal over {max_steal:g} %: "
+              + ("run again)" if attempt < 3 else "kept, no more tries)"), flush=True)
+    return result
 
 
 def measure(server: ServerProcess, script: Path, args) -> dict:
@@ -335,25 +350,26 @@ def main(argv=None) -> int:
                 for label in order:
                     kind, what = servers[label]
                     db = tmp / f"{label}.db"
-                    for attempt in range(1 if args.max_steal is None else 4):
+                    def measure_once() -> dict:
+                        nonlocal server
                         fresh_copy(pristine, db)
                         server = start(kind, what, db, args, caller_cwd)
                         try:
                             wait_ready(server, kind)
-                            r = measure(server, script, args)
+                            return measure(server, script, args)
                         finally:
                             running, server = server, None
                             stop(running)
+
+                    def show(r: dict) -> None:
                         print(f"  round {round_ + 1} {name:8s} {label:5s} {r['rps']:9.0f} "
                               f"req/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  "
                               f"CPU {r['cpu_us']:5.0f} us/req  steal {r['steal_pct']:4.1f} %  "
                               f"{r['requests']} requests  non-2xx {r['non2xx']}"
                               + (f"  socket errors: {r['socket_errors']}" if r["socket_errors"]
                                  else ""), flush=True)
-                        if args.max_steal is None or r["steal_pct"] <= args.max_steal:
-                            break
-                        print(f"    (steal over {args.max_steal:g} %: "
-                              + ("run again)" if attempt < 3 else "kept, no more tries)"))
+
+                    r = retry_while_stolen(measure_once, args.max_steal, show)
                     results[(name, label)].append(r)
 
         print(f"\n{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}; "

@@ -41,7 +41,8 @@ sys.path.insert(0, str(REPO))
 
 from tests.plugins.s3 import S3Server, _stop as stop_seaweedfs, start_seaweedfs  # noqa: E402
 from tests.plugins.server import start_server  # noqa: E402
-from bench_http import cpu_ticks, parse_wrk, steal_pct, tree_cpu_s  # noqa: E402  (one parser)
+from bench_http import (cpu_ticks, parse_wrk, retry_while_stolen, steal_pct,  # noqa: E402
+                        tree_cpu_s)
 
 TXID_HEADER = "X-Replication-Txid"
 POST_LUA = """
@@ -154,18 +155,18 @@ def throughput(modes: list, tmp: Path, args) -> dict:
     results = {m.name: [] for m in modes}
     for run in range(args.runs):
         for mode in modes:
-            for attempt in range(1 if args.max_steal is None else 4):
-                r = _measure_post(mode, tmp / f"tp-{mode.name}-{run}-{attempt}", script, args)
+            def show(r: dict) -> None:
                 print(f"  POST {mode.name:4s} run {run + 1}: {r['rps']:8.0f} req/s  "
                       f"p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:7.2f} ms  "
                       f"CPU {r['cpu_us']:5.0f} µs/req  steal {r['steal_pct']:4.1f} %  "
                       f"non-2xx {r['non2xx']}"
                       + (f"  socket errors: {r['socket_errors']}" if r["socket_errors"] else ""),
                       flush=True)
-                if args.max_steal is None or r["steal_pct"] <= args.max_steal:
-                    break
-                print(f"    (steal over {args.max_steal:g} %: "
-                      + ("run again)" if attempt < 3 else "kept, no more tries)"))
+
+            tries = iter(range(4))
+            r = retry_while_stolen(
+                lambda: _measure_post(mode, tmp / f"tp-{mode.name}-{run}-{next(tries)}", script,
+                                      args), args.max_steal, show)
             results[mode.name].append(r)
     med = {name: {k: statistics.median(r[k] for r in runs)
                   for k in ("rps", "p50_ms", "p99_ms", "cpu_us", "steal_pct")}
