@@ -79,8 +79,11 @@ def children() -> set[int]:
     """PIDs of this process's children (any thread's), zombies included."""
     pids = set()
     for task in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{task}/children") as f:
-            pids.update(int(p) for p in f.read().split())
+        try:
+            with open(f"/proc/self/task/{task}/children") as f:
+                pids.update(int(p) for p in f.read().split())
+        except FileNotFoundError:  # the thread ended meanwhile (its children pass to another)
+            continue
     return pids
 
 
